@@ -1,0 +1,352 @@
+"""Deformable convolution v1/v2 as ONNX functions made of primitive ONNX ops.
+
+The public functions mirror ONNX ``DeformConv``-19: inputs ``X`` (N, C, H, W), ``W`` (O, C/group, kH, kW),
+``offset`` (N, 2·offset_group·kH·kW, Ho, Wo), ``B`` (O), ``mask`` (N, offset_group·kH·kW, Ho, Wo);
+attributes ``strides``, ``pads``, ``dilations``, ``group``, ``offset_group``. A script function cannot
+leave an input out, so the four combinations of the two optional inputs each get a function of their own:
+:func:`deform_conv2d` (``B`` and ``mask``), :func:`deform_conv2d_no_bias`, :func:`deform_conv2d_no_mask`
+and :func:`deform_conv2d_no_bias_no_mask`.
+
+The body follows the equation of the DCNv2 paper,
+
+    y(p_0) = Σ_k w_k · x(p_0 + p_k + Δp_k) · Δm_k,
+
+one helper per step: p_0 (output grid), p_k (kernel grid), Δp (offset), bilinear weights along each axis,
+the four neighbours, mask modulation folded into the bilinear weights, gather, grouped matmul, bias.
+Every size (N, C, H, W, Ho, Wo, kH, kW) is read with ``Shape`` at run time; ``Ho`` and ``Wo`` come from
+``offset``, so the end pads only matter through the offset's shape, as in ``DeformConv``.
+
+Notation used in the shapes below: P = Ho·Wo output positions, K = kH·kW kernel taps, G = offset_group,
+R = group, S = lcm(G, R) channel *slices* of Cs = C/S channels each (one slice lies in one offset group and
+one conv group), and the "slice layout" (N, R, P, S/R, K), in which the gathered columns feed ``MatMul``
+without a transpose of the large tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, TypeVar, Union
+
+from onnxscript import BFLOAT16, DOUBLE, FLOAT, FLOAT16, INT64, script
+from onnxscript import opset18 as op
+from onnxscript.values import Opset
+
+#: The ONNX domain of every function in this package.
+DOMAIN = "dcn_onnxscript"
+#: Version of :data:`DOMAIN`.
+DOMAIN_VERSION = 1
+
+dcn = Opset(DOMAIN, DOMAIN_VERSION)
+
+T = TypeVar("T", bound=Union[FLOAT16, FLOAT, DOUBLE, BFLOAT16])
+#: A size read with ``Shape``: a 1-element INT64 tensor.
+Dim = INT64[1]
+#: An INT64 tensor of any shape.
+Ints = INT64[...]
+
+
+@script(dcn, default_opset=op)
+def _lcm(a: Dim, b: Dim) -> Dim:
+    """Least common multiple of two positive (1,)-shaped INT64 tensors; the first multiple of ``a`` that
+    ``b`` divides, searched among a·1 … a·b. Returns shape (1,)."""
+    multiples = op.Range(op.Squeeze(a), op.Squeeze(a * b) + 1, op.Squeeze(a))
+    divisible = op.Equal(op.Mod(multiples, op.Squeeze(b)), op.Constant(value_int=0))
+    return op.Reshape(op.ReduceMin(op.Where(divisible, multiples, op.Squeeze(a * b))), [1])
+
+
+@script(dcn, default_opset=op)
+def _output_grid(Ho: Dim, Wo: Dim, strides: Ints, pads: Ints):
+    """p_0: top-left input coordinate of every output position, before dilation and offset.
+
+    ``Ho``, ``Wo``: (1,); ``strides``: (2,) = (sH, sW); ``pads``: (≥2,), begin pads first.
+    Returns ``(p0_y, p0_x)``, each INT64 (P, 1) with P = Ho·Wo, row-major over (Ho, Wo).
+    """
+    rows = op.Range(0, op.Squeeze(Ho), 1) * op.Slice(strides, [0], [1]) - op.Slice(pads, [0], [1])
+    cols = op.Range(0, op.Squeeze(Wo), 1) * op.Slice(strides, [1], [2]) - op.Slice(pads, [1], [2])
+    grid = op.Concat(Ho, Wo, axis=0)
+    p0_y = op.Reshape(op.Expand(op.Unsqueeze(rows, [1]), grid), [-1, 1])
+    p0_x = op.Reshape(op.Expand(op.Unsqueeze(cols, [0]), grid), [-1, 1])
+    return p0_y, p0_x
+
+
+@script(dcn, default_opset=op)
+def _kernel_grid(kH: Dim, kW: Dim, dilations: Ints):
+    """p_k: displacement of every kernel tap from p_0.
+
+    ``kH``, ``kW``: (1,); ``dilations``: (2,) = (dH, dW).
+    Returns ``(pk_y, pk_x)``, each INT64 (1, K) with K = kH·kW, row-major over (kH, kW).
+    """
+    taps_y = op.Range(0, op.Squeeze(kH), 1) * op.Slice(dilations, [0], [1])
+    taps_x = op.Range(0, op.Squeeze(kW), 1) * op.Slice(dilations, [1], [2])
+    grid = op.Concat(kH, kW, axis=0)
+    pk_y = op.Reshape(op.Expand(op.Unsqueeze(taps_y, [1]), grid), [1, -1])
+    pk_x = op.Reshape(op.Expand(op.Unsqueeze(taps_x, [0]), grid), [1, -1])
+    return pk_y, pk_x
+
+
+@script(dcn, default_opset=op)
+def _offset_yx(offset: T, G: Dim, K: Dim):
+    """Δp: split ``offset`` (N, 2·G·K, Ho, Wo), laid out as (G, K, [Δy, Δx]) along channels like
+    torchvision and ``DeformConv``, into ``(dy, dx)``, each (N, G, P, K)."""
+    N = op.Shape(offset, start=0, end=1)
+    per_group = op.Reshape(offset, op.Concat(N, G, K, [2, -1], axis=0))  # (N, G, K, 2, P)
+    yx_last = op.Transpose(per_group, perm=[3, 0, 1, 4, 2])  # (2, N, G, P, K)
+    return op.Gather(yx_last, 0, axis=0), op.Gather(yx_last, 1, axis=0)
+
+
+@script(dcn, default_opset=op)
+def _mask_per_group(mask: T, G: Dim, K: Dim) -> T:
+    """Δm: ``mask`` (N, G·K, Ho, Wo) as (N, G, P, K)."""
+    N = op.Shape(mask, start=0, end=1)
+    return op.Transpose(op.Reshape(mask, op.Concat(N, G, K, [-1], axis=0)), perm=[0, 1, 3, 2])
+
+
+@script(dcn, default_opset=op)
+def _to_slices(t, G: Dim, R: Dim, S: Dim):
+    """Copy a per-offset-group tensor (N, G, P, K) to every channel slice of its group, in slice layout
+    (N, R, P, S/R, K): slice s = r·(S/R) + j lies in offset group s // (S/G)."""
+    N = op.Shape(t, start=0, end=1)
+    group_of_slice = op.Div(op.Range(0, op.Squeeze(S), 1), op.Div(S, G))  # (S,)
+    per_slice = op.Gather(t, group_of_slice, axis=1)  # (N, S, P, K)
+    by_conv_group = op.Reshape(per_slice, op.Concat(N, R, op.Div(S, R), op.Shape(t, start=2, end=3), op.Shape(t, start=3, end=4), axis=0))
+    return op.Transpose(by_conv_group, perm=[0, 1, 3, 2, 4])
+
+
+@script(dcn, default_opset=op)
+def _inside(y: T, x: T, H: Dim, W: Dim):
+    """Whether a sample at (y, x) has any in-image neighbour: -1 < y < H and -1 < x < W (torchvision's
+    test). NaN fails it, as do ±Inf and any huge value. Shapes: any, broadcast alike; returns BOOL."""
+    minus_one = op.CastLike(-1, y)
+    inside_y = op.And(op.Greater(y, minus_one), op.Less(y, op.CastLike(H, y)))
+    inside_x = op.And(op.Greater(x, minus_one), op.Less(x, op.CastLike(W, x)))
+    return op.And(inside_y, inside_x)
+
+
+@script(dcn, default_opset=op)
+def _axis_neighbours(p: T, size: Dim):
+    """Linear interpolation along one axis at coordinates ``p`` with -1 ≤ p < size (any shape).
+
+    Returns ``(low, high, w_low, w_high)``: the two neighbouring INT64 indices, clamped into
+    [0, size - 1] so that a gather never reads out of bounds, and their weights (1 - frac, frac), each
+    zeroed where its neighbour lies outside the image. All four have the shape of ``p``.
+    """
+    p_low = op.Floor(p)
+    frac = p - p_low
+    low = op.Cast(p_low, to=INT64.dtype)
+    high = low + 1
+    last = size - 1
+    w_low = (op.CastLike(1, p) - frac) * op.CastLike(op.GreaterOrEqual(low, 0), p)
+    w_high = frac * op.CastLike(op.LessOrEqual(high, last), p)
+    return op.Max(low, 0), op.Min(high, last), w_low, w_high
+
+
+@script(dcn, default_opset=op)
+def _channels_last_rows(X: T, G: Dim, S: Dim) -> T:
+    """The gather table: ``X`` (N, C, H, W) as rows of Cs = C/S channels, (N·G·H·W·(S/G), Cs); row
+    ((n·G + g)·H·W + h·W + w)·(S/G) + j holds channels of slice g·(S/G) + j at pixel (h, w)."""
+    N = op.Shape(X, start=0, end=1)
+    Cs = op.Div(op.Shape(X, start=1, end=2), S)
+    split = op.Reshape(X, op.Concat(N, G, op.Div(S, G), Cs, op.Shape(X, start=2, end=3), op.Shape(X, start=3, end=4), axis=0))
+    return op.Reshape(op.Transpose(split, perm=[0, 1, 4, 5, 2, 3]), op.Concat([-1], Cs, axis=0))
+
+
+@script(dcn, default_opset=op)
+def _slice_row_base(N: Dim, H: Dim, W: Dim, G: Dim, R: Dim, S: Dim) -> Ints:
+    """First gather-table row of each (batch, slice), in slice layout broadcastable as (N, R, 1, S/R, 1):
+    (n·G + g)·H·W·(S/G) + j for slice s = g·(S/G) + j."""
+    per_group = op.Div(S, G)
+    s = op.Range(0, op.Squeeze(S), 1)
+    n = op.Range(0, op.Squeeze(N), 1)
+    image_rows = H * W * per_group
+    base = (op.Unsqueeze(n, [1]) * G + op.Unsqueeze(op.Div(s, per_group), [0])) * image_rows + op.Mod(
+        s, per_group
+    )
+    return op.Reshape(base, op.Concat(N, R, [1], op.Div(S, R), [1], axis=0))
+
+
+@script(dcn, default_opset=op)
+def _gather_columns(rows: T, row_index: Ints, weight: T) -> T:
+    """One neighbour's weighted contribution: table ``rows`` (·, Cs) gathered at ``row_index``
+    (N, R, P, S/R, K) and scaled by ``weight`` (N, R, P, S/R, K); returns (N, R, P, S/R, K, Cs)."""
+    return op.Gather(rows, row_index, axis=0) * op.Unsqueeze(weight, [-1])
+
+
+@script(dcn, default_opset=op)
+def _sampled_columns(
+    X: T, offset: T, modulation: T, kH: Dim, kW: Dim, strides: Ints, pads: Ints, dilations: Ints,
+    G: Dim, R: Dim, S: Dim,
+) -> T:
+    """The modulated, bilinearly sampled columns x(p_0 + p_k + Δp_k) · Δm_k.
+
+    ``X`` (N, C, H, W), ``offset`` (N, 2·G·K, Ho, Wo), ``modulation`` (N, G, P, K) (or broadcastable to
+    it); returns (N, R, P, (S/R)·K·Cs), ready for the grouped matmul.
+    """
+    N = op.Shape(X, start=0, end=1)
+    H = op.Shape(X, start=2, end=3)
+    W = op.Shape(X, start=3, end=4)
+    K = kH * kW
+
+    p0_y, p0_x = _output_grid(op.Shape(offset, start=2, end=3), op.Shape(offset, start=3, end=4), strides, pads)
+    pk_y, pk_x = _kernel_grid(kH, kW, dilations)
+    dy, dx = _offset_yx(offset, G, K)
+    y = op.CastLike(p0_y + pk_y, dy) + dy  # p = p_0 + p_k + Δp, (N, G, P, K)
+    x = op.CastLike(p0_x + pk_x, dx) + dx
+
+    # Samples with no in-image neighbour contribute zero; moving them to (-1, -1) keeps that true and
+    # keeps NaN/Inf/huge values away from the integer cast below.
+    inside = _inside(y, x, H, W)
+    minus_one = op.CastLike(-1, y)
+    y = _to_slices(op.Where(inside, y, minus_one), G, R, S)
+    x = _to_slices(op.Where(inside, x, minus_one), G, R, S)
+    m = _to_slices(op.Expand(modulation, op.Shape(dy)), G, R, S)
+
+    y_low, y_high, wy_low, wy_high = _axis_neighbours(y, H)
+    x_low, x_high, wx_low, wx_high = _axis_neighbours(x, W)
+    wy_low = wy_low * m  # Δm_k folded into the bilinear weights
+    wy_high = wy_high * m
+
+    rows = _channels_last_rows(X, G, S)
+    base = _slice_row_base(N, H, W, G, R, S)
+    per_pixel = op.Div(S, G)
+    top = base + y_low * W * per_pixel
+    bottom = base + y_high * W * per_pixel
+    left = x_low * per_pixel
+    right = x_high * per_pixel
+    columns = (
+        _gather_columns(rows, top + left, wy_low * wx_low)
+        + _gather_columns(rows, top + right, wy_low * wx_high)
+        + _gather_columns(rows, bottom + left, wy_high * wx_low)
+        + _gather_columns(rows, bottom + right, wy_high * wx_high)
+    )  # (N, R, P, S/R, K, Cs)
+    return op.Reshape(columns, op.Concat(N, R, op.Shape(columns, start=2, end=3), [-1], axis=0))
+
+
+@script(dcn, default_opset=op)
+def _grouped_matmul(columns: T, weight: T, R: Dim, S: Dim, Ho: Dim, Wo: Dim) -> T:
+    """Σ over taps and channels of w · columns, per conv group.
+
+    ``columns`` (N, R, P, (S/R)·K·Cs), ``weight`` (O, C/R, kH, kW); returns (N, O, Ho, Wo).
+    """
+    O = op.Shape(weight, start=0, end=1)
+    per_group_out = op.Div(O, R)
+    slices_per_group = op.Div(S, R)
+    Cs = op.Div(op.Shape(weight, start=1, end=2), slices_per_group)
+    K = op.Shape(weight, start=2, end=3) * op.Shape(weight, start=3, end=4)
+    # (O, C/R, kH, kW) -> (R, O/R, S/R, Cs, K) -> (R, S/R, K, Cs, O/R): the columns' (j, k, cs) order.
+    by_slice = op.Reshape(weight, op.Concat(R, per_group_out, slices_per_group, Cs, K, axis=0))
+    w = op.Reshape(op.Transpose(by_slice, perm=[0, 2, 4, 3, 1]), op.Concat(R, [-1], per_group_out, axis=0))
+    out = op.MatMul(columns, w)  # (N, R, P, O/R)
+    N = op.Shape(columns, start=0, end=1)
+    return op.Reshape(op.Transpose(out, perm=[0, 1, 3, 2]), op.Concat(N, O, Ho, Wo, axis=0))
+
+
+@script(dcn, default_opset=op)
+def _deform_conv2d(
+    X: T,
+    W: T,
+    offset: T,
+    modulation: T,
+    strides: Sequence[int],
+    pads: Sequence[int],
+    dilations: Sequence[int],
+    group: int,
+    offset_group: int,
+) -> T:
+    """Deformable convolution without bias; ``modulation`` is the mask (N, G·K, Ho, Wo) reshaped to
+    (N, G, P, K), or a scalar 1 for DCNv1. Returns (N, O, Ho, Wo)."""
+    G = op.Reshape(op.Constant(value_int=offset_group), [1])
+    R = op.Reshape(op.Constant(value_int=group), [1])
+    S = _lcm(G, R)
+    kH = op.Shape(W, start=2, end=3)
+    kW = op.Shape(W, start=3, end=4)
+    strides_hw = op.Constant(value_ints=strides)
+    pads_hw = op.Constant(value_ints=pads)
+    dilations_hw = op.Constant(value_ints=dilations)
+    columns = _sampled_columns(X, offset, modulation, kH, kW, strides_hw, pads_hw, dilations_hw, G, R, S)
+    Ho = op.Shape(offset, start=2, end=3)
+    Wo = op.Shape(offset, start=3, end=4)
+    return _grouped_matmul(columns, W, R, S, Ho, Wo)
+
+
+@script(dcn, default_opset=op)
+def _add_bias(Y: T, B: T) -> T:
+    """``Y`` (N, O, Ho, Wo) + ``B`` (O) per output channel."""
+    return Y + op.Reshape(B, [1, -1, 1, 1])
+
+
+@script(dcn, default_opset=op)
+def deform_conv2d_no_bias(
+    X: T,
+    W: T,
+    offset: T,
+    mask: T,
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+    group: int = 1,
+    offset_group: int = 1,
+) -> T:
+    """:func:`deform_conv2d` with ``B`` omitted (DCNv2 without bias): ``X``, ``W``, ``offset``, ``mask`` as
+    there; returns ``Y`` (N, O, Ho, Wo)."""
+    G = op.Reshape(op.Constant(value_int=offset_group), [1])
+    modulation = _mask_per_group(mask, G, op.Shape(W, start=2, end=3) * op.Shape(W, start=3, end=4))
+    return _deform_conv2d(X, W, offset, modulation, strides=strides, pads=pads, dilations=dilations,
+                          group=group, offset_group=offset_group)
+
+
+@script(dcn, default_opset=op)
+def deform_conv2d_no_bias_no_mask(
+    X: T,
+    W: T,
+    offset: T,
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+    group: int = 1,
+    offset_group: int = 1,
+) -> T:
+    """:func:`deform_conv2d` with ``B`` and ``mask`` omitted (DCNv1 without bias): ``X``, ``W``, ``offset``
+    as there; returns ``Y`` (N, O, Ho, Wo)."""
+    return _deform_conv2d(X, W, offset, op.CastLike(1, offset), strides=strides, pads=pads,
+                          dilations=dilations, group=group, offset_group=offset_group)
+
+
+@script(dcn, default_opset=op)
+def deform_conv2d_no_mask(
+    X: T,
+    W: T,
+    offset: T,
+    B: T,
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+    group: int = 1,
+    offset_group: int = 1,
+) -> T:
+    """:func:`deform_conv2d` with ``mask`` omitted (DCNv1 with bias): ``X``, ``W``, ``offset``, ``B`` as
+    there; returns ``Y`` (N, O, Ho, Wo)."""
+    Y = deform_conv2d_no_bias_no_mask(X, W, offset, strides=strides, pads=pads, dilations=dilations,
+                                      group=group, offset_group=offset_group)
+    return _add_bias(Y, B)
+
+
+@script(dcn, default_opset=op)
+def deform_conv2d(
+    X: T,
+    W: T,
+    offset: T,
+    B: T,
+    mask: T,
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+    group: int = 1,
+    offset_group: int = 1,
+) -> T:
+    """Modulated deformable convolution (DCNv2) with bias; inputs and attributes as ``DeformConv``-19.
+
+    ``X`` (N, C, H, W), ``W`` (O, C/group, kH, kW), ``offset`` (N, 2·offset_group·kH·kW, Ho, Wo),
+    ``B`` (O), ``mask`` (N, offset_group·kH·kW, Ho, Wo); returns ``Y`` (N, O, Ho, Wo).
+    """
+    Y = deform_conv2d_no_bias(X, W, offset, mask, strides=strides, pads=pads, dilations=dilations,
+                              group=group, offset_group=offset_group)
+    return _add_bias(Y, B)

@@ -1,0 +1,142 @@
+"""Hooking the ONNX function into ``torch.onnx.export`` as the translation of ``torchvision::deform_conv2d``.
+
+The dynamo exporter builds its registry from onnxscript's torch_lib registry at every export, so
+:func:`register` swaps the torch_lib entry for ``torchvision::deform_conv2d`` and :func:`unregister` puts the
+original (native ``DeformConv``) back. :func:`translation_table` gives the same translation for a single
+export through ``custom_translation_table=``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torchvision  # noqa: F401  (loads the torchvision::deform_conv2d operator)
+from onnxscript import OnnxFunction, evaluator
+from onnxscript.function_libs.torch_lib import registration as torchlib_registration
+from onnxscript.values import TracedOnnxFunction
+
+from dcn_onnxscript import functions
+from dcn_onnxscript.validation import check_deform_conv2d_args
+
+_QUALIFIED_NAME = "torchvision::deform_conv2d"
+
+
+def _deform_conv2d_translation(
+    input,
+    weight,
+    offset,
+    mask,
+    bias,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dilation_h: int,
+    dilation_w: int,
+    groups: int,
+    offset_groups: int,
+    use_mask: bool,
+):
+    """torchvision::deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, int offset_groups, bool use_mask) -> Tensor"""
+    check_deform_conv2d_args(
+        input_shape=_static_shape(input),
+        weight_shape=_static_shape(weight),
+        offset_shape=_static_shape(offset),
+        mask_shape=_static_shape(mask) if use_mask else None,
+        bias_shape=_static_shape(bias),
+        stride=(stride_h, stride_w),
+        padding=(pad_h, pad_w),
+        dilation=(dilation_h, dilation_w),
+        groups=groups,
+        offset_groups=offset_groups,
+    )
+    attributes = dict(
+        strides=[stride_h, stride_w],
+        pads=[pad_h, pad_w, pad_h, pad_w],
+        dilations=[dilation_h, dilation_w],
+        group=groups,
+        offset_group=offset_groups,
+    )
+    if _is_zero(bias):
+        inputs, function = (input, weight, offset), functions.deform_conv2d_no_bias_no_mask
+    else:
+        inputs, function = (input, weight, offset, bias), functions.deform_conv2d_no_mask
+    if use_mask:
+        # A mask is the last input; the variant with a mask takes it after the bias.
+        inputs += (mask,)
+        function = (
+            functions.deform_conv2d_no_bias if function is functions.deform_conv2d_no_bias_no_mask
+            else functions.deform_conv2d
+        )
+    _record_called_functions(function)
+    return function(*inputs, **attributes)
+
+
+def _record_called_functions(function: OnnxFunction) -> None:
+    """Add the helper functions that ``function`` calls to the model being exported: the exporter adds the
+    function it is handed but not the functions that function calls."""
+    recorder = evaluator.default()
+    recorded = getattr(recorder, "functions", None)
+    if recorded is None:  # not inside torch.onnx's graph builder (e.g. eager evaluation)
+        return
+    for callee in function.function_ir.get_called_functions().values():
+        recorded.setdefault((callee.function_ir.domain, callee.name, ""), callee)
+
+
+def _static_shape(value) -> Optional[tuple[Optional[int], ...]]:
+    """The shape of an exporter value with every dynamic dimension as ``None`` (``None`` if unranked)."""
+    if value is None or value.shape is None:
+        return None
+    return tuple(d if isinstance(d, int) else None for d in value.shape)
+
+
+def _is_zero(value) -> bool:
+    """Whether an exporter value is a constant of zeros known at export time (torchvision passes a zero
+    bias when the layer has none, and a zero mask when ``use_mask`` is false)."""
+    const = getattr(value, "const_value", None)
+    return const is not None and not const.numpy().any()
+
+
+_TRACED = TracedOnnxFunction(functions.dcn, _deform_conv2d_translation)
+_original_overloads: Optional[list] = None
+
+
+def translation_table() -> dict[Callable, Callable]:
+    """``{torch.ops.torchvision.deform_conv2d.default: translation}`` for ``torch.onnx.export(...,
+    custom_translation_table=translation_table())``; works whether or not :func:`register` is active."""
+    return {torch.ops.torchvision.deform_conv2d.default: _TRACED}
+
+
+def register() -> None:
+    """Make every ``torch.onnx.export(..., dynamo=True)`` translate ``torchvision::deform_conv2d`` through
+    the portable function (done on ``import dcn_onnxscript``). Idempotent."""
+    global _original_overloads
+    entry = _torchlib_entry()
+    if _original_overloads is None:
+        _original_overloads = list(entry.overloads)
+    entry.overloads[:] = [_TRACED]
+
+
+def unregister() -> None:
+    """Restore torch's default translation (native ONNX ``DeformConv``, opset ≥ 19). Idempotent."""
+    global _original_overloads
+    if _original_overloads is None:
+        return
+    _torchlib_entry().overloads[:] = _original_overloads
+    _original_overloads = None
+
+
+def is_registered() -> bool:
+    """Whether :func:`register` is in effect."""
+    return _TRACED in _torchlib_entry().overloads
+
+
+def _torchlib_entry() -> torchlib_registration.OverloadedFunction:
+    # Importing the ops module fills torch_lib's default registry.
+    from onnxscript.function_libs.torch_lib import ops  # noqa: F401
+
+    registry = torchlib_registration.default_registry
+    if _QUALIFIED_NAME not in registry:
+        registry._registry[_QUALIFIED_NAME] = torchlib_registration.OverloadedFunction(_QUALIFIED_NAME)
+    return registry[_QUALIFIED_NAME]
