@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import onnx_ir as ir
 import torch
 import torchvision  # noqa: F401  (loads the torchvision::deform_conv2d operator)
 from onnxscript import OnnxFunction, evaluator
@@ -92,10 +93,14 @@ def _static_shape(value) -> Optional[tuple[Optional[int], ...]]:
 
 
 def _is_zero(value) -> bool:
-    """Whether an exporter value is a constant of zeros known at export time (torchvision passes a zero
-    bias when the layer has none, and a zero mask when ``use_mask`` is false)."""
-    const = getattr(value, "const_value", None)
-    return const is not None and not const.numpy().any()
+    """Whether an exporter value is known at export time to be all zeros: torchvision passes
+    ``torch.zeros(out_channels)`` as the bias of a layer without one, which reaches the exporter as a
+    constant or as ``Expand(0, shape)``."""
+    tensor = ir.convenience.get_const_tensor(value)
+    producer = value.producer()
+    if tensor is None and producer is not None and producer.op_type == "Expand":
+        tensor = ir.convenience.get_const_tensor(producer.inputs[0])
+    return tensor is not None and not tensor.numpy().any()
 
 
 _TRACED = TracedOnnxFunction(functions.dcn, _deform_conv2d_translation)

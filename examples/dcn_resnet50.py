@@ -1,0 +1,121 @@
+"""DCNv2 ResNet-50: export with dynamic batch and image size, run on onnxruntime, compare to PyTorch.
+
+As in the DCNv2 paper (Zhu et al., 2019, "Deformable ConvNets v2"), the 3x3 convolutions of stages
+conv3–conv5 (torchvision's ``layer2`` … ``layer4``, 13 of them) become modulated deformable convolutions,
+each with its own (offset, mask) predictor: a 3x3 convolution with the stride of the convolution it
+replaces. Weights are random (``resnet50(weights=None)``, nothing is downloaded); the predictors get a
+small random initialisation so that the sampling really deforms (the paper uses zeros, ``--offset-std 0``).
+
+    python examples/dcn_resnet50.py                    # export at 224x224, check at 2x3x192x160
+    python examples/dcn_resnet50.py --native           # the same with native DeformConv (opset 19)
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import tempfile
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import onnxruntime
+import torch
+import torchvision
+from torchvision.ops import DeformConv2d
+
+import dcn_onnxscript
+
+#: Kernel taps of a 3x3 convolution.
+TAPS = 9
+#: The first opset with a native ``DeformConv``.
+NATIVE_OPSET = 19
+
+
+class ModulatedDeformConv(torch.nn.Module):
+    """A 3x3 modulated deformable convolution (DCNv2) with its own (offset, mask) predictor, on
+    (N, C, H, W) -> (N, O, H/stride, W/stride)."""
+
+    def __init__(self, conv: torch.nn.Conv2d, offset_std: float) -> None:
+        super().__init__()
+        self.offset_mask = torch.nn.Conv2d(conv.in_channels, 3 * TAPS, 3, stride=conv.stride, padding=1)
+        torch.nn.init.normal_(self.offset_mask.weight, std=offset_std)
+        torch.nn.init.zeros_(self.offset_mask.bias)
+        self.deform = DeformConv2d(conv.in_channels, conv.out_channels, 3, stride=conv.stride, padding=1,
+                                   bias=conv.bias is not None)
+        self.deform.weight.data.copy_(conv.weight.data)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        offset, mask = torch.split(self.offset_mask(x), [2 * TAPS, TAPS], dim=1)
+        return self.deform(x, offset, torch.sigmoid(mask))
+
+
+def build_model(seed: int = 0, offset_std: float = 0.01) -> torch.nn.Module:
+    """torchvision ``resnet50(weights=None)`` with every 3x3 convolution of ``layer2`` … ``layer4``
+    replaced by a :class:`ModulatedDeformConv`; random weights from ``seed``, in eval mode."""
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet50(weights=None)
+    for stage in (model.layer2, model.layer3, model.layer4):
+        for block in stage:
+            block.conv2 = ModulatedDeformConv(block.conv2, offset_std)
+    return model.eval()
+
+
+def export(model: torch.nn.Module, path: pathlib.Path, image_size: int = 224, native: bool = False) -> float:
+    """Export ``model`` to ``path`` with a dynamic batch, height and width (example input
+    (1, 3, image_size, image_size)); ``native`` exports torch's default translation, the native
+    ``DeformConv`` of opset 19, instead of the portable function. Returns the export time in seconds."""
+    example = (torch.randn(1, 3, image_size, image_size),)
+    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
+    was_registered = dcn_onnxscript.is_registered()
+    if native:
+        dcn_onnxscript.unregister()
+    start = time.perf_counter()
+    try:
+        torch.onnx.export(model, example, str(path), dynamo=True, dynamic_shapes=(dims,),
+                          opset_version=NATIVE_OPSET if native else None, verbose=False)
+    finally:
+        if was_registered:
+            dcn_onnxscript.register()
+    return time.perf_counter() - start
+
+
+def max_relative_error(path: pathlib.Path, model: torch.nn.Module, shape: Sequence[int], threads: int = 0) -> float:
+    """Run the ONNX model at ``path`` and ``model`` (float32 eager) on one random input of ``shape``
+    (N, 3, H, W); returns max |onnx - eager| / max |eager| over the (N, 1000) logits."""
+    x = torch.randn(*shape)
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    (actual,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=pathlib.Path, default=None,
+                        help="where to write the .onnx file (default: a temporary directory)")
+    parser.add_argument("--image-size", type=int, default=224, help="export example size (square)")
+    parser.add_argument("--check-shape", type=int, nargs=4, default=(2, 3, 192, 160), metavar=("N", "C", "H", "W"),
+                        help="input shape of the onnxruntime check (another size than the export's)")
+    parser.add_argument("--native", action="store_true", help="export native DeformConv (opset 19) instead")
+    parser.add_argument("--offset-std", type=float, default=0.01, help="std of the offset/mask predictors' weights")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    model = build_model(args.seed, args.offset_std)
+    path = args.output or pathlib.Path(tempfile.mkdtemp()) / "dcn_resnet50.onnx"
+    seconds = export(model, path, args.image_size, args.native)
+    error = max_relative_error(path, model, args.check_shape)
+    print(f"wrote           {path}")
+    print(f"translation     {'native DeformConv' if args.native else 'portable'}")
+    print(f"export time     {seconds:.1f} s (example 1x3x{args.image_size}x{args.image_size})")
+    print(f"max rel. error  {error:.2g} at {'x'.join(map(str, args.check_shape))} against PyTorch eager")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
