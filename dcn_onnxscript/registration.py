@@ -17,7 +17,7 @@ from onnxscript import OnnxFunction, evaluator
 from onnxscript.function_libs.torch_lib import registration as torchlib_registration
 from onnxscript.values import TracedOnnxFunction
 
-from dcn_onnxscript import functions
+from dcn_onnxscript import functions, opsets, torchscript
 from dcn_onnxscript.validation import check_deform_conv2d_args
 
 _QUALIFIED_NAME = "torchvision::deform_conv2d"
@@ -105,36 +105,71 @@ def _is_zero(value) -> bool:
 
 _TRACED = TracedOnnxFunction(functions.dcn, _deform_conv2d_translation)
 _original_overloads: Optional[list] = None
+#: The lowerings :func:`register` and :func:`translation_table` accept: the portable function of
+#: :mod:`dcn_onnxscript.functions` ("gather", any opset from 12) and ONNX ``DeformConv`` ("native",
+#: torch's own mapping, opset ≥ 19).
+IMPLS = ("gather", "native")
+_NATIVE_MIN_OPSET = 19
 
 
-def translation_table() -> dict[Callable, Callable]:
+def _native_translation(*args):
+    """torch's own translation (ONNX ``DeformConv``), refusing opsets that do not have the op."""
+    opset = evaluator.default().opset.version  # the exporter's registry opset: max(18, requested)
+    if opset < _NATIVE_MIN_OPSET:
+        raise ValueError(f"impl='native' maps deform_conv2d to ONNX DeformConv, which needs opset_version >= "
+                         f"{_NATIVE_MIN_OPSET}; use impl='gather' for lower opsets")
+    return _native_overload()(*args)
+
+
+def _native_overload():
+    return (_original_overloads or _torchlib_entry().overloads)[0]
+
+
+_NATIVE = TracedOnnxFunction(functions.dcn, _native_translation)
+
+
+def _translation(impl: str):
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return _TRACED if impl == "gather" else _NATIVE
+
+
+def translation_table(impl: str = "gather") -> dict[Callable, Callable]:
     """``{torch.ops.torchvision.deform_conv2d.default: translation}`` for ``torch.onnx.export(...,
     custom_translation_table=translation_table())``; works whether or not :func:`register` is active."""
-    return {torch.ops.torchvision.deform_conv2d.default: _TRACED}
+    return {torch.ops.torchvision.deform_conv2d.default: _translation(impl)}
 
 
-def register() -> None:
-    """Make every ``torch.onnx.export(..., dynamo=True)`` translate ``torchvision::deform_conv2d`` through
-    the portable function (done on ``import dcn_onnxscript``). Idempotent."""
+def register(impl: str = "gather") -> None:
+    """Make every ``torch.onnx.export`` translate ``torchvision::deform_conv2d`` through ``impl`` (one of
+    :data:`IMPLS`; done with "gather" on ``import dcn_onnxscript``). With "gather" this covers the dynamo
+    exporter at every opset from 12 (:mod:`dcn_onnxscript.opsets`) and the TorchScript exporter
+    (``dynamo=False``, :mod:`dcn_onnxscript.torchscript`). Idempotent."""
     global _original_overloads
+    translation = _translation(impl)
     entry = _torchlib_entry()
     if _original_overloads is None:
         _original_overloads = list(entry.overloads)
-    entry.overloads[:] = [_TRACED]
+    entry.overloads[:] = [translation]
+    opsets.install()
+    torchscript.register()
 
 
 def unregister() -> None:
-    """Restore torch's default translation (native ONNX ``DeformConv``, opset ≥ 19). Idempotent."""
+    """Restore torch's default translation (native ONNX ``DeformConv``, opset ≥ 19) and the exporters'
+    own behaviour. Idempotent."""
     global _original_overloads
     if _original_overloads is None:
         return
     _torchlib_entry().overloads[:] = _original_overloads
     _original_overloads = None
+    opsets.uninstall()
+    torchscript.unregister()
 
 
 def is_registered() -> bool:
     """Whether :func:`register` is in effect."""
-    return _TRACED in _torchlib_entry().overloads
+    return any(t in _torchlib_entry().overloads for t in (_TRACED, _NATIVE))
 
 
 def _torchlib_entry() -> torchlib_registration.OverloadedFunction:

@@ -7,14 +7,11 @@ import dataclasses
 
 import numpy as np
 import onnx
-import onnx.reference
-import onnxruntime
 import pytest
-import torch
-import torchvision
 from onnxscript import OnnxFunction
 
-from dcn_onnxscript import functions
+from dcn_onnxscript import function_protos, functions
+from helpers import assert_close, run_onnxruntime, run_reference, torchvision_reference
 
 SEED = 20261126
 RANKS = {"X": 4, "W": 4, "offset": 4, "B": 1, "mask": 4}
@@ -95,14 +92,12 @@ def random_case(rng: np.random.Generator) -> Case:
             return case
 
 
-def torchvision_reference(case: Case, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """torchvision's CPU deform_conv2d in float64."""
-    t = {name: torch.from_numpy(a).double() for name, a in arrays.items()}
-    with torch.no_grad():
-        return torchvision.ops.deform_conv2d(
-            t["X"], t["offset"], t["W"], t["B"] if case.use_bias else None, case.stride, case.padding,
-            case.dilation, t["mask"] if case.use_mask else None,
-        ).numpy()
+def sweep_reference(case: Case, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """torchvision's CPU deform_conv2d in float64 for the case's arrays."""
+    return torchvision_reference(
+        arrays["X"], arrays["W"], arrays["offset"], arrays["mask"] if case.use_mask else None,
+        arrays["B"] if case.use_bias else None, case.stride, case.padding, case.dilation,
+    )
 
 
 def variant(case: Case) -> tuple[OnnxFunction, tuple[str, ...]]:
@@ -135,66 +130,29 @@ def function_model(case: Case, elem_type: int = onnx.TensorProto.FLOAT) -> onnx.
               for n in names]
     output = onnx.helper.make_tensor_value_info("Y", elem_type, ["N", "O", "Ho", "Wo"])
     graph = onnx.helper.make_graph([node], "deform_conv2d", inputs, [output])
-    callees = fn.function_ir.get_called_functions().values()
-    protos = [fn.to_function_proto()] + [f.to_function_proto() for f in callees]
     return onnx.helper.make_model(
         graph,
         opset_imports=[onnx.helper.make_opsetid("", 18), onnx.helper.make_opsetid(functions.DOMAIN, 1)],
-        functions=_callees_first(protos),
+        functions=function_protos(fn),
         ir_version=10,
     )
-
-
-def _callees_first(protos: list[onnx.FunctionProto]) -> list[onnx.FunctionProto]:
-    by_name = {p.name: p for p in protos}
-    ordered: dict[str, onnx.FunctionProto] = {}
-
-    def visit(name: str) -> None:
-        if name in ordered:
-            return
-        for node in by_name[name].node:
-            if node.domain == functions.DOMAIN:
-                visit(node.op_type)
-        ordered[name] = by_name[name]
-
-    for name in by_name:
-        visit(name)
-    return list(ordered.values())
-
-
-def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-4) -> None:
-    """|actual - expected| ≤ rtol · max(1, max|expected|) wherever ``expected`` is finite."""
-    finite = np.isfinite(expected)
-    scale = max(1.0, float(np.abs(expected[finite]).max(initial=0.0)))
-    assert actual.shape == expected.shape
-    assert np.isfinite(actual[finite]).all()
-    error = float(np.abs(actual[finite] - expected[finite]).max(initial=0.0))
-    assert error <= rtol * scale, f"max |error| {error:.3g} > {rtol * scale:.3g}"
-
-
-def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)[0]
-
-
-def run_reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    return onnx.reference.ReferenceEvaluator(model).run(None, feeds)[0]
 
 
 SWEEP = [random_case(np.random.default_rng([SEED, i])) for i in range(CASES)]
 
 
-def _feeds(case: Case, seed: int, dtype=np.float32) -> dict[str, np.ndarray]:
-    arrays = case.arrays(np.random.default_rng(seed), dtype)
-    return {name: arrays[name] for name in variant(case)[1]}
+def ordered(case: Case, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``arrays`` in the order of the inputs of the case's function."""
+    return [arrays[name] for name in variant(case)[1]]
 
 
 @pytest.mark.parametrize("case", SWEEP, ids=[f"case{i}" for i in range(CASES)])
 def test_matches_torchvision_on_onnxruntime_and_reference(case: Case) -> None:
-    feeds = _feeds(case, SEED)
+    arrays = case.arrays(np.random.default_rng(SEED))
+    feeds = ordered(case, arrays)
     model = function_model(case)
     onnx.checker.check_model(model, full_check=True)
-    expected = torchvision_reference(case, case.arrays(np.random.default_rng(SEED)))
+    expected = sweep_reference(case, arrays)
     assert_close(run_onnxruntime(model, feeds), expected)
     assert_close(run_reference(model, feeds), expected)
 
@@ -217,48 +175,34 @@ def test_sweep_covers_the_issue_ranges() -> None:
 HOSTILE = [np.nan, np.inf, -np.inf, 1e30, -1e30, 3e38, -3e38]
 
 
-def torchvision_reference_with_nan_offsets(case: Case, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """torchvision's output for offsets that hold NaN, without running torchvision on NaN: its CPU kernel
-    reads out of bounds (segfaults) when both coordinates of a sample are NaN. Where a NaN takes part,
-    torchvision's bilinear weights are NaN and so is its output; elsewhere a NaN-free run gives it."""
-    nan = np.isnan(arrays["offset"])
-    clean = dict(arrays, offset=np.where(nan, 1e30, arrays["offset"]).astype(arrays["offset"].dtype))
-    expected = torchvision_reference(case, clean)
-    touched = nan.any(axis=1, keepdims=True)  # (N, 1, Ho, Wo): every output channel sums over the taps
-    return np.where(touched, np.nan, expected)
-
-
 @pytest.mark.parametrize("run", [run_onnxruntime, run_reference], ids=["onnxruntime", "reference"])
 def test_hostile_offsets_never_raise_and_match_where_torchvision_is_finite(run) -> None:
     case = Case(2, 4, 4, 6, 5, (3, 3), (1, 1), (1, 1), (1, 1), 2, 2, True, True, 2.0)
     rng = np.random.default_rng(SEED)
-    feeds = _feeds(case, SEED)
-    offset = feeds["offset"]
+    arrays = case.arrays(np.random.default_rng(SEED))
+    offset = arrays["offset"]
     where = rng.random(offset.shape) < 0.05
     offset[where] = rng.choice(HOSTILE, size=int(where.sum()))
-    arrays = case.arrays(np.random.default_rng(SEED))
-    arrays["offset"] = offset
-    expected = torchvision_reference_with_nan_offsets(case, arrays)
-    actual = run(function_model(case), feeds)
-    assert np.isfinite(expected).mean() > 0.3
-    assert_close(actual, expected)
+    actual = run(function_model(case), ordered(case, arrays))
+    assert np.isfinite(actual).all()
+    assert_close(actual, sweep_reference(case, arrays))
 
 
 def test_samples_pushed_outside_the_image_contribute_zero() -> None:
     """Every sample 1e6 pixels away: the output is exactly the bias, as torchvision gives."""
     case = Case(1, 2, 3, 4, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1, 1, True, True, 1.0)
-    feeds = _feeds(case, SEED)
-    feeds["offset"] = np.full_like(feeds["offset"], 1e6)
-    actual = run_onnxruntime(function_model(case), feeds)
-    np.testing.assert_array_equal(actual, np.broadcast_to(feeds["B"][None, :, None, None], actual.shape))
+    arrays = case.arrays(np.random.default_rng(SEED))
+    arrays["offset"] = np.full_like(arrays["offset"], 1e6)
+    actual = run_onnxruntime(function_model(case), ordered(case, arrays))
+    np.testing.assert_array_equal(actual, np.broadcast_to(arrays["B"][None, :, None, None], actual.shape))
 
 
 def test_eager_onnxscript_matches_torchvision() -> None:
     case = SWEEP[0]
-    feeds = _feeds(case, SEED)
+    arrays = case.arrays(np.random.default_rng(SEED))
     fn, _ = variant(case)
-    actual = fn(*feeds.values(), **attributes(case))
-    assert_close(np.asarray(actual), torchvision_reference(case, case.arrays(np.random.default_rng(SEED))))
+    actual = fn(*ordered(case, arrays), **attributes(case))
+    assert_close(np.asarray(actual), sweep_reference(case, arrays))
 
 
 def test_function_uses_only_standard_primitive_ops() -> None:

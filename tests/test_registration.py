@@ -7,112 +7,73 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from torchvision.ops import DeformConv2d
 
 import dcn_onnxscript
-from test_functions import assert_close, run_onnxruntime
-
-
-class Layer(torch.nn.Module):
-    """A torchvision DeformConv2d fed by (x, offset[, mask])."""
-
-    def __init__(self, channels=4, out_channels=6, kernel=(3, 2), stride=1, padding=1, dilation=1,
-                 groups=2, bias=True, use_mask=True):
-        super().__init__()
-        self.conv = DeformConv2d(channels, out_channels, kernel, stride, padding, dilation, groups, bias)
-        self.use_mask = use_mask
-
-    def forward(self, x, offset, mask=None):
-        return self.conv(x, offset, mask if self.use_mask else None)
-
-    def example(self, batch=2, height=7, width=6, offset_groups=2, seed=0):
-        """(x, offset[, mask]) for this layer; offsets of a few pixels."""
-        generator = torch.Generator().manual_seed(seed)
-        kh, kw = self.conv.weight.shape[2:]
-        ho, wo = (
-            (size + 2 * p - d * (k - 1) - 1) // s + 1
-            for size, k, s, p, d in zip(
-                (height, width), (kh, kw), self.conv.stride, self.conv.padding, self.conv.dilation
-            )
-        )
-        taps = offset_groups * kh * kw
-        x = torch.randn(batch, self.conv.weight.shape[1] * self.conv.groups, height, width, generator=generator)
-        offset = 3 * torch.randn(batch, 2 * taps, ho, wo, generator=generator)
-        mask = torch.rand(batch, taps, ho, wo, generator=generator)
-        return (x, offset, mask) if self.use_mask else (x, offset)
-
-
-def export(model, args, **kwargs) -> onnx.ModelProto:
-    return torch.onnx.export(model.eval(), args, dynamo=True, verbose=False, **kwargs).model_proto
-
-
-def reference(model, args) -> np.ndarray:
-    with torch.no_grad():
-        return model.double()(*(a.double() for a in args)).numpy()
-
-
-def feeds(model_proto: onnx.ModelProto, args) -> dict[str, np.ndarray]:
-    return {i.name: a.numpy() for i, a in zip(model_proto.graph.input, args)}
+from helpers import Case, DeformConvLayer, assert_close, export_dynamo, layer_reference, make_inputs, run_onnxruntime
 
 
 def op_types(model_proto: onnx.ModelProto) -> set[str]:
     return {n.op_type for n in model_proto.graph.node} | {n.op_type for f in model_proto.functions for n in f.node}
 
 
-@pytest.mark.parametrize(
-    "config",
-    [
-        dict(),  # DCNv2 with bias, groups, non-square kernel
-        dict(bias=False),
-        dict(use_mask=False),  # DCNv1
-        dict(use_mask=False, bias=False),
-        dict(kernel=3, stride=2, padding=2, dilation=2, groups=1),
-    ],
-    ids=["v2-bias", "v2-no-bias", "v1-bias", "v1-no-bias", "stride-dilation"],
-)
-def test_import_registers_portable_translation(config) -> None:
-    assert dcn_onnxscript.is_registered()
-    model = Layer(**config)
-    args = model.example(offset_groups=2)
-    proto = export(model, args)
+def export_and_compare(case: Case, **export_options) -> onnx.ModelProto:
+    """Export a torchvision layer for ``case``, check it fully and compare it with torchvision."""
+    layer = DeformConvLayer(case).eval()
+    inputs = make_inputs(case)
+    proto = export_dynamo(layer, inputs, **export_options)
     onnx.checker.check_model(proto, full_check=True)
-    assert "DeformConv" not in op_types(proto)
-    assert_close(run_onnxruntime(proto, feeds(proto, args)), reference(model, args))
+    assert_close(run_onnxruntime(proto, inputs), layer_reference(layer, inputs))
+    return proto
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Case(in_channels=4, out_channels=6, kernel=(3, 2), groups=2, offset_groups=2),
+        Case(bias=False, offset_groups=2),
+        Case(mask=False),  # DCNv1
+        Case(mask=False, bias=False),
+        Case(kernel=(3, 3), stride=(2, 2), padding=(2, 2), dilation=(2, 2), size=(9, 8)),
+    ],
+    ids=["v2-bias-groups", "v2-no-bias", "v1-bias", "v1-no-bias", "stride-dilation"],
+)
+def test_import_registers_portable_translation(case) -> None:
+    assert dcn_onnxscript.is_registered()
+    assert "DeformConv" not in op_types(export_and_compare(case))
 
 
 def test_zero_bias_is_dropped_from_the_graph() -> None:
     """torchvision passes a zero bias for bias=False; the export then uses the no-bias variant."""
-    with_bias, without_bias = (export(Layer(bias=b), Layer(bias=b).example()) for b in (True, False))
+    with_bias, without_bias = (export_and_compare(Case(bias=b)) for b in (True, False))
     assert len(without_bias.graph.node) < len(with_bias.graph.node)
 
 
-def test_dynamic_shapes_run_at_other_sizes() -> None:
-    model = Layer()
+def test_dynamic_shapes_run_at_other_sizes_including_one_pixel() -> None:
+    case = Case()
     batch, height, width = (torch.export.Dim(n, min=1, max=64) for n in ("batch", "height", "width"))
     out_h, out_w = torch.export.Dim("out_h", min=1, max=64), torch.export.Dim("out_w", min=1, max=64)
-    image = {0: batch, 2: height, 3: width}
     per_output = {0: batch, 2: out_h, 3: out_w}
-    proto = export(model, model.example(), dynamic_shapes=(image, per_output, per_output))
-    onnx.checker.check_model(proto, full_check=True)
+    proto = export_and_compare(case, dynamic_shapes=({0: batch, 2: height, 3: width}, per_output, per_output))
+    layer = DeformConvLayer(case).eval()
     for batch_size, h, w in [(1, 1, 9), (3, 12, 1), (4, 20, 17)]:
-        args = model.example(batch=batch_size, height=h, width=w, seed=h)
-        assert_close(run_onnxruntime(proto, feeds(proto, args)), reference(model, args))
+        inputs = make_inputs(case, seed=h, size=(h, w), batch=batch_size)
+        assert_close(run_onnxruntime(proto, inputs), layer_reference(layer, inputs))
 
 
 def test_unregister_restores_native_deformconv_and_register_brings_it_back() -> None:
-    model = Layer()
-    args = model.example()
+    layer = DeformConvLayer(Case()).eval()
+    inputs = make_inputs(Case())
     try:
         dcn_onnxscript.unregister()
         assert not dcn_onnxscript.is_registered()
-        assert "DeformConv" in op_types(export(model, args, opset_version=19))
+        assert "DeformConv" in op_types(export_dynamo(layer, inputs, opset=19))
         # The translation table works without the global registration.
         table = dcn_onnxscript.translation_table()
-        assert "DeformConv" not in op_types(export(model, args, custom_translation_table=table))
+        assert "DeformConv" not in op_types(export_dynamo(layer, inputs, custom_translation_table=table))
     finally:
         dcn_onnxscript.register()
     assert dcn_onnxscript.is_registered()
-    assert "DeformConv" not in op_types(export(model, args, opset_version=19))
+    assert "DeformConv" not in op_types(export_dynamo(layer, inputs, opset=19))
 
 
 def test_register_and_unregister_are_idempotent() -> None:
@@ -129,12 +90,7 @@ def test_register_and_unregister_are_idempotent() -> None:
 
 def test_unoptimized_export_runs() -> None:
     """optimize=False: the exporter still inlines the function and every helper it calls."""
-    model = Layer()
-    args = model.example()
-    proto = export(model, args, optimize=False)
-    onnx.checker.check_model(proto, full_check=True)
-    assert "DeformConv" not in op_types(proto)
-    assert_close(run_onnxruntime(proto, feeds(proto, args)), reference(model, args))
+    assert "DeformConv" not in op_types(export_and_compare(Case(), optimize=False))
 
 
 class RawOp(torch.nn.Module):
@@ -152,7 +108,7 @@ class RawOp(torch.nn.Module):
 
 def _export_error(model, args) -> str:
     with pytest.raises(Exception) as info:
-        export(model, args)
+        torch.onnx.export(model, args, dynamo=True, verbose=False)
     causes = []
     error: BaseException | None = info.value
     while error is not None:
