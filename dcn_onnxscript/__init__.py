@@ -11,7 +11,9 @@ from dcn_onnxscript.functions import (
     deform_conv2d_no_bias_no_mask,
     deform_conv2d_no_mask,
 )
+from dcn_onnxscript.protos import function_protos
 from dcn_onnxscript.registration import is_registered, register, translation_table, unregister
+from dcn_onnxscript.rewrite import rewrite_model
 from dcn_onnxscript.validation import check_deform_conv2d_args
 
 __all__ = [
@@ -21,8 +23,10 @@ __all__ = [
     "deform_conv2d_no_bias",
     "deform_conv2d_no_bias_no_mask",
     "deform_conv2d_no_mask",
+    "function_protos",
     "is_registered",
     "register",
+    "rewrite_model",
     "translation_table",
     "unregister",
 ]

@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 #: sub-command -> (module, one-line help)
 COMMANDS = {
     "demo": ("dcn_onnxscript.demo", "export a small DCNv2 network, run it on onnxruntime, compare to torchvision"),
+    "bench": ("dcn_onnxscript.bench", "latency and peak memory on onnxruntime CPU: portable vs native DeformConv vs eager"),
+    "rewrite": ("dcn_onnxscript.rewrite", "replace the deformable convolutions of an ONNX file by portable ONNX ops"),
 }
 
 

@@ -90,6 +90,8 @@ class _Inliner(Generic[V]):
         if attribute.ref_attr_name:
             return bound.get(attribute.ref_attr_name)
         value = helper.get_attribute_value(attribute)
+        if isinstance(value, bytes):  # a STRING attribute (GridSample's mode): str, as Emit promises
+            return value.decode()
         return numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else value
 
     def _primitive(self, op_type: str, inputs: list, attributes: dict, n_outputs: int) -> list:

@@ -21,7 +21,7 @@ import numpy as np
 import onnx_ir as ir
 from torch.onnx._internal._lazy_import import onnxscript_apis
 
-from dcn_onnxscript import functions
+from dcn_onnxscript import functions, grid_sample
 from dcn_onnxscript.inline import inline_function
 
 #: Lowest opset the conversion was tested at (the function body needs opset ≥ 11 ops: Range, Gather-11).
@@ -29,9 +29,16 @@ MIN_OPSET = 12
 _NATIVE_OPSET = 18
 #: Domain that hides already-converted nodes from onnx.version_converter.
 _HIDDEN_DOMAIN = "dcn_onnxscript.converted"
+#: The public functions whose calls are expanded, by name: (function, lowest opset its body can be emitted
+#: for, what to call it in the error below that opset).
 _PUBLIC_FUNCTIONS = {
-    f.name: f for f in (functions.deform_conv2d, functions.deform_conv2d_no_bias,
-                        functions.deform_conv2d_no_mask, functions.deform_conv2d_no_bias_no_mask)
+    **{f.name: (f, MIN_OPSET, "deform_conv2d")
+       for f in (functions.deform_conv2d, functions.deform_conv2d_no_bias, functions.deform_conv2d_no_mask,
+                 functions.deform_conv2d_no_bias_no_mask)},
+    **{f.name: (f, grid_sample.MIN_OPSET, "impl='grid_sample' (deform_conv2d through ONNX GridSample)")
+       for f in (grid_sample.deform_conv2d_grid_sample, grid_sample.deform_conv2d_grid_sample_no_bias,
+                 grid_sample.deform_conv2d_grid_sample_no_mask,
+                 grid_sample.deform_conv2d_grid_sample_no_bias_no_mask)},
 }
 
 _original_convert_version: Optional[Callable] = None
@@ -73,12 +80,15 @@ def _expand_calls(model: ir.Model, opset: int) -> bool:
     """Replace each call of a public deformable-convolution function in the main graph by its body for
     ``opset``, under the hidden domain. Returns whether there was any."""
     calls = [n for n in model.graph if n.domain == functions.DOMAIN and n.op_type in _PUBLIC_FUNCTIONS]
-    if calls and opset < MIN_OPSET:
-        raise ValueError(f"deform_conv2d needs opset >= {MIN_OPSET}, got opset_version={opset}")
+    for call in calls:  # all checked before the model is touched
+        _, min_opset, what = _PUBLIC_FUNCTIONS[call.op_type]
+        if opset < min_opset:
+            hint = "" if min_opset == MIN_OPSET else f"; use impl='gather' below opset {min_opset}"
+            raise ValueError(f"{what} needs opset >= {min_opset}, got opset_version={opset}{hint}")
     for call in calls:
         emitted: list[ir.Node] = []
         attributes = {name: attr.value for name, attr in call.attributes.items()}
-        outputs = inline_function(_PUBLIC_FUNCTIONS[call.op_type], list(call.inputs), attributes,
+        outputs = inline_function(_PUBLIC_FUNCTIONS[call.op_type][0], list(call.inputs), attributes,
                                   _ir_emitter(emitted), opset, call.inputs[0].dtype.value)
         model.graph.insert_before(call, emitted)
         _replace_outputs(call.outputs, outputs)

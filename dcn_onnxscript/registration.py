@@ -17,61 +17,76 @@ from onnxscript import OnnxFunction, evaluator
 from onnxscript.function_libs.torch_lib import registration as torchlib_registration
 from onnxscript.values import TracedOnnxFunction
 
-from dcn_onnxscript import functions, opsets, torchscript
+from dcn_onnxscript import functions, grid_sample, opsets, torchscript
 from dcn_onnxscript.validation import check_deform_conv2d_args
 
 _QUALIFIED_NAME = "torchvision::deform_conv2d"
 
 
-def _deform_conv2d_translation(
-    input,
-    weight,
-    offset,
-    mask,
-    bias,
-    stride_h: int,
-    stride_w: int,
-    pad_h: int,
-    pad_w: int,
-    dilation_h: int,
-    dilation_w: int,
-    groups: int,
-    offset_groups: int,
-    use_mask: bool,
-):
-    """torchvision::deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, int offset_groups, bool use_mask) -> Tensor"""
-    check_deform_conv2d_args(
-        input_shape=_static_shape(input),
-        weight_shape=_static_shape(weight),
-        offset_shape=_static_shape(offset),
-        mask_shape=_static_shape(mask) if use_mask else None,
-        bias_shape=_static_shape(bias),
-        stride=(stride_h, stride_w),
-        padding=(pad_h, pad_w),
-        dilation=(dilation_h, dilation_w),
-        groups=groups,
-        offset_groups=offset_groups,
-    )
-    attributes = dict(
-        strides=[stride_h, stride_w],
-        pads=[pad_h, pad_w, pad_h, pad_w],
-        dilations=[dilation_h, dilation_w],
-        group=groups,
-        offset_group=offset_groups,
-    )
-    if _is_zero(bias):
-        inputs, function = (input, weight, offset), functions.deform_conv2d_no_bias_no_mask
-    else:
-        inputs, function = (input, weight, offset, bias), functions.deform_conv2d_no_mask
-    if use_mask:
-        # A mask is the last input; the variant with a mask takes it after the bias.
-        inputs += (mask,)
-        function = (
-            functions.deform_conv2d_no_bias if function is functions.deform_conv2d_no_bias_no_mask
-            else functions.deform_conv2d
+#: A portable lowering's public functions, by the optional inputs they take: (bias, mask).
+Variants = dict[tuple[bool, bool], OnnxFunction]
+
+_GATHER_VARIANTS: Variants = {
+    (True, True): functions.deform_conv2d,
+    (False, True): functions.deform_conv2d_no_bias,
+    (True, False): functions.deform_conv2d_no_mask,
+    (False, False): functions.deform_conv2d_no_bias_no_mask,
+}
+_GRID_SAMPLE_VARIANTS: Variants = {
+    (True, True): grid_sample.deform_conv2d_grid_sample,
+    (False, True): grid_sample.deform_conv2d_grid_sample_no_bias,
+    (True, False): grid_sample.deform_conv2d_grid_sample_no_mask,
+    (False, False): grid_sample.deform_conv2d_grid_sample_no_bias_no_mask,
+}
+
+
+def _portable_translation(variants: Variants) -> TracedOnnxFunction:
+    """The translation of ``torchvision::deform_conv2d`` into a call of one of ``variants``."""
+
+    def _deform_conv2d_translation(
+        input,
+        weight,
+        offset,
+        mask,
+        bias,
+        stride_h: int,
+        stride_w: int,
+        pad_h: int,
+        pad_w: int,
+        dilation_h: int,
+        dilation_w: int,
+        groups: int,
+        offset_groups: int,
+        use_mask: bool,
+    ):
+        """torchvision::deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, int offset_groups, bool use_mask) -> Tensor"""
+        check_deform_conv2d_args(
+            input_shape=_static_shape(input),
+            weight_shape=_static_shape(weight),
+            offset_shape=_static_shape(offset),
+            mask_shape=_static_shape(mask) if use_mask else None,
+            bias_shape=_static_shape(bias),
+            stride=(stride_h, stride_w),
+            padding=(pad_h, pad_w),
+            dilation=(dilation_h, dilation_w),
+            groups=groups,
+            offset_groups=offset_groups,
         )
-    _record_called_functions(function)
-    return function(*inputs, **attributes)
+        attributes = dict(
+            strides=[stride_h, stride_w],
+            pads=[pad_h, pad_w, pad_h, pad_w],
+            dilations=[dilation_h, dilation_w],
+            group=groups,
+            offset_group=offset_groups,
+        )
+        use_bias = not _is_zero(bias)
+        function = variants[(use_bias, use_mask)]
+        # DeformConv's input order: the bias before the mask.
+        inputs = (input, weight, offset) + ((bias,) if use_bias else ()) + ((mask,) if use_mask else ())
+        _record_called_functions(function)
+        return function(*inputs, **attributes)
+
+    return TracedOnnxFunction(functions.dcn, _deform_conv2d_translation)
 
 
 def _record_called_functions(function: OnnxFunction) -> None:
@@ -103,12 +118,13 @@ def _is_zero(value) -> bool:
     return tensor is not None and not tensor.numpy().any()
 
 
-_TRACED = TracedOnnxFunction(functions.dcn, _deform_conv2d_translation)
 _original_overloads: Optional[list] = None
 #: The lowerings :func:`register` and :func:`translation_table` accept: the portable function of
-#: :mod:`dcn_onnxscript.functions` ("gather", any opset from 12) and ONNX ``DeformConv`` ("native",
-#: torch's own mapping, opset ≥ 19).
-IMPLS = ("gather", "native")
+#: :mod:`dcn_onnxscript.functions` ("gather", any opset from 12), the one of
+#: :mod:`dcn_onnxscript.grid_sample` ("grid_sample", ONNX ``GridSample``, opset ≥ 16; lower opsets are
+#: refused at export by :mod:`dcn_onnxscript.opsets`) and ONNX ``DeformConv`` ("native", torch's own
+#: mapping, opset ≥ 19).
+IMPLS = ("gather", "grid_sample", "native")
 _NATIVE_MIN_OPSET = 19
 
 
@@ -125,13 +141,17 @@ def _native_overload():
     return (_original_overloads or _torchlib_entry().overloads)[0]
 
 
-_NATIVE = TracedOnnxFunction(functions.dcn, _native_translation)
+_TRANSLATIONS = {
+    "gather": _portable_translation(_GATHER_VARIANTS),
+    "grid_sample": _portable_translation(_GRID_SAMPLE_VARIANTS),
+    "native": TracedOnnxFunction(functions.dcn, _native_translation),
+}
 
 
-def _translation(impl: str):
+def _translation(impl: str) -> TracedOnnxFunction:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    return _TRACED if impl == "gather" else _NATIVE
+    return _TRANSLATIONS[impl]
 
 
 def translation_table(impl: str = "gather") -> dict[Callable, Callable]:
@@ -143,8 +163,9 @@ def translation_table(impl: str = "gather") -> dict[Callable, Callable]:
 def register(impl: str = "gather") -> None:
     """Make every ``torch.onnx.export`` translate ``torchvision::deform_conv2d`` through ``impl`` (one of
     :data:`IMPLS`; done with "gather" on ``import dcn_onnxscript``). With "gather" this covers the dynamo
-    exporter at every opset from 12 (:mod:`dcn_onnxscript.opsets`) and the TorchScript exporter
-    (``dynamo=False``, :mod:`dcn_onnxscript.torchscript`). Idempotent."""
+    exporter at every opset from 12 (:mod:`dcn_onnxscript.opsets`), with "grid_sample" from 16; the
+    TorchScript exporter (``dynamo=False``, :mod:`dcn_onnxscript.torchscript`) always gets "gather".
+    Idempotent."""
     global _original_overloads
     translation = _translation(impl)
     entry = _torchlib_entry()
@@ -169,7 +190,7 @@ def unregister() -> None:
 
 def is_registered() -> bool:
     """Whether :func:`register` is in effect."""
-    return any(t in _torchlib_entry().overloads for t in (_TRACED, _NATIVE))
+    return any(t in _torchlib_entry().overloads for t in _TRANSLATIONS.values())
 
 
 def _torchlib_entry() -> torchlib_registration.OverloadedFunction:

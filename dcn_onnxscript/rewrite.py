@@ -45,18 +45,19 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import os
 import pathlib
 import sys
 import tempfile
-from typing import Callable, Iterator, Mapping, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import onnx
 import onnx.version_converter
 import onnx_ir as ir
-import onnxscript.version_converter
+import onnxruntime
 from onnx_ir.passes.common import InlinePass
 from onnxscript import OnnxFunction
 
@@ -68,11 +69,12 @@ from dcn_onnxscript.functions import (
     deform_conv2d_no_bias_no_mask,
     deform_conv2d_no_mask,
 )
+from dcn_onnxscript.protos import function_protos
 from dcn_onnxscript.validation import check_deform_conv2d_args
 
 #: The ONNX opset the portable functions are written against; the least default opset of a rewritten model.
 FUNCTIONS_OPSET = 18
-#: Above this many nodes in the main graph, the command line reports progress on stderr.
+#: From this many nodes (all graphs and functions together), the command line reports progress on stderr.
 LARGE_MODEL_NODES = 5000
 
 Progress = Callable[[str], None]
@@ -182,7 +184,6 @@ def _check_input_count(node: ir.Node, least: int, most: int) -> None:
 def _read_deform_conv(node: ir.Node) -> DeformConvCall:
     """``DeformConv(X, W, offset[, B][, mask])`` with ONNX's attributes."""
     _check_input_count(node, 3, 5)
-    kernel_shape = _ints(node, "kernel_shape", (), (2,)) if "kernel_shape" in node.attributes else None
     call = DeformConvCall(
         X=node.inputs[0], W=node.inputs[1], offset=node.inputs[2], B=_input(node, 3), mask=_input(node, 4),
         strides=_ints(node, "strides", (1, 1), (2,)),
@@ -191,11 +192,11 @@ def _read_deform_conv(node: ir.Node) -> DeformConvCall:
         group=_int(node, "group", 1),
         offset_group=_int(node, "offset_group", 1),
     )
-    weight_kernel = _static_shape(call.W)
-    if kernel_shape is not None and weight_kernel is not None and len(weight_kernel) == 4 and None not in \
-            weight_kernel[2:] and tuple(weight_kernel[2:]) != kernel_shape:
+    kernel_shape = _ints(node, "kernel_shape", (None, None), (2,))
+    weight_kernel = (_static_shape(call.W) or (None,) * 4)[2:]
+    if any(k is not None and w is not None and k != w for k, w in zip(kernel_shape, weight_kernel)):
         raise RewriteError(f"{_describe(node)}: kernel_shape {list(kernel_shape)} differs from the weight's "
-                           f"kernel {list(weight_kernel[2:])}")
+                           f"kernel {list(weight_kernel)}")
     return call
 
 
@@ -309,19 +310,24 @@ def _portable_node(node: ir.Node, call: DeformConvCall, function: OnnxFunction) 
         ir.AttrInt64("group", call.group),
         ir.AttrInt64("offset_group", call.offset_group),
     ]
-    return ir.Node(DOMAIN, function.name, inputs, attributes, num_outputs=1, name=node.name,
-                   doc_string=node.doc_string, metadata_props=dict(node.metadata_props))
+    # The node's metadata (an exporter's stack trace, say) is not carried over: the inliner would copy it
+    # onto each of the few hundred nodes of the function body.
+    return ir.Node(DOMAIN, function.name, inputs, attributes, num_outputs=1, name=node.name)
 
 
-def _replace_deform_convs(model: ir.Model, implementation: Implementation,
+def _source_nodes(graph: ir.Graph | ir.Function | ir.Model) -> list[ir.Node]:
+    """The nodes to rewrite, subgraphs included (and, for a model, local functions)."""
+    nodes = _all_nodes(graph) if isinstance(graph, ir.Model) else ir.traversal.RecursiveGraphIterator(graph)
+    return [node for node in nodes if (node.domain, node.op_type) in SOURCE_OPS]
+
+
+def _replace_deform_convs(nodes: list[ir.Node], implementation: Implementation,
                           progress: Optional[Progress]) -> tuple[collections.Counter, set[OnnxFunction]]:
-    """Replace every recognised node by a call of the implementation's function. Returns the count per kind
-    and the public functions called. Nothing is changed when any node is refused."""
-    found = [(node, SOURCE_OPS[(node.domain, node.op_type)]) for node in _all_nodes(model)
-             if (node.domain, node.op_type) in SOURCE_OPS]
+    """Replace each of ``nodes`` by a call of the implementation's function. Returns the count per kind and
+    the public functions called. Nothing is changed when any node is refused."""
     calls = []
-    for node, read in found:
-        call = read(node)
+    for node in nodes:
+        call = SOURCE_OPS[(node.domain, node.op_type)](node)
         _validate(node, call)
         calls.append((node, call))
     counts: collections.Counter = collections.Counter()
@@ -338,15 +344,6 @@ def _replace_deform_convs(model: ir.Model, implementation: Implementation,
         if progress and (index % step == 0 or index == len(calls)):
             progress(f"replaced {index}/{len(calls)} deformable convolutions")
     return counts, used
-
-
-def _function_protos(public: set[OnnxFunction]) -> dict[tuple[str, str], onnx.FunctionProto]:
-    """The public functions and every helper they call, by (domain, name)."""
-    protos = {}
-    for function in public:
-        for f in (function, *function.function_ir.get_called_functions().values()):
-            protos[(f.function_ir.domain, f.name)] = f.to_function_proto()
-    return protos
 
 
 def _check_opset_compatible(proto: onnx.FunctionProto, version: int) -> None:
@@ -367,7 +364,8 @@ def _check_opset_compatible(proto: onnx.FunctionProto, version: int) -> None:
 
 def _add_functions(model: ir.Model, public: set[OnnxFunction], version: int) -> None:
     """Add the functions (and helpers) to the model, declared at the model's ONNX opset ``version``."""
-    for key, proto in _function_protos(public).items():
+    protos = {(p.domain, p.name): p for function in public for p in function_protos(function)}
+    for proto in protos.values():
         _check_opset_compatible(proto, version)
         for entry in proto.opset_import:
             if entry.domain in ("", "ai.onnx"):
@@ -396,12 +394,15 @@ def _inline_portable_functions(model: ir.Model) -> None:
     before = set(_all_nodes(model))
     InlinePass(criteria=lambda function: function.domain == DOMAIN)(model)
     for node in _all_nodes(model):
-        if node not in before and node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+        if node in before:
+            continue
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             _constant_to_value(node)
+        for value in node.outputs:
+            if value.shape is None:  # a type without a shape is no valid value_info; inference redoes it
+                value.type = None
     for key in [key for key in model.functions if key[0] == DOMAIN]:
         del model.functions[key]
-    for graph in (model, *model.functions.values()):
-        graph.opset_imports.pop(DOMAIN, None)
 
 
 def _onnx_opset(model: ir.Model) -> int:
@@ -412,19 +413,36 @@ def _onnx_opset(model: ir.Model) -> int:
 
 
 def _convert_opset(model: ir.Model, version: int) -> ir.Model:
-    """The model at ONNX opset ``version``: upwards with onnxscript's converter (it leaves custom-domain
-    nodes such as mmcv's alone), downwards with ONNX's."""
+    """The model converted to ONNX opset ``version`` by ONNX's version converter (which leaves
+    custom-domain nodes such as mmcv's alone)."""
     current = _onnx_opset(model)
     if version == current:
         return model
+    ir.external_data.load_to_model(model)  # the proto handed to the converter must hold the data
     try:
-        if version > current:
-            onnxscript.version_converter.convert_version(model, version)
-            return model
-        return ir.from_proto(onnx.version_converter.convert_version(ir.to_proto(model), version))
-    except Exception as error:  # noqa: BLE001  (the converters raise assorted types)
-        message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise RewriteError(f"cannot convert the model from opset {current} to {version}: {message}") from None
+        converted = onnx.version_converter.convert_version(ir.to_proto(model), version)
+    except Exception as error:  # noqa: BLE001  (the converter raises assorted types)
+        reason = _one_line(error).split("failed: ")[-1]  # drop the C++ assertion's file and line
+        raise RewriteError(f"cannot convert the model from opset {current} to {version}: {reason}") from None
+    return ir.from_proto(converted)
+
+
+def _check_function_opsets(model: ir.Model, version: int) -> None:
+    """Raise unless each local function holding a node to rewrite imports the model's ONNX opset, the one
+    the inlined function bodies are declared at."""
+    for function in model.functions.values():
+        own = function.opset_imports.get("", function.opset_imports.get("ai.onnx", version))
+        if own != version and _source_nodes(function):
+            raise RewriteError(f"local function {function.name!r} imports ONNX opset {own}, the model {version}; "
+                               "only functions at the model's opset can be rewritten")
+
+
+def _drop_unused_domains(model: ir.Model, domains: set[str]) -> None:
+    """Remove the opset imports of ``domains`` (ours, mmcv's) that no node uses any more."""
+    used = {node.domain for node in _all_nodes(model)}
+    for graph in (model, *model.functions.values()):
+        for domain in domains - used:
+            graph.opset_imports.pop(domain, None)
 
 
 def rewrite(model: ir.Model, impl: str = "gather", opset: Optional[int] = None,
@@ -432,18 +450,21 @@ def rewrite(model: ir.Model, impl: str = "gather", opset: Optional[int] = None,
     """Rewrite ``model`` in place (see the module docstring) and return it with the counts per node kind.
 
     ``impl``: a key of :data:`IMPLEMENTATIONS`; ``opset``: the ONNX opset of the result (default: the
-    model's own). Raises :class:`RewriteError` (and changes nothing) for a node it cannot rewrite.
+    model's own). Raises :class:`RewriteError` for a node it cannot rewrite; ``model`` is then left as it
+    was unless an upward ``opset`` conversion had already been applied.
     """
     if impl not in IMPLEMENTATIONS:
         raise RewriteError(f"unknown implementation {impl!r}; choose from {', '.join(sorted(IMPLEMENTATIONS))}")
     if opset is not None and opset > _onnx_opset(model):
         model = _convert_opset(model, opset)
     version = _onnx_opset(model)
-    counts, used = _replace_deform_convs(model, IMPLEMENTATIONS[impl], progress)
+    nodes = _source_nodes(model)
+    if nodes and version < FUNCTIONS_OPSET:
+        raise RewriteError(f"the model's opset {version} is older than the {FUNCTIONS_OPSET} the portable "
+                           f"functions need; add --opset {FUNCTIONS_OPSET} (or later) to convert it")
+    _check_function_opsets(model, version)
+    counts, used = _replace_deform_convs(nodes, IMPLEMENTATIONS[impl], progress)
     if counts:
-        if version < FUNCTIONS_OPSET:
-            raise RewriteError(f"the model's opset {version} is older than the {FUNCTIONS_OPSET} the portable "
-                               f"functions need; add --opset {FUNCTIONS_OPSET} (or later) to convert it")
         model.opset_imports[DOMAIN] = DOMAIN_VERSION
         for function in model.functions.values():
             function.opset_imports[DOMAIN] = DOMAIN_VERSION
@@ -451,6 +472,7 @@ def rewrite(model: ir.Model, impl: str = "gather", opset: Optional[int] = None,
         if progress:
             progress("inlining the portable functions")
         _inline_portable_functions(model)
+        _drop_unused_domains(model, {DOMAIN} | {kind.split("::")[0] for kind in counts if "::" in kind})
     if opset is not None and opset < version:
         model = _convert_opset(model, opset)
     return RewriteResult(model, counts)
@@ -491,16 +513,158 @@ def run(args: argparse.Namespace) -> int:
     try:
         output = _output_path(args)
         model = _load(args.input)
-        large = _count_nodes(model) >= LARGE_MODEL_NODES
-        progress = _print_progress if large else None
+        progress = _print_progress if _count_nodes(model) >= LARGE_MODEL_NODES else None
+        external = _needs_external_data(model)  # before an opset conversion loads the data into memory
         result = rewrite(model, impl=args.impl, opset=args.opset, progress=progress)
-        external = _uses_external_data(model)
         with _staged(output, result.model, external, progress) as staged:
             if args.check:
+                if progress:
+                    progress("checking")
                 for line in _check(args.input, staged, args.tolerance, args.seed):
                     print(line)
-    except (RewriteError, OSError, onnx.checker.ValidationError) as error:
+    except (ValueError, OSError) as error:  # RewriteError is a ValueError
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 1
     print(f"{result.summary()} (impl {args.impl}, opset {_onnx_opset(result.model)}) -> {output}")
     return 0
+
+
+def _output_path(args: argparse.Namespace) -> pathlib.Path:
+    """Where to write: OUT, or the input itself with --in-place; never the input otherwise."""
+    if args.in_place:
+        if args.output is not None and not _same_file(args.output, args.input):
+            raise RewriteError("--in-place overwrites the input; leave OUT out")
+        return args.input
+    if args.output is None:
+        raise RewriteError("give OUT.onnx, or --in-place to overwrite the input")
+    if _same_file(args.output, args.input):
+        raise RewriteError(f"{args.output} is the input; pass --in-place to overwrite it")
+    return args.output
+
+
+def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
+def _load(path: pathlib.Path) -> ir.Model:
+    """The model at ``path``, external data left on disk until needed."""
+    try:
+        model = ir.load(path)
+    except OSError:
+        raise
+    except Exception as error:  # noqa: BLE001  (protobuf's DecodeError and friends)
+        raise RewriteError(f"{path}: not an ONNX model ({_one_line(error)})") from None
+    if not model.ir_version or not model.opset_imports:
+        raise RewriteError(f"{path}: not an ONNX model (no IR version or opset)")
+    return model
+
+
+def _count_nodes(model: ir.Model) -> int:
+    return sum(1 for _ in _all_nodes(model))
+
+
+def _print_progress(message: str) -> None:
+    print(f"rewrite: {message}", file=sys.stderr, flush=True)
+
+
+def _needs_external_data(model: ir.Model) -> bool:
+    """Whether to write the tensors to a data file: the input did, or they would not fit a protobuf file."""
+    tensors = [value.const_value for graph in model.graphs() for value in graph.initializers.values()
+               if value.const_value is not None]
+    return any(isinstance(t, ir.ExternalTensor) for t in tensors) or sum(t.nbytes for t in tensors) > _PROTOBUF_LIMIT
+
+
+#: Tensors above this many bytes in all go to external data (a protobuf file cannot exceed 2 GiB).
+_PROTOBUF_LIMIT = 2**31 - 2**26
+
+
+@contextlib.contextmanager
+def _staged(output: pathlib.Path, model: ir.Model, external_data: bool,
+            progress: Optional[Progress]) -> Iterator[pathlib.Path]:
+    """Write ``model`` (with its tensors in ``OUT.data`` when ``external_data``) into a temporary folder
+    beside ``output``, yield the staged path, and move it into place only if the body succeeds."""
+    output = output.absolute()
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as folder:
+        staged = pathlib.Path(folder) / output.name
+        data = f"{output.name}.data" if external_data else None
+        if progress:
+            progress(f"writing {output}" + (f" and {data}" if data else ""))
+        ir.save(model, staged, external_data=data)
+        yield staged
+        if data:
+            os.replace(staged.parent / data, output.parent / data)
+        os.replace(staged, output)
+
+
+def _check(original: pathlib.Path, rewritten: pathlib.Path, tolerance: float, seed: int) -> list[str]:
+    """Run onnx.checker (full check) on ``rewritten`` and compare both models on onnxruntime with random
+    inputs; raise :class:`RewriteError` on a failure. Returns the report, one line per check."""
+    try:
+        onnx.checker.check_model(str(rewritten), full_check=True)
+    except Exception as error:  # noqa: BLE001  (checker and shape inference raise different types)
+        raise RewriteError(f"onnx.checker: {_one_line(error)}") from None
+    report = ["check: onnx.checker (full_check) passed"]
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        before = onnxruntime.InferenceSession(str(original), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001
+        return report + [f"check: the original does not run on onnxruntime ({_one_line(error)[:200]}); "
+                         "outputs not compared"]
+    after = onnxruntime.InferenceSession(str(rewritten), options, providers=["CPUExecutionProvider"])
+    feeds = _random_feeds(before.get_inputs(), np.random.default_rng(seed))
+    try:
+        expected = before.run(None, feeds)
+    except Exception as error:  # noqa: BLE001
+        return report + [f"check: the original fails on random inputs ({_one_line(error)[:200]}); "
+                         "outputs not compared"]
+    actual = after.run(None, feeds)
+    worst = max((_relative_error(a, e) for a, e in zip(actual, expected)), default=0.0)
+    shapes = ", ".join(f"{name} {tuple(x.shape)}" for name, x in feeds.items())
+    line = (f"check: onnxruntime, original vs rewritten on random inputs ({shapes}): max |difference| "
+            f"{worst:.3g} relative to max(1, max |original|), tolerance {tolerance:g}")
+    if not worst <= tolerance:
+        raise RewriteError(line.removeprefix("check: ") + ": outputs differ")
+    return report + [line]
+
+
+#: onnxruntime's type string -> numpy dtype, for the random inputs of --check.
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _random_feeds(inputs: Sequence, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random inputs: standard-normal floats, zeros otherwise; a named dynamic dimension is 1 on axis 0 and
+    16 elsewhere, the same wherever its name recurs."""
+    sizes: dict[str, int] = {}
+    feeds = {}
+    for value in inputs:
+        if value.type not in _ORT_TYPES:
+            raise RewriteError(f"--check cannot make random values for input {value.name!r} of {value.type}")
+        shape = []
+        for axis, dim in enumerate(value.shape):
+            if isinstance(dim, int):
+                shape.append(dim)
+            else:
+                shape.append(sizes.setdefault(dim, 1 if axis == 0 else 16) if dim else (1 if axis == 0 else 16))
+        dtype = _ORT_TYPES[value.type]
+        floating = np.issubdtype(dtype, np.floating)
+        feeds[value.name] = rng.standard_normal(shape).astype(dtype) if floating else np.zeros(shape, dtype)
+    return feeds
+
+
+def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    if actual.shape != expected.shape:
+        return float("inf")
+    if actual.size == 0:
+        return 0.0
+    difference = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    scale = max(1.0, float(np.nanmax(np.abs(expected.astype(np.float64)))))
+    return float(np.nanmax(difference)) / scale
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__

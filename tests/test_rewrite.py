@@ -1,0 +1,437 @@
+"""Tests of :mod:`dcn_onnxscript.rewrite`: ONNX's DeformConv conformance cases rewritten and run on
+onnxruntime, OpenVINO and tract; random native models against onnxruntime's own DeformConv kernel; mmcv's
+nodes; subgraphs, local functions, external data; the command line in real subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx_ir as ir
+import onnxruntime
+import pytest
+
+from helpers import RUNNERS, assert_close, run_onnxruntime
+
+from dcn_onnxscript.__main__ import main
+from dcn_onnxscript.rewrite import FUNCTIONS_OPSET, RewriteError, rewrite, rewrite_model
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+def _ort_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Every output (the shared runners return the first only)."""
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def _all_op_types(model: onnx.ModelProto) -> set[str]:
+    """Op types of every node: main graph, subgraphs, local functions."""
+    ir_model = ir.from_proto(model)
+    graphs = [ir_model.graph, *ir_model.functions.values()]
+    return {node.op_type for graph in graphs for node in ir.traversal.RecursiveGraphIterator(graph)}
+
+
+def _value_info(name: str, array: np.ndarray) -> onnx.ValueInfoProto:
+    return oh.make_tensor_value_info(name, oh.np_dtype_to_tensor_dtype(array.dtype), array.shape)
+
+
+def _single_node_model(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset: int = 22,
+                       domains: dict[str, int] | None = None) -> onnx.ModelProto:
+    """``node`` as a model whose inputs are ``feeds`` and whose output is a 4-D tensor of their type."""
+    elem = oh.np_dtype_to_tensor_dtype(next(iter(feeds.values())).dtype)
+    graph = oh.make_graph([node], "g", [_value_info(n, a) for n, a in feeds.items()],
+                          [oh.make_tensor_value_info(node.output[0], elem, [None] * 4)])
+    imports = [oh.make_opsetid("", opset)] + [oh.make_opsetid(d, v) for d, v in (domains or {}).items()]
+    return oh.make_model(graph, opset_imports=imports)
+
+
+def _random_case(seed: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A native DeformConv model over random attributes (asymmetric pads, groups, offset groups, optional B
+    and mask given as missing or empty-name inputs, float32/float64, opset 19/22) and random inputs."""
+    rng = np.random.default_rng(seed)
+    while True:
+        group, offset_group = int(rng.choice([1, 2, 3])), int(rng.choice([1, 2, 4]))
+        channels = int(np.lcm(group, offset_group) * rng.integers(1, 3))
+        out_channels = group * int(rng.integers(1, 3))
+        kernel, strides, dilations = (tuple(int(v) for v in rng.integers(1, hi, 2)) for hi in (4, 3, 3))
+        pads = [int(v) for v in rng.integers(0, 3, 4)]
+        size = tuple(int(v) for v in rng.integers(3, 9, 2))
+        out = [(size[i] + pads[i] + pads[i + 2] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
+               for i in range(2)]
+        if min(out) >= 1:
+            break
+    dtype = np.float64 if seed % 4 == 3 else np.float32
+    batch, taps = int(rng.integers(1, 3)), kernel[0] * kernel[1]
+    values = {
+        "X": rng.standard_normal((batch, channels, *size)),
+        "W": rng.standard_normal((out_channels, channels // group, *kernel)),
+        "offset": rng.standard_normal((batch, 2 * offset_group * taps, *out)) * 2,
+        "B": rng.standard_normal(out_channels),
+        "mask": rng.random((batch, offset_group * taps, *out)),
+    }
+    names = ["X", "W", "offset", "B" if rng.integers(2) else "", "mask" if rng.integers(2) else ""]
+    while not names[-1]:
+        names.pop()
+    feeds = {n: values[n].astype(dtype) for n in names if n}
+    node = oh.make_node("DeformConv", names, ["Y"], kernel_shape=kernel, strides=strides, pads=pads,
+                        dilations=dilations, group=group, offset_group=offset_group)
+    return _single_node_model(node, feeds, opset=19 if seed % 2 else 22), feeds
+
+
+# --- ONNX's conformance cases on three runtimes -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conformance() -> list[tuple[str, onnx.ModelProto, list[np.ndarray], np.ndarray]]:
+    """ONNX's DeformConv node test cases, rewritten: (name, model, inputs, expected output)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # other ops' cases overflow on purpose while being collected
+        from onnx.backend.test.case.node import collect_testcases
+
+        cases = collect_testcases("DeformConv")
+    rewritten = []
+    for case in cases:
+        (inputs, outputs), = case.data_sets
+        rewritten.append((case.name, rewrite_model(case.model), list(inputs), outputs[0]))
+    assert len(rewritten) >= 4
+    return rewritten
+
+
+def test_conformance_cases_rewritten_are_valid_and_free_of_deform_conv(conformance):
+    for _, model, _, _ in conformance:
+        onnx.checker.check_model(model, full_check=True)
+        assert "DeformConv" not in _all_op_types(model)
+        assert {o.domain for o in model.opset_import} == {""}
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino", "tract"])
+def test_conformance_cases_match_expected_outputs(conformance, runtime):
+    for name, model, inputs, expected in conformance:
+        actual = RUNNERS[runtime](model, inputs)
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5, err_msg=f"{name} on {runtime}")
+
+
+# --- native DeformConv before and after -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_random_deform_conv_matches_onnxruntime_native_kernel(seed):
+    model, feeds = _random_case(seed)
+    expected = run_onnxruntime(model, list(feeds.values()))
+    rewritten = rewrite_model(model)
+    assert "DeformConv" not in _all_op_types(rewritten)
+    actual = run_onnxruntime(rewritten, list(feeds.values()))
+    assert_close(actual, expected, rtol=1e-12 if expected.dtype == np.float64 else 1e-5)
+
+
+def test_rewrite_leaves_the_rest_of_the_model_alone():
+    model, feeds = _random_case(0)
+    relu = oh.make_node("Relu", ["Y"], ["Z"], name="after")
+    model.graph.node.append(relu)
+    model.graph.output[0].name = "Z"
+    model.graph.node[0].name = "dcn"
+    oh.set_model_props(model, {"author": "test"})
+    model.doc_string, model.producer_name = "a model", "hand"
+    rewritten = rewrite_model(model)
+    assert rewritten.metadata_props == model.metadata_props
+    assert (rewritten.doc_string, rewritten.producer_name) == ("a model", "hand")
+    assert rewritten.graph.node[-1] == relu
+    assert [i.name for i in rewritten.graph.input] == list(feeds)
+    assert [o.name for o in rewritten.graph.output] == ["Z"]
+    assert rewritten.opset_import == model.opset_import
+    assert_close(run_onnxruntime(rewritten, list(feeds.values())), run_onnxruntime(model, list(feeds.values())),
+                 rtol=1e-5)
+
+
+def test_input_model_is_not_modified():
+    model, _ = _random_case(1)
+    before = model.SerializeToString()
+    rewrite_model(model)
+    assert model.SerializeToString() == before
+
+
+def test_nodes_in_subgraphs_and_local_functions_are_rewritten():
+    model, feeds = _random_case(2)
+    dcn = model.graph.node[0]
+    inputs = list(dcn.input)
+    elem = model.graph.output[0].type.tensor_type.elem_type
+    # an If whose branches each hold a DeformConv on outer-scope values
+    branches = []
+    for branch in ("then", "else"):
+        node = oh.make_node("DeformConv", inputs, [f"Y_{branch}"], name=f"dcn_{branch}")
+        node.attribute.extend(dcn.attribute)
+        branches.append(oh.make_graph([node], branch, [], [oh.make_tensor_value_info(f"Y_{branch}", elem, [None] * 4)]))
+    condition = oh.make_node("Constant", [], ["cond"], value=onnx.numpy_helper.from_array(np.array(True)))
+    if_node = oh.make_node("If", ["cond"], ["Y_if"], then_branch=branches[0], else_branch=branches[1])
+    # a model-local function holding a DeformConv, called once
+    body = oh.make_node("DeformConv", [f"in{i}" if n else "" for i, n in enumerate(inputs)], ["out"])
+    body.attribute.extend(dcn.attribute)
+    function = oh.make_function("local", "block", [f"in{i}" for i, n in enumerate(inputs) if n], ["out"],
+                                [body], [oh.make_opsetid("", model.opset_import[0].version)])
+    call = oh.make_node("block", [n for n in inputs if n], ["Y_fn"], domain="local")
+    model.graph.node.extend([condition, if_node, call])
+    model.graph.output.extend([oh.make_tensor_value_info(n, elem, [None] * 4) for n in ("Y_if", "Y_fn")])
+    model.functions.append(function)
+    model.opset_import.append(oh.make_opsetid("local", 1))
+    expected = _ort_outputs(model, feeds)
+
+    result = rewrite(ir.from_proto(model))
+    rewritten = ir.to_proto(result.model)
+    assert result.counts == {"DeformConv": 4}
+    assert "DeformConv" not in _all_op_types(rewritten)
+    assert [f.name for f in rewritten.functions] == ["block"]
+    onnx.checker.check_model(rewritten, full_check=True)
+    for actual, reference in zip(_ort_outputs(rewritten, feeds), expected):
+        assert_close(actual, reference, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attribute, value, message", [
+    ("kernel_shape", [9, 9], "differs from the weight's kernel"),
+    ("pads", [0, 0, -1, 0], "pads must be non-negative"),
+    ("offset_group", 0, "offset_groups must be a positive integer"),
+    ("dilations", [1, 1, 1], "only 2-D"),
+])
+def test_deform_conv_attributes_the_function_cannot_express_are_refused(attribute, value, message):
+    model, _ = _random_case(11)
+    node = model.graph.node[0]
+    kept = [a for a in node.attribute if a.name != attribute]
+    del node.attribute[:]
+    node.attribute.extend([*kept, oh.make_attribute(attribute, value)])
+    with pytest.raises(RewriteError, match=message):
+        rewrite_model(model)
+
+
+def test_local_function_at_another_opset_is_refused():
+    model, _ = _random_case(12)
+    body = model.graph.node[0]
+    model.functions.append(oh.make_function("local", "block", list(body.input), list(body.output), [body],
+                                            [oh.make_opsetid("", 19 if model.opset_import[0].version == 22
+                                                             else 22)]))
+    with pytest.raises(RewriteError, match="local function 'block' imports ONNX opset"):
+        rewrite_model(model)
+
+
+def test_progress_is_reported():
+    messages = []
+    rewrite(ir.from_proto(_random_case(3)[0]), progress=messages.append)
+    assert messages[0] == "replaced 1/1 deformable convolutions" and "inlining" in messages[-1]
+
+
+# --- mmcv / mmdeploy nodes --------------------------------------------------------------------------
+
+
+def _mmcv_reference(rng, modulated: bool, bias: bool, pad=(2, 1), stride=(2, 1), dilation=(1, 2)):
+    """Inputs of a grouped mmcv node (by default strided, dilated and with pad_h != pad_w) and the output
+    of its native-DeformConv twin on onnxruntime."""
+    group, deform_groups, kernel = 2, 2, (3, 3)
+    X = rng.standard_normal((2, 4, 9, 8)).astype(np.float32)
+    out = [(X.shape[2 + i] + 2 * pad[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1 for i in range(2)]
+    values = {
+        "x": X, "w": rng.standard_normal((6, 2, *kernel)).astype(np.float32),
+        "off": (rng.standard_normal((2, 2 * deform_groups * 9, *out)) * 2).astype(np.float32),
+        "mask": rng.random((2, deform_groups * 9, *out)).astype(np.float32),
+        "b": rng.standard_normal(6).astype(np.float32),
+    }
+    native = oh.make_node("DeformConv", ["x", "w", "off", "b" if bias else "", "mask" if modulated else ""],
+                          ["y"], strides=stride, pads=[*pad, *pad], dilations=dilation, group=group,
+                          offset_group=deform_groups)
+    feeds = {k: v for k, v in values.items() if (modulated or k != "mask") and (bias or k != "b")}
+    expected = run_onnxruntime(_single_node_model(native, feeds), list(feeds.values()))
+    attributes = dict(stride=list(stride), dilation=list(dilation), groups=group, deform_groups=deform_groups)
+    return feeds, expected, attributes, pad
+
+
+@pytest.mark.parametrize("domain", ["mmcv", "mmdeploy"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_mmcv_modulated_deform_conv_matches_deform_conv(domain, bias):
+    feeds, expected, attributes, pad = _mmcv_reference(np.random.default_rng(7), modulated=True, bias=bias)
+    node = oh.make_node("MMCVModulatedDeformConv2d", ["x", "off", "mask", "w"] + (["b"] if bias else []),
+                        ["y"], domain=domain, padding=list(pad), **attributes)
+    result = rewrite(ir.from_proto(_single_node_model(node, feeds, opset=18, domains={domain: 1})))
+    assert result.summary() == f"rewrote 1 node: {domain}::MMCVModulatedDeformConv2d x1"
+    rewritten = ir.to_proto(result.model)
+    assert {o.domain for o in rewritten.opset_import} == {""}
+    assert_close(run_onnxruntime(rewritten, list(feeds.values())), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("style", ["mmcv", "mmdeploy"])
+def test_mmcv_deform_conv_matches_deform_conv(style):
+    feeds, expected, attributes, pad = _mmcv_reference(np.random.default_rng(8), modulated=False, bias=False)
+    if style == "mmcv":  # mmcv's own symbolic: 2-value padding, plus bias and im2col_step
+        extra = dict(padding=list(pad), bias=0, im2col_step=32)
+    else:  # mmdeploy's: [pad_h, pad_h, pad_w, pad_w] ... read as [pad_h, pad_w] by its kernels
+        extra = dict(padding=[pad[0], pad[1], pad[1], pad[1]])
+    node = oh.make_node("MMCVDeformConv2d", ["x", "off", "w"], ["y"], domain=style, **attributes, **extra)
+    rewritten = rewrite_model(_single_node_model(node, feeds, opset=19, domains={style: 1}))
+    assert_close(run_onnxruntime(rewritten, list(feeds.values())), expected, rtol=1e-5)
+
+
+def test_mmcv_scalar_attributes_mean_both_axes():
+    feeds, expected, attributes, _ = _mmcv_reference(np.random.default_rng(12), modulated=True, bias=True,
+                                                     pad=(1, 1), stride=(2, 2), dilation=(2, 2))
+    attributes.update(stride=2, dilation=2)
+    node = oh.make_node("MMCVModulatedDeformConv2d", ["x", "off", "mask", "w", "b"], ["y"], domain="mmcv",
+                        padding=1, **attributes)
+    rewritten = rewrite_model(_single_node_model(node, feeds, opset=19, domains={"mmcv": 1}))
+    assert_close(run_onnxruntime(rewritten, list(feeds.values())), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attributes, message", [
+    (dict(padding=[2, 2, 1, 1]), "ambiguous"),
+    (dict(padding=[1, 1], bias=1), "bias=1"),
+    (dict(padding=[1, 1], groups=0), "groups must be a positive integer"),
+    (dict(padding=[1, 1], stride=[1, 1, 1]), "only 2-D"),
+])
+def test_mmcv_attributes_the_function_cannot_express_are_refused(attributes, message):
+    feeds, _, base, _ = _mmcv_reference(np.random.default_rng(9), modulated=False, bias=False)
+    node = oh.make_node("MMCVDeformConv2d", ["x", "off", "w"], ["y"], domain="mmcv", **{**base, **attributes})
+    with pytest.raises(RewriteError, match=message):
+        rewrite_model(_single_node_model(node, feeds, opset=19, domains={"mmcv": 1}))
+
+
+def test_opset_below_functions_opset_needs_conversion():
+    feeds, expected, attributes, pad = _mmcv_reference(np.random.default_rng(10), modulated=True, bias=True)
+    node = oh.make_node("MMCVModulatedDeformConv2d", ["x", "off", "mask", "w", "b"], ["y"], domain="mmcv",
+                        padding=list(pad), **attributes)
+    model = _single_node_model(node, feeds, opset=11, domains={"mmcv": 1})
+    with pytest.raises(RewriteError, match=f"--opset {FUNCTIONS_OPSET}"):
+        rewrite_model(model)
+    rewritten = rewrite_model(model, opset=FUNCTIONS_OPSET)
+    assert rewritten.opset_import[0].version == FUNCTIONS_OPSET
+    assert_close(run_onnxruntime(rewritten, list(feeds.values())), expected, rtol=1e-5)
+
+
+def test_opset_conversion_below_functions_opset():
+    model, feeds = _random_case(4)  # opset 22
+    rewritten = rewrite_model(model, opset=16)
+    assert rewritten.opset_import[0].version == 16
+    assert_close(run_onnxruntime(rewritten, list(feeds.values())), run_onnxruntime(model, list(feeds.values())),
+                 rtol=1e-5)
+
+
+def test_opset_conversion_that_onnx_cannot_do_is_a_clear_error():
+    with pytest.raises(RewriteError, match="cannot convert the model from opset 22 to 9: "):
+        rewrite_model(_random_case(4)[0], opset=9)
+
+
+def test_unknown_implementation_is_refused():
+    with pytest.raises(RewriteError, match="unknown implementation 'nope'; choose from gather"):
+        rewrite_model(_random_case(5)[0], impl="nope")
+
+
+# --- the command line, run for real -----------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dcn_onnxscript", "rewrite", *args], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """Prepare the files and run the command-line scenarios, the subprocesses side by side (each pays the
+    import of torch). Returns scenario -> (returncode, stdout, stderr), the folder, the feeds, the weights
+    and the expected output."""
+    folder = tmp_path_factory.mktemp("cli")
+    model, feeds = _random_case(6)
+    onnx.save(model, folder / "model.onnx")
+    onnx.save(model, folder / "inplace.onnx")
+    # W as external data
+    weights = {"W": feeds.pop("W")}
+    graph_inputs = [i for i in model.graph.input if i.name != "W"]
+    del model.graph.input[:]
+    model.graph.input.extend(graph_inputs)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(weights["W"], "W"))
+    table = np.arange(1000, dtype=np.float32)  # an unused initializer, large enough to stay external
+    model.graph.initializer.append(onnx.numpy_helper.from_array(table, "table"))
+    onnx.save(model, folder / "external.onnx", save_as_external_data=True, location="external.weights",
+              size_threshold=0)
+    (folder / "not_onnx.onnx").write_text("this is not a model\n")
+    model_3d, _ = _random_case(6)
+    for attribute in model_3d.graph.node[0].attribute:
+        if attribute.name == "strides":
+            attribute.ints.append(1)
+    onnx.save(model_3d, folder / "conv3d.onnx")
+    runs = {
+        "check": _cli(str(folder / "model.onnx"), str(folder / "out.onnx"), "--check"),
+        "external": _cli(str(folder / "external.onnx"), str(folder / "external_out.onnx"), "--check",
+                         "--opset", "19"),
+        "not_onnx": _cli(str(folder / "not_onnx.onnx"), str(folder / "never1.onnx")),
+        "conv3d": _cli(str(folder / "conv3d.onnx"), str(folder / "never2.onnx")),
+        "in_place": _cli(str(folder / "inplace.onnx"), "--in-place", "--opset", "19"),
+    }
+    results = {}
+    for name, process in runs.items():
+        stdout, stderr = process.communicate(timeout=120)
+        results[name] = (process.returncode, stdout, stderr)
+    # argument errors go through the same main() in this process, sparing two imports of torch
+    for name, args in {"same_file": [folder / "model.onnx", folder / "model.onnx"],
+                       "bad_impl": [folder / "model.onnx", folder / "never3.onnx", "--impl", "nope"]}.items():
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = main(["rewrite", *map(str, args)])
+        results[name] = (code, stdout.getvalue(), stderr.getvalue())
+    expected = _ort_outputs(onnx.load(folder / "model.onnx"), {**feeds, **weights})[0]
+    return results, folder, feeds, weights, expected
+
+
+def test_cli_rewrites_and_checks(cli):
+    results, folder, feeds, weights, expected = cli
+    code, stdout, stderr = results["check"]
+    assert code == 0, stderr
+    assert "check: onnx.checker (full_check) passed" in stdout
+    assert "check: onnxruntime, original vs rewritten" in stdout
+    assert stdout.strip().splitlines()[-1].startswith("rewrote 1 node: DeformConv x1 (impl gather, opset ")
+    actual = _ort_outputs(onnx.load(folder / "out.onnx"), {**feeds, **weights})[0]
+    assert_close(actual, expected, rtol=1e-5)
+
+
+def test_cli_keeps_external_data_external_through_an_opset_conversion(cli):
+    results, folder, feeds, _, expected = cli
+    code, stdout, stderr = results["external"]
+    assert code == 0, stderr
+    assert (folder / "external_out.onnx.data").is_file()
+    bare = onnx.load(folder / "external_out.onnx", load_external_data=False)
+    assert bare.opset_import[0].version == 19
+    (table,) = [t for t in bare.graph.initializer if t.name == "table"]
+    assert onnx.external_data_helper.uses_external_data(table)
+    full = onnx.load(folder / "external_out.onnx")
+    (table,) = [t for t in full.graph.initializer if t.name == "table"]
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(table), np.arange(1000, dtype=np.float32))
+    assert_close(_ort_outputs(onnx.load(folder / "external_out.onnx"), feeds)[0], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scenario, message, never", [
+    ("not_onnx", "not an ONNX model", "never1.onnx"),
+    ("conv3d", "only 2-D deformable convolution", "never2.onnx"),
+    ("same_file", "is the input; pass --in-place", None),
+    ("bad_impl", "unknown implementation 'nope'", "never3.onnx"),
+])
+def test_cli_errors_are_one_line_and_write_nothing(cli, scenario, message, never):
+    results, folder, *_ = cli
+    code, stdout, stderr = results[scenario]
+    assert code != 0
+    assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("error: ") and message in stderr
+    if never:
+        assert not (folder / never).exists()
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no staging left behind
+    assert "DeformConv" in _all_op_types(onnx.load(folder / "model.onnx"))  # the input is untouched
+
+
+def test_cli_in_place_overwrites_the_input(cli):
+    results, folder, feeds, weights, expected = cli
+    code, stdout, stderr = results["in_place"]
+    assert code == 0, stderr
+    rewritten = onnx.load(folder / "inplace.onnx")
+    assert "DeformConv" not in _all_op_types(rewritten)
+    assert rewritten.opset_import[0].version == 19
+    assert_close(_ort_outputs(rewritten, {**feeds, **weights})[0], expected, rtol=1e-5)
