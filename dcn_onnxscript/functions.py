@@ -13,6 +13,10 @@ The body follows the equation of the DCNv2 paper,
 
 one helper per step: p_0 (output grid), p_k (kernel grid), Δp (offset), bilinear weights along each axis,
 the four neighbours, mask modulation folded into the bilinear weights, gather, grouped matmul, bias.
+The gather and the matmul run in up to 32 chunks of output positions (:func:`_chunked_product`): per
+chunk one ``Gather`` of the four neighbours, one batched ``MatMul`` that blends them with their weights,
+and one ``MatMul`` with the weights, so that the 4x-sized gathered tensor and the columns never exist for
+the whole layer at once (peak memory near a native ``DeformConv`` kernel's).
 Every size (N, C, H, W, Ho, Wo, kH, kW) is read with ``Shape`` at run time; ``Ho`` and ``Wo`` come from
 ``offset``, so the end pads only matter through the offset's shape, as in ``DeformConv``.
 
@@ -164,21 +168,24 @@ def _slice_row_base(N: Dim, H: Dim, W: Dim, G: Dim, R: Dim, S: Dim) -> Ints:
 
 
 @script(dcn, default_opset=op)
-def _gather_columns(rows: T, row_index: Ints, weight: T) -> T:
-    """One neighbour's weighted contribution: table ``rows`` (·, Cs) gathered at ``row_index``
-    (N, R, P, S/R, K) and scaled by ``weight`` (N, R, P, S/R, K); returns (N, R, P, S/R, K, Cs)."""
-    return op.Gather(rows, row_index, axis=0) * op.Unsqueeze(weight, [-1])
+def _stack_corners(top_left, top_right, bottom_left, bottom_right):
+    """The four bilinear neighbours' values, each of one shape (…), stacked as (…, 4)."""
+    return op.Concat(op.Unsqueeze(top_left, [-1]), op.Unsqueeze(top_right, [-1]),
+                     op.Unsqueeze(bottom_left, [-1]), op.Unsqueeze(bottom_right, [-1]), axis=-1)
 
 
 @script(dcn, default_opset=op)
-def _sampled_columns(
+def _bilinear_taps(
     X: T, offset: T, modulation: T, kH: Dim, kW: Dim, strides: Ints, pads: Ints, dilations: Ints,
     G: Dim, R: Dim, S: Dim,
-) -> T:
-    """The modulated, bilinearly sampled columns x(p_0 + p_k + Δp_k) · Δm_k.
+):
+    """Where and how strongly every sample x(p_0 + p_k + Δp_k) · Δm_k reads the input.
 
     ``X`` (N, C, H, W), ``offset`` (N, 2·G·K, Ho, Wo), ``modulation`` (N, G, P, K) (or broadcastable to
-    it); returns (N, R, P, (S/R)·K·Cs), ready for the grouped matmul.
+    it). Returns ``(rows, corners, weights)``: the gather table (·, Cs) of :func:`_channels_last_rows`,
+    and, in slice layout with the four neighbours last, their table rows INT64 (N, R, P, S/R, K, 4) and
+    bilinear weights times Δm_k (N, R, P, S/R, K, 4), in the order top-left, top-right, bottom-left,
+    bottom-right.
     """
     N = op.Shape(X, start=0, end=1)
     H = op.Shape(X, start=2, end=3)
@@ -204,39 +211,86 @@ def _sampled_columns(
     wy_low = wy_low * m  # Δm_k folded into the bilinear weights
     wy_high = wy_high * m
 
-    rows = _channels_last_rows(X, G, S)
     base = _slice_row_base(N, H, W, G, R, S)
     per_pixel = op.Div(S, G)
     top = base + y_low * W * per_pixel
     bottom = base + y_high * W * per_pixel
     left = x_low * per_pixel
     right = x_high * per_pixel
-    columns = (
-        _gather_columns(rows, top + left, wy_low * wx_low)
-        + _gather_columns(rows, top + right, wy_low * wx_high)
-        + _gather_columns(rows, bottom + left, wy_high * wx_low)
-        + _gather_columns(rows, bottom + right, wy_high * wx_high)
-    )  # (N, R, P, S/R, K, Cs)
-    return op.Reshape(columns, op.Concat(N, R, op.Shape(columns, start=2, end=3), [-1], axis=0))
+    corners = _stack_corners(top + left, top + right, bottom + left, bottom + right)
+    weights = _stack_corners(wy_low * wx_low, wy_low * wx_high, wy_high * wx_low, wy_high * wx_high)
+    return _channels_last_rows(X, G, S), corners, weights
 
 
 @script(dcn, default_opset=op)
-def _grouped_matmul(columns: T, weight: T, R: Dim, S: Dim, Ho: Dim, Wo: Dim) -> T:
-    """Σ over taps and channels of w · columns, per conv group.
-
-    ``columns`` (N, R, P, (S/R)·K·Cs), ``weight`` (O, C/R, kH, kW); returns (N, O, Ho, Wo).
-    """
-    O = op.Shape(weight, start=0, end=1)
-    per_group_out = op.Div(O, R)
+def _weight_matrix(weight: T, R: Dim, S: Dim) -> T:
+    """``weight`` (O, C/R, kH, kW) as the grouped matmul's right operand (R, (S/R)·K·Cs, O/R), rows in
+    the columns' (j, k, cs) order."""
+    per_group_out = op.Div(op.Shape(weight, start=0, end=1), R)
     slices_per_group = op.Div(S, R)
     Cs = op.Div(op.Shape(weight, start=1, end=2), slices_per_group)
     K = op.Shape(weight, start=2, end=3) * op.Shape(weight, start=3, end=4)
-    # (O, C/R, kH, kW) -> (R, O/R, S/R, Cs, K) -> (R, S/R, K, Cs, O/R): the columns' (j, k, cs) order.
     by_slice = op.Reshape(weight, op.Concat(R, per_group_out, slices_per_group, Cs, K, axis=0))
-    w = op.Reshape(op.Transpose(by_slice, perm=[0, 2, 4, 3, 1]), op.Concat(R, [-1], per_group_out, axis=0))
-    out = op.MatMul(columns, w)  # (N, R, P, O/R)
-    N = op.Shape(columns, start=0, end=1)
-    return op.Reshape(op.Transpose(out, perm=[0, 1, 3, 2]), op.Concat(N, O, Ho, Wo, axis=0))
+    return op.Reshape(op.Transpose(by_slice, perm=[0, 2, 4, 3, 1]), op.Concat(R, [-1], per_group_out, axis=0))
+
+
+@script(dcn, default_opset=op)
+def _chunk_product(rows: T, corners: Ints, blend: T, w: T, starts: Ints, ends: Ints, chunk: int) -> T:
+    """The grouped matmul Σ_k Σ_c w · x(p) · Δm_k at output positions [starts[chunk], ends[chunk]).
+
+    ``rows`` (·, Cs); ``corners`` INT64 (N, R, P, S/R, K, 4) and ``blend`` (N, R, P, S/R, K, 1, 4), the
+    neighbours' rows and weights; ``w`` (R, (S/R)·K·Cs, O/R); ``starts``, ``ends`` (chunks,). Gathers the
+    chunk's four neighbours (N, R, size, S/R, K, 4, Cs), blends them in one batched (1, 4) x (4, Cs)
+    ``MatMul`` into the sampled columns (N, R, size, (S/R)·K·Cs) and multiplies those by ``w``; returns
+    (N, R, size, O/R).
+    """
+    at = op.Reshape(op.Constant(value_int=chunk), [1])
+    start = op.Gather(starts, at)
+    end = op.Gather(ends, at)
+    index = op.Slice(corners, start, end, [2])
+    samples = op.MatMul(op.Slice(blend, start, end, [2]), op.Gather(rows, index, axis=0))  # (…, K, 1, Cs)
+    columns = op.Reshape(samples, op.Concat(op.Shape(index, start=0, end=3), op.Shape(w, start=1, end=2), axis=0))
+    return op.MatMul(columns, w)
+
+
+@script(dcn, default_opset=op)
+def _chunked_product(rows: T, corners: Ints, weights: T, w: T) -> T:
+    """The grouped matmul of the sampled columns with ``w`` (R, (S/R)·K·Cs, O/R), in 32 chunks of at least
+    128 output positions. The four gathered neighbours (4x the columns) and the columns only ever exist
+    for one chunk, so that peak memory stays near a native kernel's on large layers, while each ``MatMul``
+    keeps enough rows that reading ``w`` again per chunk costs little. A chunk past the last position
+    holds a single repeat of position P - 1, dropped at the end.
+
+    ``rows``, ``corners``, ``weights`` as returned by :func:`_bilinear_taps`; returns (N, R, P, O/R).
+    The 32 calls are unrolled: a ``Loop`` would be shorter but runs on fewer runtimes.
+    """
+    P = op.Shape(corners, start=2, end=3)
+    size = op.Max(op.Div(P + 31, [32]), [128])
+    # A chunk past the last position repeats position P - 1 instead of being empty (empty tensors crash
+    # OpenVINO's CPU plugin); the final Slice drops those repeats.
+    starts = op.Min(op.Range(0, 32, 1) * size, P - 1)
+    ends = op.Max(op.Min(starts + size, P), starts + 1)
+    r, c, m, x = rows, corners, op.Unsqueeze(weights, [-2]), w
+    product = op.Concat(
+        _chunk_product(r, c, m, x, starts, ends, chunk=0), _chunk_product(r, c, m, x, starts, ends, chunk=1),
+        _chunk_product(r, c, m, x, starts, ends, chunk=2), _chunk_product(r, c, m, x, starts, ends, chunk=3),
+        _chunk_product(r, c, m, x, starts, ends, chunk=4), _chunk_product(r, c, m, x, starts, ends, chunk=5),
+        _chunk_product(r, c, m, x, starts, ends, chunk=6), _chunk_product(r, c, m, x, starts, ends, chunk=7),
+        _chunk_product(r, c, m, x, starts, ends, chunk=8), _chunk_product(r, c, m, x, starts, ends, chunk=9),
+        _chunk_product(r, c, m, x, starts, ends, chunk=10), _chunk_product(r, c, m, x, starts, ends, chunk=11),
+        _chunk_product(r, c, m, x, starts, ends, chunk=12), _chunk_product(r, c, m, x, starts, ends, chunk=13),
+        _chunk_product(r, c, m, x, starts, ends, chunk=14), _chunk_product(r, c, m, x, starts, ends, chunk=15),
+        _chunk_product(r, c, m, x, starts, ends, chunk=16), _chunk_product(r, c, m, x, starts, ends, chunk=17),
+        _chunk_product(r, c, m, x, starts, ends, chunk=18), _chunk_product(r, c, m, x, starts, ends, chunk=19),
+        _chunk_product(r, c, m, x, starts, ends, chunk=20), _chunk_product(r, c, m, x, starts, ends, chunk=21),
+        _chunk_product(r, c, m, x, starts, ends, chunk=22), _chunk_product(r, c, m, x, starts, ends, chunk=23),
+        _chunk_product(r, c, m, x, starts, ends, chunk=24), _chunk_product(r, c, m, x, starts, ends, chunk=25),
+        _chunk_product(r, c, m, x, starts, ends, chunk=26), _chunk_product(r, c, m, x, starts, ends, chunk=27),
+        _chunk_product(r, c, m, x, starts, ends, chunk=28), _chunk_product(r, c, m, x, starts, ends, chunk=29),
+        _chunk_product(r, c, m, x, starts, ends, chunk=30), _chunk_product(r, c, m, x, starts, ends, chunk=31),
+        axis=2,
+    )
+    return op.Slice(product, [0], P, [2])
 
 
 @script(dcn, default_opset=op)
@@ -261,10 +315,14 @@ def _deform_conv2d(
     strides_hw = op.Constant(value_ints=strides)
     pads_hw = op.Constant(value_ints=pads)
     dilations_hw = op.Constant(value_ints=dilations)
-    columns = _sampled_columns(X, offset, modulation, kH, kW, strides_hw, pads_hw, dilations_hw, G, R, S)
+    rows, corners, weights = _bilinear_taps(X, offset, modulation, kH, kW, strides_hw, pads_hw, dilations_hw,
+                                            G, R, S)
+    product = _chunked_product(rows, corners, weights, _weight_matrix(W, R, S))  # (N, R, P, O/R)
+    N = op.Shape(X, start=0, end=1)
+    O = op.Shape(W, start=0, end=1)
     Ho = op.Shape(offset, start=2, end=3)
     Wo = op.Shape(offset, start=3, end=4)
-    return _grouped_matmul(columns, W, R, S, Ho, Wo)
+    return op.Reshape(op.Transpose(product, perm=[0, 1, 3, 2]), op.Concat(N, O, Ho, Wo, axis=0))
 
 
 @script(dcn, default_opset=op)

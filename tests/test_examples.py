@@ -1,0 +1,36 @@
+"""examples/dcn_resnet50.py: the DCNv2 ResNet-50 exports with dynamic batch and image size and matches
+PyTorch eager on onnxruntime at another size than the export's."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+
+from dcn_onnxscript.bench import load_example
+
+
+@pytest.mark.slow  # about 90 s on 2 cores, most of it in torch.onnx's optimizer
+def test_dcn_resnet50_exports_dynamic_and_matches_eager(tmp_path) -> None:
+    example = load_example()
+    model = example.build_model(seed=0, offset_std=0.05)
+    path = tmp_path / "dcn_resnet50.onnx"
+    seconds = example.export(model, path, image_size=64)
+    assert seconds > 0
+    graph = onnx.load(str(path)).graph
+    assert "DeformConv" not in {node.op_type for node in graph.node}
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param != "" for d in dims] == [True, False, True, True]  # batch, 3, height, width
+    assert example.max_relative_error(path, model, (2, 3, 80, 48)) < 1e-3
+
+
+def test_dcn_resnet50_has_a_modulated_deformable_conv_in_every_block_of_conv3_to_conv5() -> None:
+    example = load_example()
+    model = example.build_model(seed=0)
+    stages = {name: [isinstance(block.conv2, example.ModulatedDeformConv) for block in getattr(model, name)]
+              for name in ("layer1", "layer2", "layer3", "layer4")}
+    assert stages == {"layer1": [False] * 3, "layer2": [True] * 4, "layer3": [True] * 6, "layer4": [True] * 3}
+    first = model.layer2[0].conv2
+    assert first.offset_mask.stride == (2, 2) and first.deform.stride == (2, 2)
+    with torch.inference_mode():
+        assert model(torch.randn(1, 3, 64, 48)).shape == (1, 1000)
