@@ -45,8 +45,11 @@ from torchvision.ops import DeformConv2d
 
 import dcn_onnxscript  # noqa: F401  (registers the portable translation)
 
-#: Model kinds, in the order of the rounds and the table; "gemm" is the floor of a layer.
-PORTABLE, NATIVE, EAGER, GEMM = "portable", "native", "eager", "gemm floor"
+#: Model kinds, in the order of the rounds and the table: the default "gather" lowering (portable), the
+#: "grid_sample" lowering, native DeformConv, torchvision eager; "gemm" is the floor of a layer.
+PORTABLE, GRID_SAMPLE, NATIVE, EAGER, GEMM = "portable", "grid_sample", "native", "eager", "gemm floor"
+#: The ONNX models of every case, in round order (the network has no grid_sample export).
+ONNX_KINDS = (PORTABLE, GRID_SAMPLE, NATIVE)
 #: The network case, built by examples/dcn_resnet50.py.
 NETWORK = "resnet50"
 _EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "dcn_resnet50.py"
@@ -157,8 +160,10 @@ def layer_case(name: str, layer: Layer, workdir: pathlib.Path, seed: int) -> Cas
     """Export the portable model, write the native and GEMM models; files ``workdir/{name}_*.onnx``."""
     module = build_layer_module(layer, seed)
     inputs = layer_inputs(layer, seed)
-    paths = {kind: workdir / f"{name}_{kind.split()[0]}.onnx" for kind in (PORTABLE, NATIVE, GEMM)}
+    paths = {kind: workdir / f"{name}_{kind.split()[0]}.onnx" for kind in (*ONNX_KINDS, GEMM)}
     torch.onnx.export(module, inputs, str(paths[PORTABLE]), dynamo=True, verbose=False)
+    torch.onnx.export(module, inputs, str(paths[GRID_SAMPLE]), dynamo=True, verbose=False,
+                      custom_translation_table=dcn_onnxscript.translation_table(impl="grid_sample"))
     onnx.save(native_layer_model(module, inputs), str(paths[NATIVE]))
     m, k, o = layer.gemm_shape()
     onnx.save(gemm_model(m, k, o, seed), str(paths[GEMM]))
@@ -214,7 +219,8 @@ def eager_runner(module: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> Cal
 
 def runners(case: Case, threads: int) -> dict[str, Callable[[], np.ndarray]]:
     """Kind -> closure, in the order of the rounds."""
-    result = {kind: onnx_runner(case.onnx_paths[kind], case.inputs, threads) for kind in (PORTABLE, NATIVE)}
+    result = {kind: onnx_runner(case.onnx_paths[kind], case.inputs, threads)
+              for kind in ONNX_KINDS if kind in case.onnx_paths}
     result[EAGER] = eager_runner(case.module, case.inputs)
     if GEMM in case.onnx_paths:
         result[GEMM] = onnx_runner(case.onnx_paths[GEMM], case.gemm_inputs, threads)
@@ -357,7 +363,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to write the models (default: a temporary directory)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--memory-of", choices=[PORTABLE, NATIVE, EAGER], help=argparse.SUPPRESS)
+    parser.add_argument("--memory-of", choices=[*ONNX_KINDS, EAGER], help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
 
 

@@ -255,17 +255,20 @@ def _chunk_product(rows: T, corners: Ints, blend: T, w: T, starts: Ints, ends: I
 
 @script(dcn, default_opset=op)
 def _chunked_product(rows: T, corners: Ints, weights: T, w: T) -> T:
-    """The grouped matmul of the sampled columns with ``w`` (R, (S/R)·K·Cs, O/R), in 32 chunks of at least
-    128 output positions. The four gathered neighbours (4x the columns) and the columns only ever exist
-    for one chunk, so that peak memory stays near a native kernel's on large layers, while each ``MatMul``
-    keeps enough rows that reading ``w`` again per chunk costs little. A chunk past the last position
-    holds a single repeat of position P - 1, dropped at the end.
+    """The grouped matmul of the sampled columns with ``w`` (R, (S/R)·K·Cs, O/R), in 32 chunks of output
+    positions, each at least P/32 positions and 2^19 samples (N·K·C per position). The four gathered
+    neighbours (4x the columns) and the columns only ever exist for one chunk, so that peak memory stays
+    near a native kernel's on large layers, while small layers run in few chunks (every op costs a thread
+    wake-up) and each ``MatMul`` keeps enough rows that reading ``w`` again per chunk costs little. A
+    chunk past the last position holds a single repeat of position P - 1, dropped at the end.
 
     ``rows``, ``corners``, ``weights`` as returned by :func:`_bilinear_taps`; returns (N, R, P, O/R).
     The 32 calls are unrolled: a ``Loop`` would be shorter but runs on fewer runtimes.
     """
     P = op.Shape(corners, start=2, end=3)
-    size = op.Max(op.Div(P + 31, [32]), [128])
+    # Samples per output position: N·K·C; a chunk gathers at least 2^19 of them (4x that in neighbours).
+    per_position = op.ReduceProd(op.Gather(op.Shape(corners), [0, 1, 3, 4])) * op.Shape(rows, start=1, end=2)
+    size = op.Max(op.Div(P + 31, [32]), op.Div(per_position + 524287, per_position))
     # A chunk past the last position repeats position P - 1 instead of being empty (empty tensors crash
     # OpenVINO's CPU plugin); the final Slice drops those repeats.
     starts = op.Min(op.Range(0, 32, 1) * size, P - 1)

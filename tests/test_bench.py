@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 COLUMNS = ["case", "model", "median ms", "x native", "peak MB", "x native", "max abs err vs eager"]
-MODELS = ["portable", "native", "eager", "gemm floor"]
+MODELS = ["portable", "grid_sample", "native", "eager", "gemm floor"]
 
 
 def test_bench_prints_a_row_per_model_and_writes_the_chart(tmp_path) -> None:
@@ -26,7 +26,7 @@ def test_bench_prints_a_row_per_model_and_writes_the_chart(tmp_path) -> None:
         assert float(row[2]) > 0
     native = rows[MODELS.index("native")]
     assert float(native[3]) == 1.0 and float(native[5]) == 1.0
-    for row in rows[:3]:  # the three deformable models: measured memory, same output as eager
+    for row in rows[:4]:  # the four deformable models: measured memory, same output as eager
         assert float(row[4]) > 0
         assert float(row[6]) < 1e-4
     assert "floor" in result.stdout and "GFLOP/s" in result.stdout
