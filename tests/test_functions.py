@@ -175,14 +175,27 @@ def test_sweep_covers_the_issue_ranges() -> None:
 HOSTILE = [np.nan, np.inf, -np.inf, 1e30, -1e30, 3e38, -3e38]
 
 
-@pytest.mark.parametrize("run", [run_onnxruntime, run_reference], ids=["onnxruntime", "reference"])
-def test_hostile_offsets_never_raise_and_match_where_torchvision_is_finite(run) -> None:
+def hostile_offsets() -> tuple[Case, dict[str, np.ndarray]]:
+    """A grouped DCNv2 case whose offsets are NaN, ±Inf or huge at 5 % of the entries."""
     case = Case(2, 4, 4, 6, 5, (3, 3), (1, 1), (1, 1), (1, 1), 2, 2, True, True, 2.0)
     rng = np.random.default_rng(SEED)
     arrays = case.arrays(np.random.default_rng(SEED))
-    offset = arrays["offset"]
-    where = rng.random(offset.shape) < 0.05
-    offset[where] = rng.choice(HOSTILE, size=int(where.sum()))
+    where = rng.random(arrays["offset"].shape) < 0.05
+    arrays["offset"][where] = rng.choice(HOSTILE, size=int(where.sum()))
+    return case, arrays
+
+
+def far_away_offsets() -> tuple[Case, dict[str, np.ndarray]]:
+    """A DCNv2 case with bias whose every sample lies 1e6 pixels away from the image."""
+    case = Case(1, 2, 3, 4, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1, 1, True, True, 1.0)
+    arrays = case.arrays(np.random.default_rng(SEED))
+    arrays["offset"] = np.full_like(arrays["offset"], 1e6)
+    return case, arrays
+
+
+@pytest.mark.parametrize("run", [run_onnxruntime, run_reference], ids=["onnxruntime", "reference"])
+def test_hostile_offsets_never_raise_and_match_where_torchvision_is_finite(run) -> None:
+    case, arrays = hostile_offsets()
     actual = run(function_model(case), ordered(case, arrays))
     assert np.isfinite(actual).all()
     assert_close(actual, sweep_reference(case, arrays))
@@ -190,9 +203,7 @@ def test_hostile_offsets_never_raise_and_match_where_torchvision_is_finite(run) 
 
 def test_samples_pushed_outside_the_image_contribute_zero() -> None:
     """Every sample 1e6 pixels away: the output is exactly the bias, as torchvision gives."""
-    case = Case(1, 2, 3, 4, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1, 1, True, True, 1.0)
-    arrays = case.arrays(np.random.default_rng(SEED))
-    arrays["offset"] = np.full_like(arrays["offset"], 1e6)
+    case, arrays = far_away_offsets()
     actual = run_onnxruntime(function_model(case), ordered(case, arrays))
     np.testing.assert_array_equal(actual, np.broadcast_to(arrays["B"][None, :, None, None], actual.shape))
 

@@ -20,7 +20,7 @@ from onnx.reference.ops import op_grid_sample
 
 from dcn_onnxscript import function_protos, functions, grid_sample
 from helpers import assert_close, run_onnxruntime, run_openvino, run_tract
-from test_functions import HOSTILE, RANKS, SEED, SWEEP, Case, attributes, sweep_reference
+from test_functions import RANKS, SEED, SWEEP, Case, attributes, far_away_offsets, hostile_offsets, sweep_reference
 
 #: The public function for each (bias, mask) combination.
 VARIANTS = {
@@ -99,11 +99,7 @@ def test_sweep_matches_torchvision(sweep_models, runtime) -> None:
 @pytest.mark.parametrize("runtime", sorted(RUNTIMES))
 def test_hostile_offsets_never_raise_and_match_where_torchvision_is_finite(runtime) -> None:
     """NaN, ±Inf and ±1e30/3e38 offsets: moved far outside before GridSample, so they contribute zero."""
-    case = Case(2, 4, 4, 6, 5, (3, 3), (1, 1), (1, 1), (1, 1), 2, 2, True, True, 2.0)
-    rng = np.random.default_rng(SEED)
-    arrays = case.arrays(np.random.default_rng(SEED))
-    where = rng.random(arrays["offset"].shape) < 0.05
-    arrays["offset"][where] = rng.choice(HOSTILE, size=int(where.sum()))
+    case, arrays = hostile_offsets()
     with np.errstate(all="ignore"):
         actual = RUNTIMES[runtime](grid_sample_model(case), [arrays[n] for n in input_names(case)])
     assert np.isfinite(actual).all()
@@ -112,9 +108,7 @@ def test_hostile_offsets_never_raise_and_match_where_torchvision_is_finite(runti
 
 def test_samples_pushed_outside_the_image_contribute_zero() -> None:
     """Every sample 1e6 pixels away: the output is exactly the bias, as torchvision gives."""
-    case = Case(1, 2, 3, 4, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1, 1, True, True, 1.0)
-    arrays = case.arrays(np.random.default_rng(SEED))
-    arrays["offset"] = np.full_like(arrays["offset"], 1e6)
+    case, arrays = far_away_offsets()
     actual = run_onnxruntime(grid_sample_model(case), [arrays[n] for n in input_names(case)])
     np.testing.assert_array_equal(actual, np.broadcast_to(arrays["B"][None, :, None, None], actual.shape))
 
