@@ -235,12 +235,15 @@ def _weight_matrix(weight: T, R: Dim, S: Dim) -> T:
 
 
 @script(dcn, default_opset=op)
-def _chunk_product(rows: T, corners: Ints, blend: T, w: T, starts: Ints, ends: Ints, chunk: int) -> T:
+def _chunk_product(
+    rows: T, corners: Ints, blend: T, w: T, starts: Ints, ends: Ints, columns: Ints, chunk: int
+) -> T:
     """The grouped matmul Σ_k Σ_c w · x(p) · Δm_k at output positions [starts[chunk], ends[chunk]).
 
     ``rows`` (·, Cs); ``corners`` INT64 (N, R, P, S/R, K, 4) and ``blend`` (N, R, P, S/R, K, 1, 4), the
-    neighbours' rows and weights; ``w`` (R, (S/R)·K·Cs, O/R); ``starts``, ``ends`` (chunks,). Gathers the
-    chunk's four neighbours (N, R, size, S/R, K, 4, Cs), blends them in one batched (1, 4) x (4, Cs)
+    neighbours' rows and weights; ``w`` (R, (S/R)·K·Cs, O/R); ``starts``, ``ends`` (chunks,); ``columns``
+    the shape (N, R, -1, (S/R)·K·Cs) of the sampled columns (no chunk is empty, so -1 is defined).
+    Gathers the chunk's four neighbours (N, R, size, S/R, K, 4, Cs), blends them in one batched (1, 4) x (4, Cs)
     ``MatMul`` into the sampled columns (N, R, size, (S/R)·K·Cs) and multiplies those by ``w``; returns
     (N, R, size, O/R).
     """
@@ -249,8 +252,7 @@ def _chunk_product(rows: T, corners: Ints, blend: T, w: T, starts: Ints, ends: I
     end = op.Gather(ends, at)
     index = op.Slice(corners, start, end, [2])
     samples = op.MatMul(op.Slice(blend, start, end, [2]), op.Gather(rows, index, axis=0))  # (…, K, 1, Cs)
-    columns = op.Reshape(samples, op.Concat(op.Shape(index, start=0, end=3), op.Shape(w, start=1, end=2), axis=0))
-    return op.MatMul(columns, w)
+    return op.MatMul(op.Reshape(samples, columns), w)
 
 
 @script(dcn, default_opset=op)
@@ -273,24 +275,41 @@ def _chunked_product(rows: T, corners: Ints, weights: T, w: T) -> T:
     # OpenVINO's CPU plugin); the final Slice drops those repeats.
     starts = op.Min(op.Range(0, 32, 1) * size, P - 1)
     ends = op.Max(op.Min(starts + size, P), starts + 1)
-    r, c, m, x = rows, corners, op.Unsqueeze(weights, [-2]), w
+    blend = op.Unsqueeze(weights, [-2])
+    shape = op.Concat(op.Shape(corners, start=0, end=2), [-1], op.Shape(w, start=1, end=2), axis=0)
     product = op.Concat(
-        _chunk_product(r, c, m, x, starts, ends, chunk=0), _chunk_product(r, c, m, x, starts, ends, chunk=1),
-        _chunk_product(r, c, m, x, starts, ends, chunk=2), _chunk_product(r, c, m, x, starts, ends, chunk=3),
-        _chunk_product(r, c, m, x, starts, ends, chunk=4), _chunk_product(r, c, m, x, starts, ends, chunk=5),
-        _chunk_product(r, c, m, x, starts, ends, chunk=6), _chunk_product(r, c, m, x, starts, ends, chunk=7),
-        _chunk_product(r, c, m, x, starts, ends, chunk=8), _chunk_product(r, c, m, x, starts, ends, chunk=9),
-        _chunk_product(r, c, m, x, starts, ends, chunk=10), _chunk_product(r, c, m, x, starts, ends, chunk=11),
-        _chunk_product(r, c, m, x, starts, ends, chunk=12), _chunk_product(r, c, m, x, starts, ends, chunk=13),
-        _chunk_product(r, c, m, x, starts, ends, chunk=14), _chunk_product(r, c, m, x, starts, ends, chunk=15),
-        _chunk_product(r, c, m, x, starts, ends, chunk=16), _chunk_product(r, c, m, x, starts, ends, chunk=17),
-        _chunk_product(r, c, m, x, starts, ends, chunk=18), _chunk_product(r, c, m, x, starts, ends, chunk=19),
-        _chunk_product(r, c, m, x, starts, ends, chunk=20), _chunk_product(r, c, m, x, starts, ends, chunk=21),
-        _chunk_product(r, c, m, x, starts, ends, chunk=22), _chunk_product(r, c, m, x, starts, ends, chunk=23),
-        _chunk_product(r, c, m, x, starts, ends, chunk=24), _chunk_product(r, c, m, x, starts, ends, chunk=25),
-        _chunk_product(r, c, m, x, starts, ends, chunk=26), _chunk_product(r, c, m, x, starts, ends, chunk=27),
-        _chunk_product(r, c, m, x, starts, ends, chunk=28), _chunk_product(r, c, m, x, starts, ends, chunk=29),
-        _chunk_product(r, c, m, x, starts, ends, chunk=30), _chunk_product(r, c, m, x, starts, ends, chunk=31),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=0),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=1),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=2),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=3),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=4),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=5),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=6),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=7),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=8),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=9),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=10),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=11),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=12),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=13),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=14),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=15),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=16),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=17),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=18),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=19),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=20),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=21),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=22),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=23),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=24),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=25),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=26),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=27),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=28),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=29),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=30),
+        _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=31),
         axis=2,
     )
     return op.Slice(product, [0], P, [2])
