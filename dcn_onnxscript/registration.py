@@ -18,7 +18,7 @@ from onnxscript.function_libs.torch_lib import registration as torchlib_registra
 from onnxscript.values import TracedOnnxFunction
 
 from dcn_onnxscript import functions, grid_sample, opsets, torchscript
-from dcn_onnxscript.validation import check_deform_conv2d_args
+from dcn_onnxscript.validation import check_deform_conv2d_args, static_shape
 
 _QUALIFIED_NAME = "torchvision::deform_conv2d"
 
@@ -61,11 +61,11 @@ def _portable_translation(variants: Variants) -> TracedOnnxFunction:
     ):
         """torchvision::deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, int offset_groups, bool use_mask) -> Tensor"""
         check_deform_conv2d_args(
-            input_shape=_static_shape(input),
-            weight_shape=_static_shape(weight),
-            offset_shape=_static_shape(offset),
-            mask_shape=_static_shape(mask) if use_mask else None,
-            bias_shape=_static_shape(bias),
+            input_shape=static_shape(input),
+            weight_shape=static_shape(weight),
+            offset_shape=static_shape(offset),
+            mask_shape=static_shape(mask) if use_mask else None,
+            bias_shape=static_shape(bias),
             stride=(stride_h, stride_w),
             padding=(pad_h, pad_w),
             dilation=(dilation_h, dilation_w),
@@ -98,13 +98,6 @@ def _record_called_functions(function: OnnxFunction) -> None:
         return
     for callee in function.function_ir.get_called_functions().values():
         recorded.setdefault((callee.function_ir.domain, callee.name, ""), callee)
-
-
-def _static_shape(value) -> Optional[tuple[Optional[int], ...]]:
-    """The shape of an exporter value with every dynamic dimension as ``None`` (``None`` if unranked)."""
-    if value is None or value.shape is None:
-        return None
-    return tuple(d if isinstance(d, int) else None for d in value.shape)
 
 
 def _is_zero(value) -> bool:

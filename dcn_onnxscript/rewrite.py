@@ -70,7 +70,7 @@ from dcn_onnxscript.functions import (
     deform_conv2d_no_mask,
 )
 from dcn_onnxscript.protos import function_protos
-from dcn_onnxscript.validation import check_deform_conv2d_args
+from dcn_onnxscript.validation import check_deform_conv2d_args, static_shape
 
 #: The ONNX opset the portable functions are written against; the least default opset of a rewritten model.
 FUNCTIONS_OPSET = 18
@@ -193,7 +193,7 @@ def _read_deform_conv(node: ir.Node) -> DeformConvCall:
         offset_group=_int(node, "offset_group", 1),
     )
     kernel_shape = _ints(node, "kernel_shape", (None, None), (2,))
-    weight_kernel = (_static_shape(call.W) or (None,) * 4)[2:]
+    weight_kernel = (static_shape(call.W) or (None,) * 4)[2:]
     if any(k is not None and w is not None and k != w for k, w in zip(kernel_shape, weight_kernel)):
         raise RewriteError(f"{_describe(node)}: kernel_shape {list(kernel_shape)} differs from the weight's "
                            f"kernel {list(weight_kernel)}")
@@ -260,17 +260,10 @@ def _describe(node: ir.Node) -> str:
     return f"{_kind(node)} node {node.name!r}"
 
 
-def _static_shape(value: Optional[ir.Value]) -> Optional[tuple[Optional[int], ...]]:
-    """The value's shape with unknown dimensions as ``None``; ``None`` when even the rank is unknown."""
-    if value is None or value.shape is None:
-        return None
-    return tuple(d if isinstance(d, int) else None for d in value.shape)
-
-
 def _validate(node: ir.Node, call: DeformConvCall) -> None:
     """Raise :class:`RewriteError` unless the attributes (and the static shapes, where known) describe a
     deformable convolution the function can compute."""
-    offset_shape, mask_shape = _static_shape(call.offset), _static_shape(call.mask)
+    offset_shape, mask_shape = static_shape(call.offset), static_shape(call.mask)
     begin, end = call.pads[:2], call.pads[2:]
     if begin != end:  # the shared check derives Ho, Wo from symmetric pads; here they come from offset
         offset_shape = offset_shape and offset_shape[:2] + (None, None)
@@ -279,8 +272,8 @@ def _validate(node: ir.Node, call: DeformConvCall) -> None:
         raise RewriteError(f"{_describe(node)}: pads must be non-negative, got {list(call.pads)}")
     try:
         check_deform_conv2d_args(
-            input_shape=_static_shape(call.X), weight_shape=_static_shape(call.W), offset_shape=offset_shape,
-            mask_shape=mask_shape, bias_shape=_static_shape(call.B), stride=call.strides, padding=begin,
+            input_shape=static_shape(call.X), weight_shape=static_shape(call.W), offset_shape=offset_shape,
+            mask_shape=mask_shape, bias_shape=static_shape(call.B), stride=call.strides, padding=begin,
             dilation=call.dilations, groups=call.group, offset_groups=call.offset_group,
         )
     except ValueError as error:

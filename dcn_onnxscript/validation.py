@@ -8,6 +8,14 @@ from typing import Optional, Sequence
 Shape = Optional[Sequence[Optional[int]]]
 
 
+def static_shape(value) -> Optional[tuple[Optional[int], ...]]:
+    """The shape of an ONNX IR value (``onnx_ir.Value``, as the exporter and the rewriter see them) with
+    every unknown dimension as ``None``; ``None`` when the value is missing or even its rank is unknown."""
+    if value is None or value.shape is None:
+        return None
+    return tuple(d if isinstance(d, int) else None for d in value.shape)
+
+
 def check_deform_conv2d_args(
     *,
     input_shape: Shape,

@@ -3,7 +3,6 @@ exported models hold no DeformConv, pass the full checker, run at new sizes and 
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
 import torch
