@@ -17,27 +17,11 @@ from onnxscript import OnnxFunction, evaluator
 from onnxscript.function_libs.torch_lib import registration as torchlib_registration
 from onnxscript.values import TracedOnnxFunction
 
-from dcn_onnxscript import functions, grid_sample, opsets, torchscript
+from dcn_onnxscript import functions, opsets, torchscript
+from dcn_onnxscript.lowerings import PORTABLE, Variants
 from dcn_onnxscript.validation import check_deform_conv2d_args, static_shape
 
 _QUALIFIED_NAME = "torchvision::deform_conv2d"
-
-
-#: A portable lowering's public functions, by the optional inputs they take: (bias, mask).
-Variants = dict[tuple[bool, bool], OnnxFunction]
-
-_GATHER_VARIANTS: Variants = {
-    (True, True): functions.deform_conv2d,
-    (False, True): functions.deform_conv2d_no_bias,
-    (True, False): functions.deform_conv2d_no_mask,
-    (False, False): functions.deform_conv2d_no_bias_no_mask,
-}
-_GRID_SAMPLE_VARIANTS: Variants = {
-    (True, True): grid_sample.deform_conv2d_grid_sample,
-    (False, True): grid_sample.deform_conv2d_grid_sample_no_bias,
-    (True, False): grid_sample.deform_conv2d_grid_sample_no_mask,
-    (False, False): grid_sample.deform_conv2d_grid_sample_no_bias_no_mask,
-}
 
 
 def _portable_translation(variants: Variants) -> TracedOnnxFunction:
@@ -135,8 +119,8 @@ def _native_overload():
 
 
 _TRANSLATIONS = {
-    "gather": _portable_translation(_GATHER_VARIANTS),
-    "grid_sample": _portable_translation(_GRID_SAMPLE_VARIANTS),
+    "gather": _portable_translation(PORTABLE["gather"]),
+    "grid_sample": _portable_translation(PORTABLE["grid_sample"]),
     "native": TracedOnnxFunction(functions.dcn, _native_translation),
 }
 

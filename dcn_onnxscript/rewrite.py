@@ -61,14 +61,8 @@ import onnxruntime
 from onnx_ir.passes.common import InlinePass
 from onnxscript import OnnxFunction
 
-from dcn_onnxscript.functions import (
-    DOMAIN,
-    DOMAIN_VERSION,
-    deform_conv2d,
-    deform_conv2d_no_bias,
-    deform_conv2d_no_bias_no_mask,
-    deform_conv2d_no_mask,
-)
+from dcn_onnxscript.functions import DOMAIN, DOMAIN_VERSION
+from dcn_onnxscript.lowerings import PORTABLE, Variants
 from dcn_onnxscript.protos import function_protos
 from dcn_onnxscript.validation import check_deform_conv2d_args, static_shape
 
@@ -84,29 +78,8 @@ class RewriteError(ValueError):
     """A model the rewriter cannot handle; the message is one line and names the node."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Implementation:
-    """One lowering of deformable convolution: a public ONNX function for each combination of the optional
-    inputs, all with the inputs ``(X, W, offset[, B][, mask])`` and the attributes of ``DeformConv``-19
-    (``strides``, ``pads``, ``dilations``, ``group``, ``offset_group``)."""
-
-    bias_and_mask: OnnxFunction
-    mask_only: OnnxFunction
-    bias_only: OnnxFunction
-    neither: OnnxFunction
-
-    def pick(self, has_bias: bool, has_mask: bool) -> OnnxFunction:
-        """The function taking exactly the optional inputs present."""
-        if has_mask:
-            return self.bias_and_mask if has_bias else self.mask_only
-        return self.bias_only if has_bias else self.neither
-
-
-#: ``--impl`` name -> lowering. Another lowering (e.g. one built on ``GridSample``) is added here.
-IMPLEMENTATIONS: dict[str, Implementation] = {
-    "gather": Implementation(deform_conv2d, deform_conv2d_no_bias, deform_conv2d_no_mask,
-                             deform_conv2d_no_bias_no_mask),
-}
+#: ``--impl`` name -> the lowering's public functions by (bias, mask).
+IMPLEMENTATIONS: dict[str, Variants] = PORTABLE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,7 +287,7 @@ def _source_nodes(graph: ir.Graph | ir.Function | ir.Model) -> list[ir.Node]:
     return [node for node in nodes if (node.domain, node.op_type) in SOURCE_OPS]
 
 
-def _replace_deform_convs(nodes: list[ir.Node], implementation: Implementation,
+def _replace_deform_convs(nodes: list[ir.Node], implementation: Variants,
                           progress: Optional[Progress]) -> tuple[collections.Counter, set[OnnxFunction]]:
     """Replace each of ``nodes`` by a call of the implementation's function. Returns the count per kind and
     the public functions called. Nothing is changed when any node is refused."""
@@ -327,7 +300,7 @@ def _replace_deform_convs(nodes: list[ir.Node], implementation: Implementation,
     used: set[OnnxFunction] = set()
     step = max(1, len(calls) // 10)
     for index, (node, call) in enumerate(calls, 1):
-        function = implementation.pick(call.B is not None, call.mask is not None)
+        function = implementation[call.B is not None, call.mask is not None]
         new = _portable_node(node, call, function)
         graph = node.graph
         ir.convenience.replace_nodes_and_values(graph, insertion_point=node, old_nodes=[node], new_nodes=[new],
@@ -382,6 +355,17 @@ def _constant_to_value(node: ir.Node) -> None:
             node.attributes["value"] = ir.AttrTensor("value", ir.tensor(array))
 
 
+#: GridSample-20 renamed its interpolation modes; the functions are written with GridSample-16's names.
+_GRID_SAMPLE_20_MODES = {"bilinear": "linear", "bicubic": "cubic"}
+
+
+def _grid_sample_mode_for(node: ir.Node, version: int) -> None:
+    """Give an inlined ``GridSample`` node the mode name of the model's opset ``version``."""
+    mode = node.attributes.get("mode")
+    if version >= 20 and mode is not None and mode.as_string() in _GRID_SAMPLE_20_MODES:
+        node.attributes["mode"] = ir.AttrString("mode", _GRID_SAMPLE_20_MODES[mode.as_string()])
+
+
 def _inline_portable_functions(model: ir.Model) -> None:
     """Inline every call of this package's functions, then remove the functions and the domain."""
     before = set(_all_nodes(model))
@@ -391,6 +375,8 @@ def _inline_portable_functions(model: ir.Model) -> None:
             continue
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             _constant_to_value(node)
+        if node.op_type == "GridSample" and node.domain in ("", "ai.onnx"):
+            _grid_sample_mode_for(node, _onnx_opset(model))
         for value in node.outputs:
             if value.shape is None:  # a type without a shape is no valid value_info; inference redoes it
                 value.type = None

@@ -133,6 +133,16 @@ def test_random_deform_conv_matches_onnxruntime_native_kernel(seed):
     assert_close(actual, expected, rtol=1e-12 if expected.dtype == np.float64 else 1e-5)
 
 
+@pytest.mark.parametrize("seed", [s for s in range(24) if s % 4 != 3][::2])  # float32: onnxruntime has
+def test_random_deform_conv_rewritten_with_grid_sample_matches_native_kernel(seed):  # no float64 GridSample
+    model, feeds = _random_case(seed)
+    expected = run_onnxruntime(model, list(feeds.values()))
+    rewritten = rewrite_model(model, impl="grid_sample")
+    assert "GridSample" in _all_op_types(rewritten) and "DeformConv" not in _all_op_types(rewritten)
+    actual = run_onnxruntime(rewritten, list(feeds.values()))
+    assert_close(actual, expected, rtol=1e-12 if expected.dtype == np.float64 else 1e-5)
+
+
 def test_rewrite_leaves_the_rest_of_the_model_alone():
     model, feeds = _random_case(0)
     relu = oh.make_node("Relu", ["Y"], ["Z"], name="after")
