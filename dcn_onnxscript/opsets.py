@@ -23,6 +23,7 @@ from torch.onnx._internal._lazy_import import onnxscript_apis
 
 from dcn_onnxscript import functions, grid_sample
 from dcn_onnxscript.inline import inline_function
+from dcn_onnxscript.lowerings import PORTABLE
 
 #: Lowest opset the conversion was tested at (the function body needs opset ≥ 11 ops: Range, Gather-11).
 MIN_OPSET = 12
@@ -31,14 +32,12 @@ _NATIVE_OPSET = 18
 _HIDDEN_DOMAIN = "dcn_onnxscript.converted"
 #: The public functions whose calls are expanded, by name: (function, lowest opset its body can be emitted
 #: for, what to call it in the error below that opset).
+_MIN_OPSETS = {
+    "gather": (MIN_OPSET, "deform_conv2d"),
+    "grid_sample": (grid_sample.MIN_OPSET, "impl='grid_sample' (deform_conv2d through ONNX GridSample)"),
+}
 _PUBLIC_FUNCTIONS = {
-    **{f.name: (f, MIN_OPSET, "deform_conv2d")
-       for f in (functions.deform_conv2d, functions.deform_conv2d_no_bias, functions.deform_conv2d_no_mask,
-                 functions.deform_conv2d_no_bias_no_mask)},
-    **{f.name: (f, grid_sample.MIN_OPSET, "impl='grid_sample' (deform_conv2d through ONNX GridSample)")
-       for f in (grid_sample.deform_conv2d_grid_sample, grid_sample.deform_conv2d_grid_sample_no_bias,
-                 grid_sample.deform_conv2d_grid_sample_no_mask,
-                 grid_sample.deform_conv2d_grid_sample_no_bias_no_mask)},
+    f.name: (f, *_MIN_OPSETS[impl]) for impl, variants in PORTABLE.items() for f in variants.values()
 }
 
 _original_convert_version: Optional[Callable] = None

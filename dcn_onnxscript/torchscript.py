@@ -15,7 +15,7 @@ import onnx
 import torch
 from torch.onnx import symbolic_helper
 
-from dcn_onnxscript import functions
+from dcn_onnxscript.lowerings import PORTABLE
 from dcn_onnxscript.inline import inline_function
 from dcn_onnxscript.validation import check_deform_conv2d_args
 
@@ -41,9 +41,8 @@ def deform_conv2d_symbolic(g, input, weight, offset, mask, bias, stride_h, strid
         groups=groups, offset_groups=offset_groups,
     )
     # torchvision passes a zero bias for a layer without one: adding it costs one Add.
-    function, inputs = functions.deform_conv2d_no_mask, [input, weight, offset, bias]
-    if use_mask:
-        function, inputs = functions.deform_conv2d, inputs + [mask]
+    function = PORTABLE["gather"][(True, use_mask)]
+    inputs = [input, weight, offset, bias] + ([mask] if use_mask else [])
     attributes = dict(strides=[stride_h, stride_w], pads=[pad_h, pad_w, pad_h, pad_w],
                       dilations=[dilation_h, dilation_w], group=groups, offset_group=offset_groups)
 
