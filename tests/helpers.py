@@ -7,6 +7,8 @@ first output as a numpy array.
 from __future__ import annotations
 
 import dataclasses
+import io
+import itertools
 import os
 import tempfile
 from typing import Optional, Sequence
@@ -15,6 +17,8 @@ import numpy as np
 import onnx
 import torch
 import torchvision  # noqa: F401  (loads torchvision::deform_conv2d)
+
+import dcn_onnxscript  # registers the translations, as a user's script does
 from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
 Inputs = Sequence[np.ndarray]
@@ -164,27 +168,29 @@ def run_reference(model: onnx.ModelProto, inputs: Inputs) -> np.ndarray:
     return session.run(None, feeds)[0]
 
 
-def run_openvino(model: onnx.ModelProto, inputs: Inputs) -> np.ndarray:
-    """OpenVINO CPU in float32 (its default inference precision there is bf16 on capable CPUs)."""
+def run_openvino(model: onnx.ModelProto, inputs: Inputs, precision: Optional[str] = "f32") -> np.ndarray:
+    """OpenVINO CPU in float32 (its default inference precision there is bf16 on capable CPUs), or with
+    ``precision=None`` in its default precision."""
     import openvino
 
     core = openvino.Core()
     ov_model = core.read_model(model.SerializeToString(), b"")  # bytes: an in-memory model
-    compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    config = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+    compiled = core.compile_model(ov_model, "CPU", config)
     result = compiled([np.asarray(v) for v in inputs])
     return np.asarray(result[compiled.output(0)])
 
 
-def run_tract(model: onnx.ModelProto, inputs: Inputs) -> np.ndarray:
-    """tract, with every input's shape and type fixed to the given arrays' (tract's declutter pass needs
-    concrete facts for some symbolic-shape arithmetic)."""
+def run_tract(model: onnx.ModelProto, inputs: Inputs, concrete: bool = True) -> np.ndarray:
+    """tract, with every input's shape and type fixed to the given arrays' (``concrete``), or loaded as it
+    is, symbolic dimensions and all."""
     import tract
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
         onnx.save(model, path)
         inference_model = tract.onnx().load(path)
-        for i, value in enumerate(inputs):
+        for i, value in enumerate(inputs if concrete else ()):
             value = np.asarray(value)
             fact = f"{','.join(map(str, value.shape))},{_tract_dtype(value.dtype)}"
             inference_model.set_input_fact(i, fact)
@@ -203,3 +209,171 @@ RUNNERS = {
     "openvino": run_openvino,
     "tract": run_tract,
 }
+
+
+# ----------------------------------------------------------------------------------- the generated matrix
+
+#: Layer geometries of the matrix: plain DCN, conv + offset groups (slices), strided/dilated non-square,
+#: offset groups that are not a multiple of the conv groups (lcm slices), a 1-pixel-high image.
+GEOMETRIES = {
+    "plain": Case(),
+    "groups": Case(in_channels=4, out_channels=6, groups=2, offset_groups=2),
+    "strided": Case(kernel=(2, 3), stride=(2, 1), padding=(2, 0), dilation=(2, 1), size=(9, 8)),
+    "lcm": Case(in_channels=6, out_channels=4, groups=2, offset_groups=3),
+    "one_row": Case(kernel=(1, 3), padding=(0, 1), size=(1, 5)),
+}
+#: (bias, mask) variants of torchvision.ops.deform_conv2d.
+VARIANTS = {"dcnv2": (True, True), "dcnv2_no_bias": (False, True), "dcnv1": (True, False),
+            "dcnv1_no_bias": (False, False)}
+DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64, "bfloat16": None}
+#: runtime -> runner; "openvino" compares in f32, "openvino_default" runs OpenVINO's own default precision
+#: (bf16 on this AMX CPU); "tract" runs static models with concrete input facts, "tract_symbolic" loads
+#: dynamic models as they are.
+MATRIX_RUNTIMES = ("onnxruntime", "openvino", "openvino_default", "tract", "tract_symbolic", "reference")
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+    """One exported model of the matrix."""
+
+    exporter: str  # "dynamo" | "torchscript"
+    lowering: str  # "gather" | "grid_sample"
+    opset: int
+    dtype: str  # a key of DTYPES
+    variant: str  # a key of VARIANTS
+    geometry: str  # a key of GEOMETRIES
+    shapes: str  # "static" | "dynamic"
+
+    @property
+    def case(self) -> Case:
+        bias, mask = VARIANTS[self.variant]
+        return dataclasses.replace(GEOMETRIES[self.geometry], bias=bias, mask=mask)
+
+    def id(self) -> str:
+        return "-".join(str(v) for v in dataclasses.astuple(self))
+
+
+def dynamo_opsets() -> list[int]:
+    from torch.onnx import _constants
+
+    return list(range(12, _constants.ONNX_MAX_OPSET + 1))
+
+
+def torchscript_opsets() -> list[int]:
+    from torch.onnx import _constants
+
+    return list(range(12, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET + 1))
+
+
+def valid(export: Export, runtime: str) -> bool:
+    """Whether the combination is meaningful (not whether it passes)."""
+    if export.exporter == "torchscript" and (export.lowering != "gather" or export.opset not in torchscript_opsets()):
+        return False
+    if export.lowering == "grid_sample" and export.opset < 16:
+        return False  # refused at export: tested in test_export_refuses_grid_sample_below_16
+    if export.dtype == "bfloat16":
+        # torchvision has no bfloat16 CPU kernel, and the TorchScript exporter runs the model to trace it;
+        # ONNX ops take bfloat16 from opset 13 on.
+        return runtime == "checker" and export.exporter == "dynamo" and export.opset >= 13
+    if runtime == "tract_symbolic" and export.shapes != "dynamic":
+        return False
+    if runtime == "tract" and export.shapes != "static":
+        return False  # tract cannot unify concrete input facts with the exporter's symbolic value_info
+    return True
+
+
+def all_matrix_cases() -> list[tuple[Export, str]]:
+    """Every valid (export, runtime) of the matrix; "checker" is the runtime of bfloat16 cases."""
+    cases = []
+    for exporter in ("dynamo", "torchscript"):
+        opsets = dynamo_opsets() if exporter == "dynamo" else torchscript_opsets()
+        for lowering, opset, dtype, variant, geometry, shapes in itertools.product(
+                ("gather", "grid_sample"), opsets, DTYPES, VARIANTS, GEOMETRIES, ("static", "dynamic")):
+            export = Export(exporter, lowering, opset, dtype, variant, geometry, shapes)
+            for runtime in (*MATRIX_RUNTIMES, "checker"):
+                if valid(export, runtime):
+                    cases.append((export, runtime))
+    return cases
+
+
+def pairwise_slice(cases: Sequence[tuple[Export, str]]) -> set[tuple[Export, str]]:
+    """A greedy covering subset: every pair of values of two dimensions that occurs in ``cases`` occurs in
+    the subset too (deterministic)."""
+    def pairs(case):
+        export, runtime = case
+        values = [*(f"{f.name}={getattr(export, f.name)}" for f in dataclasses.fields(export)), f"runtime={runtime}"]
+        return {(a, b) for a, b in itertools.combinations(values, 2)}
+
+    uncovered = set().union(*(pairs(c) for c in cases))
+    chosen: set = set()
+    by_pairs = {c: pairs(c) for c in cases}
+    while uncovered:
+        best = max(cases, key=lambda c: (len(by_pairs[c] & uncovered), c[0].id(), c[1]))
+        chosen.add(best)
+        uncovered -= by_pairs[best]
+    return chosen
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+def export_matrix_model(export: Export) -> tuple[DeformConvLayer, onnx.ModelProto]:
+    """The layer (in the export's dtype) and its exported model."""
+    case = export.case
+    layer = DeformConvLayer(case).eval().to(torch_dtype(export.dtype))
+    dynamic = export.shapes == "dynamic"
+    # A dynamic dimension of size 1 would be specialised by torch.export: export at 2 or more.
+    size = tuple(max(2, s) for s in case.size) if dynamic else case.size
+    args = tuple(torch.from_numpy(a).to(torch_dtype(export.dtype)) for a in make_inputs(case, size=size))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if export.exporter == "torchscript":
+            names = ["x", "offset", "mask"][: len(args)]
+            axes = {name: {0: "batch", 2: "out_h", 3: "out_w"} for name in names[1:]} if dynamic else None
+            if dynamic:
+                axes["x"] = {0: "batch", 2: "h", 3: "w"}
+            buffer = io.BytesIO()
+            torch.onnx.export(layer, args, buffer, dynamo=False, opset_version=export.opset, input_names=names,
+                              output_names=["y"], dynamic_axes=axes)
+            return layer, onnx.load_from_string(buffer.getvalue())
+        shapes = None
+        if dynamic:  # offset and mask share their output-grid dimensions, as in a real network
+            n, h, w = torch.export.Dim("n"), torch.export.Dim("h", min=2), torch.export.Dim("w", min=2)
+            grid = ({0: n, 2: torch.export.Dim("ho", min=1), 3: torch.export.Dim("wo", min=1)},) * (len(args) - 1)
+            shapes = ({0: n, 2: h, 3: w}, *grid)
+        program = torch.onnx.export(layer, args, dynamo=True, opset_version=export.opset, dynamic_shapes=shapes,
+                                    verbose=False,
+                                    custom_translation_table=dcn_onnxscript.translation_table(export.lowering))
+        return layer, program.model_proto
+
+
+def hostile(offset: np.ndarray, seed: int) -> np.ndarray:
+    """``offset`` with about 5 % of its entries NaN, ±Inf or ±huge (the largest finite value of its dtype)."""
+    rng = np.random.default_rng(seed)
+    offset = offset.copy()
+    big = np.finfo(offset.dtype).max
+    chosen = rng.random(offset.shape) < 0.05
+    offset[chosen] = rng.choice(np.array([np.nan, np.inf, -np.inf, big, -big, 1e4], dtype=offset.dtype),
+                                size=int(chosen.sum()))
+    return offset
+
+
+def known_failure(export: Export, runtime: str) -> Optional[str]:
+    """Why a valid combination fails for a reason outside this package (it is run as a strict xfail, so that
+    a fixed tool shows up), or ``None``."""
+    if runtime == "reference" and export.lowering == "grid_sample" and export.opset < 20:
+        return ("onnx.reference implements only GridSample-20's mode names (linear, cubic); GridSample-16 "
+                "names the mode 'bilinear' (tool)")
+    return None
+
+
+def run_runtime(runtime: str, model: onnx.ModelProto, inputs: Inputs) -> np.ndarray:
+    """The matrix's runners by name (see :data:`MATRIX_RUNTIMES`)."""
+    if runtime == "openvino_default":
+        return run_openvino(model, inputs, precision=None)
+    if runtime == "tract_symbolic":
+        return run_tract(model, inputs, concrete=False)
+    return RUNNERS[runtime](model, inputs)

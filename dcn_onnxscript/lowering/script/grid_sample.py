@@ -29,7 +29,8 @@ from typing import Sequence
 from onnxscript import script
 from onnxscript import opset18 as op
 
-from dcn_onnxscript.functions import (
+from dcn_onnxscript.lowering.script.protos import flatten
+from dcn_onnxscript.lowering.script.gather import (
     Dim,
     Ints,
     T,
@@ -206,3 +207,8 @@ def deform_conv2d_grid_sample(
     Y = deform_conv2d_grid_sample_no_bias(X, W, offset, mask, strides=strides, pads=pads, dilations=dilations,
                                           group=group, offset_group=offset_group)
     return _add_bias(Y, B)
+
+
+for _public in (deform_conv2d_grid_sample, deform_conv2d_grid_sample_no_bias, deform_conv2d_grid_sample_no_mask,
+                deform_conv2d_grid_sample_no_bias_no_mask):
+    flatten(_public)

@@ -34,6 +34,8 @@ from onnxscript import BFLOAT16, DOUBLE, FLOAT, FLOAT16, INT64, script
 from onnxscript import opset18 as op
 from onnxscript.values import Opset
 
+from dcn_onnxscript.lowering.script.protos import flatten
+
 #: The ONNX domain of every function in this package.
 DOMAIN = "dcn_onnxscript"
 #: Version of :data:`DOMAIN`.
@@ -140,7 +142,8 @@ def _axis_neighbours(p: T, size: Dim):
     last = size - 1
     w_low = (op.CastLike(1, p) - frac) * op.CastLike(op.GreaterOrEqual(low, 0), p)
     w_high = frac * op.CastLike(op.LessOrEqual(high, last), p)
-    return op.Max(low, 0), op.Min(high, last), w_low, w_high
+    # Both indices clamped on both sides by integer ops: in range whatever the float math before did.
+    return op.Min(op.Max(low, 0), last), op.Min(op.Max(high, 0), last), w_low, w_high
 
 
 @script(dcn, default_opset=op)
@@ -194,7 +197,7 @@ def _bilinear_taps(
 
     p0_y, p0_x = _output_grid(op.Shape(offset, start=2, end=3), op.Shape(offset, start=3, end=4), strides, pads)
     pk_y, pk_x = _kernel_grid(kH, kW, dilations)
-    dy, dx = _offset_yx(offset, G, K)
+    dy, dx = _offset_yx(op.Cast(offset, to=DOUBLE.dtype), G, K)  # positions in float64, whatever T is
     y = op.CastLike(p0_y + pk_y, dy) + dy  # p = p_0 + p_k + Δp, (N, G, P, K)
     x = op.CastLike(p0_x + pk_x, dx) + dx
 
@@ -204,7 +207,7 @@ def _bilinear_taps(
     minus_one = op.CastLike(-1, y)
     y = _to_slices(op.Where(inside, y, minus_one), G, R, S)
     x = _to_slices(op.Where(inside, x, minus_one), G, R, S)
-    m = _to_slices(op.Expand(modulation, op.Shape(dy)), G, R, S)
+    m = _to_slices(op.Expand(op.CastLike(modulation, dy), op.Shape(dy)), G, R, S)
 
     y_low, y_high, wy_low, wy_high = _axis_neighbours(y, H)
     x_low, x_high, wx_low, wx_high = _axis_neighbours(x, W)
@@ -219,7 +222,7 @@ def _bilinear_taps(
     right = x_high * per_pixel
     corners = _stack_corners(top + left, top + right, bottom + left, bottom + right)
     weights = _stack_corners(wy_low * wx_low, wy_low * wx_high, wy_high * wx_low, wy_high * wx_high)
-    return _channels_last_rows(X, G, S), corners, weights
+    return _channels_last_rows(X, G, S), corners, op.CastLike(weights, X)
 
 
 @script(dcn, default_opset=op)
@@ -430,3 +433,7 @@ def deform_conv2d(
     Y = deform_conv2d_no_bias(X, W, offset, mask, strides=strides, pads=pads, dilations=dilations,
                               group=group, offset_group=offset_group)
     return _add_bias(Y, B)
+
+
+for _public in (deform_conv2d, deform_conv2d_no_bias, deform_conv2d_no_mask, deform_conv2d_no_bias_no_mask):
+    flatten(_public)

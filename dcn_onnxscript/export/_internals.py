@@ -1,0 +1,147 @@
+"""The one place that touches private internals of torch and onnxscript.
+
+Each function reaches one internal, checks that it is there and otherwise raises :class:`InternalsError`
+naming the installed versions, so that a torch or onnxscript release that moves it fails loudly at the
+first use instead of exporting something else. ``tests/export/test_internals.py`` pins each one.
+
+- torch_lib's registry entry of ``torchvision::deform_conv2d`` (``registration.default_registry`` and, when
+  the entry is missing, its private ``_registry`` dict): the dynamo exporter builds its own registry from
+  it at every export, so swapping the entry's overloads is how a translation is registered globally;
+- the opset of the graph the exporter is building (``evaluator.default().opset``), for refusing
+  ``impl="native"`` below opset 19;
+- ``torch.onnx.symbolic_helper._get_tensor_sizes``, the static sizes of a TorchScript value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+QUALIFIED_NAME = "torchvision::deform_conv2d"
+
+
+class InternalsError(RuntimeError):
+    """A private internal of torch or onnxscript is not where this package expects it."""
+
+
+def _versions() -> str:
+    import onnxscript
+    import torch
+
+    return f"torch {torch.__version__}, onnxscript {onnxscript.__version__}"
+
+
+def _missing(what: str) -> InternalsError:
+    return InternalsError(f"{what} is not available with {_versions()}; dcn_onnxscript needs an update for "
+                          "this version (or pin the versions listed in its pyproject.toml)")
+
+
+def torchlib_entry():
+    """torch_lib's registry entry (an ``OverloadedFunction``) of ``torchvision::deform_conv2d``, created
+    when onnxscript has none."""
+    try:
+        from onnxscript.function_libs.torch_lib import ops  # noqa: F401  (fills the default registry)
+        from onnxscript.function_libs.torch_lib import registration
+    except ImportError as error:
+        raise _missing(f"onnxscript's torch_lib ({error})") from None
+    registry = getattr(registration, "default_registry", None)
+    if registry is None or not hasattr(registration, "OverloadedFunction"):
+        raise _missing("onnxscript.function_libs.torch_lib.registration.default_registry")
+    if QUALIFIED_NAME not in registry:
+        entries = getattr(registry, "_registry", None)
+        if not isinstance(entries, dict):
+            raise _missing("torch_lib's Registry._registry")
+        entries[QUALIFIED_NAME] = registration.OverloadedFunction(QUALIFIED_NAME)
+    entry = registry[QUALIFIED_NAME]
+    if not isinstance(getattr(entry, "overloads", None), list):
+        raise _missing("torch_lib's OverloadedFunction.overloads")
+    return entry
+
+
+_original: Optional[list] = None
+
+
+def set_translation(translation: Callable) -> None:
+    """Make ``translation`` the only overload of the entry, remembering the original ones once."""
+    global _original
+    entry = torchlib_entry()
+    if _original is None:
+        _original = list(entry.overloads)
+    entry.overloads[:] = [translation]
+
+
+def restore_translation() -> None:
+    """Put the original overloads back (idempotent)."""
+    global _original
+    if _original is not None:
+        torchlib_entry().overloads[:] = _original
+        _original = None
+
+
+def current_translation() -> Optional[Callable]:
+    overloads = torchlib_entry().overloads
+    return overloads[0] if overloads else None
+
+
+def original_translation() -> Callable:
+    """torch_lib's own translation (ONNX ``DeformConv``)."""
+    overloads = _original if _original is not None else torchlib_entry().overloads
+    if not overloads:
+        raise _missing("torch_lib's translation of torchvision::deform_conv2d")
+    return overloads[0]
+
+
+def exporter_opset() -> int:
+    """The ONNX opset of the graph torch.onnx's dynamo exporter is building (only valid inside a
+    translation)."""
+    from onnxscript import evaluator
+
+    opset = getattr(evaluator.default(), "opset", None)
+    version = getattr(opset, "version", None)
+    if not isinstance(version, int):
+        raise _missing("the exporter's graph opset (onnxscript evaluator.default().opset)")
+    return version
+
+
+def tensor_sizes(value: Any) -> Optional[list[Optional[int]]]:
+    """The sizes of a TorchScript graph value (``None`` for a dynamic one), or ``None`` when unknown."""
+    from torch.onnx import symbolic_helper
+
+    get_sizes = getattr(symbolic_helper, "_get_tensor_sizes", None)
+    if get_sizes is None:
+        raise _missing("torch.onnx.symbolic_helper._get_tensor_sizes")
+    return get_sizes(value)
+
+
+_original_convert_version: Optional[Callable] = None
+
+
+def wrap_convert_version(wrapper: Callable) -> None:
+    """Route the dynamo exporter's opset conversion (``torch.onnx._internal._lazy_import.onnxscript_apis
+    .convert_version(model, target_version)``) through ``wrapper(model, target_version, original)``
+    (idempotent)."""
+    global _original_convert_version
+    apis = _onnxscript_apis()
+    if _original_convert_version is None:
+        _original_convert_version = apis.convert_version
+        # An instance attribute of torch's lazy module object wins over the module it stands for.
+        apis.convert_version = lambda model, target_version: wrapper(model, target_version,
+                                                                     _original_convert_version)
+
+
+def unwrap_convert_version() -> None:
+    """Undo :func:`wrap_convert_version` (idempotent)."""
+    global _original_convert_version
+    if _original_convert_version is not None:
+        apis = _onnxscript_apis()
+        apis.__dict__.pop("convert_version", None)
+        _original_convert_version = None
+
+
+def _onnxscript_apis():
+    try:
+        from torch.onnx._internal._lazy_import import onnxscript_apis
+    except ImportError:
+        raise _missing("torch.onnx._internal._lazy_import.onnxscript_apis") from None
+    if not callable(getattr(onnxscript_apis, "convert_version", None)):
+        raise _missing("torch.onnx._internal._lazy_import.onnxscript_apis.convert_version")
+    return onnxscript_apis

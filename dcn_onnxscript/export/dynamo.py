@@ -1,0 +1,149 @@
+"""``torch.onnx.export(..., dynamo=True)``: the translation of ``torchvision::deform_conv2d``.
+
+The translation is a trace-time function (like onnxscript's ``trace_only`` torch_lib ops): it reads the
+layer's static facts (kernel, strides, pads, groups, channels, dtype) and writes the lowering's nodes
+straight into the exporter's graph, so the exported model holds a flat, short run of standard ops per
+layer. :func:`register` makes it the translation of every export (through torch_lib's registry, see
+:mod:`dcn_onnxscript.export._internals`); :func:`translation_table` gives it for one export.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import numpy as np
+import onnx_ir as ir
+import torch
+import torchvision  # noqa: F401  (loads the torchvision::deform_conv2d operator)
+from onnxscript import opset18
+from onnxscript.values import Opset, TracedOnnxFunction
+
+from dcn_onnxscript.export import _internals
+from dcn_onnxscript.lowering import opsets
+from dcn_onnxscript.lowering import table
+from dcn_onnxscript.lowering.emitter import Emitter
+from dcn_onnxscript.lowering.layer import Layer
+from dcn_onnxscript.lowering.validation import check_deform_conv2d_args, static_shape
+
+#: The opset torch.onnx's dynamo exporter builds at; it converts the model to the requested opset after.
+_BUILD_OPSET = 18
+_NATIVE = "native"
+#: The names :func:`register` and :func:`translation_table` accept: the lowerings of the table, and
+#: "native" (ONNX ``DeformConv``, torch's own translation, opset >= 19).
+IMPLS = (*table.LOWERINGS, _NATIVE)
+_NATIVE_MIN_OPSET = 19
+_DOMAIN = Opset("dcn_onnxscript", 1)
+
+
+class TracerEmitter(Emitter):
+    """Writes into the graph torch.onnx is building, through onnxscript's opset-18 ops."""
+
+    def __init__(self) -> None:
+        super().__init__(_BUILD_OPSET)
+
+    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any], num_outputs: int) -> list:
+        outputs = getattr(opset18, op_type)(*inputs, **attributes)
+        return list(outputs) if num_outputs > 1 else [outputs]
+
+    def _constant(self, array: np.ndarray):
+        return opset18.Constant(value=ir.tensor(array))
+
+
+def layer_of(input, weight, offset, mask, bias, stride, padding, dilation, groups: int, offset_groups: int,
+             use_mask: bool, use_bias: bool) -> Layer:
+    """The :class:`Layer` of a deform_conv2d call, after the export-time checks; the weight's shape must be
+    static (it sets the kernel and the channels)."""
+    weight_shape = static_shape(weight)
+    check_deform_conv2d_args(
+        input_shape=static_shape(input), weight_shape=weight_shape, offset_shape=static_shape(offset),
+        mask_shape=static_shape(mask) if use_mask else None, bias_shape=static_shape(bias), stride=stride,
+        padding=padding, dilation=dilation, groups=groups, offset_groups=offset_groups,
+    )
+    if weight_shape is None or None in weight_shape:
+        raise ValueError(f"weight must have a static shape (O, C/groups, kH, kW), got {weight_shape}")
+    out_channels, per_group, kh, kw = weight_shape
+    return Layer(kernel=(kh, kw), stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+                 groups=groups, offset_groups=offset_groups, in_channels=per_group * groups,
+                 out_channels=out_channels, dtype=int(input.dtype), bias=use_bias, mask=use_mask)
+
+
+def _portable_translation(impl: str) -> TracedOnnxFunction:
+    """The translation of ``torchvision::deform_conv2d`` through lowering ``impl``."""
+
+    def deform_conv2d(input, weight, offset, mask, bias, stride_h: int, stride_w: int, pad_h: int, pad_w: int,
+                      dilation_h: int, dilation_w: int, groups: int, offset_groups: int, use_mask: bool):
+        """torchvision::deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, int offset_groups, bool use_mask) -> Tensor"""
+        use_bias = not _is_zero(bias)
+        layer = layer_of(input, weight, offset, mask, bias, (stride_h, stride_w), (pad_h, pad_w),
+                         (dilation_h, dilation_w), groups, offset_groups, use_mask, use_bias)
+        return table.build(impl, TracerEmitter(), layer, input, weight, offset, bias if use_bias else None,
+                           mask if use_mask else None)
+
+    return TracedOnnxFunction(_DOMAIN, deform_conv2d)
+
+
+def _is_zero(value) -> bool:
+    """Whether an exporter value is known at export time to be all zeros: torchvision passes
+    ``torch.zeros(out_channels)`` as the bias of a layer without one, which reaches the exporter as a
+    constant or as ``Expand(0, shape)``."""
+    tensor = ir.convenience.get_const_tensor(value)
+    producer = value.producer()
+    if tensor is None and producer is not None and producer.op_type == "Expand":
+        tensor = ir.convenience.get_const_tensor(producer.inputs[0])
+    return tensor is not None and not tensor.numpy().any()
+
+
+def _native_translation(*args):
+    """torch's own translation (ONNX ``DeformConv``), refusing opsets that do not have the op."""
+    if _internals.exporter_opset() < _NATIVE_MIN_OPSET:
+        raise ValueError(f"impl='native' maps deform_conv2d to ONNX DeformConv, which needs opset_version >= "
+                         f"{_NATIVE_MIN_OPSET}; use impl='gather' for lower opsets")
+    return _internals.original_translation()(*args)
+
+
+_TRANSLATIONS = {name: _portable_translation(name) for name in table.LOWERINGS}
+_TRANSLATIONS[_NATIVE] = TracedOnnxFunction(_DOMAIN, _native_translation)
+
+
+def _translation(impl: str) -> TracedOnnxFunction:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return _TRANSLATIONS[impl]
+
+
+def translation_table(impl: str = table.DEFAULT) -> dict[Callable, Callable]:
+    """``{torch.ops.torchvision.deform_conv2d.default: translation}`` for ``torch.onnx.export(...,
+    custom_translation_table=translation_table())``; works whether or not :func:`register` is active."""
+    return {torch.ops.torchvision.deform_conv2d.default: _translation(impl)}
+
+
+def register(impl: str = table.DEFAULT) -> None:
+    """Make every ``torch.onnx.export`` translate ``torchvision::deform_conv2d`` through ``impl`` (one of
+    :data:`IMPLS`; done with the default on ``import dcn_onnxscript``): the dynamo exporter with ``impl``,
+    the TorchScript exporter (``dynamo=False``) with "gather". Idempotent."""
+    from dcn_onnxscript.export import torchscript
+
+    _internals.set_translation(_translation(impl))
+    _internals.wrap_convert_version(opsets.convert_version)
+    torchscript.register()
+
+
+def unregister() -> None:
+    """Restore torch's default translation (native ONNX ``DeformConv``, opset >= 19) and the TorchScript
+    exporter's own behaviour (no symbolic). Idempotent."""
+    from dcn_onnxscript.export import torchscript
+
+    _internals.restore_translation()
+    _internals.unwrap_convert_version()
+    torchscript.unregister()
+
+
+def is_registered() -> bool:
+    """Whether :func:`register` is in effect."""
+    return _internals.current_translation() in _TRANSLATIONS.values()
+
+
+def registered_impl() -> Optional[str]:
+    """The impl :func:`register` installed, or ``None``."""
+    current = _internals.current_translation()
+    return next((name for name, t in _TRANSLATIONS.items() if t is current), None)

@@ -1,0 +1,83 @@
+"""The legacy TorchScript exporter (``torch.onnx.export(..., dynamo=False)``): a symbolic for
+``torchvision::deform_conv2d`` that writes the "gather" lowering through ``g.op`` at the export's opset.
+
+torchvision registers no TorchScript symbolic for ``deform_conv2d``, so without this the legacy exporter
+fails with ``UnsupportedOperatorError`` at every opset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch.onnx import symbolic_helper
+
+from dcn_onnxscript.export import _internals
+from dcn_onnxscript.lowering import emitter, table
+from dcn_onnxscript.lowering.emitter import Emitter
+from dcn_onnxscript.lowering.layer import Layer
+from dcn_onnxscript.lowering.validation import check_deform_conv2d_args
+
+_ONNX_TYPES = {"Half": onnx.TensorProto.FLOAT16, "Float": onnx.TensorProto.FLOAT,
+               "Double": onnx.TensorProto.DOUBLE, "BFloat16": onnx.TensorProto.BFLOAT16}
+
+
+class GraphEmitter(Emitter):
+    """Writes through a TorchScript symbolic's ``g.op``."""
+
+    def __init__(self, g) -> None:
+        super().__init__(g.opset)
+        self.g = g
+
+    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any], num_outputs: int) -> list:
+        outputs = self.g.op(op_type, *inputs, outputs=num_outputs,
+                            **{_suffixed(k, v): v for k, v in attributes.items()})
+        return list(outputs) if num_outputs > 1 else [outputs]
+
+    def _constant(self, array: np.ndarray):
+        return self.g.op("Constant", value_t=self._tensor(array))
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.array(array))
+
+
+def _suffixed(name: str, value: Any) -> str:
+    """``g.op`` reads an attribute's kind from a suffix: ``axis_i``, ``mode_s``, ``value_t``."""
+    kind = {str: "s", float: "f", torch.Tensor: "t"}.get(type(value), "i")
+    return f"{name}_{kind}"
+
+
+@symbolic_helper.parse_args("v", "v", "v", "v", "v", "i", "i", "i", "i", "i", "i", "i", "i", "b")
+def deform_conv2d_symbolic(g, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w,
+                           dilation_h, dilation_w, groups, offset_groups, use_mask):
+    """torchvision::deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, int offset_groups, bool use_mask) -> Tensor"""
+    sizes = _internals.tensor_sizes
+    weight_shape = sizes(weight)
+    check_deform_conv2d_args(
+        input_shape=sizes(input), weight_shape=weight_shape, offset_shape=sizes(offset),
+        mask_shape=sizes(mask) if use_mask else None, bias_shape=sizes(bias),
+        stride=(stride_h, stride_w), padding=(pad_h, pad_w), dilation=(dilation_h, dilation_w),
+        groups=groups, offset_groups=offset_groups,
+    )
+    if weight_shape is None or None in weight_shape:
+        raise ValueError(f"weight must have a static shape (O, C/groups, kH, kW), got {weight_shape}")
+    out_channels, per_group, kh, kw = weight_shape
+    layer = Layer(kernel=(kh, kw), stride=(stride_h, stride_w), padding=(pad_h, pad_w),
+                  dilation=(dilation_h, dilation_w), groups=groups, offset_groups=offset_groups,
+                  in_channels=per_group * groups, out_channels=out_channels,
+                  dtype=_ONNX_TYPES[input.type().scalarType()], mask=bool(use_mask))
+    # torchvision passes a zero bias for a layer without one: adding it costs one Add.
+    return table.build("gather", GraphEmitter(g), layer, input, weight, offset, bias, mask if use_mask else None)
+
+
+def register() -> None:
+    """Serve ``torchvision::deform_conv2d`` in ``torch.onnx.export(..., dynamo=False)`` at every opset
+    from :data:`dcn_onnxscript.lowering.emitter.MIN_OPSET` up."""
+    torch.onnx.register_custom_op_symbolic(_internals.QUALIFIED_NAME, deform_conv2d_symbolic, emitter.MIN_OPSET)
+
+
+def unregister() -> None:
+    """Undo :func:`register`."""
+    torch.onnx.unregister_custom_op_symbolic(_internals.QUALIFIED_NAME, emitter.MIN_OPSET)

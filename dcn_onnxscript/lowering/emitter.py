@@ -1,0 +1,76 @@
+"""Where the lowerings' nodes go: one small interface over the three graph builders that receive them.
+
+The lowerings (:mod:`dcn_onnxscript.lowering.gather`, :mod:`dcn_onnxscript.lowering.grid_sample`) are plain
+Python that call ``op.Gather(...)``, ``op.MatMul(...)``, ... on an :class:`Emitter`. The same code therefore
+writes nodes into torch.onnx's dynamo graph, into the TorchScript exporter's graph (``g.op``) and into an
+``onnx_ir`` graph that the rewriter edits. Inputs may be graph values or numpy arrays (emitted as
+``Constant`` nodes); attributes are Python ints, floats, strings or lists of them, or numpy arrays for tensor attributes.
+
+Every op the lowerings use has one form from opset 12 to the newest, except those listed in
+:meth:`Emitter.emit`, which the emitter writes in the form of its opset.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+#: The lowest ONNX opset the emitters write (Pad, Clip and GatherND with batch_dims take their present
+#: form at 11-12).
+MIN_OPSET = 12
+
+
+class Emitter:
+    """Writes ONNX nodes of one opset; ``op.Add(a, b)`` and ``op.Gather(a, b, axis=0)`` return the output
+    value, ``op.Split(..., num_outputs=k)`` a list of ``k`` values.
+
+    Subclasses implement :meth:`_node` and :meth:`_constant`.
+    """
+
+    def __init__(self, opset: int) -> None:
+        self.opset = opset
+
+    def __getattr__(self, op_type: str) -> Callable[..., Any]:
+        if not op_type[:1].isupper():
+            raise AttributeError(op_type)
+        return lambda *inputs, **attributes: self.emit(op_type, inputs, attributes)
+
+    def emit(self, op_type: str, inputs: Sequence[Any], attributes: dict[str, Any]) -> Any:
+        """One node; numpy inputs become constants. ``Unsqueeze`` and ``ReduceSum`` get their axes as an
+        input from opset 13 on and as an attribute below."""
+        inputs = [self._constant(x) if isinstance(x, np.ndarray) else x for x in inputs]
+        attributes = {k: self._tensor(v) if isinstance(v, np.ndarray) else v for k, v in attributes.items()}
+        if op_type in ("Unsqueeze", "ReduceSum") and "axes" in attributes and self.opset >= 13:
+            axes = np.asarray(attributes.pop("axes"), dtype=np.int64)
+            inputs = [*inputs, self._constant(axes)]
+        num_outputs = attributes.pop("num_outputs", 1) if op_type == "Split" else 1
+        if op_type == "Split" and self.opset >= 18:
+            attributes["num_outputs"] = num_outputs
+        outputs = self._node(op_type, inputs, attributes, num_outputs)
+        return outputs if op_type == "Split" else outputs[0]
+
+    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any], num_outputs: int) -> list:
+        raise NotImplementedError
+
+    def _constant(self, array: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def _tensor(self, array: np.ndarray) -> Any:
+        """A tensor attribute's value in the builder's form."""
+        return ir.tensor(array)
+
+
+class TapeEmitter(Emitter):
+    """Writes into an ``onnx_ir`` :class:`~onnx_ir.tape.Tape`; the rewriter inserts ``tape.nodes``."""
+
+    def __init__(self, opset: int) -> None:
+        super().__init__(opset)
+        self.tape = ir.tape.Tape()
+
+    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any], num_outputs: int) -> list:
+        return list(self.tape.op_multi_out(op_type, inputs, attributes, num_outputs=num_outputs))
+
+    def _constant(self, array: np.ndarray) -> ir.Value:
+        return self.tape.op("Constant", [], {"value": ir.tensor(array)})

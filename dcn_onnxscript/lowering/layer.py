@@ -1,0 +1,75 @@
+"""What a lowering knows about one deformable layer when it writes the layer's nodes.
+
+At export (and rewrite) time the kernel size, strides, pads, dilations, groups and channel counts are
+Python ints: the lowerings unroll over them, so only the batch and image sizes are left to the graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import onnx
+
+#: ONNX data types a deformable layer may have, with their numpy types.
+FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.BFLOAT16: None,  # no numpy type; constants of this type are never emitted
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One deform_conv2d layer in ``DeformConv``-19 terms.
+
+    ``kernel`` (kH, kW), ``stride``, ``padding`` (begin pads, h and w: the end pads only set Ho and Wo,
+    which the graph reads from ``offset``), ``dilation``; ``groups`` R, ``offset_groups`` G; channels C
+    (input) and O (output); ``dtype`` the ONNX data type of X; ``bias`` and ``mask``: whether B and the
+    mask are given.
+    """
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    offset_groups: int
+    in_channels: int
+    out_channels: int
+    dtype: int = onnx.TensorProto.FLOAT
+    bias: bool = True
+    mask: bool = True
+
+    @property
+    def taps(self) -> int:
+        """K = kH·kW."""
+        return self.kernel[0] * self.kernel[1]
+
+    @property
+    def slices(self) -> int:
+        """S = lcm(G, R): channel slices of C/S channels, each inside one offset group and one conv group."""
+        return math.lcm(self.groups, self.offset_groups)
+
+    @property
+    def slice_channels(self) -> int:
+        """Cs = C/S."""
+        return self.in_channels // self.slices
+
+    @property
+    def coordinate_dtype(self) -> int:
+        """The type sampling positions are computed in: float64 for float64 layers, float32 otherwise, so
+        that float16 and bfloat16 layers sample as precisely as float32 ones."""
+        return onnx.TensorProto.DOUBLE if self.dtype == onnx.TensorProto.DOUBLE else onnx.TensorProto.FLOAT
+
+    def coordinates(self, values) -> np.ndarray:
+        """``values`` as a numpy array of :attr:`coordinate_dtype`."""
+        return np.asarray(values, dtype=FLOAT_TYPES[self.coordinate_dtype])
+
+    def kernel_grid(self) -> np.ndarray:
+        """p_k: the (Δy, Δx) of every tap from the top-left tap, shape (2, K), taps row-major."""
+        rows, cols = np.meshgrid(np.arange(self.kernel[0]) * self.dilation[0],
+                                 np.arange(self.kernel[1]) * self.dilation[1], indexing="ij")
+        return np.stack([rows.reshape(-1), cols.reshape(-1)])

@@ -1,0 +1,388 @@
+"""``python -m dcn_onnxscript rewrite IN.onnx OUT.onnx``: make an existing ONNX model's deformable
+convolutions portable.
+
+Every deformable-convolution node is replaced by a call of the matching portable ONNX function of this
+package (see :mod:`dcn_onnxscript.functions`), and those calls, only those, are then inlined, so the result
+holds nothing but standard ONNX ops and runs wherever they do (onnxruntime, OpenVINO, tract, ...). The rest
+of the model (node and value names, initializers, metadata, other local functions) is left as it was.
+
+Nodes recognised, wherever they are: the main graph, ``If``/``Loop``/``Scan`` bodies, model-local functions.
+
+``DeformConv`` (ONNX, opset 19 and 22)
+    inputs ``X`` (N, C, H, W), ``W`` (O, C/group, kH, kW), ``offset`` (N, 2·offset_group·kH·kW, Ho, Wo),
+    optional ``B`` (O) and ``mask`` (N, offset_group·kH·kW, Ho, Wo), either left out or named ``""``;
+    attributes ``strides``, ``pads`` (begin h, begin w, end h, end w), ``dilations``, ``group``,
+    ``offset_group``, ``kernel_shape``. The end pads only fix the output size, which the portable function
+    reads from ``offset``'s shape, so asymmetric pads are carried over as they are.
+
+``MMCVModulatedDeformConv2d`` (domain ``mmcv``, or ``mmdeploy`` as mmdeploy's own rewriter names it)
+    inputs ``input``, ``offset``, ``mask``, ``weight``, optional ``bias``: note the weight comes *after*
+    offset and mask; attributes ``stride``, ``padding`` (pad_h, pad_w, both sides), ``dilation``, ``groups``,
+    ``deform_groups``. Read from ``ModulatedDeformConv2dFunction.symbolic`` in mmcv
+    ``mmcv/ops/modulated_deform_conv.py`` and ``modulated_deform_conv_default`` in mmdeploy
+    ``mmdeploy/mmcv/ops/modulated_deform_conv.py``; the attribute names and index use (``stride[0]`` = h,
+    ``padding[0]`` = pad_h, ``padding[1]`` = pad_w) from mmdeploy's onnxruntime kernel
+    ``csrc/mmdeploy/backend_ops/onnxruntime/modulated_deform_conv/modulated_deform_conv.cpp``, whose im2col
+    reads offset channel ``g·2·K + 2·k`` as Δy and ``+ 1`` as Δx of tap k = kh·kW + kw in offset group g and
+    mask channel ``g·K + k``: the layout of ``DeformConv`` and torchvision, so offset and mask pass unchanged.
+
+``MMCVDeformConv2d`` (domain ``mmcv`` or ``mmdeploy``)
+    inputs ``input``, ``offset``, ``weight`` (no mask, no bias); attributes ``stride``, ``padding``,
+    ``dilation``, ``groups``, ``deform_groups``, and from mmcv's exporter also ``bias`` (mmcv asserts it is
+    0) and ``im2col_step`` (a CUDA batching knob, ignored). Read from ``DeformConv2dFunction.symbolic`` in
+    mmcv ``mmcv/ops/deform_conv.py`` (``padding`` = (pad_h, pad_w)) and ``deform_conv__default`` in
+    mmdeploy ``mmdeploy/mmcv/ops/deform_conv.py``, which writes four values ``[pad_h, pad_h, pad_w, pad_w]``
+    while mmdeploy's kernels (``csrc/mmdeploy/backend_ops/onnxruntime/deform_conv/cpu/deform_conv.cpp``,
+    ``.../tensorrt/deform_conv/trt_deform_conv.cpp``) read ``padding[0]`` as pad_h and ``padding[1]`` as
+    pad_w. A four-value ``padding`` is therefore taken only where both readings agree (``padding[1] ==
+    padding[2]``); otherwise the node is refused as ambiguous. Offset layout as above.
+
+The functions are written against ONNX opset 18; the rewritten model keeps its own default opset, which
+must be 18 or later (``DeformConv`` itself needs 19), unless ``--opset`` asks for a conversion.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Callable, Iterator, Optional, Sequence
+
+import onnx
+import onnx.version_converter
+import onnx_ir as ir
+
+from dcn_onnxscript.lowering import opsets, table
+from dcn_onnxscript.lowering.emitter import TapeEmitter
+from dcn_onnxscript.lowering.layer import Layer
+from dcn_onnxscript.lowering.validation import check_deform_conv2d_args, static_shape
+
+Progress = Callable[[str], None]
+
+
+class RewriteError(ValueError):
+    """A model the rewriter cannot handle; the message is one line and names the node."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DeformConvCall:
+    """A deformable convolution read off a node, in ``DeformConv``-19 terms; ``B``/``mask`` ``None`` when
+    absent. ``pads`` = (begin h, begin w, end h, end w)."""
+
+    X: ir.Value
+    W: ir.Value
+    offset: ir.Value
+    B: Optional[ir.Value]
+    mask: Optional[ir.Value]
+    strides: tuple[int, int]
+    pads: tuple[int, int, int, int]
+    dilations: tuple[int, int]
+    group: int
+    offset_group: int
+
+
+@dataclasses.dataclass
+class RewriteResult:
+    """The rewritten model and how many nodes of each kind (``domain::op_type``) were replaced."""
+
+    model: ir.Model
+    counts: collections.Counter
+
+    def summary(self) -> str:
+        """One line, e.g. ``rewrote 3 nodes: DeformConv x2, mmcv::MMCVDeformConv2d x1``."""
+        total = sum(self.counts.values())
+        kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(self.counts.items()))
+        return f"rewrote {total} node{'s' if total != 1 else ''}" + (f": {kinds}" if kinds else "")
+
+
+# --- reading the source nodes -------------------------------------------------------------------------
+
+
+def _attr(node: ir.Node, name: str) -> Optional[ir.Attr]:
+    attr = node.attributes.get(name)
+    if attr is not None and attr.is_ref():
+        raise RewriteError(f"{_describe(node)}: attribute {name!r} refers to the enclosing function's "
+                           f"attribute {attr.ref_attr_name!r}; only literal values can be rewritten")
+    return attr
+
+
+def _int(node: ir.Node, name: str, default: int) -> int:
+    attr = _attr(node, name)
+    return default if attr is None else attr.as_int()
+
+
+def _ints(node: ir.Node, name: str, default: Sequence[int], lengths: Sequence[int]) -> tuple[int, ...]:
+    """An INTS attribute (or an INT, which mmcv's exporter writes for a scalar ``stride`` etc., repeated
+    to the first allowed length) of one of the allowed lengths."""
+    attr = _attr(node, name)
+    if attr is None:
+        return tuple(default)
+    values = (attr.as_int(),) * lengths[0] if attr.type == ir.AttributeType.INT else tuple(attr.as_ints())
+    if len(values) not in lengths:
+        raise RewriteError(f"{_describe(node)}: attribute {name!r} = {list(values)} has {len(values)} values; "
+                           f"only 2-D deformable convolution (attribute length {' or '.join(map(str, lengths))}) "
+                           "can be rewritten")
+    return values
+
+
+def _input(node: ir.Node, index: int) -> Optional[ir.Value]:
+    """The ``index``-th input, ``None`` where left out or named ``""``."""
+    return node.inputs[index] if index < len(node.inputs) else None
+
+
+def _check_input_count(node: ir.Node, least: int, most: int) -> None:
+    if not least <= len(node.inputs) <= most or len(node.outputs) != 1:
+        raise RewriteError(f"{_describe(node)}: expected {least} to {most} inputs and 1 output, got "
+                           f"{len(node.inputs)} and {len(node.outputs)}; unknown variant of this op")
+
+
+def _read_deform_conv(node: ir.Node) -> DeformConvCall:
+    """``DeformConv(X, W, offset[, B][, mask])`` with ONNX's attributes."""
+    _check_input_count(node, 3, 5)
+    call = DeformConvCall(
+        X=node.inputs[0], W=node.inputs[1], offset=node.inputs[2], B=_input(node, 3), mask=_input(node, 4),
+        strides=_ints(node, "strides", (1, 1), (2,)),
+        pads=_ints(node, "pads", (0, 0, 0, 0), (4,)),
+        dilations=_ints(node, "dilations", (1, 1), (2,)),
+        group=_int(node, "group", 1),
+        offset_group=_int(node, "offset_group", 1),
+    )
+    kernel_shape = _ints(node, "kernel_shape", (None, None), (2,))
+    weight_kernel = (static_shape(call.W) or (None,) * 4)[2:]
+    if any(k is not None and w is not None and k != w for k, w in zip(kernel_shape, weight_kernel)):
+        raise RewriteError(f"{_describe(node)}: kernel_shape {list(kernel_shape)} differs from the weight's "
+                           f"kernel {list(weight_kernel)}")
+    return call
+
+
+def _mmcv_padding(node: ir.Node) -> tuple[int, int, int, int]:
+    """``padding`` as DeformConv ``pads``: (pad_h, pad_w) from mmcv, or mmdeploy's four values (see the
+    module docstring) where its two readings agree."""
+    padding = _ints(node, "padding", (0, 0), (2, 4))
+    if len(padding) == 4:
+        if padding[1] != padding[2]:
+            raise RewriteError(f"{_describe(node)}: padding {list(padding)} is ambiguous (mmdeploy writes "
+                               "[pad_h, pad_h, pad_w, pad_w], its kernels read [pad_h, pad_w, ...])")
+        padding = padding[:2]
+    return (*padding, *padding)
+
+
+def _mmcv_attributes(node: ir.Node) -> dict:
+    return dict(
+        strides=_ints(node, "stride", (1, 1), (2,)),
+        pads=_mmcv_padding(node),
+        dilations=_ints(node, "dilation", (1, 1), (2,)),
+        group=_int(node, "groups", 1),
+        offset_group=_int(node, "deform_groups", 1),
+    )
+
+
+def _read_mmcv_modulated(node: ir.Node) -> DeformConvCall:
+    """``MMCVModulatedDeformConv2d(input, offset, mask, weight[, bias])``."""
+    _check_input_count(node, 4, 5)
+    if node.inputs[2] is None:
+        raise RewriteError(f"{_describe(node)}: the mask (input 2) is missing")
+    X, offset, mask, W = node.inputs[:4]
+    return DeformConvCall(X=X, W=W, offset=offset, B=_input(node, 4), mask=mask, **_mmcv_attributes(node))
+
+
+def _read_mmcv_deform(node: ir.Node) -> DeformConvCall:
+    """``MMCVDeformConv2d(input, offset, weight)``."""
+    _check_input_count(node, 3, 3)
+    if _int(node, "bias", 0):
+        raise RewriteError(f"{_describe(node)}: bias=1 is not supported by MMCVDeformConv2d (mmcv asserts "
+                           "bias=False) and the node has no bias input")
+    X, offset, W = node.inputs
+    return DeformConvCall(X=X, W=W, offset=offset, B=None, mask=None, **_mmcv_attributes(node))
+
+
+#: (domain, op_type) -> reader of the node's deformable convolution.
+SOURCE_OPS: dict[tuple[str, str], Callable[[ir.Node], DeformConvCall]] = {
+    ("", "DeformConv"): _read_deform_conv,
+    ("mmcv", "MMCVModulatedDeformConv2d"): _read_mmcv_modulated,
+    ("mmdeploy", "MMCVModulatedDeformConv2d"): _read_mmcv_modulated,
+    ("mmcv", "MMCVDeformConv2d"): _read_mmcv_deform,
+    ("mmdeploy", "MMCVDeformConv2d"): _read_mmcv_deform,
+}
+
+
+def _kind(node: ir.Node) -> str:
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    return f"{domain}::{node.op_type}" if domain else node.op_type
+
+
+def _describe(node: ir.Node) -> str:
+    return f"{_kind(node)} node {node.name!r}"
+
+
+def _validate(node: ir.Node, call: DeformConvCall) -> None:
+    """Raise :class:`RewriteError` unless the attributes (and the static shapes, where known) describe a
+    deformable convolution the function can compute."""
+    offset_shape, mask_shape = static_shape(call.offset), static_shape(call.mask)
+    begin, end = call.pads[:2], call.pads[2:]
+    if begin != end:  # the shared check derives Ho, Wo from symmetric pads; here they come from offset
+        offset_shape = offset_shape and offset_shape[:2] + (None, None)
+        mask_shape = mask_shape and mask_shape[:2] + (None, None)
+    if any(p < 0 for p in end):
+        raise RewriteError(f"{_describe(node)}: pads must be non-negative, got {list(call.pads)}")
+    try:
+        check_deform_conv2d_args(
+            input_shape=static_shape(call.X), weight_shape=static_shape(call.W), offset_shape=offset_shape,
+            mask_shape=mask_shape, bias_shape=static_shape(call.B), stride=call.strides, padding=begin,
+            dilation=call.dilations, groups=call.group, offset_groups=call.offset_group,
+        )
+    except ValueError as error:
+        raise RewriteError(f"{_describe(node)}: {error}") from None
+
+
+# --- rewriting ---------------------------------------------------------------------------------------
+
+
+def _graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
+    """The main graph and every model-local function (their subgraphs are reached by the iterator)."""
+    yield model.graph
+    yield from model.functions.values()
+
+
+def _all_nodes(model: ir.Model) -> Iterator[ir.Node]:
+    for graph in _graphs(model):
+        yield from ir.traversal.RecursiveGraphIterator(graph)
+
+
+def _layer(node: ir.Node, call: DeformConvCall) -> Layer:
+    """The :class:`Layer` of ``call``; the weight's shape must be known (it sets kernel and channels)."""
+    weight_shape = static_shape(call.W)
+    if weight_shape is None or None in weight_shape:
+        raise RewriteError(f"{_describe(node)}: the weight's shape must be known (O, C/group, kH, kW), got "
+                           f"{weight_shape}; run onnx.shape_inference on the model first")
+    dtype = call.X.dtype or call.W.dtype
+    if dtype is None:
+        raise RewriteError(f"{_describe(node)}: the input's data type is unknown")
+    out_channels, per_group, kh, kw = weight_shape
+    return Layer(kernel=(kh, kw), stride=call.strides, padding=call.pads[:2], dilation=call.dilations,
+                 groups=call.group, offset_groups=call.offset_group, in_channels=per_group * call.group,
+                 out_channels=out_channels, dtype=int(dtype), bias=call.B is not None, mask=call.mask is not None)
+
+
+def _source_nodes(graph: ir.Graph | ir.Function | ir.Model) -> list[ir.Node]:
+    """The nodes to rewrite, subgraphs included (and, for a model, local functions)."""
+    nodes = _all_nodes(graph) if isinstance(graph, ir.Model) else ir.traversal.RecursiveGraphIterator(graph)
+    return [node for node in nodes if (node.domain, node.op_type) in SOURCE_OPS]
+
+
+def _graph_opset(node: ir.Node, model: ir.Model) -> int:
+    """The ONNX opset of the graph or function ``node`` lies in."""
+    owner = node.graph
+    while owner is not None and not isinstance(owner, ir.Function) and owner.parent is not None:
+        owner = owner.parent
+    function = next((f for f in model.functions.values() if owner is f.graph), None)
+    imports = (function or model).opset_imports
+    return imports.get("", imports.get("ai.onnx", _onnx_opset(model)))
+
+
+def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit_opset: Optional[int],
+                          hidden: bool, progress: Optional[Progress]) -> collections.Counter:
+    """Replace each of ``nodes`` by the nodes of lowering ``impl``, written for ``emit_opset`` (default: the
+    opset of its graph); with ``hidden``, in :data:`opsets.HIDDEN_DOMAIN` for a conversion to come.
+    Returns the count per kind. Nothing is changed when any node is refused."""
+    calls = []
+    for node in nodes:
+        call = SOURCE_OPS[(node.domain, node.op_type)](node)
+        _validate(node, call)
+        opset = emit_opset or _graph_opset(node, model)
+        try:
+            table.lowering(impl, opset)
+        except ValueError as error:
+            raise RewriteError(f"{_describe(node)}: {error}") from None
+        calls.append((node, call, _layer(node, call), opset))
+    counts: collections.Counter = collections.Counter()
+    step = max(1, len(calls) // 10)
+    for index, (node, call, layer, opset) in enumerate(calls, 1):
+        op = TapeEmitter(opset)
+        Y = table.build(impl, op, layer, call.X, call.W, call.offset, call.B, call.mask)
+        for new in op.tape.nodes:
+            new.name = f"{node.name or 'deform_conv'}/{new.op_type}_{new.name or id(new)}"
+            if hidden:
+                new.domain = opsets.HIDDEN_DOMAIN
+        graph = node.graph
+        ir.convenience.replace_nodes_and_values(graph, insertion_point=node, old_nodes=[node],
+                                                new_nodes=op.tape.nodes, old_values=node.outputs, new_values=[Y])
+        counts[_kind(node)] += 1
+        if progress and (index % step == 0 or index == len(calls)):
+            progress(f"replaced {index}/{len(calls)} deformable convolutions")
+    return counts
+
+
+def _onnx_opset(model: ir.Model) -> int:
+    version = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    if version is None:
+        raise RewriteError("the model imports no ONNX opset")
+    return version
+
+
+def _convert_opset(model: ir.Model, version: int) -> ir.Model:
+    """The model converted to ONNX opset ``version`` by ONNX's version converter (which leaves
+    custom-domain nodes such as mmcv's alone), with the nodes it cannot convert but need not
+    (:func:`dcn_onnxscript.lowering.opsets.convert_version`) kept out of its way."""
+    current = _onnx_opset(model)
+    if version == current:
+        return model
+    ir.external_data.load_to_model(model)  # the proto handed to the converter must hold the data
+
+    def convert(m: ir.Model, target: int) -> ir.Model:
+        return ir.from_proto(onnx.version_converter.convert_version(ir.to_proto(m), target))
+
+    try:
+        return opsets.convert_version(model, version, convert)
+    except ValueError as error:
+        raise RewriteError(str(error)) from None
+    except Exception as error:  # noqa: BLE001  (the converter raises assorted types)
+        reason = one_line(error).split("failed: ")[-1]  # drop the C++ assertion's file and line
+        raise RewriteError(f"cannot convert the model from opset {current} to {version}: {reason}") from None
+
+
+def _drop_unused_domains(model: ir.Model, domains: set[str]) -> None:
+    """Remove the opset imports of ``domains`` (ours, mmcv's) that no node uses any more."""
+    used = {node.domain for node in _all_nodes(model)}
+    for graph in (model, *model.functions.values()):
+        for domain in domains - used:
+            graph.opset_imports.pop(domain, None)
+
+
+def rewrite(model: ir.Model, impl: str = table.DEFAULT, opset: Optional[int] = None,
+            progress: Optional[Progress] = None) -> RewriteResult:
+    """Rewrite ``model`` in place (see the module docstring) and return it with the counts per node kind.
+
+    ``impl``: a name of :data:`dcn_onnxscript.lowering.table.LOWERINGS`; ``opset``: the ONNX opset of the
+    result (default: the model's own). Raises :class:`RewriteError` for a node it cannot rewrite; ``model``
+    is then left as it was unless an upward ``opset`` conversion had already been applied.
+    """
+    if impl not in table.LOWERINGS:
+        raise RewriteError(f"unknown implementation {impl!r}; choose from {', '.join(sorted(table.LOWERINGS))}")
+    if opset is not None and opset > _onnx_opset(model):
+        model = _convert_opset(model, opset)
+    version = _onnx_opset(model)
+    down = opset is not None and opset < version
+    if down and opset < opsets.MIN_OPSET:
+        raise RewriteError(f"--opset must be >= {opsets.MIN_OPSET}, got {opset}")
+    nodes = _source_nodes(model)
+    counts = _replace_deform_convs(model, nodes, impl, opset if down else None, hidden=down, progress=progress)
+    if counts:
+        _drop_unused_domains(model, {kind.split("::")[0] for kind in counts if "::" in kind})
+    if down:
+        model = _convert_opset(model, opset)
+    return RewriteResult(model, counts)
+
+
+def rewrite_model(model: onnx.ModelProto, impl: str = table.DEFAULT, opset: Optional[int] = None) -> onnx.ModelProto:
+    """A copy of ``model`` whose deformable convolutions (``DeformConv``, mmcv's ``MMCVDeformConv2d`` and
+    ``MMCVModulatedDeformConv2d``) are replaced by the inlined portable functions of lowering ``impl``.
+
+    ``opset``: the ONNX opset of the result (default: the model's own, which must be 18 or later when
+    there is anything to rewrite). Raises :class:`RewriteError` for a node it cannot rewrite.
+    """
+    return ir.to_proto(rewrite(ir.from_proto(model), impl=impl, opset=opset).model)
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(error).split()) or type(error).__name__

@@ -1,0 +1,152 @@
+"""The generated matrix: exporter × lowering × opset × dtype × (bias, mask) variant × layer geometry ×
+static/dynamic shapes × runtime, every exported model against torchvision.
+
+Every valid combination is generated (:func:`helpers.all_matrix_cases`). The default run (CI) takes a
+pairwise-covering slice: every pair of values of any two dimensions occurs in it at least once. The rest
+is marked ``slow``: ``python -m pytest -m slow tests/export/test_matrix.py`` runs all of it.
+
+Per case: no ``DeformConv`` is left, ``onnx.checker`` (full check) passes, the output keeps the dtype,
+and the runtime's output matches float64 torchvision on inputs with hostile offsets (NaN, ±Inf, huge) mixed
+in — a crash of any runtime fails the case. float16 runs 20 random inputs up to 64×64 and must stay within
+1.5× the error of torchvision's own float16 CPU kernel; bfloat16 is checked for export and checker only
+(onnxruntime's CPU provider has no bfloat16 kernels). OpenVINO runs at f32 ("openvino") and at its
+default precision ("openvino_default", bf16 on this CPU: no crash, finite, within bf16's error).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from helpers import (
+    DTYPES,
+    Export,
+    all_matrix_cases,
+    assert_close,
+    export_matrix_model,
+    hostile,
+    known_failure,
+    layer_reference,
+    make_inputs,
+    pairwise_slice,
+    run_runtime,
+)
+
+CASES = all_matrix_cases()
+CI_SLICE = pairwise_slice(CASES)
+#: float64 compares at 1e-9 relative; OpenVINO computes float64 models in float32, and tract's GridSample
+#: samples float64 inputs at float32 precision (measured: 7e-7).
+F64_TOLERANCE = {("openvino", "gather"): 1e-4, ("openvino", "grid_sample"): 1e-4, ("tract", "grid_sample"): 1e-6,
+                 ("tract_symbolic", "grid_sample"): 1e-6}
+#: float16: our error may be this many times torchvision's float16 kernel's, plus an absolute floor.
+F16_FACTOR, F16_FLOOR = 1.5, 2e-3
+#: OpenVINO's default precision on this CPU is bfloat16 (8 bits of mantissa).
+BF16_TOLERANCE = 6e-2
+
+
+@functools.lru_cache(maxsize=32)
+def exported(export: Export):
+    return export_matrix_model(export)
+
+
+def _params():
+    for export, runtime in CASES:
+        marks = [] if (export, runtime) in CI_SLICE else [pytest.mark.slow]
+        reason = known_failure(export, runtime)
+        if reason:
+            marks.append(pytest.mark.xfail(strict=True, reason=reason))
+        yield pytest.param(export, runtime, id=f"{export.id()}-{runtime}", marks=marks)
+
+
+@pytest.mark.parametrize("export, runtime", list(_params()))
+def test_matrix(export: Export, runtime: str):
+    layer, model = exported(export)
+    assert "DeformConv" not in {n.op_type for n in model.graph.node}
+    onnx.checker.check_model(model, full_check=True)
+    numpy_type = DTYPES[export.dtype]
+    expected_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(numpy_type)) if numpy_type else \
+        onnx.TensorProto.BFLOAT16
+    assert model.graph.output[0].type.tensor_type.elem_type == expected_type
+    if runtime == "checker":
+        return
+    if export.dtype == "float16":
+        _check_float16(export, layer, model, runtime)
+    else:
+        _check_float(export, layer, model, runtime)
+
+
+def _sizes(export: Export, count: int, largest: int, seed: int):
+    """(batch, (H, W)) of ``count`` inputs: the export's for static models, random up to ``largest``
+    otherwise (at least the kernel's reach)."""
+    case = export.case
+    if export.shapes == "static":
+        return [(case.batch, case.size)] * count
+    rng = np.random.default_rng(seed)
+    low = [max(1, (k - 1) * d + 1 - 2 * p) for k, d, p in zip(case.kernel, case.dilation, case.padding)]
+    return [(int(rng.integers(1, 3)), tuple(int(rng.integers(lo, largest + 1)) for lo in low))
+            for _ in range(count)]
+
+
+def _inputs(export: Export, batch: int, size, seed: int, attack: bool):
+    inputs = make_inputs(export.case, seed=seed, size=size, batch=batch, dtype=DTYPES[export.dtype])
+    if attack:
+        inputs[1] = hostile(inputs[1], seed)
+    return inputs
+
+
+def _check_float(export: Export, layer, model, runtime: str) -> None:
+    reference_layer = copy.deepcopy(layer).double()
+    for index, (batch, size) in enumerate(_sizes(export, 2, 12, seed=5)):
+        inputs = _inputs(export, batch, size, seed=10 + index, attack=index == 1)
+        actual = run_runtime(runtime, model, inputs)
+        assert actual.dtype == DTYPES[export.dtype]
+        expected = layer_reference(reference_layer, inputs)
+        if runtime == "openvino_default":
+            assert np.isfinite(actual[np.isfinite(expected)]).all()
+            assert_close(actual, expected, rtol=BF16_TOLERANCE)
+        elif export.dtype == "float64":
+            assert_close(actual, expected, rtol=F64_TOLERANCE.get((runtime, export.lowering), 1e-9))
+        else:
+            assert_close(actual, expected, rtol=1e-4)
+
+
+def _check_float16(export: Export, layer, model, runtime: str) -> None:
+    """20 random inputs up to 64×64 (the 20th with hostile offsets): error ≤ F16_FACTOR × torchvision's
+    float16 kernel's + F16_FLOOR, relative to max(1, |output|)."""
+    reference_layer = copy.deepcopy(layer).double()
+    for index, (batch, size) in enumerate(_sizes(export, 20, 64, seed=7)):
+        inputs = _inputs(export, batch, size, seed=100 + index, attack=index == 19)
+        actual = run_runtime(runtime, model, inputs)
+        assert actual.dtype == np.float16
+        expected = layer_reference(reference_layer, inputs)
+        finite = np.isfinite(expected)
+        assert np.isfinite(actual[finite]).all(), "non-finite output where torchvision's is finite"
+        scale = max(1.0, float(np.abs(expected[finite]).max(initial=0.0)))
+        ours = float(np.abs(actual[finite].astype(np.float64) - expected[finite]).max(initial=0.0)) / scale
+        if index < 19:  # torchvision's float16 kernel as the bar (it cannot take NaN offsets)
+            limit = F16_FACTOR * _torchvision_float16_error(layer, inputs, expected, scale) + F16_FLOOR
+        else:
+            limit = 2e-2
+        if runtime == "openvino_default":
+            limit = max(limit, BF16_TOLERANCE)
+        assert ours <= limit, f"input {index} {inputs[0].shape}: error {ours:.3g} > {limit:.3g}"
+
+
+def _torchvision_float16_error(layer, inputs, expected, scale) -> float:
+    with torch.no_grad():
+        theirs = layer(*[torch.from_numpy(a) for a in inputs]).double().numpy()
+    finite = np.isfinite(expected)
+    return float(np.abs(theirs[finite] - expected[finite]).max(initial=0.0)) / scale
+
+
+def test_ci_slice_covers_every_value_of_every_dimension():
+    """The CI slice reaches every exporter, lowering, opset, dtype, variant, geometry, shape kind and
+    runtime that the full matrix has."""
+    for field in ("exporter", "lowering", "opset", "dtype", "variant", "geometry", "shapes"):
+        assert {getattr(e, field) for e, _ in CASES} == {getattr(e, field) for e, _ in CI_SLICE}, field
+    assert {r for _, r in CASES} == {r for _, r in CI_SLICE}
