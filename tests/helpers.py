@@ -377,3 +377,102 @@ def run_runtime(runtime: str, model: onnx.ModelProto, inputs: Inputs) -> np.ndar
     if runtime == "tract_symbolic":
         return run_tract(model, inputs, concrete=False)
     return RUNNERS[runtime](model, inputs)
+
+
+# --------------------------------------------------------------- random configurations (sweep, hypothesis)
+
+@dataclasses.dataclass(frozen=True)
+class SweepCase:
+    """One deformable convolution: sizes, hyper-parameters and whether it has a mask and a bias."""
+
+    batch: int
+    channels: int
+    out_channels: int
+    height: int
+    width: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    offset_groups: int
+    use_mask: bool
+    use_bias: bool
+    offset_scale: float
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return tuple(
+            (size + 2 * p - d * (k - 1) - 1) // s + 1
+            for size, k, s, p, d in zip(
+                (self.height, self.width), self.kernel, self.stride, self.padding, self.dilation
+            )
+        )
+
+    def arrays(self, rng: np.random.Generator, dtype=np.float32) -> dict[str, np.ndarray]:
+        """X (N, C, H, W), W (O, C/groups, kH, kW), offset, B (O) and mask with this case's shapes."""
+        kh, kw = self.kernel
+        ho, wo = self.output_size
+        taps = self.offset_groups * kh * kw
+        return {
+            "X": rng.standard_normal((self.batch, self.channels, self.height, self.width)).astype(dtype),
+            "W": rng.standard_normal((self.out_channels, self.channels // self.groups, kh, kw)).astype(dtype),
+            "offset": (rng.standard_normal((self.batch, 2 * taps, ho, wo)) * self.offset_scale).astype(dtype),
+            "B": rng.standard_normal((self.out_channels,)).astype(dtype),
+            "mask": rng.random((self.batch, taps, ho, wo)).astype(dtype),
+        }
+
+
+def random_case(rng: np.random.Generator) -> SweepCase:
+    """A case drawn from the sweep of the foundation issue: kernels 1–7 (non-square), stride 1–3, padding
+    0–3, dilation 1–3, groups and offset_groups 1–4, thin (1-pixel) inputs, batch 1–3, offsets up to far
+    outside the image."""
+    while True:
+        groups, offset_groups = (int(v) for v in rng.integers(1, 5, size=2))
+        channels = int(np.lcm(groups, offset_groups)) * int(rng.integers(1, 3))
+        kernel = tuple(int(v) for v in rng.integers(1, 8, size=2))
+        dilation = tuple(int(v) for v in rng.integers(1, 4, size=2))
+        padding = tuple(int(v) for v in rng.integers(0, 4, size=2))
+        stride = tuple(int(v) for v in rng.integers(1, 4, size=2))
+        height, width = (int(rng.choice([1, 2, 5, 9])) for _ in range(2))
+        case = SweepCase(
+            batch=int(rng.integers(1, 4)),
+            channels=channels,
+            out_channels=groups * int(rng.integers(1, 3)),
+            height=height,
+            width=width,
+            kernel=kernel,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            offset_groups=offset_groups,
+            use_mask=bool(rng.integers(0, 2)),
+            use_bias=bool(rng.integers(0, 2)),
+            offset_scale=float(rng.choice([0.5, 2.0, 20.0])),
+        )
+        if min(case.output_size) >= 1:
+            return case
+
+
+def sweep_reference(case: SweepCase, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """torchvision's CPU deform_conv2d in float64 for the case's arrays."""
+    return torchvision_reference(
+        arrays["X"], arrays["W"], arrays["offset"], arrays["mask"] if case.use_mask else None,
+        arrays["B"] if case.use_bias else None, case.stride, case.padding, case.dilation,
+    )
+
+
+def attributes(case: SweepCase) -> dict:
+    return {
+        "strides": list(case.stride),
+        "pads": list(case.padding) * 2,
+        "dilations": list(case.dilation),
+        "group": case.groups,
+        "offset_group": case.offset_groups,
+    }
+
+
+
+#: Hostile offset values: NaN, ±Inf and huge.
+HOSTILE = [np.nan, np.inf, -np.inf, 1e30, -1e30, 3e38, -3e38]

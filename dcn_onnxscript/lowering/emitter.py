@@ -12,7 +12,7 @@ Every op the lowerings use has one form from opset 12 to the newest, except thos
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -50,6 +50,14 @@ class Emitter:
             attributes["num_outputs"] = num_outputs
         outputs = self._node(op_type, inputs, attributes, num_outputs)
         return outputs if op_type == "Split" else outputs[0]
+
+    def known(self, value: Any) -> Optional[np.ndarray]:
+        """``value``'s contents when they are known at build time (an initializer or a constant), else
+        ``None``: steps on weights fold them instead of writing nodes."""
+        if isinstance(value, ir.Value):
+            tensor = ir.convenience.get_const_tensor(value)
+            return None if tensor is None else tensor.numpy()
+        return None
 
     def _node(self, op_type: str, inputs: list, attributes: dict[str, Any], num_outputs: int) -> list:
         raise NotImplementedError

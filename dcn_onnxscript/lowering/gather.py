@@ -80,35 +80,43 @@ def _k_axes(layer: Layer) -> list[int]:
     return [1] * (len(_sample_axes(layer)) - 1) + [_sample_axes(layer)[-1]]
 
 
-def image_bounds(op: Emitter, layer: Layer, H_W: Value) -> Value:
-    """(H, W) as (1, 2, 1…, 1) of the coordinate type. (Every bound below derives from this float, not
-    from the INT64 shape: tract keeps integers computed from shapes symbolic and cannot gather with them.)"""
-    return op.Cast(op.Reshape(H_W, _broadcast_shape(layer, 2)), to=layer.coordinate_dtype)
+def last_pixel(op: Emitter, layer: Layer, X: Value) -> Value:
+    """(H - 1, W - 1, H - 1, W - 1) of ``X`` (N, C, H, W) as INT64 (1, 4, 1…, 1), for the (low y, low x,
+    high y, high x) neighbours. The subtraction runs in float64: tract keeps integers computed from shapes
+    symbolic and then cannot gather with indices clamped by them; float64, not float32, because
+    onnxconverter-common's float16 conversion retypes float32 values but not a cast's target type."""
+    sizes = op.Cast(op.Gather(op.Shape(X), np.array([2, 3, 2, 3])), to=11)  # 11: DOUBLE
+    last = op.Cast(op.Sub(sizes, np.array(1.0)), to=7)  # 7: INT64
+    return op.Reshape(last, _broadcast_shape(layer, 4))
 
 
-def neighbours(op: Emitter, layer: Layer, p: Value, size: Value):
+#: Larger than any image side: sample positions beyond it (+Inf, huge offsets) are cut to it before the
+#: integer cast, and then lie outside the image like any position past its last pixel.
+_FAR = 2.0**24
+
+
+def neighbours(op: Emitter, layer: Layer, p: Value):
     """The neighbours of every sample along each axis, and how far the sample lies past the first.
 
-    ``p`` (N, 2, …, 1), ``size`` from :func:`image_bounds`. A sample outside (-1, size) along an axis (NaN
-    and ±Inf included) is moved to -1 or to size there, where neither neighbour is in the image. Returns
-    ``(low_high, frac)``: INT64 (N, 4, …, 1), the (y, x) of the low neighbours then of the high ones
-    (low + 1), and frac = p - low (N, 2, …, 1) in [0, 1] of the coordinate type.
+    ``p`` (N, 2, …, 1). A sample at or below -1 along an axis (NaN and -Inf included) is moved to -1, one
+    beyond +2^24 to 2^24: there neither neighbour is in the image. Returns ``(low_high, frac)``: INT64
+    (N, 4, …, 1), the (y, x) of the low neighbours then of the high ones (low + 1), and frac = p - low
+    (N, 2, …, 1) in [0, 1] of the coordinate type.
     """
     minus_one = layer.coordinates(-1)
-    p = op.Where(op.Greater(p, minus_one), op.Min(p, size), minus_one)
+    p = op.Where(op.Greater(p, minus_one), op.Min(p, layer.coordinates(_FAR)), minus_one)
     low = op.Floor(p)
     frac = op.Sub(p, low)
     low = op.Cast(low, to=7)  # 7: INT64
     return op.Concat(low, op.Add(low, np.array(1, dtype=np.int64)), axis=1), frac
 
 
-def in_image(op: Emitter, layer: Layer, low_high: Value, size: Value):
-    """``low_high`` (N, 4, …, 1) clamped into the image by integer ops, so that no gather index can be out
-    of bounds whatever the float math before did, and whether each coordinate was inside already (1 or 0
-    in the coordinate type): a neighbour outside the image counts zero."""
-    last = op.Cast(op.Sub(size, layer.coordinates(1)), to=7)  # 7: INT64
-    clamped = op.Min(op.Max(low_high, np.array(0, dtype=np.int64)), op.Concat(last, last, axis=1))
-    return clamped, op.Cast(op.Equal(clamped, low_high), to=layer.coordinate_dtype)
+def in_image(op: Emitter, low_high: Value, last: Value):
+    """``low_high`` (N, 4, …, 1) clamped into the image (``last`` from :func:`last_pixel`) by integer ops, so
+    that no gather index can be out of bounds whatever the float math before did, and whether each
+    coordinate was inside already (BOOL): a neighbour outside the image counts zero."""
+    clamped = op.Min(op.Max(low_high, np.array(0, dtype=np.int64)), last)
+    return clamped, op.Equal(clamped, low_high)
 
 
 #: The (y, x) of the four neighbours top-left, top-right, bottom-left, bottom-right, as indices into
@@ -117,10 +125,14 @@ _CORNER_Y, _CORNER_X = np.array([0, 0, 2, 2]), np.array([1, 3, 1, 3])
 
 
 def corner_indices(op: Emitter, layer: Layer, clamped: Value) -> Value:
-    """``GatherND`` indices of the four neighbours into the gather table: INT64 (N, 4, …, 2), the pairs
-    (y, x·S + s) for slice s. Only constants multiply the indices, no image size: tract folds a product
-    with a symbolic size badly."""
+    """``GatherND`` indices of the four neighbours into the gather table of :func:`gather_table`: INT64
+    (N, 4, …, 3), the triples (n, y, x·S + s) for image n and slice s. (The image index is part of the
+    index, not ``batch_dims``: MNN's GatherND gets batch_dims=1 wrong for more than one image. It is
+    counted along the batch axis, not from the shape: tract cannot match a length read from a shape with
+    the batch dimension.)"""
     y, x = op.Gather(clamped, _CORNER_Y, axis=1), op.Gather(clamped, _CORNER_X, axis=1)
+    ones = op.Cast(op.Equal(y, y), to=11)  # 11: DOUBLE (tract cannot sum its symbolic integers)
+    image = op.Cast(op.Sub(op.CumSum(ones, np.array(0)), np.array(1.0)), to=7)
     S = layer.slices
     if S > 1:
         J = S // layer.groups
@@ -129,7 +141,7 @@ def corner_indices(op: Emitter, layer: Layer, clamped: Value) -> Value:
             columns = np.arange(layer.groups).reshape(-1, 1) * J + columns.reshape(1, -1)
         slice_of_column = columns.reshape(_broadcast_shape(layer, 1, _slice_axes(layer))).astype(np.int64)
         x = op.Add(op.Mul(x, np.array(S, dtype=np.int64)), slice_of_column)
-    return op.Concat(y, x, axis=-1)
+    return op.Concat(image, y, x, axis=-1)
 
 
 def _slice_axes(layer: Layer) -> list[int]:
@@ -143,7 +155,8 @@ def _slice_axes(layer: Layer) -> list[int]:
 def corner_weights(op: Emitter, layer: Layer, frac: Value, inside: Value, mask: Optional[Value]) -> Value:
     """Bilinear weights of the four neighbours, zero for a neighbour outside the image (``inside``
     (N, 4, …, 1) from :func:`in_image`), times Δm_k: (N, 4, …, 1) in the layer's dtype."""
-    halves = op.Mul(op.Concat(op.Sub(layer.coordinates(1), frac), frac, axis=1), inside)  # 1-fy, 1-fx, fy, fx
+    halves = op.Concat(op.Sub(layer.coordinates(1), frac), frac, axis=1)  # 1-fy, 1-fx, fy, fx
+    halves = op.Where(inside, halves, layer.coordinates(0))
     weights = op.Mul(op.Gather(halves, _CORNER_Y, axis=1), op.Gather(halves, _CORNER_X, axis=1))
     if layer.coordinate_dtype != layer.dtype:
         weights = op.Cast(weights, to=layer.dtype)
@@ -151,7 +164,8 @@ def corner_weights(op: Emitter, layer: Layer, frac: Value, inside: Value, mask: 
 
 
 def gather_table(op: Emitter, layer: Layer, X: Value) -> Value:
-    """``X`` (N, C, H, W) channels last: (N, H, W·S, Cs), entry [n, y, x·S + s] = slice s at pixel (y, x)."""
+    """``X`` (N, C, H, W) as rows of Cs channels: (N, H, W·S, Cs), entry [n, y, x·S + s] = slice s of image
+    n at pixel (y, x)."""
     channels_last = op.Transpose(X, perm=[0, 2, 3, 1])
     if layer.slices == 1:
         return channels_last
@@ -160,23 +174,34 @@ def gather_table(op: Emitter, layer: Layer, X: Value) -> Value:
 
 def columns(op: Emitter, layer: Layer, table: Value, indices: Value, weights: Value) -> Value:
     """The sampled im2col columns Σ_corners weight · x(corner): (N, P, K·S·Cs) or (N, R, P, K·J·Cs)."""
-    neighbours = op.GatherND(table, indices, batch_dims=1)  # (N, 4, …, Cs)
+    neighbours = op.GatherND(table, indices)  # (N, 4, …, Cs)
     blended = op.ReduceSum(op.Mul(neighbours, weights), axes=[1], keepdims=0)  # (N, …, Cs)
     return op.Reshape(blended, np.array([0] * len(_sample_axes(layer)) + [-1]))
 
 
 def weight_matrix(op: Emitter, layer: Layer, W: Value) -> Value:
     """``W`` (O, C/R, kH, kW) as the columns' right operand: (K·S·Cs, O) or (R, K·J·Cs, O/R), rows in the
-    columns' (k, j, cs) order."""
+    columns' (k, j, cs) order; folded into a constant when ``W`` is known."""
     R, S, K, O = layer.groups, layer.slices, layer.taps, layer.out_channels
     J, Cs = S // R, layer.slice_channels
+    known = op.known(W)
     if R == 1 and S == 1:
-        return op.Reshape(op.Transpose(W, perm=[2, 3, 1, 0]), np.array([K * Cs, O]))  # (kH, kW, C, O)
-    if R == 1:
-        by_tap = op.Transpose(op.Reshape(W, np.array([O, S, Cs, K])), perm=[3, 1, 2, 0])  # (K, S, Cs, O)
-        return op.Reshape(by_tap, np.array([K * S * Cs, O]))
-    by_tap = op.Transpose(op.Reshape(W, np.array([R, O // R, J, Cs, K])), perm=[0, 4, 2, 3, 1])
-    return op.Reshape(by_tap, np.array([R, K * J * Cs, O // R]))
+        perm, split, shape = (2, 3, 1, 0), None, [K * Cs, O]  # (kH, kW, C, O)
+    elif R == 1:
+        perm, split, shape = (3, 1, 2, 0), [O, S, Cs, K], [K * S * Cs, O]  # (K, S, Cs, O)
+    else:
+        perm, split, shape = (0, 4, 2, 3, 1), [R, O // R, J, Cs, K], [R, K * J * Cs, O // R]  # (R, K, J, Cs, O/R)
+    if known is not None:
+        split_known = known if split is None else known.reshape(split)
+        return np.ascontiguousarray(split_known.transpose(perm)).reshape(shape)
+    by_tap = op.Transpose(W if split is None else op.Reshape(W, np.array(split)), perm=list(perm))
+    return op.Reshape(by_tap, np.array(shape))
+
+
+def bias_per_channel(op: Emitter, B: Value) -> Value:
+    """``B`` (O) as (1, O, 1, 1); folded into a constant when ``B`` is known."""
+    known = op.known(B)
+    return known.reshape(1, -1, 1, 1) if known is not None else op.Reshape(B, np.array([1, -1, 1, 1]))
 
 
 def output(op: Emitter, layer: Layer, product: Value, Ho_Wo: Value, B: Optional[Value]) -> Value:
@@ -184,18 +209,17 @@ def output(op: Emitter, layer: Layer, product: Value, Ho_Wo: Value, B: Optional[
     perm = [0, 2, 1] if layer.groups == 1 else [0, 1, 3, 2]
     shape = op.Concat(np.array([-1, layer.out_channels], dtype=np.int64), Ho_Wo, axis=0)
     Y = op.Reshape(op.Transpose(product, perm=perm), shape)
-    return Y if B is None else op.Add(Y, op.Reshape(B, np.array([1, -1, 1, 1])))
+    return Y if B is None else op.Add(Y, bias_per_channel(op, B))
 
 
 def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, B: Optional[Value] = None,
                   mask: Optional[Value] = None) -> Value:
     """Y (N, O, Ho, Wo) of ``X`` (N, C, H, W), ``W`` (O, C/R, kH, kW), ``offset`` (N, 2·G·K, Ho, Wo), optional
     ``B`` (O) and ``mask`` (N, G·K, Ho, Wo) (``None``: DCNv1)."""
-    H_W, Ho_Wo = sampling.image_size(op, X), sampling.output_size(op, offset)
-    size = image_bounds(op, layer, H_W)
-    low_high, frac = neighbours(op, layer, positions(op, layer, offset, Ho_Wo), size)
-    clamped, inside = in_image(op, layer, low_high, size)
+    Ho_Wo = sampling.output_size(op, offset)
+    low_high, frac = neighbours(op, layer, positions(op, layer, offset, Ho_Wo))
+    clamped, inside = in_image(op, low_high, last_pixel(op, layer, X))
     weights = corner_weights(op, layer, frac, inside, mask)
-    product = op.MatMul(columns(op, layer, gather_table(op, layer, X), corner_indices(op, layer, clamped), weights),
-                        weight_matrix(op, layer, W))
+    indices = corner_indices(op, layer, clamped)
+    product = op.MatMul(columns(op, layer, gather_table(op, layer, X), indices, weights), weight_matrix(op, layer, W))
     return output(op, layer, product, Ho_Wo, B)

@@ -19,7 +19,8 @@ import numpy as np
 
 from dcn_onnxscript.lowering import sampling
 from dcn_onnxscript.lowering.emitter import Emitter
-from dcn_onnxscript.lowering.layer import Layer
+from dcn_onnxscript.lowering.gather import bias_per_channel
+from dcn_onnxscript.lowering.layer import FLOAT_TYPES, Layer
 
 Value = Any
 
@@ -65,7 +66,11 @@ def grouped_product(op: Emitter, layer: Layer, columns: Value, W: Value, Ho_Wo: 
     """Σ_c Σ_k w · columns per conv group: W as (R, O/R, C/R·K) times the columns as (N, R, C/R·K, P);
     returns Y (N, O, Ho, Wo) in the layer's dtype."""
     R, O = layer.groups, layer.out_channels
-    w = op.Reshape(sampling.as_coordinates(op, layer, W), np.array([R, O // R, -1]))
+    known = op.known(W)
+    if known is not None:
+        w = known.astype(FLOAT_TYPES[layer.coordinate_dtype]).reshape(R, O // R, -1)
+    else:
+        w = op.Reshape(sampling.as_coordinates(op, layer, W), np.array([R, O // R, -1]))
     per_group = op.Reshape(columns, np.array([-1, R, layer.in_channels // R * layer.taps, 0]))
     shape = op.Concat(np.array([-1, O], dtype=np.int64), Ho_Wo, axis=0)
     Y = op.Reshape(op.MatMul(w, per_group), shape)
@@ -80,4 +85,4 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
     if mask is not None:
         columns = modulated(op, layer, columns, mask)
     Y = grouped_product(op, layer, columns, W, Ho_Wo)
-    return Y if B is None else op.Add(Y, op.Reshape(B, np.array([1, -1, 1, 1])))
+    return Y if B is None else op.Add(Y, bias_per_channel(op, B))

@@ -28,8 +28,8 @@ HIDDEN_DOMAIN = "dcn_onnxscript.stable"
 #: Ops whose schema from opset 12 (13 where noted) to 18 changed only by added input types or by
 #: attributes/inputs checked in :func:`is_stable`.
 _STABLE_OPS = frozenset({
-    "Add", "And", "Cast", "Concat", "ConstantOfShape", "CumSum", "Div", "Equal", "Expand", "Floor", "Gather",
-    "Constant", "GatherND", "Greater", "Less", "MatMul", "Max", "Min", "Mul", "Not", "Pad", "Reciprocal", "Reshape",
+    "Add", "And", "Cast", "Concat", "ConstantOfShape", "CumSum", "Div", "Equal", "Expand", "Flatten", "Floor", "Gather",
+    "Constant", "GatherND", "Greater", "Less", "MatMul", "Max", "Min", "Mul", "Not", "Pad", "Range", "Reciprocal", "Reshape",
     "Shape", "Slice", "Sub", "Transpose", "Where",
 })
 

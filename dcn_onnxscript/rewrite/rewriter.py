@@ -269,14 +269,16 @@ def _source_nodes(graph: ir.Graph | ir.Function | ir.Model) -> list[ir.Node]:
     return [node for node in nodes if (node.domain, node.op_type) in SOURCE_OPS]
 
 
-def _graph_opset(node: ir.Node, model: ir.Model) -> int:
-    """The ONNX opset of the graph or function ``node`` lies in."""
-    owner = node.graph
-    while owner is not None and not isinstance(owner, ir.Function) and owner.parent is not None:
-        owner = owner.parent
-    function = next((f for f in model.functions.values() if owner is f.graph), None)
-    imports = (function or model).opset_imports
-    return imports.get("", imports.get("ai.onnx", _onnx_opset(model)))
+def _node_opsets(model: ir.Model) -> dict[ir.Node, int]:
+    """The ONNX opset of the graph or function each node lies in (subgraphs count as their owner's)."""
+    opsets_of: dict[ir.Node, int] = {}
+    default = _onnx_opset(model)
+    for owner in _graphs(model):
+        imports = owner.opset_imports
+        version = imports.get("", imports.get("ai.onnx", default))
+        for node in ir.traversal.RecursiveGraphIterator(owner):
+            opsets_of[node] = version
+    return opsets_of
 
 
 def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit_opset: Optional[int],
@@ -285,10 +287,11 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
     opset of its graph); with ``hidden``, in :data:`opsets.HIDDEN_DOMAIN` for a conversion to come.
     Returns the count per kind. Nothing is changed when any node is refused."""
     calls = []
+    node_opsets = _node_opsets(model)
     for node in nodes:
         call = SOURCE_OPS[(node.domain, node.op_type)](node)
         _validate(node, call)
-        opset = emit_opset or _graph_opset(node, model)
+        opset = emit_opset or node_opsets[node]
         try:
             table.lowering(impl, opset)
         except ValueError as error:

@@ -20,7 +20,7 @@ import pytest
 from helpers import RUNNERS, assert_close, run_onnxruntime
 
 from dcn_onnxscript.__main__ import main
-from dcn_onnxscript.rewrite import FUNCTIONS_OPSET, RewriteError, rewrite, rewrite_model
+from dcn_onnxscript.rewrite import RewriteError, rewrite, rewrite_model
 
 # --- helpers ----------------------------------------------------------------------------------------
 

@@ -14,16 +14,25 @@ import onnx_ir as ir
 from onnx_ir.passes.common import InlinePass
 from onnxscript import OnnxFunction
 
+#: The ONNX opset the script functions are written against.
+_ONNX_OPSET = 18
+
 
 def flatten(function: OnnxFunction) -> OnnxFunction:
     """Inline, in place, every function ``function`` calls into its body; returns ``function``."""
     body = function.function_ir
     callees = [f.function_ir for f in body.get_called_functions().values()]
-    if not callees:
-        return function
-    holder = ir.Model(ir.Graph([], [], nodes=[], name="holder", opset_imports=dict(body.opset_imports)),
-                      ir_version=10, functions=[*callees, body])
-    InlinePass(criteria=lambda f: f is not body)(holder)
+    imports = dict(body.opset_imports)
+    for callee in callees:
+        for domain, version in callee.opset_imports.items():
+            imports.setdefault(domain, version)
+    if callees:
+        holder = ir.Model(ir.Graph([], [], nodes=[], name="holder", opset_imports=dict(imports)),
+                          ir_version=10, functions=[*callees, body])
+        InlinePass(criteria=lambda f: f is not body)(holder)
+    used = {node.domain for node in body.graph}
+    body.opset_imports.clear()
+    body.opset_imports.update({domain: imports.get(domain, _ONNX_OPSET) for domain in used})
     for node in body.graph:
         node.meta.pop("callee", None)
     return function

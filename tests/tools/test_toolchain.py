@@ -6,7 +6,8 @@ mask from x, then torchvision.ops.DeformConv2d(8->8, 3x3, pad 1, bias). The "dyn
 dynamic batch, height and width (torch.export.Dim); it is exported at 1x3x16x16 and, where the tool
 keeps it dynamic, run at 2x3x20x12.
 
-ONNX outputs pass ``onnx.checker.check_model(full_check=True)`` and run on onnxruntime; the MNN model
+"fp16_castblock" is the float16 conversion with the workaround for its Cast bug, to tell that bug from
+ours. ONNX outputs pass ``onnx.checker.check_model(full_check=True)`` and run on onnxruntime; the MNN model
 runs on MNN's own runtime (``MNN.nn``) in a subprocess (a converter or runtime abort cannot take pytest
 down). float32 results must be within 1e-4 of the output scale; the float16 conversion must be within
 1.5x torchvision's own float16 error on the same input, plus a small floor. Tools that are not
@@ -58,12 +59,12 @@ class DCNv2Block(torch.nn.Module):
         return self.dcn(x, self.offset(x), torch.sigmoid(self.mask(x)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def block() -> DCNv2Block:
     return DCNv2Block().eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _exported_bytes(shapes: str) -> bytes:
     img = torch.from_numpy(make_input(EXPORT_SHAPE, seed=0))
     dynamic_shapes = None
@@ -133,6 +134,17 @@ def tool_fp16(model, tmp):
     return "onnx", float16.convert_float_to_float16(model, keep_io_types=True)
 
 
+def tool_fp16_castblock(model, tmp):
+    """The float16 conversion with today's workaround for its Cast bug: every Cast(to=FLOAT) in the
+    node_block_list, so that it stays float32 and gets a Cast to float16 after it."""
+    pytest.importorskip("onnxconverter_common")
+    from onnxconverter_common import float16
+
+    casts = [node.name for node in model.graph.node
+             if node.op_type == "Cast" and node.attribute[0].i == onnx.TensorProto.FLOAT]
+    return "onnx", float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=casts)
+
+
 # MNN's converter is the C++ extension ``_tools``; the ``mnnconvert`` console script wraps it with
 # telemetry (MNN/tools/utils/log.py) that runs ``pip install -U aliyun-log-python-sdk`` when that package
 # is missing (downgrading protobuf below onnx's requirement) and then posts to a remote endpoint. So the
@@ -167,7 +179,8 @@ def run_mnn(converted, img: np.ndarray, tmp: str) -> np.ndarray:
     input_path, output_path = os.path.join(tmp, "input.npy"), os.path.join(tmp, "output.npy")
     np.save(input_path, img)
     args = [onnx_path, os.path.join(tmp, "model.mnn"), input_path, output_path, input_name, output_name]
-    done = subprocess.run([sys.executable, "-c", _MNN_SCRIPT, *args], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", _MNN_SCRIPT, *args], capture_output=True, text=True,
+                          timeout=120, check=False)
     assert done.returncode == 0 and os.path.exists(output_path), (
         f"MNN convert/run failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return np.load(output_path)
@@ -188,21 +201,17 @@ TOOLS = {
     "onnxslim": tool_onnxslim,
     "onnxoptimizer": tool_onnxoptimizer,
     "fp16": tool_fp16,
+    "fp16_castblock": tool_fp16_castblock,
     "mnn": tool_mnn,
 }
 
-# Failing today, with whose fault and why (docs/toolchain-notes.md has the details).
-FP16_REASON = ("the tool's, triggered by ours: convert_float_to_float16 retypes the outputs of our Cast(to=FLOAT) "
-               "nodes (bool->float masks; int->float grid, H, W) as float16 but keeps to=FLOAT, so "
-               "check_model/onnxruntime refuse it")
-KNOWN_FAILURES = {
-    ("onnxslim", "dynamic"): ("the tool's, triggered by ours: onnxslim's dead-node pass erases the final Reshape "
-                              "(N,R,O/R,P)->(N,O,Ho,Wo) because both value_infos are rank 4 with all dims unknown; "
-                              "output (n,8,8,h*w)"),
-    ("fp16", "static"): FP16_REASON,
-    ("fp16", "dynamic"): FP16_REASON,
-}
-SLOW = {("onnxslim", "dynamic")}  # ~6-8 s here: onnxslim's sympy shape inference over the 32 chunk sizes
+# Failing on today's graph, with whose fault and why (docs/toolchain-notes.md has the details): none. The
+# float16 converter's Cast problem and MNN's GatherND batch_dims=1 problem are kept out of the graph
+# (test_no_cast_to_float, and the image index inside the GatherND indices).
+KNOWN_FAILURES: dict = {}
+# Cases over ~5 s, deselected by default. None today; the previous graph's onnxslim-dynamic took 6-27 s
+# (onnxslim's sympy shape inference over its 32 chunk sizes).
+SLOW: set = set()
 
 
 def _cases():
@@ -230,7 +239,7 @@ def test_tool_output_runs_and_matches_torchvision(tool, shapes):
 
     expected = reference(img)
     error = max_error(actual, expected)
-    if tool == "fp16":
+    if tool.startswith("fp16"):
         torchvision_fp16_error = max_error(reference(img, torch.float16), expected)
         bound = FP16_FACTOR * torchvision_fp16_error + FP16_FLOOR
         assert error <= bound, (f"float16 max |error| {error:.3g} > {FP16_FACTOR} x torchvision's "
@@ -241,8 +250,8 @@ def test_tool_output_runs_and_matches_torchvision(tool, shapes):
 
 
 # ------------------------------------------------------------------- the trigger patterns, as lints
-# Fast checks of the exported graph for the two patterns above, so that a graph change that removes a
-# trigger shows up (as XPASS) in the default selection, before the slower tool runs say so.
+# Fast checks of the exported graph for patterns that break a tool: the previous graph's final Reshape
+# made onnxslim return a wrong shape (a guard now), and Cast(to=FLOAT) breaks the float16 conversion.
 
 
 def _declared_shapes(model: onnx.ModelProto) -> dict:
@@ -255,10 +264,7 @@ def _declared_shapes(model: onnx.ModelProto) -> dict:
     return shapes
 
 
-@pytest.mark.parametrize("shapes", [
-    "static",
-    pytest.param("dynamic", marks=pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES["onnxslim", "dynamic"])),
-])
+@pytest.mark.parametrize("shapes", ["static", "dynamic"])
 def test_no_reshape_that_onnxslim_takes_for_a_no_op(shapes):
     """onnxslim (dead_node_elimination) erases a Reshape, and an Expand with a constant shape, whose input
     and output declared shapes compare equal, and None == None there: an unknown dim matches any."""
@@ -275,10 +281,7 @@ def test_no_reshape_that_onnxslim_takes_for_a_no_op(shapes):
     assert not suspects, suspects
 
 
-@pytest.mark.parametrize("shapes", [
-    pytest.param("static", marks=pytest.mark.xfail(strict=True, reason=FP16_REASON)),
-    pytest.param("dynamic", marks=pytest.mark.xfail(strict=True, reason=FP16_REASON)),
-])
+@pytest.mark.parametrize("shapes", ["static", "dynamic"])
 def test_no_cast_to_float(shapes):
     """onnxconverter-common's float16 conversion keeps a Cast's ``to`` = FLOAT while retyping its output as
     float16 (onnxconverter-common issue 320), so a convertible graph has no Cast to FLOAT."""
