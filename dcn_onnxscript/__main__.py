@@ -14,9 +14,9 @@ from dcn_onnxscript._version import __version__
 
 #: sub-command -> (module, one-line help)
 COMMANDS = {
-    "demo": ("dcn_onnxscript.tools.demo", "export a small DCNv2 network, run it on onnxruntime, compare to torchvision"),
-    "bench": ("dcn_onnxscript.tools.bench", "nodes, export and load time, latency and peak memory: portable vs native"),
-    "rewrite": ("dcn_onnxscript.rewrite.cli", "replace the deformable convolutions of an ONNX file by standard ONNX ops"),
+    "demo": ("dcn_onnxscript.tools.demo", "export a small DCNv2 network, run it, compare to torchvision"),
+    "bench": ("dcn_onnxscript.tools.bench", "nodes, export and load time, latency and memory: portable vs native"),
+    "rewrite": ("dcn_onnxscript.rewrite.cli", "replace the deformable convolutions of an ONNX file by standard ops"),
 }
 
 

@@ -8,11 +8,17 @@ small random initialisation so that the sampling really deforms (the paper uses 
 
     python examples/dcn_resnet50.py                    # export at 224x224, check at 2x3x192x160
     python examples/dcn_resnet50.py --native           # the same with native DeformConv (opset 19)
+    python examples/dcn_resnet50.py --impl grid_sample # another lowering of dcn_onnxscript
+
+Progress goes to stderr (the export takes a minute or more on a small machine, most of it in torch.onnx's
+optimizer pass), the results to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import pathlib
 import sys
 import tempfile
@@ -26,6 +32,7 @@ import torchvision
 from torchvision.ops import DeformConv2d
 
 import dcn_onnxscript
+from dcn_onnxscript.lowering.table import DEFAULT, LOWERINGS
 
 #: Kernel taps of a 3x3 convolution.
 TAPS = 9
@@ -62,19 +69,25 @@ def build_model(seed: int = 0, offset_std: float = 0.01) -> torch.nn.Module:
     return model.eval()
 
 
-def export(model: torch.nn.Module, path: pathlib.Path, image_size: int = 224, native: bool = False) -> float:
+def export(model: torch.nn.Module, path: pathlib.Path, image_size: int = 224, native: bool = False, *,
+           impl: Optional[str] = None, verbose: bool = False) -> float:
     """Export ``model`` to ``path`` with a dynamic batch, height and width (example input
-    (1, 3, image_size, image_size)); ``native`` exports torch's default translation, the native
-    ``DeformConv`` of opset 19, instead of the portable function. Returns the export time in seconds."""
+    (1, 3, image_size, image_size)). ``impl`` picks dcn_onnxscript's lowering (a name of
+    ``dcn_onnxscript.lowering.table.LOWERINGS``; default: the registered one) or "native", torch's default
+    translation, the native ``DeformConv`` of opset 19 (``native=True`` is the same). ``verbose`` lets
+    torch.onnx print its phases. Returns the export time in seconds."""
     example = (torch.randn(1, 3, image_size, image_size),)
     dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
+    native = native or impl == "native"
+    table = None if native or impl is None else dcn_onnxscript.translation_table(impl)
     was_registered = dcn_onnxscript.is_registered()
     if native:
         dcn_onnxscript.unregister()
     start = time.perf_counter()
     try:
         torch.onnx.export(model, example, str(path), dynamo=True, dynamic_shapes=(dims,),
-                          opset_version=NATIVE_OPSET if native else None, verbose=False)
+                          opset_version=NATIVE_OPSET if native else None, custom_translation_table=table,
+                          verbose=verbose)
     finally:
         if was_registered:
             dcn_onnxscript.register()
@@ -94,26 +107,58 @@ def max_relative_error(path: pathlib.Path, model: torch.nn.Module, shape: Sequen
     return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
+class _Progress(io.TextIOBase):
+    """Lines on stderr with the seconds since the start; as a stream, it takes torch.onnx's phase lines."""
+
+    def __init__(self) -> None:
+        self.start, self.pending = time.perf_counter(), ""
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.perf_counter() - self.start:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in filter(str.strip, lines):
+            self(f"    {line.strip()}")
+        return len(text)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=pathlib.Path, default=None,
-                        help="where to write the .onnx file (default: a temporary directory)")
+                        help="where to write the .onnx file (default: a temporary directory, removed at exit)")
     parser.add_argument("--image-size", type=int, default=224, help="export example size (square)")
     parser.add_argument("--check-shape", type=int, nargs=4, default=(2, 3, 192, 160), metavar=("N", "C", "H", "W"),
                         help="input shape of the onnxruntime check (another size than the export's)")
-    parser.add_argument("--native", action="store_true", help="export native DeformConv (opset 19) instead")
+    parser.add_argument("--impl", choices=[*LOWERINGS, "native"], default=DEFAULT,
+                        help=f"dcn_onnxscript's lowering, or native DeformConv (default: {DEFAULT})")
+    parser.add_argument("--native", action="store_true", help="export native DeformConv (opset 19): --impl native")
     parser.add_argument("--offset-std", type=float, default=0.01, help="std of the offset/mask predictors' weights")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    impl = "native" if args.native else args.impl
 
+    progress = _Progress()
+    progress(f"building the DCNv2 ResNet-50 (seed {args.seed})")
     model = build_model(args.seed, args.offset_std)
-    path = args.output or pathlib.Path(tempfile.mkdtemp()) / "dcn_resnet50.onnx"
-    seconds = export(model, path, args.image_size, args.native)
-    error = max_relative_error(path, model, args.check_shape)
-    print(f"wrote           {path}")
-    print(f"translation     {'native DeformConv' if args.native else 'portable'}")
-    print(f"export time     {seconds:.1f} s (example 1x3x{args.image_size}x{args.image_size})")
-    print(f"max rel. error  {error:.2g} at {'x'.join(map(str, args.check_shape))} against PyTorch eager")
+    with contextlib.ExitStack() as stack:
+        path = args.output or pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory())) / "dcn_resnet50.onnx"
+        progress(f"exporting with impl={impl} at 1x3x{args.image_size}x{args.image_size} to {path}; torch.onnx's "
+                 f"phases follow (the optimizer pass is the long one)")
+        with contextlib.redirect_stdout(progress):
+            seconds = export(model, path, args.image_size, impl=impl, verbose=True)
+        progress(f"exported in {seconds:.1f} s; checking on onnxruntime at {'x'.join(map(str, args.check_shape))} "
+                 f"against PyTorch eager")
+        error = max_relative_error(path, model, args.check_shape)
+        progress("done")
+        print(f"wrote           {path}{'' if args.output else ' (temporary: removed at exit; --output keeps it)'}")
+        print(f"translation     {'native DeformConv' if impl == 'native' else f'portable ({impl})'}")
+        print(f"export time     {seconds:.1f} s (example 1x3x{args.image_size}x{args.image_size})")
+        print(f"max rel. error  {error:.2g} at {'x'.join(map(str, args.check_shape))} against PyTorch eager")
     return 0
 
 

@@ -13,7 +13,6 @@ from onnxscript import opset18 as op
 
 from dcn_onnxscript import DOMAIN, deform_conv2d, function_protos
 
-
 #: Every attribute spelled out: onnx.reference.ReferenceEvaluator ignores a FunctionProto's attribute
 #: defaults, so a node calling the function must set each one.
 ATTRIBUTES = dict(strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1, offset_group=1)

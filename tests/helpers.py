@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 import torch
 import torchvision  # noqa: F401  (loads torchvision::deform_conv2d)
+from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
 import dcn_onnxscript  # registers the translations, as a user's script does
-from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
 Inputs = Sequence[np.ndarray]
 
@@ -476,3 +476,36 @@ def attributes(case: SweepCase) -> dict:
 
 #: Hostile offset values: NaN, ±Inf and huge.
 HOSTILE = [np.nan, np.inf, -np.inf, 1e30, -1e30, 3e38, -3e38]
+
+
+def lowering_model(lowering: str, layer, opset: int = 18, static_shapes: Optional[dict] = None) -> onnx.ModelProto:
+    """A one-layer model written by ``lowering`` through an onnx_ir tape (no torch export), inputs
+    ``X``, ``W``, ``offset``[, ``B``][, ``mask``] of the layer's dtype; dynamic shapes unless
+    ``static_shapes`` (name -> shape) is given. ``W`` and ``B`` are graph inputs, so nothing is folded."""
+    import onnx_ir as ir
+
+    from dcn_onnxscript.lowering import table
+    from dcn_onnxscript.lowering.emitter import TapeEmitter
+
+    op = TapeEmitter(opset, initializers=False)
+    dtype = ir.DataType(layer.dtype)
+    names = ["X", "W", "offset"] + (["B"] if layer.bias else []) + (["mask"] if layer.mask else [])
+    ranks = {"B": 1}
+    values = {n: ir.Value(name=n, type=ir.TensorType(dtype),
+                          shape=ir.Shape((static_shapes or {}).get(n, [f"{n}{i}" for i in range(ranks.get(n, 4))])))
+              for n in names}
+    Y = table.build(lowering, op, layer, values["X"], values["W"], values["offset"], values.get("B"),
+                    values.get("mask"))
+    Y.name, Y.type, Y.shape = "Y", ir.TensorType(dtype), ir.Shape(["N", "O", "Ho", "Wo"])
+    graph = ir.Graph([values[n] for n in names], [Y], nodes=op.tape.nodes, opset_imports={"": opset},
+                     name=f"deform_conv2d_{lowering}")
+    return ir.to_proto(ir.Model(graph, ir_version=8))
+
+
+def sweep_layer(case: SweepCase, dtype: int = onnx.TensorProto.FLOAT):
+    """The :class:`dcn_onnxscript.lowering.layer.Layer` of a sweep case."""
+    from dcn_onnxscript.lowering.layer import Layer
+
+    return Layer(kernel=case.kernel, stride=case.stride, padding=case.padding, dilation=case.dilation,
+                 groups=case.groups, offset_groups=case.offset_groups, in_channels=case.channels,
+                 out_channels=case.out_channels, dtype=dtype, bias=case.use_bias, mask=case.use_mask)

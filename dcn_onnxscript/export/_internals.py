@@ -39,8 +39,10 @@ def torchlib_entry():
     """torch_lib's registry entry (an ``OverloadedFunction``) of ``torchvision::deform_conv2d``, created
     when onnxscript has none."""
     try:
-        from onnxscript.function_libs.torch_lib import ops  # noqa: F401  (fills the default registry)
-        from onnxscript.function_libs.torch_lib import registration
+        from onnxscript.function_libs.torch_lib import (
+            ops,  # noqa: F401  (fills the default registry)
+            registration,
+        )
     except ImportError as error:
         raise _missing(f"onnxscript's torch_lib ({error})") from None
     registry = getattr(registration, "default_registry", None)

@@ -19,8 +19,7 @@ from onnxscript import opset18
 from onnxscript.values import Opset, TracedOnnxFunction
 
 from dcn_onnxscript.export import _internals
-from dcn_onnxscript.lowering import opsets
-from dcn_onnxscript.lowering import table
+from dcn_onnxscript.lowering import opsets, table
 from dcn_onnxscript.lowering.emitter import Emitter
 from dcn_onnxscript.lowering.layer import Layer
 from dcn_onnxscript.lowering.validation import check_deform_conv2d_args, static_shape
@@ -72,7 +71,7 @@ def _portable_translation(impl: str) -> TracedOnnxFunction:
 
     def deform_conv2d(input, weight, offset, mask, bias, stride_h: int, stride_w: int, pad_h: int, pad_w: int,
                       dilation_h: int, dilation_w: int, groups: int, offset_groups: int, use_mask: bool):
-        """torchvision::deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, int offset_groups, bool use_mask) -> Tensor"""
+        """torchvision::deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, int offset_groups, bool use_mask) -> Tensor"""  # noqa: E501
         use_bias = not _is_zero(bias)
         layer = layer_of(input, weight, offset, mask, bias, (stride_h, stride_w), (pad_h, pad_w),
                          (dilation_h, dilation_w), groups, offset_groups, use_mask, use_bias)

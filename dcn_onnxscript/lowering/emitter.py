@@ -4,7 +4,8 @@ The lowerings (:mod:`dcn_onnxscript.lowering.gather`, :mod:`dcn_onnxscript.lower
 Python that call ``op.Gather(...)``, ``op.MatMul(...)``, ... on an :class:`Emitter`. The same code therefore
 writes nodes into torch.onnx's dynamo graph, into the TorchScript exporter's graph (``g.op``) and into an
 ``onnx_ir`` graph that the rewriter edits. Inputs may be graph values or numpy arrays (emitted as
-``Constant`` nodes); attributes are Python ints, floats, strings or lists of them, or numpy arrays for tensor attributes.
+``Constant`` nodes); attributes are Python ints, floats, strings or lists of them, or numpy arrays for tensor
+attributes.
 
 Every op the lowerings use has one form from opset 12 to the newest, except those listed in
 :meth:`Emitter.emit`, which the emitter writes in the form of its opset.
@@ -71,14 +72,20 @@ class Emitter:
 
 
 class TapeEmitter(Emitter):
-    """Writes into an ``onnx_ir`` :class:`~onnx_ir.tape.Tape`; the rewriter inserts ``tape.nodes``."""
+    """Writes into an ``onnx_ir`` :class:`~onnx_ir.tape.Tape`; the rewriter inserts ``tape.nodes`` and
+    registers ``tape.initializers``. Constants become initializers named ``prefix``/k, or ``Constant``
+    nodes with ``initializers=False`` (inside a function, which cannot hold initializers)."""
 
-    def __init__(self, opset: int) -> None:
+    def __init__(self, opset: int, prefix: str = "dcn", initializers: bool = True) -> None:
         super().__init__(opset)
         self.tape = ir.tape.Tape()
+        self.prefix = prefix
+        self.initializers = initializers
 
     def _node(self, op_type: str, inputs: list, attributes: dict[str, Any], num_outputs: int) -> list:
         return list(self.tape.op_multi_out(op_type, inputs, attributes, num_outputs=num_outputs))
 
     def _constant(self, array: np.ndarray) -> ir.Value:
+        if self.initializers:
+            return self.tape.initializer(ir.tensor(array), name=f"{self.prefix}/c{len(self.tape.initializers)}")
         return self.tape.op("Constant", [], {"value": ir.tensor(array)})

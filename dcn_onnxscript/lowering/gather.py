@@ -132,7 +132,7 @@ def corner_indices(op: Emitter, layer: Layer, clamped: Value) -> Value:
     the batch dimension.)"""
     y, x = op.Gather(clamped, _CORNER_Y, axis=1), op.Gather(clamped, _CORNER_X, axis=1)
     ones = op.Cast(op.Equal(y, y), to=11)  # 11: DOUBLE (tract cannot sum its symbolic integers)
-    image = op.Cast(op.Sub(op.CumSum(ones, np.array(0)), np.array(1.0)), to=7)
+    image = op.Cast(op.CumSum(ones, np.array(0), exclusive=1), to=7)  # 0, 1, … along the batch axis
     S = layer.slices
     if S > 1:
         J = S // layer.groups

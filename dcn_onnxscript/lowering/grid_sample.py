@@ -6,7 +6,8 @@ The sampled columns come out of ``GridSample`` in X's channel order, (N·G, C/G,
 the grouped matmul's layout: neither they nor the weights are ever transposed. A runtime with a native
 ``GridSample`` kernel writes the columns once, without the four-neighbour intermediate of the gather
 lowering. ``GridSample`` runs in float32 for float16 and bfloat16 layers (onnxruntime's CPU kernel has no
-float16 version), so the columns and the matmul are float32 there.
+float16 version, and none for float64 before opset 20), and so do float64 layers: their columns and matmul
+are float32, their sampling positions float64 until they become the grid.
 
 Notation as in :mod:`dcn_onnxscript.lowering.gather`.
 """
@@ -20,12 +21,20 @@ import numpy as np
 from dcn_onnxscript.lowering import sampling
 from dcn_onnxscript.lowering.emitter import Emitter
 from dcn_onnxscript.lowering.gather import bias_per_channel
-from dcn_onnxscript.lowering.layer import FLOAT_TYPES, Layer
+from dcn_onnxscript.lowering.layer import Layer
 
 Value = Any
 
 #: ``GridSample`` first appears in opset 16.
 MIN_OPSET = 16
+#: The type ``GridSample`` and the matmul run in: FLOAT (onnxruntime's CPU kernel has no other before
+#: opset 20, and none for float16 at all).
+_SAMPLED = 1
+
+
+def _sampled(op: Emitter, layer: Layer, value: Value) -> Value:
+    """``value`` of the layer's dtype as float32."""
+    return value if layer.dtype == _SAMPLED else op.Cast(value, to=_SAMPLED)
 
 
 def sampling_grid(op: Emitter, layer: Layer, offset: Value, H_W: Value, Ho_Wo: Value) -> Value:
@@ -44,22 +53,23 @@ def sampling_grid(op: Emitter, layer: Layer, offset: Value, H_W: Value, Ho_Wo: V
     scale = op.Reciprocal(size)
     grid = op.Add(op.Mul(p, op.Add(scale, scale)), op.Sub(scale, layer.coordinates(1)))
     xy = op.Gather(grid, np.array([1, 0]), axis=3)
+    if layer.coordinate_dtype != _SAMPLED:
+        xy = op.Cast(xy, to=_SAMPLED)
     return op.Reshape(xy, np.array([-1, K, 0, 2]))
 
 
 def sampled_columns(op: Emitter, layer: Layer, X: Value, grid: Value, opset: int) -> Value:
-    """x(p) for every channel, tap and position: (N·G, C/G, K, P) of the coordinate type."""
+    """x(p) for every channel, tap and position: (N·G, C/G, K, P), float32."""
     per_group = op.Reshape(X, np.array([-1, layer.in_channels // layer.offset_groups, 0, 0]))
     mode = "linear" if opset >= 20 else "bilinear"
-    return op.GridSample(sampling.as_coordinates(op, layer, per_group), grid, align_corners=0, mode=mode,
-                         padding_mode="zeros")
+    return op.GridSample(_sampled(op, layer, per_group), grid, align_corners=0, mode=mode, padding_mode="zeros")
 
 
 def modulated(op: Emitter, layer: Layer, columns: Value, mask: Value) -> Value:
     """Δm_k: ``columns`` (N·G, C/G, K, P) times ``mask`` (N, G·K, Ho, Wo), broadcast over channels."""
     G, K = layer.offset_groups, layer.taps
     per_group = op.Reshape(op.Reshape(mask, np.array([0, G, K, -1])), np.array([-1, 1, K, 0]))
-    return op.Mul(columns, sampling.as_coordinates(op, layer, per_group))
+    return op.Mul(columns, _sampled(op, layer, per_group))
 
 
 def grouped_product(op: Emitter, layer: Layer, columns: Value, W: Value, Ho_Wo: Value) -> Value:
@@ -68,13 +78,13 @@ def grouped_product(op: Emitter, layer: Layer, columns: Value, W: Value, Ho_Wo: 
     R, O = layer.groups, layer.out_channels
     known = op.known(W)
     if known is not None:
-        w = known.astype(FLOAT_TYPES[layer.coordinate_dtype]).reshape(R, O // R, -1)
+        w = known.astype(np.float32).reshape(R, O // R, -1)
     else:
-        w = op.Reshape(sampling.as_coordinates(op, layer, W), np.array([R, O // R, -1]))
+        w = op.Reshape(_sampled(op, layer, W), np.array([R, O // R, -1]))
     per_group = op.Reshape(columns, np.array([-1, R, layer.in_channels // R * layer.taps, 0]))
     shape = op.Concat(np.array([-1, O], dtype=np.int64), Ho_Wo, axis=0)
     Y = op.Reshape(op.MatMul(w, per_group), shape)
-    return Y if layer.coordinate_dtype == layer.dtype else op.Cast(Y, to=layer.dtype)
+    return Y if layer.dtype == _SAMPLED else op.Cast(Y, to=layer.dtype)
 
 
 def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, B: Optional[Value] = None,

@@ -1,15 +1,17 @@
 """Conversion of models holding the lowerings' nodes to opsets below the one they were built at.
 
 torch.onnx's dynamo exporter builds every model at opset 18 and then converts it down with ONNX's version
-converter; the rewriter converts models the same way (``--opset``). That converter has no down-adapter for several ops whose form has not changed since opset 12 for the
-way they are used here: ``Shape`` without start/end (15 -> 14), ``Pad`` without axes (18 -> 17),
-``ConstantOfShape``, ... The conversion then fails, and torch keeps the model at opset 18 with a warning.
+converter; the rewriter converts models the same way (``--opset``). That converter has no down-adapter for
+several ops whose form has not changed since opset 12 for the way they are used here: ``Shape`` without
+start/end (15 -> 14), ``Pad`` without axes (18 -> 17), ``ConstantOfShape``, ``Expand``, ... The conversion
+then fails, and torch keeps the model at opset 18 with a warning.
 
 :func:`convert_version` wraps the converter (the exporter's conversion step through
-:mod:`dcn_onnxscript.export._internals`, ``onnx.version_converter`` in the rewriter): below opset 18 the nodes whose form is the same at the target
-opset (:func:`is_stable`) are kept out of the converter's way under a private domain and given back to the
-default domain afterwards; the converter handles every other node (torch's own ops) as usual. This covers
-every node the lowerings write, and torch's own ``Shape`` and ``Pad`` too.
+:mod:`dcn_onnxscript.export._internals`, ``onnx.version_converter`` in the rewriter): below opset 18 the
+nodes whose form is the same at the target opset (:func:`is_stable`) are kept out of the converter's way
+under a private domain and given back to the default domain afterwards; the converter handles every other
+node (torch's own ops) as usual. This covers every node the lowerings write, and torch's own ``Shape`` and
+``Pad`` too.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ HIDDEN_DOMAIN = "dcn_onnxscript.stable"
 #: attributes/inputs checked in :func:`is_stable`.
 _STABLE_OPS = frozenset({
     "Add", "And", "Cast", "Concat", "ConstantOfShape", "CumSum", "Div", "Equal", "Expand", "Flatten", "Floor", "Gather",
-    "Constant", "GatherND", "Greater", "Less", "MatMul", "Max", "Min", "Mul", "Not", "Pad", "Range", "Reciprocal", "Reshape",
+    "Constant", "GatherND", "Greater", "Less", "MatMul", "Max", "Min", "Mul", "Not", "Pad", "Range", "Reciprocal",
+    "Reshape",
     "Shape", "Slice", "Sub", "Transpose", "Where",
 })
 

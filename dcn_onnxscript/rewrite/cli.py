@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=pathlib.Path, help="the ONNX model to rewrite")
     parser.add_argument("output", type=pathlib.Path, nargs="?", default=None,
                         help="where to write the rewritten model (leave out with --in-place)")
-    parser.add_argument("--impl", default=table.DEFAULT, choices=sorted(table.LOWERINGS),
-                        help=f"lowering (default: {table.DEFAULT})")
+    parser.add_argument("--impl", default=table.DEFAULT,
+                        help=f"lowering: {', '.join(sorted(table.LOWERINGS))} (default: {table.DEFAULT})")
     parser.add_argument("--opset", type=int, default=None,
                         help="convert the result to this ONNX opset (default: keep the model's)")
     parser.add_argument("--check", action="store_true",
@@ -202,7 +202,3 @@ def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     difference = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
     scale = max(1.0, float(np.nanmax(np.abs(expected.astype(np.float64)))))
     return float(np.nanmax(difference)) / scale
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__

@@ -55,6 +55,7 @@ from dcn_onnxscript.lowering import opsets, table
 from dcn_onnxscript.lowering.emitter import TapeEmitter
 from dcn_onnxscript.lowering.layer import Layer
 from dcn_onnxscript.lowering.validation import check_deform_conv2d_args, static_shape
+from dcn_onnxscript.rewrite import script_calls
 
 Progress = Callable[[str], None]
 
@@ -248,12 +249,11 @@ def _all_nodes(model: ir.Model) -> Iterator[ir.Node]:
         yield from ir.traversal.RecursiveGraphIterator(graph)
 
 
-def _layer(node: ir.Node, call: DeformConvCall) -> Layer:
-    """The :class:`Layer` of ``call``; the weight's shape must be known (it sets kernel and channels)."""
+def _layer(node: ir.Node, call: DeformConvCall) -> Optional[Layer]:
+    """The :class:`Layer` of ``call``, or ``None`` when the weight's shape (kernel and channels) is unknown."""
     weight_shape = static_shape(call.W)
     if weight_shape is None or None in weight_shape:
-        raise RewriteError(f"{_describe(node)}: the weight's shape must be known (O, C/group, kH, kW), got "
-                           f"{weight_shape}; run onnx.shape_inference on the model first")
+        return None
     dtype = call.X.dtype or call.W.dtype
     if dtype is None:
         raise RewriteError(f"{_describe(node)}: the input's data type is unknown")
@@ -284,8 +284,10 @@ def _node_opsets(model: ir.Model) -> dict[ir.Node, int]:
 def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit_opset: Optional[int],
                           hidden: bool, progress: Optional[Progress]) -> collections.Counter:
     """Replace each of ``nodes`` by the nodes of lowering ``impl``, written for ``emit_opset`` (default: the
-    opset of its graph); with ``hidden``, in :data:`opsets.HIDDEN_DOMAIN` for a conversion to come.
-    Returns the count per kind. Nothing is changed when any node is refused."""
+    opset of its graph); with ``hidden``, in :data:`opsets.HIDDEN_DOMAIN` for a conversion to come. A node
+    whose weight shape is unknown (a local function's input, say) becomes a call of the standalone script
+    function instead, inlined at the end. Returns the count per kind. Nothing is changed when any node is
+    refused."""
     calls = []
     node_opsets = _node_opsets(model)
     for node in nodes:
@@ -296,22 +298,42 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
             table.lowering(impl, opset)
         except ValueError as error:
             raise RewriteError(f"{_describe(node)}: {error}") from None
-        calls.append((node, call, _layer(node, call), opset))
+        layer = _layer(node, call)
+        if layer is None and opset < script_calls.SCRIPT_OPSET:
+            raise RewriteError(f"{_describe(node)}: the weight's shape (O, C/group, kH, kW) is unknown; give it a "
+                               f"static shape or rewrite at opset >= {script_calls.SCRIPT_OPSET}")
+        calls.append((node, call, layer, opset))
     counts: collections.Counter = collections.Counter()
     step = max(1, len(calls) // 10)
+    scripted = False
     for index, (node, call, layer, opset) in enumerate(calls, 1):
-        op = TapeEmitter(opset)
-        Y = table.build(impl, op, layer, call.X, call.W, call.offset, call.B, call.mask)
-        for new in op.tape.nodes:
-            new.name = f"{node.name or 'deform_conv'}/{new.op_type}_{new.name or id(new)}"
-            if hidden:
-                new.domain = opsets.HIDDEN_DOMAIN
-        graph = node.graph
-        ir.convenience.replace_nodes_and_values(graph, insertion_point=node, old_nodes=[node],
-                                                new_nodes=op.tape.nodes, old_values=node.outputs, new_values=[Y])
+        if layer is None:
+            new_nodes = [script_calls.call_node(node, call, impl)]
+            Y = new_nodes[0].outputs[0]
+            scripted = True
+        else:
+            prefix = f"{node.name or 'deform_conv'}_{index}"
+            # Constants as initializers in the main graph; as Constant nodes in subgraphs and functions.
+            op = TapeEmitter(opset, prefix=prefix, initializers=node.graph is model.graph)
+            Y = table.build(impl, op, layer, call.X, call.W, call.offset, call.B, call.mask)
+            new_nodes = op.tape.nodes
+            for constant in op.tape.initializers:
+                node.graph.register_initializer(constant)
+            for number, new in enumerate(new_nodes):
+                new.name = f"{prefix}/{new.op_type}_{number}"
+                for output in new.outputs:  # unique in the whole model, subgraphs included (SSA)
+                    output.name = f"{prefix}/{number}_{output.index()}"
+                if hidden:
+                    new.domain = opsets.HIDDEN_DOMAIN
+        ir.convenience.replace_nodes_and_values(node.graph, insertion_point=node, old_nodes=[node],
+                                                new_nodes=new_nodes, old_values=node.outputs, new_values=[Y])
         counts[_kind(node)] += 1
         if progress and (index % step == 0 or index == len(calls)):
             progress(f"replaced {index}/{len(calls)} deformable convolutions")
+    if scripted:
+        if progress:
+            progress("inlining the standalone functions")
+        script_calls.inline(model)
     return counts
 
 

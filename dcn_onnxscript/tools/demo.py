@@ -14,7 +14,7 @@ import onnxruntime
 import torch
 from torchvision.ops import DeformConv2d
 
-import dcn_onnxscript  # noqa: F401  (registers the portable translation)
+import dcn_onnxscript
 
 
 class DCNv2Block(torch.nn.Module):
@@ -38,21 +38,27 @@ class DCNv2Block(torch.nn.Module):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=pathlib.Path, default=None,
-                        help="where to write the .onnx file (default: a temporary directory)")
+                        help="keep the .onnx file here (default: a temporary folder, removed at the end)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--impl", default=None, help="lowering (default: the registered one)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default: 0)")
 
 
 def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="dcn_onnxscript_demo_") as folder:
+        return _demo(args, args.output or pathlib.Path(folder) / "dcnv2_block.onnx", kept=args.output is not None)
+
+
+def _demo(args: argparse.Namespace, output: pathlib.Path, kept: bool) -> int:
     torch.manual_seed(args.seed)
     model = DCNv2Block().eval()
     for parameter in model.offset_mask.parameters():  # large offsets, so the sampling really deforms
         torch.nn.init.normal_(parameter, std=0.5)
-    output = args.output or pathlib.Path(tempfile.mkdtemp()) / "dcnv2_block.onnx"
     batch, height, width = torch.export.Dim("batch"), torch.export.Dim("height"), torch.export.Dim("width")
     torch.onnx.export(
         model, (torch.randn(1, 3, 32, 32),), str(output), dynamo=True, opset_version=args.opset,
         dynamic_shapes=({0: batch, 2: height, 3: width},), verbose=False,
+        custom_translation_table=dcn_onnxscript.translation_table(args.impl) if args.impl else None,
     )
     onnx_model = onnx.load(str(output))
     onnx.checker.check_model(onnx_model, full_check=True)
@@ -63,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     (actual,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     ops = collections.Counter(node.op_type for node in onnx_model.graph.node)
-    print(f"wrote        {output}")
+    print(f"nodes        {len(onnx_model.graph.node)} (1 deformable layer, 2 convolutions, activations)")
+    print(f"wrote        {output}" if kept else "wrote        a temporary file (--output PATH keeps it)")
     print(f"opset        {_default_opset(onnx_model)}")
     print(f"ops used     {', '.join(f'{op} x{n}' for op, n in sorted(ops.items()))}")
     print(f"DeformConv   {'present' if 'DeformConv' in ops else 'absent'}")

@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 
-from dcn_onnxscript import DOMAIN, deform_conv2d, function_protos
 from helpers import assert_close, run_onnxruntime, run_reference, torchvision_reference
 
 EXAMPLE = pathlib.Path(__file__).parents[2] / "examples" / "standalone.py"

@@ -3,11 +3,23 @@ PyTorch eager on onnxruntime at another size than the export's."""
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+from types import ModuleType
+
 import onnx
 import pytest
 import torch
 
-from dcn_onnxscript.bench import load_example
+EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "dcn_resnet50.py"
+
+
+def load_example() -> ModuleType:
+    """``examples/dcn_resnet50.py`` as a module (examples are not installed with the package)."""
+    spec = importlib.util.spec_from_file_location("dcn_resnet50", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.slow  # about 90 s on 2 cores, most of it in torch.onnx's optimizer

@@ -113,7 +113,8 @@ def _to_slices(t, G: Dim, R: Dim, S: Dim):
     N = op.Shape(t, start=0, end=1)
     group_of_slice = op.Div(op.Range(0, op.Squeeze(S), 1), op.Div(S, G))  # (S,)
     per_slice = op.Gather(t, group_of_slice, axis=1)  # (N, S, P, K)
-    by_conv_group = op.Reshape(per_slice, op.Concat(N, R, op.Div(S, R), op.Shape(t, start=2, end=3), op.Shape(t, start=3, end=4), axis=0))
+    P, K = op.Shape(t, start=2, end=3), op.Shape(t, start=3, end=4)
+    by_conv_group = op.Reshape(per_slice, op.Concat(N, R, op.Div(S, R), P, K, axis=0))
     return op.Transpose(by_conv_group, perm=[0, 1, 3, 2, 4])
 
 
@@ -152,7 +153,8 @@ def _channels_last_rows(X: T, G: Dim, S: Dim) -> T:
     ((n·G + g)·H·W + h·W + w)·(S/G) + j holds channels of slice g·(S/G) + j at pixel (h, w)."""
     N = op.Shape(X, start=0, end=1)
     Cs = op.Div(op.Shape(X, start=1, end=2), S)
-    split = op.Reshape(X, op.Concat(N, G, op.Div(S, G), Cs, op.Shape(X, start=2, end=3), op.Shape(X, start=3, end=4), axis=0))
+    H, W = op.Shape(X, start=2, end=3), op.Shape(X, start=3, end=4)
+    split = op.Reshape(X, op.Concat(N, G, op.Div(S, G), Cs, H, W, axis=0))
     return op.Reshape(op.Transpose(split, perm=[0, 1, 4, 5, 2, 3]), op.Concat([-1], Cs, axis=0))
 
 

@@ -26,10 +26,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from onnxscript import script
 from onnxscript import opset18 as op
+from onnxscript import script
 
-from dcn_onnxscript.lowering.script.protos import flatten
 from dcn_onnxscript.lowering.script.gather import (
     Dim,
     Ints,
@@ -41,6 +40,7 @@ from dcn_onnxscript.lowering.script.gather import (
     _output_grid,
     dcn,
 )
+from dcn_onnxscript.lowering.script.protos import flatten
 
 #: ``GridSample`` (opset 16) is the first op of this lowering that older opsets lack.
 MIN_OPSET = 16

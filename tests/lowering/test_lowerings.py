@@ -1,0 +1,110 @@
+"""The lowerings themselves (dcn_onnxscript.lowering.gather and .grid_sample), written through an onnx_ir
+tape without torch.onnx: property-based random configurations against torchvision on onnxruntime and
+onnx.reference, every opset from 12 (16 for grid_sample), float16 without out-of-bounds reads under
+hostile offsets, and the node budget of one layer."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dcn_onnxscript.lowering import table
+from dcn_onnxscript.lowering.layer import Layer
+from helpers import HOSTILE, SweepCase, assert_close, lowering_model, run_onnxruntime, run_reference, sweep_layer, \
+    torchvision_reference
+
+#: Nodes one deformable layer may add (Constant nodes excluded: exporters and the rewriter keep constants
+#: as initializers).
+NODE_BUDGET = 60
+
+
+@st.composite
+def sweep_cases(draw) -> SweepCase:
+    """Random layers: kernels 1–5 (non-square), stride, padding and dilation 1–3 (padding from 0), conv
+    and offset groups 1–3, 1-pixel images, batches, offsets from within a pixel to far outside."""
+    groups, offset_groups = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    height, width = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    case = SweepCase(
+        batch=draw(st.integers(1, 3)), channels=int(np.lcm(groups, offset_groups)) * draw(st.integers(1, 2)),
+        out_channels=groups * draw(st.integers(1, 2)), height=height, width=width, kernel=kernel, stride=stride,
+        padding=padding, dilation=dilation, groups=groups, offset_groups=offset_groups,
+        use_mask=draw(st.booleans()), use_bias=draw(st.booleans()), offset_scale=draw(st.sampled_from([0.5, 3.0, 40.0])))
+    pytest.importorskip("hypothesis")
+    from hypothesis import assume
+
+    assume(min(case.output_size) >= 1)
+    return case
+
+
+def _feeds(case: SweepCase, arrays: dict) -> list[np.ndarray]:
+    return [arrays[n] for n in ("X", "W", "offset", "B", "mask")
+            if n in ("X", "W", "offset") or (n == "B" and case.use_bias) or (n == "mask" and case.use_mask)]
+
+
+def _reference(case: SweepCase, arrays: dict) -> np.ndarray:
+    return torchvision_reference(arrays["X"], arrays["W"], arrays["offset"], arrays["mask"] if case.use_mask else None,
+                                 arrays["B"] if case.use_bias else None, case.stride, case.padding, case.dilation)
+
+
+@pytest.mark.parametrize("lowering", sorted(table.LOWERINGS))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(case=sweep_cases(), opset_step=st.integers(0, 16), seed=st.integers(0, 2**16))
+def test_random_layers_match_torchvision(lowering: str, case: SweepCase, opset_step: int, seed: int):
+    low = table.LOWERINGS[lowering].min_opset
+    opset = min(low + opset_step, onnx.defs.onnx_opset_version())
+    model = lowering_model(lowering, sweep_layer(case), opset)
+    onnx.checker.check_model(model, full_check=True)
+    arrays = case.arrays(np.random.default_rng(seed))
+    expected = _reference(case, arrays)
+    assert_close(run_onnxruntime(model, _feeds(case, arrays)), expected)
+    if lowering == "gather" or opset >= 20:  # onnx.reference names GridSample-16's mode only from 20 on
+        assert_close(run_reference(model, _feeds(case, arrays)), expected)
+
+
+@pytest.mark.parametrize("lowering", sorted(table.LOWERINGS))
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_hostile_offsets_never_read_out_of_bounds(lowering: str, dtype):
+    """NaN, ±Inf and huge offsets at 20 % of the entries: the runtime neither crashes nor returns
+    non-finite values where torchvision's are finite, in every dtype (float16 computes positions in
+    float32; every gather index is clamped by integer ops)."""
+    case = SweepCase(2, 4, 6, 9, 7, (3, 3), (1, 1), (1, 1), (1, 1), 2, 2, True, True, 3.0)
+    elem_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    model = lowering_model(lowering, sweep_layer(case, elem_type))
+    rng = np.random.default_rng(7)
+    arrays = case.arrays(rng)
+    where = rng.random(arrays["offset"].shape) < 0.2
+    arrays["offset"][where] = rng.choice(HOSTILE, size=int(where.sum()))
+    arrays = {k: v.astype(dtype) for k, v in arrays.items()}
+    actual = run_onnxruntime(model, _feeds(case, arrays))
+    expected = _reference(case, {k: v.astype(np.float64) for k, v in arrays.items()})
+    assert np.isfinite(actual[np.isfinite(expected)]).all()
+    # grid_sample samples float64 layers in float32 (onnxruntime's GridSample has no float64 kernel < opset 20)
+    f64 = 1e-9 if lowering == "gather" else 1e-5
+    assert_close(actual, expected, rtol={np.float16: 3e-2, np.float32: 1e-4, np.float64: f64}[dtype])
+
+
+def _nodes(model: onnx.ModelProto) -> collections.Counter:
+    return collections.Counter(n.op_type for n in model.graph.node if n.op_type != "Constant")
+
+
+@pytest.mark.parametrize("lowering", sorted(table.LOWERINGS))
+@pytest.mark.parametrize("dtype", [onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16])
+@pytest.mark.parametrize("shapes", ["dynamic", "static"])
+def test_one_layer_stays_within_the_node_budget(lowering: str, dtype: int, shapes: str):
+    """A DCNv2 layer with bias (3x3, one group): at most NODE_BUDGET nodes, W and B graph inputs (not
+    folded), dynamic or static sizes."""
+    layer = Layer(kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1,
+                  in_channels=64, out_channels=64, dtype=dtype)
+    static = {"X": [1, 64, 32, 32], "W": [64, 64, 3, 3], "offset": [1, 18, 32, 32], "B": [64], "mask": [1, 9, 32, 32]}
+    nodes = _nodes(lowering_model(lowering, layer, static_shapes=static if shapes == "static" else None))
+    assert sum(nodes.values()) <= NODE_BUDGET, nodes
+    assert "DeformConv" not in nodes

@@ -1,0 +1,47 @@
+"""What importing each part of the package loads: the rewriter and the standalone functions work without
+torch; ``import dcn_onnxscript`` registers the translation as soon as torch.onnx is there."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def python(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize("module", ["dcn_onnxscript.rewrite", "dcn_onnxscript.lowering.gather",
+                                    "dcn_onnxscript.lowering.script", "dcn_onnxscript"])
+def test_import_does_not_import_torch(module):
+    assert python(f"import sys, {module}; print('torch' in sys.modules)") == "False"
+
+
+def test_rewrite_model_works_without_torch():
+    code = """
+import sys
+import numpy as np
+from onnx import TensorProto, helper
+from dcn_onnxscript import rewrite_model
+node = helper.make_node("DeformConv", ["X", "W", "offset"], ["Y"], pads=[1, 1, 1, 1])
+graph = helper.make_graph([node], "g",
+    [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 2, 5, 5]),
+     helper.make_tensor_value_info("W", TensorProto.FLOAT, [3, 2, 3, 3]),
+     helper.make_tensor_value_info("offset", TensorProto.FLOAT, [1, 18, 5, 5])],
+    [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 3, 5, 5])])
+model = rewrite_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]))
+print({n.op_type for n in model.graph.node} >= {"GatherND", "MatMul"}, "torch" in sys.modules)
+"""
+    assert python(code) == "True False"
+
+
+@pytest.mark.parametrize("order", ["import torch.onnx; import dcn_onnxscript",
+                                   "import dcn_onnxscript; import torch.onnx",
+                                   "import dcn_onnxscript; import torch"])
+def test_registered_whichever_is_imported_first(order):
+    code = f"{order}\nimport torch.onnx\nfrom dcn_onnxscript.export import dynamo\nprint(dynamo.is_registered())"
+    assert python(code) == "True"
