@@ -12,7 +12,12 @@ import sys
 from typing import Optional, Sequence
 
 _TRIGGER = "torch.onnx"
+#: The modules that register; each ends with :func:`finish_deferred`.
+_REGISTERING = ("dcn_onnxscript.export.dynamo", "dcn_onnxscript.export.torchscript")
 _pending = False
+#: Set when torch.onnx finished loading while one of those modules was being imported (they import
+#: torch.onnx, or torchvision, which imports it): the last of them registers at its own end.
+_deferred = False
 
 
 def install() -> None:
@@ -32,11 +37,29 @@ def settle() -> None:
 
 
 def _register() -> None:
-    global _pending
+    global _pending, _deferred
     _pending = False
+    if _importing():
+        _deferred = True
+        return
     from dcn_onnxscript.export import dynamo
 
     dynamo.register()
+
+
+def _importing() -> bool:
+    """Whether a registering module is half imported (it has no ``register`` yet)."""
+    return any(name in sys.modules and not hasattr(sys.modules[name], "register") for name in _REGISTERING)
+
+
+def finish_deferred() -> None:
+    """Called at the end of each registering module: the registration that had to wait for them."""
+    global _deferred
+    if _deferred and not _importing():
+        _deferred = False
+        from dcn_onnxscript.export import dynamo
+
+        dynamo.register()
 
 
 class _Hook(importlib.abc.MetaPathFinder):

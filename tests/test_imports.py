@@ -41,7 +41,11 @@ print({n.op_type for n in model.graph.node} >= {"GatherND", "MatMul"}, "torch" i
 
 @pytest.mark.parametrize("order", ["import torch.onnx; import dcn_onnxscript",
                                    "import dcn_onnxscript; import torch.onnx",
-                                   "import dcn_onnxscript; import torch"])
+                                   "import dcn_onnxscript; import torch",
+                                   "import dcn_onnxscript; import torchvision",
+                                   "import dcn_onnxscript.export.dynamo",
+                                   "import dcn_onnxscript.export.torchscript",
+                                   "from dcn_onnxscript import translation_table"])
 def test_registered_whichever_is_imported_first(order):
     code = f"{order}\nimport torch.onnx\nfrom dcn_onnxscript.export import dynamo\nprint(dynamo.is_registered())"
     assert python(code) == "True"

@@ -18,14 +18,13 @@ import torchvision  # noqa: F401  (loads the torchvision::deform_conv2d operator
 from onnxscript import opset18
 from onnxscript.values import Opset, TracedOnnxFunction
 
+from dcn_onnxscript import _autoregister
 from dcn_onnxscript.export import _internals
 from dcn_onnxscript.lowering import opsets, table
 from dcn_onnxscript.lowering.emitter import Emitter
 from dcn_onnxscript.lowering.layer import Layer
 from dcn_onnxscript.lowering.validation import check_deform_conv2d_args, static_shape
 
-#: The opset torch.onnx's dynamo exporter builds at; it converts the model to the requested opset after.
-_BUILD_OPSET = 18
 _NATIVE = "native"
 #: The names :func:`register` and :func:`translation_table` accept: the lowerings of the table, and
 #: "native" (ONNX ``DeformConv``, torch's own translation, opset >= 19).
@@ -38,7 +37,7 @@ class TracerEmitter(Emitter):
     """Writes into the graph torch.onnx is building, through onnxscript's opset-18 ops."""
 
     def __init__(self) -> None:
-        super().__init__(_BUILD_OPSET)
+        super().__init__(opsets.BUILD_OPSET)
 
     def _node(self, op_type: str, inputs: list, attributes: dict[str, Any], num_outputs: int) -> list:
         outputs = getattr(opset18, op_type)(*inputs, **attributes)
@@ -146,3 +145,6 @@ def registered_impl() -> Optional[str]:
     """The impl :func:`register` installed, or ``None``."""
     current = _internals.current_translation()
     return next((name for name, t in _TRANSLATIONS.items() if t is current), None)
+
+
+_autoregister.finish_deferred()

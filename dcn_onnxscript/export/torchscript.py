@@ -14,6 +14,7 @@ import onnx
 import torch
 from torch.onnx import symbolic_helper
 
+from dcn_onnxscript import _autoregister
 from dcn_onnxscript.export import _internals
 from dcn_onnxscript.lowering import emitter, table
 from dcn_onnxscript.lowering.emitter import Emitter
@@ -81,3 +82,6 @@ def register() -> None:
 def unregister() -> None:
     """Undo :func:`register`."""
     torch.onnx.unregister_custom_op_symbolic(_internals.QUALIFIED_NAME, emitter.MIN_OPSET)
+
+
+_autoregister.finish_deferred()

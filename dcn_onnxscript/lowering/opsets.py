@@ -20,9 +20,12 @@ from typing import Callable
 
 import onnx_ir as ir
 
+from dcn_onnxscript.lowering import emitter, grid_sample
+
 #: The lowest opset a dynamo export can be converted to.
-MIN_OPSET = 12
-_BUILD_OPSET = 18
+MIN_OPSET = emitter.MIN_OPSET
+#: The opset torch.onnx's dynamo exporter builds at (it converts to the requested one afterwards).
+BUILD_OPSET = 18
 #: Nodes of this domain are kept from the converter and put into the default domain after it; the rewriter
 #: writes its nodes, already in the target opset's form, into it.
 HIDDEN_DOMAIN = "dcn_onnxscript.stable"
@@ -53,14 +56,15 @@ def is_stable(node: ir.Node, opset: int) -> bool:
 def convert_version(model: ir.Model, target_version: int, convert: Callable[[ir.Model, int], ir.Model]) -> ir.Model:
     """``convert(model, target_version)`` (the exporter's conversion), with the stable nodes hidden from it
     when ``target_version`` is below 18."""
-    if target_version >= _BUILD_OPSET and not any(n.domain == HIDDEN_DOMAIN for n in model.graph.all_nodes()):
+    if target_version >= BUILD_OPSET and not any(n.domain == HIDDEN_DOMAIN for n in model.graph.all_nodes()):
         return convert(model, target_version)
     if target_version < MIN_OPSET:
         raise ValueError(f"opset_version must be >= {MIN_OPSET} for deform_conv2d, got {target_version}")
     for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
-        if node.op_type == "GridSample" and target_version < 16:
-            raise ValueError(f"impl='grid_sample' writes ONNX GridSample, which needs opset_version >= 16, got "
-                             f"{target_version}; use impl='gather' below opset 16")
+        if node.op_type == "GridSample" and target_version < grid_sample.MIN_OPSET:
+            low = grid_sample.MIN_OPSET
+            raise ValueError(f"impl='grid_sample' writes ONNX GridSample, which needs opset_version >= {low}, got "
+                             f"{target_version}; use impl='gather' below opset {low}")
         if target_version < 15 and node.op_type == "Shape":
             _shape_then_slice(node)
         elif target_version < 13 and node.op_type == "ReduceSum" and _axes_to_attribute(node):

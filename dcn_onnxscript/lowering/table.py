@@ -26,9 +26,9 @@ LOWERINGS: dict[str, Lowering] = {
     lowering.name: lowering
     for lowering in (
         Lowering("gather", gather.deform_conv2d, emitter.MIN_OPSET,
-                 "index arithmetic + GatherND + MatMul; every runtime, opset >= 12"),
+                 "index arithmetic + GatherND + MatMul; every runtime"),
         Lowering("grid_sample", grid_sample.deform_conv2d, grid_sample.MIN_OPSET,
-                 "ONNX GridSample + MatMul; opset >= 16"),
+                 "ONNX GridSample + MatMul"),
     )
 }
 #: The lowering used unless another is asked for.

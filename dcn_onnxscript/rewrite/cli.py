@@ -63,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:  # RewriteError is a ValueError
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
+    if not result.counts:
+        print(f"nothing to rewrite: {args.input} holds no DeformConv or mmcv deformable convolution; wrote an "
+              f"unchanged copy (opset {_onnx_opset(result.model)}) -> {output}")
+        return 0
     print(f"{result.summary()} (impl {args.impl}, opset {_onnx_opset(result.model)}) -> {output}")
     return 0
 
@@ -122,6 +126,8 @@ def _staged(output: pathlib.Path, model: ir.Model, external_data: bool,
     """Write ``model`` (with its tensors in ``OUT.data`` when ``external_data``) into a temporary folder
     beside ``output``, yield the staged path, and move it into place only if the body succeeds."""
     output = output.absolute()
+    if not output.parent.is_dir():
+        raise RewriteError(f"{output.parent}: no such folder (for the output {output})")
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as folder:
         staged = pathlib.Path(folder) / output.name
         data = f"{output.name}.data" if external_data else None

@@ -54,6 +54,7 @@ import onnx_ir as ir
 from dcn_onnxscript.lowering import opsets, table
 from dcn_onnxscript.lowering.emitter import TapeEmitter
 from dcn_onnxscript.lowering.layer import Layer
+from dcn_onnxscript.lowering.script.protos import SCRIPT_OPSET
 from dcn_onnxscript.lowering.validation import check_deform_conv2d_args, static_shape
 from dcn_onnxscript.rewrite import script_calls
 
@@ -299,9 +300,9 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
         except ValueError as error:
             raise RewriteError(f"{_describe(node)}: {error}") from None
         layer = _layer(node, call)
-        if layer is None and opset < script_calls.SCRIPT_OPSET:
+        if layer is None and opset < SCRIPT_OPSET:
             raise RewriteError(f"{_describe(node)}: the weight's shape (O, C/group, kH, kW) is unknown; give it a "
-                               f"static shape or rewrite at opset >= {script_calls.SCRIPT_OPSET}")
+                               f"static shape or rewrite at opset >= {SCRIPT_OPSET}")
         calls.append((node, call, layer, opset))
     counts: collections.Counter = collections.Counter()
     step = max(1, len(calls) // 10)

@@ -9,20 +9,9 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import InlinePass
 
-from dcn_onnxscript.lowering.script import DOMAIN, function_protos, gather, grid_sample
+from dcn_onnxscript.lowering.script import DOMAIN, VARIANTS, function_protos
+from dcn_onnxscript.lowering.script.protos import SCRIPT_OPSET
 
-#: The ONNX opset the script functions are written at.
-SCRIPT_OPSET = 18
-
-#: lowering -> (bias, mask) -> public script function
-_FUNCTIONS = {
-    "gather": {(True, True): gather.deform_conv2d, (False, True): gather.deform_conv2d_no_bias,
-               (True, False): gather.deform_conv2d_no_mask, (False, False): gather.deform_conv2d_no_bias_no_mask},
-    "grid_sample": {(True, True): grid_sample.deform_conv2d_grid_sample,
-                    (False, True): grid_sample.deform_conv2d_grid_sample_no_bias,
-                    (True, False): grid_sample.deform_conv2d_grid_sample_no_mask,
-                    (False, False): grid_sample.deform_conv2d_grid_sample_no_bias_no_mask},
-}
 #: GridSample-20 renamed its interpolation modes; the script functions use GridSample-16's.
 _GRID_SAMPLE_20_MODES = {"bilinear": "linear", "bicubic": "cubic"}
 
@@ -30,7 +19,7 @@ _GRID_SAMPLE_20_MODES = {"bilinear": "linear", "bicubic": "cubic"}
 def call_node(node: ir.Node, call, impl: str) -> ir.Node:
     """A call of the script function for ``call`` (a :class:`~dcn_onnxscript.rewrite.rewriter.DeformConvCall`)
     in place of ``node``."""
-    function = _FUNCTIONS[impl][(call.B is not None, call.mask is not None)]
+    function = VARIANTS[impl][(call.B is not None, call.mask is not None)]
     inputs = [call.X, call.W, call.offset] + [v for v in (call.B, call.mask) if v is not None]
     attributes = [ir.AttrInt64s("strides", call.strides), ir.AttrInt64s("pads", call.pads),
                   ir.AttrInt64s("dilations", call.dilations), ir.AttrInt64("group", call.group),
@@ -42,7 +31,7 @@ def inline(model: ir.Model) -> None:
     """Add the called script functions to ``model``, inline every call, and remove them again."""
     called = {(n.domain, n.op_type) for graph in (model.graph, *(f.graph for f in model.functions.values()))
               for n in ir.traversal.RecursiveGraphIterator(graph) if n.domain == DOMAIN}
-    for variants in _FUNCTIONS.values():
+    for variants in VARIANTS.values():
         for function in variants.values():
             if (DOMAIN, function.name) in called:
                 (proto,) = function_protos(function)
@@ -56,7 +45,7 @@ def inline(model: ir.Model) -> None:
             function.opset_imports[DOMAIN] = 1
     before = {n for graph in _graphs(model) for n in ir.traversal.RecursiveGraphIterator(graph)}
     InlinePass(criteria=lambda function: function.domain == DOMAIN)(model)
-    version = model.opset_imports.get("", 18)
+    version = model.opset_imports.get("", SCRIPT_OPSET)
     for graph in _graphs(model):
         for node in ir.traversal.RecursiveGraphIterator(graph):
             if node not in before:

@@ -10,13 +10,21 @@ import collections
 import numpy as np
 import onnx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dcn_onnxscript.lowering import table
 from dcn_onnxscript.lowering.layer import Layer
-from helpers import HOSTILE, SweepCase, assert_close, lowering_model, run_onnxruntime, run_reference, sweep_layer, \
-    torchvision_reference
+from helpers import (
+    HOSTILE,
+    SweepCase,
+    assert_close,
+    lowering_model,
+    run_onnxruntime,
+    run_reference,
+    sweep_layer,
+    torchvision_reference,
+)
 
 #: Nodes one deformable layer may add (Constant nodes excluded: exporters and the rewriter keep constants
 #: as initializers).
@@ -37,10 +45,8 @@ def sweep_cases(draw) -> SweepCase:
         batch=draw(st.integers(1, 3)), channels=int(np.lcm(groups, offset_groups)) * draw(st.integers(1, 2)),
         out_channels=groups * draw(st.integers(1, 2)), height=height, width=width, kernel=kernel, stride=stride,
         padding=padding, dilation=dilation, groups=groups, offset_groups=offset_groups,
-        use_mask=draw(st.booleans()), use_bias=draw(st.booleans()), offset_scale=draw(st.sampled_from([0.5, 3.0, 40.0])))
-    pytest.importorskip("hypothesis")
-    from hypothesis import assume
-
+        use_mask=draw(st.booleans()), use_bias=draw(st.booleans()),
+        offset_scale=draw(st.sampled_from([0.5, 3.0, 40.0])))
     assume(min(case.output_size) >= 1)
     return case
 

@@ -13,21 +13,13 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.ops import op_grid_sample
 
 from dcn_onnxscript import DOMAIN, function_protos
-from dcn_onnxscript.lowering.script import gather, grid_sample
+from dcn_onnxscript.lowering.script import VARIANTS
 from helpers import HOSTILE, SweepCase, assert_close, attributes, random_case, run_onnxruntime, torchvision_reference
 
 SEED = 20261126
 CASES = 32
 RANKS = {"X": 4, "W": 4, "offset": 4, "B": 1, "mask": 4}
-#: lowering -> (bias, mask) -> public function
-FUNCTIONS = {
-    "gather": {(True, True): gather.deform_conv2d, (False, True): gather.deform_conv2d_no_bias,
-               (True, False): gather.deform_conv2d_no_mask, (False, False): gather.deform_conv2d_no_bias_no_mask},
-    "grid_sample": {(True, True): grid_sample.deform_conv2d_grid_sample,
-                    (False, True): grid_sample.deform_conv2d_grid_sample_no_bias,
-                    (True, False): grid_sample.deform_conv2d_grid_sample_no_mask,
-                    (False, False): grid_sample.deform_conv2d_grid_sample_no_bias_no_mask},
-}
+FUNCTIONS = VARIANTS
 SWEEP = [random_case(np.random.default_rng([SEED, i])) for i in range(CASES)]
 
 

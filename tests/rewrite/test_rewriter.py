@@ -456,3 +456,30 @@ def test_cli_in_place_overwrites_the_input(cli):
     assert "DeformConv" not in _all_op_types(rewritten)
     assert rewritten.opset_import[0].version == 19
     assert_close(_ort_outputs(rewritten, {**feeds, **weights})[0], expected, rtol=1e-5)
+
+
+def _main(*args) -> tuple[int, str, str]:
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["rewrite", *map(str, args)])
+    return code, stdout.getvalue(), stderr.getvalue()
+
+
+def test_cli_output_folder_that_does_not_exist_is_named_as_given(tmp_path):
+    model, _ = _random_case(6)
+    onnx.save(model, tmp_path / "in.onnx")
+    code, _, stderr = _main(tmp_path / "in.onnx", tmp_path / "no" / "such" / "dir" / "out.onnx")
+    assert code == 1
+    assert stderr == f"error: {tmp_path / 'no' / 'such' / 'dir'}: no such folder (for the output " \
+                     f"{tmp_path / 'no' / 'such' / 'dir' / 'out.onnx'})\n"
+
+
+def test_cli_model_with_nothing_to_rewrite_says_so(tmp_path):
+    graph = oh.make_graph([oh.make_node("Relu", ["x"], ["y"])], "g",
+                          [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)]), tmp_path / "relu.onnx")
+    code, stdout, _ = _main(tmp_path / "relu.onnx", tmp_path / "copy.onnx")
+    assert code == 0
+    assert stdout.startswith(f"nothing to rewrite: {tmp_path / 'relu.onnx'} holds no DeformConv")
+    assert (tmp_path / "copy.onnx").is_file()

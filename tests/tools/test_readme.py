@@ -1,7 +1,9 @@
-"""Every ```python block of README.md runs as written (each as a script of its own, in a temp folder)."""
+"""Every ```python block of README.md runs as written (each as a script of its own, in a temp folder), and
+what the README shows a command printing is what it prints."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import subprocess
@@ -9,8 +11,11 @@ import sys
 
 import pytest
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+README_PATH = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+README = README_PATH.read_text()
+BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+#: A number in a shown output, compared by order of magnitude (errors move with the machine's BLAS).
+NUMBER = re.compile(r"\d+\.\d+e[-+]\d+")
 
 
 def test_readme_has_python_examples() -> None:
@@ -24,3 +29,34 @@ def test_readme_example_runs(code: str, tmp_path) -> None:
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _shown_after(marker: str) -> str:
+    """The first ```text block after ``marker`` in the README."""
+    return re.search(r"```text\n(.*?)```", README[README.index(marker):], flags=re.DOTALL).group(1)
+
+
+def _same_output(shown: str, printed: str) -> None:
+    """Line by line equal, numbers like 1.3e-06 within a factor of 10."""
+    shown_lines, printed_lines = shown.strip().splitlines(), printed.strip().splitlines()
+    assert len(shown_lines) == len(printed_lines), printed
+    for want, got in zip(shown_lines, printed_lines):
+        assert NUMBER.sub("#", want) == NUMBER.sub("#", got), f"README shows {want!r}, the command prints {got!r}"
+        for a, b in zip(NUMBER.findall(want), NUMBER.findall(got)):
+            assert 0.1 <= float(a) / max(float(b), 1e-30) <= 10, (want, got)
+
+
+def test_readme_demo_output_is_what_demo_prints() -> None:
+    result = subprocess.run([sys.executable, "-m", "dcn_onnxscript", "demo"], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _same_output(_shown_after("`demo` exports"), result.stdout)
+
+
+def test_readme_rewrite_output_is_what_rewrite_prints(tmp_path) -> None:
+    script = re.search(r"```bash\n(# a model holding ONNX's native DeformConv.*?)```", README, flags=re.DOTALL)
+    path = f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # `python` is this one
+    result = subprocess.run(["bash", "-c", script.group(1)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "PATH": path})
+    assert result.returncode == 0, result.stderr[-3000:]
+    _same_output(_shown_after("# a model holding ONNX's native DeformConv"), result.stdout)

@@ -14,8 +14,8 @@ import onnx_ir as ir
 from onnx_ir.passes.common import InlinePass
 from onnxscript import OnnxFunction
 
-#: The ONNX opset the script functions are written against.
-_ONNX_OPSET = 18
+#: The ONNX opset the script functions are written against (``onnxscript.opset18``).
+SCRIPT_OPSET = 18
 
 
 def flatten(function: OnnxFunction) -> OnnxFunction:
@@ -32,7 +32,7 @@ def flatten(function: OnnxFunction) -> OnnxFunction:
         InlinePass(criteria=lambda f: f is not body)(holder)
     used = {node.domain for node in body.graph}
     body.opset_imports.clear()
-    body.opset_imports.update({domain: imports.get(domain, _ONNX_OPSET) for domain in used})
+    body.opset_imports.update({domain: imports.get(domain, SCRIPT_OPSET) for domain in used})
     for node in body.graph:
         node.meta.pop("callee", None)
     return function

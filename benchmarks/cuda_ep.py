@@ -1,0 +1,117 @@
+"""onnxruntime's CUDA execution provider: the portable lowerings against native DeformConv, float32 and
+float16, on the single layers L1–L3 of ``python -m dcn_onnxscript bench`` and the DCNv2 ResNet-50.
+
+Needs a CUDA GPU and onnxruntime-gpu; prints one table (median ms of ``--repeat`` runs after warm-up,
+I/O bound to the device so that copies are not timed, and the max |difference| from native). Run:
+
+    python benchmarks/cuda_ep.py [--repeat 50] [--layers L1 L2 L3] [--no-resnet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnxruntime
+import torch
+from torchvision.ops import DeformConv2d
+
+import dcn_onnxscript
+
+#: name -> (batch, channels, size): modulated 3x3 layers, padding 1, bias (as bench.py's).
+LAYERS = {"L1": (1, 64, 64), "L2": (4, 128, 64), "L3": (1, 256, 32)}
+IMPLS = ("gather", "grid_sample", "native")
+EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "dcn_resnet50.py"
+
+
+def layer_case(name: str, dtype: torch.dtype):
+    n, c, s = LAYERS[name]
+    torch.manual_seed(0)
+    model = DeformConv2d(c, c, 3, padding=1).eval().to(dtype)
+    args = (torch.randn(n, c, s, s), torch.randn(n, 18, s, s) * 2, torch.rand(n, 9, s, s))
+    return model, tuple(a.to(dtype) for a in args)
+
+
+def resnet_case(dtype: torch.dtype):
+    spec = importlib.util.spec_from_file_location("dcn_resnet50", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = module.build_model().eval().to(dtype)
+    return model, (torch.randn(1, 3, 224, 224).to(dtype),)
+
+
+def export(model, args, impl: str, path: pathlib.Path) -> None:
+    opset = 19 if impl == "native" else 18
+    torch.onnx.export(model, args, str(path), dynamo=True, opset_version=opset, verbose=False,
+                      custom_translation_table=dcn_onnxscript.translation_table(impl))
+
+
+def time_session(path: pathlib.Path, feeds: dict, repeat: int, provider: str):
+    session = onnxruntime.InferenceSession(str(path), providers=[provider])
+    assert session.get_providers()[0] == provider, session.get_providers()
+    device = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_ortvalue_input(name, onnxruntime.OrtValue.ortvalue_from_numpy(value, device, 0))
+    binding.bind_output(session.get_outputs()[0].name, device)
+    for _ in range(5):
+        session.run_with_iobinding(binding)
+    times = []
+    for _ in range(repeat):
+        binding.synchronize_inputs()
+        start = time.perf_counter()
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3, binding.copy_outputs_to_cpu()[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--layers", nargs="*", default=list(LAYERS))
+    parser.add_argument("--no-resnet", action="store_true")
+    parser.add_argument("--provider", default="CUDAExecutionProvider", help="(CPUExecutionProvider: a dry run)")
+    args = parser.parse_args()
+    if hasattr(onnxruntime, "preload_dlls"):
+        onnxruntime.preload_dlls()  # the CUDA/cuDNN libraries of the nvidia-* wheels torch brought
+    print(f"onnxruntime {onnxruntime.__version__}, providers {onnxruntime.get_available_providers()}, "
+          f"torch {torch.__version__}, GPU {torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-'}")
+    cases = [(name, dtype) for name in args.layers for dtype in (torch.float32, torch.float16)]
+    if not args.no_resnet:
+        cases += [("resnet50", torch.float32), ("resnet50", torch.float16)]
+    print(f"{'case':10} {'dtype':8} {'impl':12} {'ms':>9} {'x native':>9} {'max|diff|':>10}")
+    with tempfile.TemporaryDirectory() as folder:
+        for name, dtype in cases:
+            model, inputs = resnet_case(dtype) if name == "resnet50" else layer_case(name, dtype)
+            results = {}
+            for impl in IMPLS:
+                path = pathlib.Path(folder) / f"{name}_{impl}_{dtype}.onnx"
+                try:
+                    export(model, inputs, impl, path)
+                    names = [i.name for i in onnxruntime.InferenceSession(str(path)).get_inputs()]
+                    results[impl] = time_session(path, {n: a.numpy() for n, a in zip(names, inputs)},
+                                                 args.repeat, args.provider)
+                except Exception as error:  # noqa: BLE001  (report and go on)
+                    results[impl] = (float("nan"), None)
+                    print(f"{name:10} {str(dtype)[6:]:8} {impl:12} failed: {str(error).splitlines()[0][:120]}")
+            native_ms, native_out = results["native"]
+            for impl, (ms, out) in results.items():
+                if out is None:
+                    continue
+                diff = float(np.abs(out.astype(np.float64) - native_out.astype(np.float64)).max()) \
+                    if native_out is not None else float("nan")
+                print(f"{name:10} {str(dtype)[6:]:8} {impl:12} {ms:9.3f} {ms / native_ms:9.2f} {diff:10.2e}",
+                      flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
