@@ -5,9 +5,10 @@
 Steps, one function each: the gather table (X channels last), the sample positions p = p_0 + p_k + Δp_k,
 their neighbours along each axis, clamped into the image, the four neighbours' table indices and bilinear
 weights (zero outside the image, times Δm_k), the gather and blend of the neighbours into im2col columns,
-and the grouped matmul with the weights. Only standard ops whose form is the same from opset 12 on (plus
-``ReduceSum``, which the emitter writes in its opset's form, and no ``Pad``, which ONNX's version
-converter cannot take below opset 18): under 60 nodes per layer, whatever the static or dynamic sizes.
+and the grouped matmul with the weights. Only standard ops whose form is the same from opset 12 on (no
+``Pad``, which ONNX's version converter cannot take below opset 18): under 60 nodes per layer, whatever the
+static or dynamic sizes. The four neighbours are blended by one batched (1 x 4)·(4 x Cs) ``MatMul``, which
+writes the columns once (a ``Mul`` + ``ReduceSum`` blend would hold four times the columns twice).
 
 Why it is safe for every input: positions are clamped to [-1, size] in floating point (NaN and ±Inf
 included), and the neighbours' indices once more into the image by integer ops, so no value of the
@@ -16,7 +17,7 @@ bounds; a neighbour the integer clamp moved gets weight zero.
 
 Notation: N batch, C/O channels in/out, K = kH·kW taps, G offset groups, R conv groups, S = lcm(G, R)
 channel slices of Cs = C/S channels, J = S/R slices per conv group, P = Ho·Wo output positions. Per-sample
-tensors share the *sample layout* (N, c, P, K·S, 1) for R = 1, or (N, c, R, P, K·J, 1), with c = 2 for
+tensors share the *sample layout* (N, P, K·S, c, 1) for R = 1, or (N, R, P, K·J, c, 1), with c = 2 for
 (y, x), 4 for the neighbours and 1 for the mask; the column order is tap-major (k·J + j).
 """
 
@@ -34,40 +35,40 @@ Value = Any
 
 
 def _sample_axes(layer: Layer) -> list[int]:
-    """The sample layout's axes after (N, c) with -1 for P: [P, K·S] or [R, P, K·J]."""
+    """The sample layout's axes between N and c, with -1 for P: [P, K·S] or [R, P, K·J]."""
     R, J = layer.groups, layer.slices // layer.groups
     return [-1, layer.taps * J] if R == 1 else [R, -1, layer.taps * J]
 
 
 def _broadcast_shape(layer: Layer, c: int, axes: Optional[list[int]] = None) -> np.ndarray:
-    """A shape (1, c, 1…, 1) of the sample layout's rank, with ``axes`` (default all 1) after c."""
+    """A shape (1, 1…, c, 1) of the sample layout's rank, with ``axes`` (default all 1) before c."""
     axes = axes if axes is not None else [1] * len(_sample_axes(layer))
-    return np.array([1, c, *axes, 1])
+    return np.array([1, *axes, c, 1])
 
 
 def sample_layout(op: Emitter, layer: Layer, t: Value, per_tap: int) -> Value:
     """``t`` (N, G·K·per_tap, Ho, Wo), channels ordered (g, k, per_tap) like offset and mask, in the sample
-    layout (N, per_tap, …, 1); a slice's values are those of its offset group."""
+    layout (N, …, per_tap, 1); a slice's values are those of its offset group."""
     G, K, R, S = layer.offset_groups, layer.taps, layer.groups, layer.slices
     if S == 1:
         t = op.Reshape(t, np.array([0, K, per_tap, -1, 1]))  # (N, K, c, P, 1)
-        return op.Transpose(t, perm=[0, 2, 3, 1, 4])  # (N, c, P, K, 1)
+        return op.Transpose(t, perm=[0, 3, 1, 2, 4])  # (N, P, K, c, 1)
     t = op.Reshape(t, np.array([0, G, K, per_tap, -1]))  # (N, G, K, c, P)
     if S != G:
         t = op.Gather(t, np.arange(S, dtype=np.int64) // (S // G), axis=1)  # (N, S, K, c, P)
     if R == 1:
-        t = op.Transpose(t, perm=[0, 3, 4, 2, 1])  # (N, c, P, K, S)
+        t = op.Transpose(t, perm=[0, 4, 2, 1, 3])  # (N, P, K, S, c)
     else:
         t = op.Reshape(t, np.array([0, R, S // R, K, per_tap, -1]))  # (N, R, J, K, c, P)
-        t = op.Transpose(t, perm=[0, 4, 1, 5, 3, 2])  # (N, c, R, P, K, J)
-    return op.Reshape(t, np.array([0, per_tap, *_sample_axes(layer), 1]))
+        t = op.Transpose(t, perm=[0, 1, 5, 3, 2, 4])  # (N, R, P, K, J, c)
+    return op.Reshape(t, np.array([0, *_sample_axes(layer), per_tap, 1]))
 
 
 def positions(op: Emitter, layer: Layer, offset: Value, Ho_Wo: Value) -> Value:
-    """p = p_0 + p_k + Δp_k in the sample layout (N, 2, …, 1) of the coordinate type, (y, x) on axis 1."""
+    """p = p_0 + p_k + Δp_k in the sample layout (N, …, 2, 1) of the coordinate type, (y, x) on axis -2."""
     J = layer.slices // layer.groups
-    p0 = sampling.output_grid(op, layer, Ho_Wo, _broadcast_shape(layer, 1, _p_axes(layer)), axis=1)
-    pk = np.repeat(sampling.first_tap(layer, shift=0.0), J, axis=1)  # (2, K·J), tap-major
+    p0 = sampling.output_grid(op, layer, Ho_Wo, _broadcast_shape(layer, 1, _p_axes(layer)), axis=-2)
+    pk = np.repeat(sampling.first_tap(layer, shift=0.0), J, axis=1).T  # (K·J, 2), tap-major
     base = op.Add(p0, pk.reshape(_broadcast_shape(layer, 2, _k_axes(layer))))
     return op.Add(sampling.as_coordinates(op, layer, sample_layout(op, layer, offset, 2)), base)
 
@@ -98,21 +99,21 @@ _FAR = 2.0**24
 def neighbours(op: Emitter, layer: Layer, p: Value):
     """The neighbours of every sample along each axis, and how far the sample lies past the first.
 
-    ``p`` (N, 2, …, 1). A sample at or below -1 along an axis (NaN and -Inf included) is moved to -1, one
+    ``p`` (N, …, 2, 1). A sample at or below -1 along an axis (NaN and -Inf included) is moved to -1, one
     beyond +2^24 to 2^24: there neither neighbour is in the image. Returns ``(low_high, frac)``: INT64
-    (N, 4, …, 1), the (y, x) of the low neighbours then of the high ones (low + 1), and frac = p - low
-    (N, 2, …, 1) in [0, 1] of the coordinate type.
+    (N, …, 4, 1), the (y, x) of the low neighbours then of the high ones (low + 1), and frac = p - low
+    (N, …, 2, 1) in [0, 1] of the coordinate type.
     """
     minus_one = layer.coordinates(-1)
     p = op.Where(op.Greater(p, minus_one), op.Min(p, layer.coordinates(_FAR)), minus_one)
     low = op.Floor(p)
     frac = op.Sub(p, low)
     low = op.Cast(low, to=7)  # 7: INT64
-    return op.Concat(low, op.Add(low, np.array(1, dtype=np.int64)), axis=1), frac
+    return op.Concat(low, op.Add(low, np.array(1, dtype=np.int64)), axis=-2), frac
 
 
 def in_image(op: Emitter, low_high: Value, last: Value):
-    """``low_high`` (N, 4, …, 1) clamped into the image (``last`` from :func:`last_pixel`) by integer ops, so
+    """``low_high`` (N, …, 4, 1) clamped into the image (``last`` from :func:`last_pixel`) by integer ops, so
     that no gather index can be out of bounds whatever the float math before did, and whether each
     coordinate was inside already (BOOL): a neighbour outside the image counts zero."""
     clamped = op.Min(op.Max(low_high, np.array(0, dtype=np.int64)), last)
@@ -126,11 +127,11 @@ _CORNER_Y, _CORNER_X = np.array([0, 0, 2, 2]), np.array([1, 3, 1, 3])
 
 def corner_indices(op: Emitter, layer: Layer, clamped: Value) -> Value:
     """``GatherND`` indices of the four neighbours into the gather table of :func:`gather_table`: INT64
-    (N, 4, …, 3), the triples (n, y, x·S + s) for image n and slice s. (The image index is part of the
+    (N, …, 4, 3), the triples (n, y, x·S + s) for image n and slice s. (The image index is part of the
     index, not ``batch_dims``: MNN's GatherND gets batch_dims=1 wrong for more than one image. It is
     counted along the batch axis, not from the shape: tract cannot match a length read from a shape with
     the batch dimension.)"""
-    y, x = op.Gather(clamped, _CORNER_Y, axis=1), op.Gather(clamped, _CORNER_X, axis=1)
+    y, x = op.Gather(clamped, _CORNER_Y, axis=-2), op.Gather(clamped, _CORNER_X, axis=-2)
     ones = op.Cast(op.Equal(y, y), to=11)  # 11: DOUBLE (tract cannot sum its symbolic integers)
     image = op.Cast(op.CumSum(ones, np.array(0), exclusive=1), to=7)  # 0, 1, … along the batch axis
     S = layer.slices
@@ -154,10 +155,10 @@ def _slice_axes(layer: Layer) -> list[int]:
 
 def corner_weights(op: Emitter, layer: Layer, frac: Value, inside: Value, mask: Optional[Value]) -> Value:
     """Bilinear weights of the four neighbours, zero for a neighbour outside the image (``inside``
-    (N, 4, …, 1) from :func:`in_image`), times Δm_k: (N, 4, …, 1) in the layer's dtype."""
-    halves = op.Concat(op.Sub(layer.coordinates(1), frac), frac, axis=1)  # 1-fy, 1-fx, fy, fx
+    (N, …, 4, 1) from :func:`in_image`), times Δm_k: (N, …, 4, 1) in the layer's dtype."""
+    halves = op.Concat(op.Sub(layer.coordinates(1), frac), frac, axis=-2)  # 1-fy, 1-fx, fy, fx
     halves = op.Where(inside, halves, layer.coordinates(0))
-    weights = op.Mul(op.Gather(halves, _CORNER_Y, axis=1), op.Gather(halves, _CORNER_X, axis=1))
+    weights = op.Mul(op.Gather(halves, _CORNER_Y, axis=-2), op.Gather(halves, _CORNER_X, axis=-2))
     if layer.coordinate_dtype != layer.dtype:
         weights = op.Cast(weights, to=layer.dtype)
     return weights if mask is None else op.Mul(weights, sample_layout(op, layer, mask, 1))
@@ -174,8 +175,9 @@ def gather_table(op: Emitter, layer: Layer, X: Value) -> Value:
 
 def columns(op: Emitter, layer: Layer, table: Value, indices: Value, weights: Value) -> Value:
     """The sampled im2col columns Σ_corners weight · x(corner): (N, P, K·S·Cs) or (N, R, P, K·J·Cs)."""
-    neighbours = op.GatherND(table, indices)  # (N, 4, …, Cs)
-    blended = op.ReduceSum(op.Mul(neighbours, weights), axes=[1], keepdims=0)  # (N, …, Cs)
+    neighbours = op.GatherND(table, indices)  # (N, …, 4, Cs)
+    rows = op.Reshape(weights, np.array([0, *_sample_axes(layer), 1, 4]))  # (N, …, 1, 4)
+    blended = op.MatMul(rows, neighbours)  # (N, …, 1, Cs): one (1 x 4)·(4 x Cs) product per sample
     return op.Reshape(blended, np.array([0] * len(_sample_axes(layer)) + [-1]))
 
 
