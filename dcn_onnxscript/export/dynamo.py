@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 import torchvision  # noqa: F401  (loads the torchvision::deform_conv2d operator)
-from onnxscript import opset18
+from onnxscript import opset18, version_converter
 from onnxscript.values import Opset, TracedOnnxFunction
 
 from dcn_onnxscript import _autoregister
@@ -103,6 +103,20 @@ _TRANSLATIONS = {name: _portable_translation(name) for name in table.LOWERINGS}
 _TRANSLATIONS[_NATIVE] = TracedOnnxFunction(_DOMAIN, _native_translation)
 
 
+def _convert_version(model: ir.Model, target_version: int, original: Callable) -> ir.Model:
+    """The exporter's conversion of ``model`` to ``target_version`` through :mod:`dcn_onnxscript.lowering.opsets`,
+    with onnxscript's public converter (ONNX's C++ one as the fallback): torch 2.6–2.8's own step refuses
+    every opset below 18."""
+    if target_version >= opsets.BUILD_OPSET:
+        return original(model, target_version)
+
+    def convert(m: ir.Model, target: int) -> ir.Model:
+        version_converter.convert_version(m, target, fallback=True)
+        return m
+
+    return opsets.convert_version(model, target_version, convert)
+
+
 def _translation(impl: str) -> TracedOnnxFunction:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -122,7 +136,7 @@ def register(impl: str = table.DEFAULT) -> None:
     from dcn_onnxscript.export import torchscript
 
     _internals.set_translation(_translation(impl))
-    _internals.wrap_convert_version(opsets.convert_version)
+    _internals.wrap_convert_version(_convert_version)
     torchscript.register()
 
 
