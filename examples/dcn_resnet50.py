@@ -10,8 +10,8 @@ small random initialisation so that the sampling really deforms (the paper uses 
     python examples/dcn_resnet50.py --native           # the same with native DeformConv (opset 19)
     python examples/dcn_resnet50.py --impl grid_sample # another lowering of dcn_onnxscript
 
-Progress goes to stderr (the export takes a minute or more on a small machine, most of it in torch.onnx's
-optimizer pass), the results to stdout.
+Progress goes to stderr (the export takes several seconds to a minute, in torch.export, decompositions and
+torch.onnx's optimizer pass; each phase is printed as it starts and ends), the results to stdout.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with contextlib.ExitStack() as stack:
         path = args.output or pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory())) / "dcn_resnet50.onnx"
         progress(f"exporting with impl={impl} at 1x3x{args.image_size}x{args.image_size} to {path}; torch.onnx's "
-                 f"phases follow (the optimizer pass is the long one)")
+                 f"phases follow")
         with contextlib.redirect_stdout(progress):
             seconds = export(model, path, args.image_size, impl=impl, verbose=True)
         progress(f"exported in {seconds:.1f} s; checking on onnxruntime at {'x'.join(map(str, args.check_shape))} "

@@ -9,12 +9,20 @@ first use instead of exporting something else. ``tests/export/test_internals.py`
   it at every export, so swapping the entry's overloads is how a translation is registered globally;
 - the opset of the graph the exporter is building (``evaluator.default().opset``), for refusing
   ``impl="native"`` below opset 19;
-- ``torch.onnx.symbolic_helper._get_tensor_sizes``, the static sizes of a TorchScript value.
+- ``torch.onnx.symbolic_helper._get_tensor_sizes``, the static sizes of a TorchScript value;
+- torch's TorchScript ``_type_utils`` under its old name ``torch.onnx._type_utils`` (for the bench's
+  deform_conv2d_onnx_exporter 1.2.0, which imports it from there);
+- ``torch.onnx._internal._lazy_import.onnxscript_apis.convert_version``, the dynamo exporter's opset
+  conversion step.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import contextlib
+import importlib
+import importlib.util
+import sys
+from typing import Any, Callable, Iterator, Optional
 
 QUALIFIED_NAME = "torchvision::deform_conv2d"
 
@@ -147,3 +155,21 @@ def _onnxscript_apis():
     if not callable(getattr(onnxscript_apis, "convert_version", None)):
         raise _missing("torch.onnx._internal._lazy_import.onnxscript_apis.convert_version")
     return onnxscript_apis
+
+
+@contextlib.contextmanager
+def legacy_type_utils() -> Iterator[None]:
+    """While the block runs, ``torch.onnx._type_utils`` names torch's TorchScript ``_type_utils`` (torch
+    2.9 moved it), unless it exists already."""
+    alias, home = "torch.onnx._type_utils", "torch.onnx._internal.torchscript_exporter._type_utils"
+    if importlib.util.find_spec(alias) is not None:
+        yield
+        return
+    try:
+        sys.modules[alias] = importlib.import_module(home)
+    except ImportError:
+        raise _missing(home) from None
+    try:
+        yield
+    finally:
+        del sys.modules[alias]

@@ -64,6 +64,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torchvision.ops import DeformConv2d
 
 import dcn_onnxscript
+from dcn_onnxscript.export import _internals
 from dcn_onnxscript.lowering.table import DEFAULT, LOWERINGS
 
 #: Model kinds besides the lowerings (named as in LOWERINGS): native DeformConv, the
@@ -71,8 +72,6 @@ from dcn_onnxscript.lowering.table import DEFAULT, LOWERINGS
 NATIVE, DCOE, EAGER, GEMM = "native", "deform_conv2d_onnx_exporter", "eager", "gemm floor"
 #: The ONNX models of every case, in round order.
 ONNX_KINDS = (*LOWERINGS, NATIVE, DCOE)
-#: The version of deform_conv2d_onnx_exporter this bench was written against.
-DCOE_VERSION = "1.2.0"
 #: The other runtimes of the network case.
 OPENVINO, TRACT = "openvino", "tract"
 #: What ``--skip`` can leave out.
@@ -260,21 +259,16 @@ def _import_dcoe() -> ModuleType:
     torch's scalar types. The old name is aliased while it imports (and only then)."""
     if importlib.util.find_spec("deform_conv2d_onnx_exporter") is None:
         raise Unavailable("not installed")
-    alias = "torch.onnx._type_utils"
-    added = False
-    if importlib.util.find_spec(alias) is None:
-        sys.modules[alias] = importlib.import_module("torch.onnx._internal.torchscript_exporter._type_utils")
-        added = True
-    try:
+    with _internals.legacy_type_utils():
         return importlib.import_module("deform_conv2d_onnx_exporter")
-    finally:
-        if added:
-            del sys.modules[alias]
 
 
 def _stub_symbolic(g, input, weight, offset, mask, bias, *args):
     """One node in place of deform_conv2d (counting only: the network's nodes outside its layers)."""
-    return g.op("bench::DeformConv2d", input, weight, offset, mask, bias)
+    output = g.op("bench::DeformConv2d", input, weight, offset, mask, bias)
+    n, _, height, width = offset.type().sizes()
+    output.setType(offset.type().with_sizes([n, weight.type().sizes()[0], height, width]))
+    return output
 
 
 def _export_torchscript(module: torch.nn.Module, inputs: tuple, path: pathlib.Path, stub: bool = False) -> float:
@@ -369,7 +363,7 @@ def network_case(workdir: pathlib.Path, args: argparse.Namespace) -> Case:
             baselines[kind] = count_nodes(stub)
         else:
             with _phase(f"{NETWORK}: exporting {kind} (dynamo, dynamic batch/height/width; "
-                        f"torch.onnx's phases follow, the optimizer pass is the long one)"):
+                        f"torch.onnx's phases follow)"):
                 if not _try(case, kind, lambda: example.export(module, path, size, impl=kind, verbose=True)):
                     continue
         case.nodes[kind] = (NAN, count_nodes(path))
@@ -414,9 +408,17 @@ def eager_runner(module: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> Cal
 
 
 def runners(case: Case, threads: int) -> dict[str, Callable[[], np.ndarray]]:
-    """Kind -> closure, in the order of the rounds."""
-    result = {kind: onnx_runner(case.onnx_paths[kind], case.inputs, threads)
-              for kind in ONNX_KINDS if kind in case.onnx_paths}
+    """Kind -> closure, in the order of the rounds; an ONNX model onnxruntime refuses moves to
+    ``case.failures``."""
+    result = {}
+    for kind in [k for k in ONNX_KINDS if k in case.onnx_paths]:
+        try:
+            result[kind] = onnx_runner(case.onnx_paths[kind], case.inputs, threads)
+            result[kind]()
+        except Exception as error:  # noqa: BLE001  (reported in the model's row)
+            result.pop(kind, None)
+            case.failures[kind] = f"onnxruntime: {type(error).__name__}: {' '.join(str(error).split())}"[:160]
+            progress(f"{case.name}: {kind}: {case.failures[kind]}")
     result[EAGER] = eager_runner(case.module, case.inputs)
     if GEMM in case.onnx_paths:
         result[GEMM] = onnx_runner(case.onnx_paths[GEMM], case.gemm_inputs, threads)
@@ -522,13 +524,13 @@ def fresh_process_figures(case: Case, kind: str, workdir: pathlib.Path, args: ar
 def measure(case: Case, workdir: pathlib.Path, args: argparse.Namespace) -> list[Result]:
     """Every row of ``case``: nodes, export and session seconds, latency, peak memory, max error."""
     np.savez(workdir / f"{case.name}_inputs.npz", *[t.numpy() for t in case.inputs])
+    run = runners(case, args.threads)
     fresh: dict[str, dict[str, float]] = {}
-    for kind in [*(k for k in ONNX_KINDS if k in case.onnx_paths), *([] if args.no_memory else [EAGER])]:
+    for kind in [*(k for k in ONNX_KINDS if k in run), *([] if args.no_memory else [EAGER])]:
         what = "peak memory" if kind == EAGER else "session time" + ("" if args.no_memory else " and peak memory")
         progress(f"{case.name}: {kind}: {what} in a fresh process")
         fresh[kind] = fresh_process_figures(case, kind, workdir, args)
     progress(f"{case.name}: latency, {args.repeat} interleaved rounds after 2 warm-up rounds")
-    run = runners(case, args.threads)
     errors = max_errors(run, run[EAGER]())
     medians = interleaved_medians(run, args.repeat)
     del run
@@ -569,11 +571,10 @@ def _openvino_runner(path: pathlib.Path, x: np.ndarray, threads: int) -> tuple[C
 def _tract_runner(path: pathlib.Path, x: np.ndarray, threads: int) -> tuple[Callable[[], np.ndarray], str]:
     import tract
 
-    inference_model = tract.onnx().load(str(path))
-    dynamic = "?" in str(inference_model.input_fact(0)) or any(
-        not part.isdigit() for part in str(inference_model.input_fact(0)).split(",")[:-1])
+    inference_model = tract.onnx().load(str(path))  # as it is: no input facts set
+    dims = str(inference_model.input_fact(0)).split(",")[:-1]  # e.g. "batch,3,height,width,F32"
     runnable = inference_model.into_model().into_runnable()
-    return (lambda: runnable.run([x])[0].to_numpy()), "symbolic" if dynamic else "static"
+    return (lambda: runnable.run([x])[0].to_numpy()), "static" if all(map(str.isdigit, dims)) else "symbolic"
 
 
 _RUNTIMES = {OPENVINO: ("openvino", _openvino_runner), TRACT: ("tract", _tract_runner)}
@@ -700,9 +701,11 @@ def plot(results: Sequence[Result], path: pathlib.Path) -> None:
     kinds = list(dict.fromkeys(r.model for r in results))
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / len(kinds)
-    for axis, field, label in ((axes[0], "latency_ms", "median latency (ms)"), (axes[1], "peak_mb", "peak memory (MB)")):
+    panels = ((axes[0], "latency_ms", "median latency (ms)"), (axes[1], "peak_mb", "peak memory (MB)"))
+    for axis, field, label in panels:
         for i, kind in enumerate(kinds):
-            values = [next((getattr(r, field) for r in results if r.case == c and r.model == kind), np.nan) for c in cases]
+            values = [next((getattr(r, field) for r in results if r.case == c and r.model == kind), np.nan)
+                      for c in cases]
             axis.bar(np.arange(len(cases)) + i * width, values, width, label=kind)
         axis.set_xticks(np.arange(len(cases)) + width * (len(kinds) - 1) / 2, cases)
         axis.set_yscale("log")
@@ -763,7 +766,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace, workdir: pathlib.Path) -> int:
-    start = time.perf_counter()
+    start, load_before = time.perf_counter(), os.getloadavg()[0]
     results: list[Result] = []
     runtime_results: list[RuntimeResult] = []
     floors: list[str] = []
@@ -775,7 +778,7 @@ def _bench(args: argparse.Namespace, workdir: pathlib.Path) -> int:
         if name == NETWORK:
             runtime_results = other_runtimes(case, args)
         progress(f"{name}: done")
-    wall_s = time.perf_counter() - start
+    wall_s, load_after = time.perf_counter() - start, os.getloadavg()[0]
     versions = _versions()
     print(f"\n{', '.join(f'{k} {v}' for k, v in versions.items())}; {args.threads} threads, median of "
           f"{args.repeat} interleaved rounds; default lowering {DEFAULT}\n")
@@ -789,13 +792,15 @@ def _bench(args: argparse.Namespace, workdir: pathlib.Path) -> int:
         print(f"\n{NETWORK} nodes/layer = (nodes - nodes of the same export with one node per deformable layer "
               f"+ {NETWORK_LAYERS}) / {NETWORK_LAYERS}; Constant nodes not counted; dynamo exports dynamic "
               f"(batch, height, width), {DCOE} static")
-    print(f"\nbench wall time {wall_s:.0f} s")
+    print(f"\nbench wall time {wall_s:.0f} s; 1-min load average {load_before:.2f} at the start, {load_after:.2f} "
+          f"at the end on {os.cpu_count()} cores (other busy processes distort the timings, torch eager's most)")
     if args.plot:
         plot(results, args.plot)
         print(f"chart: {args.plot}")
     if args.json:
         document = {"versions": versions, "threads": args.threads, "repeat": args.repeat,
                     "image_size": args.image_size, "wall_s": wall_s,
+                    "load_average": [load_before, load_after],
                     "results": [dataclasses.asdict(r) for r in results],
                     "runtimes": [dataclasses.asdict(r) for r in runtime_results], "floors": floors}
         args.json.write_text(json.dumps(_jsonable(document), indent=1) + "\n")

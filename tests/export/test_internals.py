@@ -99,3 +99,14 @@ def test_no_other_module_touches_private_internals():
     offenders = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                  if p.name != "_internals.py" and pattern.search(p.read_text())]
     assert offenders == []
+
+
+def test_legacy_type_utils_names_the_moved_module_only_inside_the_block():
+    import importlib
+    import sys
+
+    with _internals.legacy_type_utils():
+        module = importlib.import_module("torch.onnx._type_utils")
+        assert hasattr(module, "JitScalarType")
+    if "torch.onnx._type_utils" in sys.modules:  # a torch that still has it under the old name
+        assert importlib.util.find_spec("torch.onnx._type_utils") is not None

@@ -1,33 +1,68 @@
-"""``python -m dcn_onnxscript bench`` (dcn_onnxscript.bench), smoke-run on the tiny layer; no timing is
-asserted, only that every model runs, agrees with eager and lands in the table and the chart."""
+"""``python -m dcn_onnxscript bench`` (dcn_onnxscript.tools.bench), smoke-run on the tiny layer without
+deform_conv2d_onnx_exporter, the network and the other runtimes. A benchmark prints figures: no timing is
+asserted, only that every model runs, agrees with eager and lands in the table, the JSON and the chart."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import math
+import os
+import pathlib
 import subprocess
 import sys
 
-COLUMNS = ["case", "model", "median ms", "x native", "peak MB", "x native", "max abs err vs eager"]
-MODELS = ["portable", "grid_sample", "native", "eager", "gemm floor"]
+from dcn_onnxscript.lowering.table import LOWERINGS
+
+COLUMNS = ["case", "model", "nodes/layer", "nodes", "export s", "session s", "median ms", "x native", "peak MB",
+           "x native", "max abs err vs eager"]
+ONNX_MODELS = [*LOWERINGS, "native"]
+MODELS = [*ONNX_MODELS, "eager", "gemm floor"]
 
 
-def test_bench_prints_a_row_per_model_and_writes_the_chart(tmp_path) -> None:
-    chart = tmp_path / "bench.png"
+def cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def test_bench_prints_a_row_per_model_and_writes_the_json_and_the_chart(tmp_path) -> None:
+    chart, dump, temp = tmp_path / "bench.png", tmp_path / "bench.json", tmp_path / "tmp"
+    temp.mkdir()
     result = subprocess.run(
         [sys.executable, "-m", "dcn_onnxscript", "bench", "--layers", "tiny", "--repeat", "1", "--threads", "1",
-         "--workdir", str(tmp_path), "--plot", str(chart)],
-        capture_output=True, text=True, timeout=300,
+         "--skip", "deform_conv2d_onnx_exporter", "openvino", "tract", "--plot", str(chart), "--json", str(dump)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(temp)},
     )
     assert result.returncode == 0, result.stderr
     table = [line for line in result.stdout.splitlines() if line.startswith("|")]
-    assert [cell.strip() for cell in table[0].strip("|").split("|")] == COLUMNS
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
-    assert [row[:2] for row in rows] == [["tiny", model] for model in MODELS]
-    for row in rows:
-        assert float(row[2]) > 0
-    native = rows[MODELS.index("native")]
-    assert float(native[3]) == 1.0 and float(native[5]) == 1.0
-    for row in rows[:4]:  # the four deformable models: measured memory, same output as eager
-        assert float(row[4]) > 0
-        assert float(row[6]) < 1e-4
+    assert cells(table[0]) == COLUMNS
+    rows = {cells(line)[1]: cells(line) for line in table[2:]}
+    assert list(rows) == MODELS and all(row[0] == "tiny" for row in rows.values())
+    numbers = {model: [float(cell) if cell != "-" else None for cell in row[2:]] for model, row in rows.items()}
+    for model, (per_layer, nodes, export_s, session_s, ms, x_ms, mb, x_mb, error) in numbers.items():
+        assert math.isfinite(ms) and ms > 0 and math.isfinite(x_ms)
+        if model in ONNX_MODELS:
+            assert per_layer == nodes and nodes >= 1 and export_s > 0 and session_s > 0
+        if model != "gemm floor":
+            assert math.isfinite(mb) and mb > 0 and math.isfinite(x_mb)
+            assert error < 1e-4
+    assert numbers["native"][1] == 1 and numbers["native"][5] == 1.0 and numbers["native"][7] == 1.0
     assert "floor" in result.stdout and "GFLOP/s" in result.stdout
+    assert "tiny: exporting" in result.stderr and "latency" in result.stderr  # progress
     assert chart.stat().st_size > 0
+    document = json.loads(dump.read_text())
+    assert [r["model"] for r in document["results"]] == MODELS and document["runtimes"] == []
+    # the models' temporary directory is gone (torch keeps its compile cache torchinductor_<user> there on purpose)
+    assert [p.name for p in temp.iterdir() if p.is_dir() and not p.name.startswith("torchinductor_")] == []
+
+
+def test_a_missing_exporter_is_reported_in_its_row(monkeypatch) -> None:
+    from dcn_onnxscript.tools import bench
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == bench.DCOE else find_spec(name, *args))
+    case = bench.Case("tiny", module=None, inputs=())
+    assert not bench._try(case, bench.DCOE, lambda: bench._export_torchscript(None, (), pathlib.Path("unused")))
+    assert case.failures == {bench.DCOE: "not installed"}
+    row = cells(bench.format_table([bench.Result("tiny", bench.DCOE, note="not installed")]).splitlines()[-1])
+    assert row[:3] == ["tiny", bench.DCOE, "not installed"] and len(row) == len(COLUMNS)
