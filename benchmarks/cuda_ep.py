@@ -22,6 +22,7 @@ import torch
 from torchvision.ops import DeformConv2d
 
 import dcn_onnxscript
+from dcn_onnxscript.export import dynamo
 
 #: name -> (batch, channels, size): modulated 3x3 layers, padding 1, bias (as bench.py's).
 LAYERS = {"L1": (1, 64, 64), "L2": (4, 128, 64), "L3": (1, 256, 32)}
@@ -48,7 +49,7 @@ def resnet_case(dtype: torch.dtype):
 
 
 def export(model, args, impl: str, path: pathlib.Path) -> None:
-    opset = 19 if impl == "native" else 18
+    opset = dynamo.NATIVE_MIN_OPSET if impl == "native" else None
     torch.onnx.export(model, args, str(path), dynamo=True, opset_version=opset, verbose=False,
                       custom_translation_table=dcn_onnxscript.translation_table(impl))
 

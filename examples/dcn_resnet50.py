@@ -32,12 +32,13 @@ import torchvision
 from torchvision.ops import DeformConv2d
 
 import dcn_onnxscript
+from dcn_onnxscript.export import dynamo
 from dcn_onnxscript.lowering.table import DEFAULT, LOWERINGS
 
 #: Kernel taps of a 3x3 convolution.
 TAPS = 9
 #: The first opset with a native ``DeformConv``.
-NATIVE_OPSET = 19
+NATIVE_OPSET = dynamo.NATIVE_MIN_OPSET
 
 
 class ModulatedDeformConv(torch.nn.Module):

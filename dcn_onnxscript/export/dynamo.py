@@ -29,7 +29,7 @@ _NATIVE = "native"
 #: The names :func:`register` and :func:`translation_table` accept: the lowerings of the table, and
 #: "native" (ONNX ``DeformConv``, torch's own translation, opset >= 19).
 IMPLS = (*table.LOWERINGS, _NATIVE)
-_NATIVE_MIN_OPSET = 19
+NATIVE_MIN_OPSET = 19
 _DOMAIN = Opset("dcn_onnxscript", 1)
 
 
@@ -93,9 +93,9 @@ def _is_zero(value) -> bool:
 
 def _native_translation(*args):
     """torch's own translation (ONNX ``DeformConv``), refusing opsets that do not have the op."""
-    if _internals.exporter_opset() < _NATIVE_MIN_OPSET:
+    if _internals.exporter_opset() < NATIVE_MIN_OPSET:
         raise ValueError(f"impl='native' maps deform_conv2d to ONNX DeformConv, which needs opset_version >= "
-                         f"{_NATIVE_MIN_OPSET}; use impl='gather' for lower opsets")
+                         f"{NATIVE_MIN_OPSET}; use impl='gather' for lower opsets")
     return _internals.original_translation()(*args)
 
 

@@ -64,7 +64,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torchvision.ops import DeformConv2d
 
 import dcn_onnxscript
-from dcn_onnxscript.export import _internals
+from dcn_onnxscript.export import _internals, dynamo
 from dcn_onnxscript.lowering.table import DEFAULT, LOWERINGS
 
 #: Model kinds besides the lowerings (named as in LOWERINGS): native DeformConv, the
@@ -82,7 +82,6 @@ _EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "dcn_resne
 _QUALIFIED_NAME = "torchvision::deform_conv2d"
 #: deform_conv2d_onnx_exporter's opset.
 _DCOE_OPSET = 12
-_NATIVE_OPSET = 19
 _START = time.perf_counter()
 
 
@@ -248,7 +247,7 @@ def _export_dynamo(module: torch.nn.Module, inputs: tuple, path: pathlib.Path, i
     """Export a layer model through ``impl`` (a lowering or "native"); returns the export seconds."""
     start = time.perf_counter()
     torch.onnx.export(module, inputs, str(path), dynamo=True, verbose=False,
-                      opset_version=_NATIVE_OPSET if impl == NATIVE else None,
+                      opset_version=dynamo.NATIVE_MIN_OPSET if impl == NATIVE else None,
                       custom_translation_table=dcn_onnxscript.translation_table(impl))
     return time.perf_counter() - start
 

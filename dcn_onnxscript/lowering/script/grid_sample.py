@@ -29,6 +29,7 @@ from typing import Sequence
 from onnxscript import opset18 as op
 from onnxscript import script
 
+from dcn_onnxscript.lowering import grid_sample as lowering_grid_sample
 from dcn_onnxscript.lowering.script.gather import (
     Dim,
     Ints,
@@ -43,7 +44,7 @@ from dcn_onnxscript.lowering.script.gather import (
 from dcn_onnxscript.lowering.script.protos import flatten
 
 #: ``GridSample`` (opset 16) is the first op of this lowering that older opsets lack.
-MIN_OPSET = 16
+MIN_OPSET = lowering_grid_sample.MIN_OPSET
 
 
 @script(dcn, default_opset=op)
