@@ -7,8 +7,8 @@ writes nodes into torch.onnx's dynamo graph, into the TorchScript exporter's gra
 ``Constant`` nodes); attributes are Python ints, floats, strings or lists of them, or numpy arrays for tensor
 attributes.
 
-Every op the lowerings use has one form from opset 12 to the newest, except those listed in
-:meth:`Emitter.emit`, which the emitter writes in the form of its opset.
+Every op the lowerings use has one form from opset 12 to the newest (GridSample: 16; its mode names
+change at 20, which :mod:`dcn_onnxscript.lowering.grid_sample` reads from ``op.opset``).
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import onnx_ir as ir
 
-#: The lowest ONNX opset the emitters write (Pad, Clip and GatherND with batch_dims take their present
-#: form at 11-12).
+#: The lowest ONNX opset the emitters write (Min/Max on INT64 and GatherND come at 12).
 MIN_OPSET = 12
 
 
 class Emitter:
     """Writes ONNX nodes of one opset; ``op.Add(a, b)`` and ``op.Gather(a, b, axis=0)`` return the output
-    value, ``op.Split(..., num_outputs=k)`` a list of ``k`` values.
+    value (the lowerings use single-output ops only).
 
     Subclasses implement :meth:`_node` and :meth:`_constant`.
     """
@@ -39,18 +38,10 @@ class Emitter:
         return lambda *inputs, **attributes: self.emit(op_type, inputs, attributes)
 
     def emit(self, op_type: str, inputs: Sequence[Any], attributes: dict[str, Any]) -> Any:
-        """One node; numpy inputs become constants. ``Unsqueeze`` and ``ReduceSum`` get their axes as an
-        input from opset 13 on and as an attribute below."""
+        """One node; numpy inputs become constants, numpy attributes tensors."""
         inputs = [self._constant(x) if isinstance(x, np.ndarray) else x for x in inputs]
         attributes = {k: self._tensor(v) if isinstance(v, np.ndarray) else v for k, v in attributes.items()}
-        if op_type in ("Unsqueeze", "ReduceSum") and "axes" in attributes and self.opset >= 13:
-            axes = np.asarray(attributes.pop("axes"), dtype=np.int64)
-            inputs = [*inputs, self._constant(axes)]
-        num_outputs = attributes.pop("num_outputs", 1) if op_type == "Split" else 1
-        if op_type == "Split" and self.opset >= 18:
-            attributes["num_outputs"] = num_outputs
-        outputs = self._node(op_type, inputs, attributes, num_outputs)
-        return outputs if op_type == "Split" else outputs[0]
+        return self._node(op_type, inputs, attributes, 1)[0]
 
     def known(self, value: Any) -> Optional[np.ndarray]:
         """``value``'s contents when they are known at build time (an initializer or a constant), else
