@@ -10,10 +10,10 @@ and the grouped matmul with the weights. Only standard ops whose form is the sam
 static or dynamic sizes. The four neighbours are blended by one batched (1 x 4)·(4 x Cs) ``MatMul``, which
 writes the columns once (a ``Mul`` + ``ReduceSum`` blend would hold four times the columns twice).
 
-Why it is safe for every input: positions are clamped to [-1, size] in floating point (NaN and ±Inf
-included), and the neighbours' indices once more into the image by integer ops, so no value of the
-offsets, no dtype and no precision a runtime picks for the float math can make the gather read out of
-bounds; a neighbour the integer clamp moved gets weight zero.
+Why it is safe for every input: positions are cut to [-1, 2^24] in floating point (NaN and -Inf go to
+-1), and the neighbours' indices are clamped into the image by integer ops, so no value of the offsets, no
+dtype and no precision a runtime picks for the float math can make the gather read out of bounds; a
+neighbour the integer clamp moved gets weight zero.
 
 Notation: N batch, C/O channels in/out, K = kH·kW taps, G offset groups, R conv groups, S = lcm(G, R)
 channel slices of Cs = C/S channels, J = S/R slices per conv group, P = Ho·Wo output positions. Per-sample
