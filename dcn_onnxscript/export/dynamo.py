@@ -22,8 +22,7 @@ from dcn_onnxscript import _autoregister
 from dcn_onnxscript.export import _internals
 from dcn_onnxscript.lowering import opsets, table
 from dcn_onnxscript.lowering.emitter import Emitter
-from dcn_onnxscript.lowering.layer import Layer
-from dcn_onnxscript.lowering.validation import check_deform_conv2d_args, static_shape
+from dcn_onnxscript.lowering.validation import checked_layer, static_shape
 
 _NATIVE = "native"
 #: The names :func:`register` and :func:`translation_table` accept: the lowerings of the table, and
@@ -47,24 +46,6 @@ class TracerEmitter(Emitter):
         return opset18.Constant(value=ir.tensor(array))
 
 
-def layer_of(input, weight, offset, mask, bias, stride, padding, dilation, groups: int, offset_groups: int,
-             use_mask: bool, use_bias: bool) -> Layer:
-    """The :class:`Layer` of a deform_conv2d call, after the export-time checks; the weight's shape must be
-    static (it sets the kernel and the channels)."""
-    weight_shape = static_shape(weight)
-    check_deform_conv2d_args(
-        input_shape=static_shape(input), weight_shape=weight_shape, offset_shape=static_shape(offset),
-        mask_shape=static_shape(mask) if use_mask else None, bias_shape=static_shape(bias), stride=stride,
-        padding=padding, dilation=dilation, groups=groups, offset_groups=offset_groups,
-    )
-    if weight_shape is None or None in weight_shape:
-        raise ValueError(f"weight must have a static shape (O, C/groups, kH, kW), got {weight_shape}")
-    out_channels, per_group, kh, kw = weight_shape
-    return Layer(kernel=(kh, kw), stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
-                 groups=groups, offset_groups=offset_groups, in_channels=per_group * groups,
-                 out_channels=out_channels, dtype=int(input.dtype), bias=use_bias, mask=use_mask)
-
-
 def _portable_translation(impl: str) -> TracedOnnxFunction:
     """The translation of ``torchvision::deform_conv2d`` through lowering ``impl``."""
 
@@ -72,8 +53,11 @@ def _portable_translation(impl: str) -> TracedOnnxFunction:
                       dilation_h: int, dilation_w: int, groups: int, offset_groups: int, use_mask: bool):
         """torchvision::deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, int offset_groups, bool use_mask) -> Tensor"""  # noqa: E501
         use_bias = not _is_zero(bias)
-        layer = layer_of(input, weight, offset, mask, bias, (stride_h, stride_w), (pad_h, pad_w),
-                         (dilation_h, dilation_w), groups, offset_groups, use_mask, use_bias)
+        layer = checked_layer(
+            input_shape=static_shape(input), weight_shape=static_shape(weight), offset_shape=static_shape(offset),
+            mask_shape=static_shape(mask), bias_shape=static_shape(bias), stride=(stride_h, stride_w),
+            padding=(pad_h, pad_w), dilation=(dilation_h, dilation_w), groups=groups, offset_groups=offset_groups,
+            dtype=int(input.dtype), bias=use_bias, mask=use_mask)
         return table.build(impl, TracerEmitter(), layer, input, weight, offset, bias if use_bias else None,
                            mask if use_mask else None)
 

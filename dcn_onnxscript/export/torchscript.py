@@ -18,8 +18,7 @@ from dcn_onnxscript import _autoregister
 from dcn_onnxscript.export import _internals
 from dcn_onnxscript.lowering import emitter, table
 from dcn_onnxscript.lowering.emitter import Emitter
-from dcn_onnxscript.lowering.layer import Layer
-from dcn_onnxscript.lowering.validation import check_deform_conv2d_args
+from dcn_onnxscript.lowering.validation import checked_layer
 
 _ONNX_TYPES = {"Half": onnx.TensorProto.FLOAT16, "Float": onnx.TensorProto.FLOAT,
                "Double": onnx.TensorProto.DOUBLE, "BFloat16": onnx.TensorProto.BFLOAT16}
@@ -55,20 +54,11 @@ def deform_conv2d_symbolic(g, input, weight, offset, mask, bias, stride_h, strid
                            dilation_h, dilation_w, groups, offset_groups, use_mask):
     """torchvision::deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, int offset_groups, bool use_mask) -> Tensor"""  # noqa: E501
     sizes = _internals.tensor_sizes
-    weight_shape = sizes(weight)
-    check_deform_conv2d_args(
-        input_shape=sizes(input), weight_shape=weight_shape, offset_shape=sizes(offset),
-        mask_shape=sizes(mask) if use_mask else None, bias_shape=sizes(bias),
-        stride=(stride_h, stride_w), padding=(pad_h, pad_w), dilation=(dilation_h, dilation_w),
-        groups=groups, offset_groups=offset_groups,
-    )
-    if weight_shape is None or None in weight_shape:
-        raise ValueError(f"weight must have a static shape (O, C/groups, kH, kW), got {weight_shape}")
-    out_channels, per_group, kh, kw = weight_shape
-    layer = Layer(kernel=(kh, kw), stride=(stride_h, stride_w), padding=(pad_h, pad_w),
-                  dilation=(dilation_h, dilation_w), groups=groups, offset_groups=offset_groups,
-                  in_channels=per_group * groups, out_channels=out_channels,
-                  dtype=_ONNX_TYPES[input.type().scalarType()], mask=bool(use_mask))
+    layer = checked_layer(
+        input_shape=sizes(input), weight_shape=sizes(weight), offset_shape=sizes(offset), mask_shape=sizes(mask),
+        bias_shape=sizes(bias), stride=(stride_h, stride_w), padding=(pad_h, pad_w),
+        dilation=(dilation_h, dilation_w), groups=groups, offset_groups=offset_groups,
+        dtype=_ONNX_TYPES[input.type().scalarType()], bias=True, mask=bool(use_mask))
     # torchvision passes a zero bias for a layer without one: adding it costs one Add.
     return table.build("gather", GraphEmitter(g), layer, input, weight, offset, bias, mask if use_mask else None)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from dcn_onnxscript.lowering.layer import Layer
+
 Shape = Optional[Sequence[Optional[int]]]
 
 
@@ -109,3 +111,24 @@ def _check_dim(name: str, shape: Shape, axis: int, expected: Optional[int], mean
             f"{name} dimension {axis} must be {expected} ({meaning}), got {shape[axis]} "
             f"(shape {tuple(shape)})"
         )
+
+
+def checked_layer(*, input_shape: Shape, weight_shape: Shape, offset_shape: Shape, mask_shape: Shape,
+                  bias_shape: Shape, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                  groups: int, offset_groups: int, dtype: int, bias: bool, mask: bool) -> Layer:
+    """The :class:`~dcn_onnxscript.lowering.layer.Layer` of a deform_conv2d call, after
+    :func:`check_deform_conv2d_args` (``mask_shape`` is only read when ``mask``); the weight's shape must be
+    static, since it sets the kernel and the channels. Raises ``ValueError``."""
+    from dcn_onnxscript.lowering.layer import Layer
+
+    check_deform_conv2d_args(
+        input_shape=input_shape, weight_shape=weight_shape, offset_shape=offset_shape,
+        mask_shape=mask_shape if mask else None, bias_shape=bias_shape, stride=stride, padding=padding,
+        dilation=dilation, groups=groups, offset_groups=offset_groups,
+    )
+    if weight_shape is None or None in weight_shape:
+        raise ValueError(f"weight must have a static shape (O, C/groups, kH, kW), got {weight_shape}")
+    out_channels, per_group, kh, kw = weight_shape
+    return Layer(kernel=(kh, kw), stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+                 groups=groups, offset_groups=offset_groups, in_channels=per_group * groups,
+                 out_channels=out_channels, dtype=dtype, bias=bias, mask=mask)
