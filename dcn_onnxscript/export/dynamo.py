@@ -9,7 +9,7 @@ layer. :func:`register` makes it the translation of every export (through torch_
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -38,9 +38,8 @@ class TracerEmitter(Emitter):
     def __init__(self) -> None:
         super().__init__(opsets.BUILD_OPSET)
 
-    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any], num_outputs: int) -> list:
-        outputs = getattr(opset18, op_type)(*inputs, **attributes)
-        return list(outputs) if num_outputs > 1 else [outputs]
+    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any]):
+        return getattr(opset18, op_type)(*inputs, **attributes)
 
     def _constant(self, array: np.ndarray):
         return opset18.Constant(value=ir.tensor(array))
@@ -138,11 +137,6 @@ def is_registered() -> bool:
     """Whether :func:`register` is in effect."""
     return _internals.current_translation() in _TRANSLATIONS.values()
 
-
-def registered_impl() -> Optional[str]:
-    """The impl :func:`register` installed, or ``None``."""
-    current = _internals.current_translation()
-    return next((name for name, t in _TRANSLATIONS.items() if t is current), None)
 
 
 _autoregister.finish_deferred()

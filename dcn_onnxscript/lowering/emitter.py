@@ -41,7 +41,7 @@ class Emitter:
         """One node; numpy inputs become constants, numpy attributes tensors."""
         inputs = [self._constant(x) if isinstance(x, np.ndarray) else x for x in inputs]
         attributes = {k: self._tensor(v) if isinstance(v, np.ndarray) else v for k, v in attributes.items()}
-        return self._node(op_type, inputs, attributes, 1)[0]
+        return self._node(op_type, inputs, attributes)
 
     def known(self, value: Any) -> Optional[np.ndarray]:
         """``value``'s contents when they are known at build time (an initializer or a constant), else
@@ -51,7 +51,7 @@ class Emitter:
             return None if tensor is None else tensor.numpy()
         return None
 
-    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any], num_outputs: int) -> list:
+    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any]) -> Any:
         raise NotImplementedError
 
     def _constant(self, array: np.ndarray) -> Any:
@@ -73,8 +73,8 @@ class TapeEmitter(Emitter):
         self.prefix = prefix
         self.initializers = initializers
 
-    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any], num_outputs: int) -> list:
-        return list(self.tape.op_multi_out(op_type, inputs, attributes, num_outputs=num_outputs))
+    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any]) -> ir.Value:
+        return self.tape.op(op_type, inputs, attributes)
 
     def _constant(self, array: np.ndarray) -> ir.Value:
         if self.initializers:

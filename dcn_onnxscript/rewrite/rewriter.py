@@ -55,7 +55,7 @@ from dcn_onnxscript.lowering import opsets, table
 from dcn_onnxscript.lowering.emitter import TapeEmitter
 from dcn_onnxscript.lowering.layer import Layer
 from dcn_onnxscript.lowering.script.protos import SCRIPT_OPSET
-from dcn_onnxscript.lowering.validation import check_deform_conv2d_args, static_shape
+from dcn_onnxscript.lowering.validation import check_deform_conv2d_args, checked_layer, static_shape
 from dcn_onnxscript.rewrite import script_calls
 
 Progress = Callable[[str], None]
@@ -216,26 +216,6 @@ def _describe(node: ir.Node) -> str:
     return f"{_kind(node)} node {node.name!r}"
 
 
-def _validate(node: ir.Node, call: DeformConvCall) -> None:
-    """Raise :class:`RewriteError` unless the attributes (and the static shapes, where known) describe a
-    deformable convolution the function can compute."""
-    offset_shape, mask_shape = static_shape(call.offset), static_shape(call.mask)
-    begin, end = call.pads[:2], call.pads[2:]
-    if begin != end:  # the shared check derives Ho, Wo from symmetric pads; here they come from offset
-        offset_shape = offset_shape and offset_shape[:2] + (None, None)
-        mask_shape = mask_shape and mask_shape[:2] + (None, None)
-    if any(p < 0 for p in end):
-        raise RewriteError(f"{_describe(node)}: pads must be non-negative, got {list(call.pads)}")
-    try:
-        check_deform_conv2d_args(
-            input_shape=static_shape(call.X), weight_shape=static_shape(call.W), offset_shape=offset_shape,
-            mask_shape=mask_shape, bias_shape=static_shape(call.B), stride=call.strides, padding=begin,
-            dilation=call.dilations, groups=call.group, offset_groups=call.offset_group,
-        )
-    except ValueError as error:
-        raise RewriteError(f"{_describe(node)}: {error}") from None
-
-
 # --- rewriting ---------------------------------------------------------------------------------------
 
 
@@ -250,18 +230,35 @@ def _all_nodes(model: ir.Model) -> Iterator[ir.Node]:
         yield from ir.traversal.RecursiveGraphIterator(graph)
 
 
-def _layer(node: ir.Node, call: DeformConvCall) -> Optional[Layer]:
-    """The :class:`Layer` of ``call``, or ``None`` when the weight's shape (kernel and channels) is unknown."""
+def _checked_layer(node: ir.Node, call: DeformConvCall) -> Optional[Layer]:
+    """The :class:`Layer` of ``call`` after the checks of its attributes (and of the static shapes, where
+    known), or ``None`` when the weight's shape (kernel and channels) is unknown; :class:`RewriteError`
+    unless it describes a deformable convolution the lowerings can compute."""
+    offset_shape, mask_shape = static_shape(call.offset), static_shape(call.mask)
+    begin, end = call.pads[:2], call.pads[2:]
+    if begin != end:  # the shared check derives Ho, Wo from symmetric pads; here they come from offset
+        offset_shape = offset_shape and offset_shape[:2] + (None, None)
+        mask_shape = mask_shape and mask_shape[:2] + (None, None)
+    if any(p < 0 for p in end):
+        raise RewriteError(f"{_describe(node)}: pads must be non-negative, got {list(call.pads)}")
     weight_shape = static_shape(call.W)
-    if weight_shape is None or None in weight_shape:
-        return None
     dtype = call.X.dtype or call.W.dtype
-    if dtype is None:
-        raise RewriteError(f"{_describe(node)}: the input's data type is unknown")
-    out_channels, per_group, kh, kw = weight_shape
-    return Layer(kernel=(kh, kw), stride=call.strides, padding=call.pads[:2], dilation=call.dilations,
-                 groups=call.group, offset_groups=call.offset_group, in_channels=per_group * call.group,
-                 out_channels=out_channels, dtype=int(dtype), bias=call.B is not None, mask=call.mask is not None)
+    try:
+        if weight_shape is None or None in weight_shape:
+            check_deform_conv2d_args(
+                input_shape=static_shape(call.X), weight_shape=weight_shape, offset_shape=offset_shape,
+                mask_shape=mask_shape, bias_shape=static_shape(call.B), stride=call.strides, padding=begin,
+                dilation=call.dilations, groups=call.group, offset_groups=call.offset_group)
+            return None
+        if dtype is None:
+            raise ValueError("the input's data type is unknown")
+        return checked_layer(
+            input_shape=static_shape(call.X), weight_shape=weight_shape, offset_shape=offset_shape,
+            mask_shape=mask_shape, bias_shape=static_shape(call.B), stride=call.strides, padding=begin,
+            dilation=call.dilations, groups=call.group, offset_groups=call.offset_group, dtype=int(dtype),
+            bias=call.B is not None, mask=call.mask is not None)
+    except ValueError as error:
+        raise RewriteError(f"{_describe(node)}: {error}") from None
 
 
 def _source_nodes(graph: ir.Graph | ir.Function | ir.Model) -> list[ir.Node]:
@@ -293,13 +290,12 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
     node_opsets = _node_opsets(model)
     for node in nodes:
         call = SOURCE_OPS[(node.domain, node.op_type)](node)
-        _validate(node, call)
         opset = emit_opset or node_opsets[node]
         try:
             table.lowering(impl, opset)
         except ValueError as error:
             raise RewriteError(f"{_describe(node)}: {error}") from None
-        layer = _layer(node, call)
+        layer = _checked_layer(node, call)
         if layer is None and opset < SCRIPT_OPSET:
             raise RewriteError(f"{_describe(node)}: the weight's shape (O, C/group, kH, kW) is unknown; give it a "
                                f"static shape or rewrite at opset >= {SCRIPT_OPSET}")
