@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import pathlib
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from torchvision.ops import DeformConv2d
 import dcn_onnxscript
 from dcn_onnxscript.export import dynamo
 from dcn_onnxscript.lowering.table import DEFAULT, LOWERINGS
+from dcn_onnxscript.tools.progress import Progress
 
 #: Kernel taps of a 3x3 convolution.
 TAPS = 9
@@ -108,26 +108,6 @@ def max_relative_error(path: pathlib.Path, model: torch.nn.Module, shape: Sequen
     return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
-class _Progress(io.TextIOBase):
-    """Lines on stderr with the seconds since the start; as a stream, it takes torch.onnx's phase lines."""
-
-    def __init__(self) -> None:
-        self.start, self.pending = time.perf_counter(), ""
-
-    def __call__(self, message: str) -> None:
-        print(f"[{time.perf_counter() - self.start:6.1f} s] {message}", file=sys.stderr, flush=True)
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self.pending += text
-        *lines, self.pending = self.pending.split("\n")
-        for line in filter(str.strip, lines):
-            self(f"    {line.strip()}")
-        return len(text)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=pathlib.Path, default=None,
@@ -143,7 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     impl = "native" if args.native else args.impl
 
-    progress = _Progress()
+    progress = Progress()
     progress(f"building the DCNv2 ResNet-50 (seed {args.seed})")
     model = build_model(args.seed, args.offset_std)
     with contextlib.ExitStack() as stack:

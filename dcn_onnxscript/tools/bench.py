@@ -43,7 +43,6 @@ import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
-import io
 import json
 import math
 import os
@@ -66,6 +65,7 @@ from torchvision.ops import DeformConv2d
 import dcn_onnxscript
 from dcn_onnxscript.export import _internals, dynamo
 from dcn_onnxscript.lowering.table import DEFAULT, LOWERINGS
+from dcn_onnxscript.tools.progress import Progress
 
 #: Model kinds besides the lowerings (named as in LOWERINGS): native DeformConv, the
 #: deform_conv2d_onnx_exporter package, torchvision eager, and the GEMM floor of a layer.
@@ -82,7 +82,6 @@ _EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "dcn_resne
 _QUALIFIED_NAME = "torchvision::deform_conv2d"
 #: deform_conv2d_onnx_exporter's opset.
 _DCOE_OPSET = 12
-_START = time.perf_counter()
 
 
 class Unavailable(Exception):
@@ -163,26 +162,8 @@ class RuntimeResult:
 # ------------------------------------------------------------------------------------------------ progress
 
 
-def progress(message: str) -> None:
-    """A progress line on stderr, with the seconds since the bench started."""
-    print(f"[{time.perf_counter() - _START:7.1f} s] {message}", file=sys.stderr, flush=True)
-
-
-class _LineLogger(io.TextIOBase):
-    """A text stream that hands every complete line to :func:`progress` (torch.onnx's verbose output)."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix, self.pending = prefix, ""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self.pending += text
-        *lines, self.pending = self.pending.split("\n")
-        for line in filter(str.strip, lines):
-            progress(f"{self.prefix}{line.strip()}")
-        return len(text)
+#: Progress lines on stderr, with the seconds since the bench started.
+progress = Progress()
 
 
 @contextlib.contextmanager
@@ -190,7 +171,7 @@ def _phase(what: str) -> Iterator[None]:
     """Progress lines before and after a step, torch.onnx's own phase lines in between."""
     progress(f"{what}...")
     start = time.perf_counter()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(_LineLogger("    ")):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(progress):
         warnings.simplefilter("ignore")
         yield
     progress(f"{what}: done in {time.perf_counter() - start:.1f} s")

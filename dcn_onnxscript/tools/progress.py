@@ -1,0 +1,29 @@
+"""Progress lines on stderr for the long-running tools (bench, the ResNet-50 example)."""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+
+
+class Progress(io.TextIOBase):
+    """``progress("message")`` prints ``[  12.3 s] message`` on stderr, counting from its creation. As a
+    text stream (``contextlib.redirect_stdout(progress)``) it prints every complete line written to it,
+    indented: that is how torch.onnx's verbose phase lines become progress."""
+
+    def __init__(self) -> None:
+        self.start, self.pending = time.perf_counter(), ""
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.perf_counter() - self.start:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in filter(str.strip, lines):
+            self(f"    {line.strip()}")
+        return len(text)
