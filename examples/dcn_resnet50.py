@@ -32,7 +32,7 @@ from torchvision.ops import DeformConv2d
 
 import dcn_onnxscript
 from dcn_onnxscript.export import dynamo
-from dcn_onnxscript.lowering.table import DEFAULT, LOWERINGS
+from dcn_onnxscript.lowering.table import DEFAULT, NAMES
 from dcn_onnxscript.tools.progress import Progress
 
 #: Kernel taps of a 3x3 convolution.
@@ -74,7 +74,7 @@ def export(model: torch.nn.Module, path: pathlib.Path, image_size: int = 224, na
            impl: Optional[str] = None, verbose: bool = False) -> float:
     """Export ``model`` to ``path`` with a dynamic batch, height and width (example input
     (1, 3, image_size, image_size)). ``impl`` picks dcn_onnxscript's lowering (a name of
-    ``dcn_onnxscript.lowering.table.LOWERINGS``; default: the registered one) or "native", torch's default
+    ``dcn_onnxscript.lowering.table.NAMES``; default: the registered one) or "native", torch's default
     translation, the native ``DeformConv`` of opset 19 (``native=True`` is the same). ``verbose`` lets
     torch.onnx print its phases. Returns the export time in seconds."""
     example = (torch.randn(1, 3, image_size, image_size),)
@@ -115,7 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--image-size", type=int, default=224, help="export example size (square)")
     parser.add_argument("--check-shape", type=int, nargs=4, default=(2, 3, 192, 160), metavar=("N", "C", "H", "W"),
                         help="input shape of the onnxruntime check (another size than the export's)")
-    parser.add_argument("--impl", choices=[*LOWERINGS, "native"], default=DEFAULT,
+    parser.add_argument("--impl", choices=[*NAMES, "native"], default=DEFAULT,
                         help=f"dcn_onnxscript's lowering, or native DeformConv (default: {DEFAULT})")
     parser.add_argument("--native", action="store_true", help="export native DeformConv (opset 19): --impl native")
     parser.add_argument("--offset-std", type=float, default=0.01, help="std of the offset/mask predictors' weights")

@@ -237,7 +237,7 @@ class Export:
     """One exported model of the matrix."""
 
     exporter: str  # "dynamo" | "torchscript"
-    lowering: str  # "gather" | "grid_sample"
+    lowering: str  # "auto" (the default: grid_sample above opset 18, else gather) | "gather" | "grid_sample"
     opset: int
     dtype: str  # a key of DTYPES
     variant: str  # a key of VARIANTS
@@ -288,7 +288,7 @@ def all_matrix_cases() -> list[tuple[Export, str]]:
     for exporter in ("dynamo", "torchscript"):
         opsets = dynamo_opsets() if exporter == "dynamo" else torchscript_opsets()
         for lowering, opset, dtype, variant, geometry, shapes in itertools.product(
-                ("gather", "grid_sample"), opsets, DTYPES, VARIANTS, GEOMETRIES, ("static", "dynamic")):
+                ("auto", "gather", "grid_sample"), opsets, DTYPES, VARIANTS, GEOMETRIES, ("static", "dynamic")):
             export = Export(exporter, lowering, opset, dtype, variant, geometry, shapes)
             for runtime in (*MATRIX_RUNTIMES, "checker"):
                 if valid(export, runtime):
@@ -364,7 +364,9 @@ def hostile(offset: np.ndarray, seed: int) -> np.ndarray:
 def known_failure(export: Export, runtime: str) -> Optional[str]:
     """Why a valid combination fails for a reason outside this package (it is run as a strict xfail, so that
     a fixed tool shows up), or ``None``."""
-    if runtime == "reference" and export.lowering == "grid_sample" and export.opset < 20:
+    writes_grid_sample_16 = export.lowering == "grid_sample" or (
+        export.lowering == "auto" and export.opset == 19 and export.dtype != "float64")
+    if runtime == "reference" and writes_grid_sample_16 and export.opset < 20:
         return ("onnx.reference implements only GridSample-20's mode names (linear, cubic); GridSample-16 "
                 "names the mode 'bilinear' (tool)")
     return None
@@ -478,10 +480,12 @@ def attributes(case: SweepCase) -> dict:
 HOSTILE = [np.nan, np.inf, -np.inf, 1e30, -1e30, 3e38, -3e38]
 
 
-def lowering_model(lowering: str, layer, opset: int = 18, static_shapes: Optional[dict] = None) -> onnx.ModelProto:
+def lowering_model(lowering: str, layer, opset: int = 18, static_shapes: Optional[dict] = None,
+                   constants: Optional[dict] = None) -> onnx.ModelProto:
     """A one-layer model written by ``lowering`` through an onnx_ir tape (no torch export), inputs
     ``X``, ``W``, ``offset``[, ``B``][, ``mask``] of the layer's dtype; dynamic shapes unless
-    ``static_shapes`` (name -> shape) is given. ``W`` and ``B`` are graph inputs, so nothing is folded."""
+    ``static_shapes`` (name -> shape) is given. ``W`` and ``B`` are graph inputs, so nothing is folded,
+    unless ``constants`` (name -> array) makes them initializers, as in exported and rewritten models."""
     import onnx_ir as ir
 
     from dcn_onnxscript.lowering import table
@@ -489,15 +493,18 @@ def lowering_model(lowering: str, layer, opset: int = 18, static_shapes: Optiona
 
     op = TapeEmitter(opset, initializers=False)
     dtype = ir.DataType(layer.dtype)
+    constants = constants or {}
     names = ["X", "W", "offset"] + (["B"] if layer.bias else []) + (["mask"] if layer.mask else [])
     ranks = {"B": 1}
     values = {n: ir.Value(name=n, type=ir.TensorType(dtype),
-                          shape=ir.Shape((static_shapes or {}).get(n, [f"{n}{i}" for i in range(ranks.get(n, 4))])))
+                          shape=ir.Shape((static_shapes or {}).get(n, [f"{n}{i}" for i in range(ranks.get(n, 4))])),
+                          const_value=ir.tensor(constants[n]) if n in constants else None)
               for n in names}
     Y = table.build(lowering, op, layer, values["X"], values["W"], values["offset"], values.get("B"),
                     values.get("mask"))
     Y.name, Y.type, Y.shape = "Y", ir.TensorType(dtype), ir.Shape(["N", "O", "Ho", "Wo"])
-    graph = ir.Graph([values[n] for n in names], [Y], nodes=op.tape.nodes, opset_imports={"": opset},
+    graph = ir.Graph([values[n] for n in names if n not in constants], [Y], nodes=op.tape.nodes,
+                     initializers=[values[n] for n in names if n in constants], opset_imports={"": opset},
                      name=f"deform_conv2d_{lowering}")
     return ir.to_proto(ir.Model(graph, ir_version=8))
 

@@ -9,10 +9,11 @@ layer. :func:`register` makes it the translation of every export (through torch_
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common  # noqa: F401  (ir.passes.common)
 import torch
 import torchvision  # noqa: F401  (loads the torchvision::deform_conv2d operator)
 from onnxscript import opset18, version_converter
@@ -27,18 +28,16 @@ from dcn_onnxscript.lowering.validation import checked_layer, static_shape
 _NATIVE = "native"
 #: The names :func:`register` and :func:`translation_table` accept: the lowerings of the table, and
 #: "native" (ONNX ``DeformConv``, torch's own translation, opset >= 19).
-IMPLS = (*table.LOWERINGS, _NATIVE)
+IMPLS = (*table.NAMES, _NATIVE)
 NATIVE_MIN_OPSET = 19
 _DOMAIN = Opset("dcn_onnxscript", 1)
 
 
 class TracerEmitter(Emitter):
-    """Writes into the graph torch.onnx is building, through onnxscript's opset-18 ops."""
+    """Writes into the graph torch.onnx is building (of opset ``opset``), through onnxscript's opset-18 ops:
+    every op the lowerings use has the same form from 18 on."""
 
-    def __init__(self) -> None:
-        super().__init__(opsets.BUILD_OPSET)
-
-    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any]):
+    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any], outputs: int):
         return getattr(opset18, op_type)(*inputs, **attributes)
 
     def _constant(self, array: np.ndarray):
@@ -57,10 +56,21 @@ def _portable_translation(impl: str) -> TracedOnnxFunction:
             mask_shape=static_shape(mask), bias_shape=static_shape(bias), stride=(stride_h, stride_w),
             padding=(pad_h, pad_w), dilation=(dilation_h, dilation_w), groups=groups, offset_groups=offset_groups,
             dtype=int(input.dtype), bias=use_bias, mask=use_mask)
-        return table.build(impl, TracerEmitter(), layer, input, weight, offset, bias if use_bias else None,
-                           mask if use_mask else None)
+        opset = _internals.exporter_opset()
+        return table.build(_lowering_at(impl, opset, layer.dtype), TracerEmitter(opset), layer, input, weight,
+                           offset, bias if use_bias else None, mask if use_mask else None)
 
     return TracedOnnxFunction(_DOMAIN, deform_conv2d)
+
+
+def _lowering_at(impl: str, exporter_opset: int, dtype: int) -> str:
+    """The lowering ``impl`` stands for in a graph of ``exporter_opset`` for a layer of type ``dtype``. torch
+    builds every export asked for at opset 18 or below at 18 and converts it afterwards, so there "auto"
+    cannot know the final opset and takes the lowering that every opset has ("gather"); above 18 the
+    graph's opset is the final one."""
+    if impl == table.AUTO and exporter_opset <= opsets.BUILD_OPSET:
+        return table.resolve(impl, opsets.MIN_OPSET, dtype)
+    return table.resolve(impl, exporter_opset, dtype)
 
 
 def _is_zero(value) -> bool:
@@ -82,14 +92,60 @@ def _native_translation(*args):
     return _internals.original_translation()(*args)
 
 
-_TRANSLATIONS = {name: _portable_translation(name) for name in table.LOWERINGS}
+_TRANSLATIONS = {name: _portable_translation(name) for name in table.NAMES}
 _TRANSLATIONS[_NATIVE] = TracedOnnxFunction(_DOMAIN, _native_translation)
+
+
+def _constant(value: Optional[ir.Value]) -> Optional[np.ndarray]:
+    """``value``'s contents when it is an initializer or a constant, or a ``Reshape``/``Cast`` of one."""
+    if value is None:
+        return None
+    tensor = ir.convenience.get_const_tensor(value)
+    if tensor is not None:
+        return tensor.numpy()
+    node = value.producer()
+    if node is None or node.domain not in ("", "ai.onnx") or node.op_type not in ("Reshape", "Cast"):
+        return None
+    data = _constant(node.inputs[0])
+    if data is None:
+        return None
+    if node.op_type == "Cast":
+        return data.astype(ir.DataType(node.attributes.get_int("to")).numpy())
+    shape = _constant(node.inputs[1])
+    return None if shape is None or 0 in shape else data.reshape(shape)
+
+
+def fold_tap_weights(model: ir.Model) -> None:
+    """Fold the per-tap kernels of the grid_sample lowering into initializers.
+
+    At translation time torch has not yet given the weights their values, so the translation splits W at
+    run time (``Reshape``, ``Cast``, ``Split``); onnxscript's optimizer folds no ``Split`` (it has more than
+    one output). The exporter's conversion step, which runs next, has the values: every ``Split`` of the main
+    graph whose input is an initializer, or a ``Reshape``/``Cast`` of one, and whose outputs all feed
+    ``Conv`` kernels becomes one initializer per part; the nodes left unused are removed."""
+    graph = model.graph
+    for node in list(graph):
+        if node.op_type != "Split" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 1:
+            continue
+        if not all(use.node.op_type == "Conv" and use.idx == 1 for out in node.outputs for use in out.uses()):
+            continue
+        data = _constant(node.inputs[0])
+        if data is None:
+            continue
+        for number, (output, part) in enumerate(zip(node.outputs, np.split(data, len(node.outputs),
+                                                                            axis=node.attributes.get_int("axis", 0)))):
+            folded = ir.Value(name=f"{node.name or 'split'}_tap{number}", const_value=ir.tensor(np.ascontiguousarray(part)))
+            folded.type, folded.shape = ir.TensorType(folded.const_value.dtype), ir.Shape(part.shape)
+            graph.register_initializer(folded)
+            output.replace_all_uses_with(folded)
+    ir.passes.common.RemoveUnusedNodesPass()(model)
 
 
 def _convert_version(model: ir.Model, target_version: int, original: Callable) -> ir.Model:
     """The exporter's conversion of ``model`` to ``target_version`` through :mod:`dcn_onnxscript.lowering.opsets`,
     with onnxscript's public converter (ONNX's C++ one as the fallback): torch 2.6–2.8's own step refuses
-    every opset below 18."""
+    every opset below 18. The per-tap kernels are folded first (:func:`fold_tap_weights`)."""
+    fold_tap_weights(model)
     if target_version >= opsets.BUILD_OPSET:
         return original(model, target_version)
 
@@ -114,8 +170,8 @@ def translation_table(impl: str = table.DEFAULT) -> dict[Callable, Callable]:
 
 def register(impl: str = table.DEFAULT) -> None:
     """Make every ``torch.onnx.export`` translate ``torchvision::deform_conv2d`` through ``impl`` (one of
-    :data:`IMPLS`; done with the default on ``import dcn_onnxscript``): the dynamo exporter with ``impl``,
-    the TorchScript exporter (``dynamo=False``) with "gather". Idempotent."""
+    :data:`IMPLS`; done with the default, "auto", on ``import dcn_onnxscript``): the dynamo exporter with
+    ``impl``, the TorchScript exporter (``dynamo=False``) with "gather". Idempotent."""
     from dcn_onnxscript.export import torchscript
 
     _internals.set_translation(_translation(impl))

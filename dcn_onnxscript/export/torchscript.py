@@ -31,8 +31,8 @@ class GraphEmitter(Emitter):
         super().__init__(g.opset)
         self.g = g
 
-    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any]):
-        return self.g.op(op_type, *inputs, **{_suffixed(k, v): v for k, v in attributes.items()})
+    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any], outputs: int):
+        return self.g.op(op_type, *inputs, **{_suffixed(k, v): v for k, v in attributes.items()}, outputs=outputs)
 
     def _constant(self, array: np.ndarray):
         return self.g.op("Constant", value_t=self._tensor(array))

@@ -24,7 +24,7 @@ MIN_OPSET = 12
 
 class Emitter:
     """Writes ONNX nodes of one opset; ``op.Add(a, b)`` and ``op.Gather(a, b, axis=0)`` return the output
-    value (the lowerings use single-output ops only).
+    value, ``op.Split(x, axis=1, outputs=3)`` the list of its three outputs.
 
     Subclasses implement :meth:`_node` and :meth:`_constant`.
     """
@@ -35,13 +35,20 @@ class Emitter:
     def __getattr__(self, op_type: str) -> Callable[..., Any]:
         if not op_type[:1].isupper():
             raise AttributeError(op_type)
-        return lambda *inputs, **attributes: self.emit(op_type, inputs, attributes)
+        return lambda *inputs, outputs=1, **attributes: self.emit(op_type, inputs, attributes, outputs)
 
-    def emit(self, op_type: str, inputs: Sequence[Any], attributes: dict[str, Any]) -> Any:
-        """One node; numpy inputs become constants, numpy attributes tensors."""
+    def emit(self, op_type: str, inputs: Sequence[Any], attributes: dict[str, Any], outputs: int = 1) -> Any:
+        """One node with ``outputs`` outputs (a value, or a list of them for more than one); numpy inputs
+        become constants, numpy attributes tensors."""
         inputs = [self._constant(x) if isinstance(x, np.ndarray) else x for x in inputs]
         attributes = {k: self._tensor(v) if isinstance(v, np.ndarray) else v for k, v in attributes.items()}
-        return self._node(op_type, inputs, attributes)
+        return self._node(op_type, inputs, attributes, outputs)
+
+    def split(self, value: Any, parts: int, axis: int) -> list:
+        """``value`` split into ``parts`` equal parts along ``axis`` (``Split`` with no sizes: its count of
+        outputs at opsets 13–17, the ``num_outputs`` attribute from 18 on)."""
+        attributes = {"axis": axis, **({"num_outputs": parts} if self.opset >= 18 else {})}
+        return list(self.emit("Split", [value], attributes, parts)) if parts > 1 else [value]
 
     def known(self, value: Any) -> Optional[np.ndarray]:
         """``value``'s contents when they are known at build time (an initializer or a constant), else
@@ -51,7 +58,7 @@ class Emitter:
             return None if tensor is None else tensor.numpy()
         return None
 
-    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any]) -> Any:
+    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any], outputs: int) -> Any:
         raise NotImplementedError
 
     def _constant(self, array: np.ndarray) -> Any:
@@ -73,7 +80,9 @@ class TapeEmitter(Emitter):
         self.prefix = prefix
         self.initializers = initializers
 
-    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any]) -> ir.Value:
+    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any], outputs: int) -> Any:
+        if outputs > 1:
+            return self.tape.op_multi_out(op_type, inputs, attributes, num_outputs=outputs)
         return self.tape.op(op_type, inputs, attributes)
 
     def _constant(self, array: np.ndarray) -> ir.Value:

@@ -1,15 +1,28 @@
-"""The "grid_sample" lowering: bilinear sampling by one ONNX ``GridSample`` (opset ≥ 16), then one ``MatMul``.
+"""The "grid_sample" lowering: one ONNX ``GridSample`` and one 1x1 ``Conv`` per kernel tap, summed.
 
     y(p_0) = Σ_k w_k · x(p_0 + p_k + Δp_k) · Δm_k
 
-The sampled columns come out of ``GridSample`` in X's channel order, (N·G, C/G, K, P), which is already
-the grouped matmul's layout: neither they nor the weights are ever transposed. A runtime with a native
-``GridSample`` kernel writes the columns once, without the four-neighbour intermediate of the gather
-lowering. ``GridSample`` runs in float32 for float16 and bfloat16 layers (onnxruntime's CPU kernel has no
-float16 version, and none for float64 before opset 20), and so do float64 layers: their columns and matmul
-are float32, their sampling positions float64 until they become the grid.
+The sum over taps is the equation's own Σ_k: tap k samples X at its positions p = p_0 + p_k + Δp_k with
+``GridSample`` (bilinear, zero outside the image), scales the samples by Δm_k and multiplies them by the
+weights of that tap, W[:, :, kh, kw], as a 1x1 ``Conv`` (conv groups are the Conv's ``group``). The running
+sum holds Y, so no more than one tap's samples (N, C, Ho, Wo) are ever alive: 1/K of im2col, where the
+native kernel holds the im2col columns of a batch, and each tap's product is a full-sized GEMM. Offset
+groups G sample X as N·G images of C/G channels.
 
-Notation as in :mod:`dcn_onnxscript.lowering.gather`.
+Steps, one function each: the grid of every tap, the samples of one tap, the weights of one tap, and the
+sum. The positions are computed once for all taps and split; the layer's kernel, strides, pads, dilations
+and groups are unrolled at build time, so only N, H, W, Ho and Wo are left to the graph.
+
+Why it is safe for every input: a grid value that is not finite or lies 4 or more image sizes from the
+centre (NaN, ±Inf and huge offsets included) is replaced by 4, where both neighbours lie outside the image:
+``GridSample`` reads zero there and never sees a value it could turn into an out-of-range integer.
+
+Float16 and bfloat16 layers sample, weigh and sum in float32 (sampling positions of float16 would be off by
+up to 1/32 pixel at 64 pixels), and float64 ones too if asked for (onnxruntime has no float64 ``GridSample``
+before opset 20 and no float64 ``Conv``): their positions stay float64 until they become the grid. The
+default ("auto") therefore lowers float64 layers with "gather", which computes in float64 throughout.
+
+Notation as in :mod:`dcn_onnxscript.lowering.gather`; P = Ho·Wo.
 """
 
 from __future__ import annotations
@@ -20,16 +33,16 @@ import numpy as np
 
 from dcn_onnxscript.lowering import sampling
 from dcn_onnxscript.lowering.emitter import Emitter
-from dcn_onnxscript.lowering.gather import bias_per_channel
 from dcn_onnxscript.lowering.layer import Layer
 
 Value = Any
 
 #: ``GridSample`` first appears in opset 16.
 MIN_OPSET = 16
-#: The type ``GridSample`` and the matmul run in: FLOAT (onnxruntime's CPU kernel has no other before
-#: opset 20, and none for float16 at all).
+#: The type ``GridSample`` and the convolutions run in: FLOAT.
 _SAMPLED = 1
+#: Grid values at or beyond this distance from the image centre (in half image sizes) are moved to it.
+_FAR = 4.0
 
 
 def _sampled(op: Emitter, layer: Layer, value: Value) -> Value:
@@ -37,62 +50,103 @@ def _sampled(op: Emitter, layer: Layer, value: Value) -> Value:
     return value if layer.dtype == _SAMPLED else op.Cast(value, to=_SAMPLED)
 
 
-def sampling_grid(op: Emitter, layer: Layer, offset: Value, H_W: Value, Ho_Wo: Value) -> Value:
-    """``GridSample``'s grid (N·G, K, P, 2), last axis (x, y) in align_corners=0 coordinates
-    (2·p + 1) / size - 1, for p = p_0 + p_k + Δp_k. A sample with no neighbour in the image (NaN, ±Inf and
-    huge offsets included) is moved to pixel -2, where both its neighbours lie outside: it reads zero and
-    keeps non-finite values out of ``GridSample``."""
+def tap_offsets(op: Emitter, layer: Layer, offset: Value) -> Value:
+    """Δp of ``offset`` (N, 2·G·K, Ho, Wo) as (N·G, Ho, K, Wo, 2) in the coordinate type, last axis (x, y):
+    ``GridSample``'s order."""
     G, K = layer.offset_groups, layer.taps
-    delta = op.Transpose(op.Reshape(offset, np.array([0, G * K, 2, -1])), perm=[0, 1, 3, 2])  # (N, GK, P, 2)
-    p0 = sampling.output_grid(op, layer, Ho_Wo, np.array([1, 1, -1, 1]), axis=3)  # (1, 1, P, 2)
-    pk = np.tile(sampling.first_tap(layer, shift=0.0).T, (G, 1)).reshape(1, G * K, 1, 2)
-    p = op.Add(sampling.as_coordinates(op, layer, delta), op.Add(p0, pk))
-    size = op.Cast(op.Reshape(H_W, np.array([1, 1, 1, 2])), to=layer.coordinate_dtype)
-    inside = op.And(op.Greater(p, layer.coordinates(-1)), op.Less(p, size))
-    p = op.Where(inside, p, layer.coordinates(-2))
-    scale = op.Reciprocal(size)
-    grid = op.Add(op.Mul(p, op.Add(scale, scale)), op.Sub(scale, layer.coordinates(1)))
-    xy = op.Gather(grid, np.array([1, 0]), axis=3)
+    if G > 1:
+        offset = op.Reshape(offset, np.array([-1, 2 * K, 0, 0]))  # (N·G, 2K, Ho, Wo)
+    x_then_y = np.arange(2 * K, dtype=np.int64).reshape(K, 2)[:, ::-1]
+    delta = op.Transpose(op.Gather(offset, np.ascontiguousarray(x_then_y), axis=1), perm=[0, 3, 1, 4, 2])
+    return sampling.as_coordinates(op, layer, delta)
+
+
+def pixel_centres(op: Emitter, layer: Layer, delta: Value) -> tuple[Value, np.ndarray]:
+    """p_0 + p_k + 1/2 in pixels for ``delta`` (N·G, Ho, K, Wo, 2), as two terms to add, (x, y) on the last
+    axis: the output positions' part (Ho, K, Wo, 2), s·(o + 1), and the taps' constant part (1, K, 1, 2),
+    d·k - pad - s + 1/2. (Output position o samples tap k at s·o - pad + d·k; the 1/2 moves pixel indices to
+    pixel centres.) The first part has no batch axis: tract cannot tell that min(N, 1) is 1."""
+    sy, sx = layer.stride
+    step = sx if sx == sy else 1
+    steps = op.ConstantOfShape(op.Shape(delta, start=1), value=layer.coordinates([step]))  # (Ho, K, Wo, 2)
+    is_x = np.array([True, False]).reshape(1, 1, 1, 2)
+    o = op.Where(is_x, op.CumSum(steps, np.array(2)), op.CumSum(steps, np.array(0)))  # step·(o + 1), (x, y)
+    if sx != sy:
+        o = op.Mul(o, layer.coordinates([sx, sy]))
+    first = sampling.first_tap(layer, shift=0.5)[::-1].T  # (K, 2) (x, y)
+    return o, np.ascontiguousarray(first).reshape(1, layer.taps, 1, 2)
+
+
+def half_image_size(op: Emitter, layer: Layer, X: Value) -> Value:
+    """(W/2, H/2) of ``X`` (N, C, H, W) in the coordinate type. A float32 layer sums halves instead of casting:
+    onnxconverter-common's float16 conversion retypes a ``Cast(to=FLOAT)``'s output but keeps its ``to``
+    (its issue 320), which a float32 model must therefore not have; other dtypes cast."""
+    if layer.coordinate_dtype != _SAMPLED or layer.dtype != _SAMPLED:
+        size = op.Cast(op.Gather(op.Shape(X), np.array([3, 2], dtype=np.int64)), to=layer.coordinate_dtype)
+        return op.Div(size, layer.coordinates(2))
+    halves = op.ConstantOfShape(op.Shape(X, start=2), value=layer.coordinates([0.5]))  # (H, W)
+    widths, heights = op.ReduceSum(halves, np.array([1]), keepdims=0), op.ReduceSum(halves, np.array([0]), keepdims=0)
+    return op.Gather(op.Concat(widths, heights, axis=0), np.array([0, -1], dtype=np.int64))  # (W/2, H/2)
+
+
+def grids(op: Emitter, layer: Layer, X: Value, offset: Value) -> list[Value]:
+    """``GridSample``'s grid of every tap: K values (N·G, Ho, Wo, 2), (x, y) in align_corners=0 units
+    g = (p + 1/2) / (size / 2) - 1 of X (N, C, H, W)."""
+    delta = tap_offsets(op, layer, offset)
+    half_size = half_image_size(op, layer, X)
+    p = op.Add(delta, op.Add(*pixel_centres(op, layer, delta)))  # p + 1/2 (not Sum: MNN's gets broadcasts wrong)
+    g = op.Sub(op.Div(p, half_size), layer.coordinates(1))
+    g = op.Where(op.Less(op.Abs(g), layer.coordinates(_FAR)), g, layer.coordinates(_FAR))
     if layer.coordinate_dtype != _SAMPLED:
-        xy = op.Cast(xy, to=_SAMPLED)
-    return op.Reshape(xy, np.array([-1, K, 0, 2]))
+        g = op.Cast(g, to=_SAMPLED)
+    return op.split(op.Reshape(g, np.array([0, 0, -1, 2], dtype=np.int64)), layer.taps, axis=2)
 
 
-def sampled_columns(op: Emitter, layer: Layer, X: Value, grid: Value, opset: int) -> Value:
-    """x(p) for every channel, tap and position: (N·G, C/G, K, P), float32."""
-    per_group = op.Reshape(X, np.array([-1, layer.in_channels // layer.offset_groups, 0, 0]))
-    mode = "linear" if opset >= 20 else "bilinear"
-    return op.GridSample(_sampled(op, layer, per_group), grid, align_corners=0, mode=mode, padding_mode="zeros")
+def tap_samples(op: Emitter, layer: Layer, images: Value, grid: Value, mask: Optional[Value]) -> Value:
+    """x(p) · Δm_k of one tap for every channel: (N, C, Ho, Wo) float32, from ``images`` (N·G, C/G, H, W)
+    float32, its ``grid`` (N·G, Ho, Wo, 2) and its ``mask`` (N·G, 1, Ho, Wo) float32."""
+    mode = "linear" if op.opset >= 20 else "bilinear"
+    samples = op.GridSample(images, grid, align_corners=0, mode=mode, padding_mode="zeros")
+    if mask is not None:
+        samples = op.Mul(samples, mask)
+    if layer.offset_groups == 1:
+        return samples
+    return op.Reshape(samples, np.array([-1, layer.in_channels, 0, 0], dtype=np.int64))
 
 
-def modulated(op: Emitter, layer: Layer, columns: Value, mask: Value) -> Value:
-    """Δm_k: ``columns`` (N·G, C/G, K, P) times ``mask`` (N, G·K, Ho, Wo), broadcast over channels."""
-    G, K = layer.offset_groups, layer.taps
-    per_group = op.Reshape(op.Reshape(mask, np.array([0, G, K, -1])), np.array([-1, 1, K, 0]))
-    return op.Mul(columns, _sampled(op, layer, per_group))
-
-
-def grouped_product(op: Emitter, layer: Layer, columns: Value, W: Value, Ho_Wo: Value) -> Value:
-    """Σ_c Σ_k w · columns per conv group: W as (R, O/R, C/R·K) times the columns as (N, R, C/R·K, P);
-    returns Y (N, O, Ho, Wo) in the layer's dtype."""
-    R, O = layer.groups, layer.out_channels
+def tap_weights(op: Emitter, layer: Layer, W: Value) -> list[Value]:
+    """W (O, C/R, kH, kW) as K 1x1 kernels (O, C/R, 1, 1) float32, one per tap (row-major); folded into
+    constants when ``W`` is known."""
+    O, C_R, K = layer.out_channels, layer.in_channels // layer.groups, layer.taps
     known = op.known(W)
     if known is not None:
-        w = known.astype(np.float32).reshape(R, O // R, -1)
-    else:
-        w = op.Reshape(_sampled(op, layer, W), np.array([R, O // R, -1]))
-    per_group = op.Reshape(columns, np.array([-1, R, layer.in_channels // R * layer.taps, 0]))
-    shape = op.Concat(np.array([-1, O], dtype=np.int64), Ho_Wo, axis=0)
-    Y = op.Reshape(op.MatMul(w, per_group), shape)
-    return Y if layer.dtype == _SAMPLED else op.Cast(Y, to=layer.dtype)
+        taps = known.astype(np.float32).reshape(O, C_R, K, 1)
+        return [np.ascontiguousarray(taps[:, :, k:k + 1]) for k in range(K)]
+    return op.split(_sampled(op, layer, op.Reshape(W, np.array([O, C_R, K, 1], dtype=np.int64))), K, axis=2)
+
+
+def _bias(op: Emitter, layer: Layer, B: Value) -> Value:
+    """``B`` (O) as float32; folded when known."""
+    known = op.known(B)
+    return known.astype(np.float32) if known is not None else _sampled(op, layer, B)
 
 
 def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, B: Optional[Value] = None,
                   mask: Optional[Value] = None) -> Value:
-    """Y (N, O, Ho, Wo); arguments as :func:`dcn_onnxscript.lowering.gather.deform_conv2d`."""
-    H_W, Ho_Wo = sampling.image_size(op, X), sampling.output_size(op, offset)
-    columns = sampled_columns(op, layer, X, sampling_grid(op, layer, offset, H_W, Ho_Wo), op.opset)
+    """Y (N, O, Ho, Wo) of ``X`` (N, C, H, W), ``W`` (O, C/R, kH, kW), ``offset`` (N, 2·G·K, Ho, Wo), optional
+    ``B`` (O) and ``mask`` (N, G·K, Ho, Wo) (``None``: DCNv1): Σ_k Conv1x1(W_k, samples of tap k)."""
+    G, K = layer.offset_groups, layer.taps
+    images = _sampled(op, layer, X)
+    if G > 1:
+        images = op.Reshape(images, np.array([-1, layer.in_channels // G, 0, 0], dtype=np.int64))
+    masks = [None] * K
     if mask is not None:
-        columns = modulated(op, layer, columns, mask)
-    Y = grouped_product(op, layer, columns, W, Ho_Wo)
-    return Y if B is None else op.Add(Y, bias_per_channel(op, B))
+        per_group = mask if G == 1 else op.Reshape(mask, np.array([-1, K, 0, 0], dtype=np.int64))
+        masks = op.split(_sampled(op, layer, per_group), K, axis=1)  # (N·G, 1, Ho, Wo) each
+    Y = None
+    for grid, tap_mask, weights in zip(grids(op, layer, X, offset), masks, tap_weights(op, layer, W)):
+        first_tap_bias = [_bias(op, layer, B)] if Y is None and B is not None else []
+        product = op.Conv(tap_samples(op, layer, images, grid, tap_mask), weights, *first_tap_bias,
+                          group=layer.groups)
+        Y = product if Y is None else op.Add(Y, product)
+    return Y if layer.dtype == _SAMPLED else op.Cast(Y, to=layer.dtype)

@@ -33,10 +33,10 @@ HIDDEN_DOMAIN = "dcn_onnxscript.stable"
 #: Ops whose schema from opset 12 (13 where noted) to 18 changed only by added input types or by
 #: attributes/inputs checked in :func:`is_stable`.
 _STABLE_OPS = frozenset({
-    "Add", "And", "Cast", "Concat", "ConstantOfShape", "CumSum", "Div", "Equal", "Expand", "Flatten", "Floor", "Gather",
+    "Abs", "Add", "And", "Cast", "Concat", "ConstantOfShape", "Conv", "CumSum", "Div", "Equal", "Expand", "Flatten",
+    "Floor", "Gather",
     "Constant", "GatherND", "Greater", "Less", "MatMul", "Max", "Min", "Mul", "Not", "Pad", "Range", "Reciprocal",
-    "Reshape",
-    "Shape", "Slice", "Sub", "Transpose", "Where",
+    "Reshape", "Shape", "Slice", "Split", "GridSample", "Sub", "Sum", "Transpose", "Where",
 })
 
 
@@ -50,6 +50,10 @@ def is_stable(node: ir.Node, opset: int) -> bool:
         return False  # opset 14
     if node.op_type == "Pad" and len(node.inputs) > 3:
         return False  # the axes input, opset 18
+    if node.op_type == "Split":
+        return opset >= 13 and len(node.inputs) == 1 and "num_outputs" not in node.attributes  # 13: split input
+    if node.op_type == "GridSample":
+        return opset >= 16 and node.attributes.get_string("mode", "bilinear") != "linear"
     return True
 
 
@@ -67,6 +71,8 @@ def convert_version(model: ir.Model, target_version: int, convert: Callable[[ir.
                              f"{target_version}; use impl='gather' below opset {low}")
         if target_version < 15 and node.op_type == "Shape":
             _shape_then_slice(node)
+        elif target_version < 18 and node.op_type == "Split" and len(node.inputs) == 1:
+            node.attributes.pop("num_outputs", None)  # opset 18; before, the count of outputs says it
         elif target_version < 13 and node.op_type == "ReduceSum" and _axes_to_attribute(node):
             node.domain = HIDDEN_DOMAIN
     for node in ir.traversal.RecursiveGraphIterator(model.graph):

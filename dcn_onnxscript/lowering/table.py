@@ -1,10 +1,16 @@
 """The one table of lowerings: every consumer (torch.onnx registration, TorchScript symbolic, rewriter,
-command line, bench) reads names, builders and minimum opsets from here."""
+command line, bench) reads names, builders and minimum opsets from here.
+
+The default, "auto", is a choice by opset and dtype, not a lowering of its own: "grid_sample" (leanest and
+fastest, :mod:`.grid_sample`) where the opset has ``GridSample`` (16), "gather" (:mod:`.gather`) below and
+for float64 layers, which it computes in float64 (grid_sample computes in float32)."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable, Optional
+
+import onnx
 
 from dcn_onnxscript.lowering import emitter, gather, grid_sample
 from dcn_onnxscript.lowering.layer import Layer
@@ -28,18 +34,33 @@ LOWERINGS: dict[str, Lowering] = {
         Lowering("gather", gather.deform_conv2d, emitter.MIN_OPSET,
                  "index arithmetic + GatherND + MatMul; every runtime"),
         Lowering("grid_sample", grid_sample.deform_conv2d, grid_sample.MIN_OPSET,
-                 "ONNX GridSample + MatMul"),
+                 "one GridSample + 1x1 Conv per kernel tap, summed; opset >= 16"),
     )
 }
-#: The lowering used unless another is asked for.
-DEFAULT = "gather"
+#: The default: "grid_sample" from its opset on, "gather" below.
+AUTO = "auto"
+DEFAULT = AUTO
+#: Every name a user may pass as ``impl``.
+NAMES = (AUTO, *LOWERINGS)
+
+
+def resolve(name: str, opset: int, dtype: Optional[int] = None) -> str:
+    """The lowering ``name`` stands for at ``opset`` for a layer of ONNX type ``dtype``: itself, or for "auto"
+    the one that fits them."""
+    if name != AUTO:
+        return name
+    if opset >= LOWERINGS["grid_sample"].min_opset and dtype != onnx.TensorProto.DOUBLE:
+        return "grid_sample"
+    return "gather"
 
 
 def lowering(name: str, opset: Optional[int] = None) -> Lowering:
-    """The lowering called ``name``; ``ValueError`` naming the choices, or the opset it needs when
-    ``opset`` is below its minimum."""
-    if name not in LOWERINGS:
-        raise ValueError(f"impl must be one of {sorted(LOWERINGS)}, got {name!r}")
+    """The lowering called ``name`` (resolved at ``opset``); ``ValueError`` naming the choices, or the opset it
+    needs when ``opset`` is below its minimum."""
+    if name not in NAMES:
+        raise ValueError(f"impl must be one of {list(NAMES)}, got {name!r}")
+    if name == AUTO:
+        name = resolve(name, opset if opset is not None else emitter.MIN_OPSET)
     found = LOWERINGS[name]
     if opset is not None and opset < found.min_opset:
         raise ValueError(f"impl={name!r} needs opset >= {found.min_opset}, got opset {opset}; impl='gather' "
@@ -48,5 +69,5 @@ def lowering(name: str, opset: Optional[int] = None) -> Lowering:
 
 
 def build(name: str, op: emitter.Emitter, layer: Layer, X, W, offset, B=None, mask=None):
-    """Write layer ``layer`` with lowering ``name`` through ``op``; returns Y."""
-    return lowering(name, op.opset).build(op, layer, X, W, offset, B, mask)
+    """Write layer ``layer`` with lowering ``name`` (resolved at ``op.opset``) through ``op``; returns Y."""
+    return lowering(resolve(name, op.opset, layer.dtype), op.opset).build(op, layer, X, W, offset, B, mask)

@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", type=pathlib.Path, nargs="?", default=None,
                         help="where to write the rewritten model (leave out with --in-place)")
     parser.add_argument("--impl", default=table.DEFAULT,
-                        help=f"lowering: {', '.join(sorted(table.LOWERINGS))} (default: {table.DEFAULT})")
+                        help=f"lowering: {', '.join(table.NAMES)} (default: {table.DEFAULT}: grid_sample from opset 16, "
+                             "gather below)")
     parser.add_argument("--opset", type=int, default=None,
                         help="convert the result to this ONNX opset (default: keep the model's)")
     parser.add_argument("--check", action="store_true",
@@ -67,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"nothing to rewrite: {args.input} holds no DeformConv or mmcv deformable convolution; wrote an "
               f"unchanged copy (opset {_onnx_opset(result.model)}) -> {output}")
         return 0
-    print(f"{result.summary()} (impl {args.impl}, opset {_onnx_opset(result.model)}) -> {output}")
+    written = ", ".join(sorted(result.lowerings)) or args.impl
+    print(f"{result.summary()} (impl {written}, opset {_onnx_opset(result.model)}) -> {output}")
     return 0
 
 

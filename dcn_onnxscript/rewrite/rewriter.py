@@ -84,10 +84,12 @@ class DeformConvCall:
 
 @dataclasses.dataclass
 class RewriteResult:
-    """The rewritten model and how many nodes of each kind (``domain::op_type``) were replaced."""
+    """The rewritten model, how many nodes of each kind (``domain::op_type``) were replaced, and with which
+    lowerings (``impl`` "auto" stands for one per node)."""
 
     model: ir.Model
     counts: collections.Counter
+    lowerings: frozenset[str] = frozenset()
 
     def summary(self) -> str:
         """One line, e.g. ``rewrote 3 nodes: DeformConv x2, mmcv::MMCVDeformConv2d x1``."""
@@ -280,12 +282,12 @@ def _node_opsets(model: ir.Model) -> dict[ir.Node, int]:
 
 
 def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit_opset: Optional[int],
-                          hidden: bool, progress: Optional[Progress]) -> collections.Counter:
+                          hidden: bool, progress: Optional[Progress]) -> tuple[collections.Counter, set[str]]:
     """Replace each of ``nodes`` by the nodes of lowering ``impl``, written for ``emit_opset`` (default: the
     opset of its graph); with ``hidden``, in :data:`opsets.HIDDEN_DOMAIN` for a conversion to come. A node
     whose weight shape is unknown (a local function's input, say) becomes a call of the standalone script
-    function instead, inlined at the end. Returns the count per kind. Nothing is changed when any node is
-    refused."""
+    function instead, inlined at the end. Returns the count per kind and the names of the lowerings
+    written. Nothing is changed when any node is refused."""
     calls = []
     node_opsets = _node_opsets(model)
     for node in nodes:
@@ -301,18 +303,22 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
                                f"static shape or rewrite at opset >= {SCRIPT_OPSET}")
         calls.append((node, call, layer, opset))
     counts: collections.Counter = collections.Counter()
+    lowerings: set[str] = set()
     step = max(1, len(calls) // 10)
     scripted = False
     for index, (node, call, layer, opset) in enumerate(calls, 1):
+        dtype = layer.dtype if layer is not None else (call.X.dtype.value if call.X.dtype is not None else None)
+        name = table.resolve(impl, opset, dtype)
+        lowerings.add(name)
         if layer is None:
-            new_nodes = [script_calls.call_node(node, call, impl)]
+            new_nodes = [script_calls.call_node(node, call, name)]
             Y = new_nodes[0].outputs[0]
             scripted = True
         else:
             prefix = f"{node.name or 'deform_conv'}_{index}"
             # Constants as initializers in the main graph; as Constant nodes in subgraphs and functions.
             op = TapeEmitter(opset, prefix=prefix, initializers=node.graph is model.graph)
-            Y = table.build(impl, op, layer, call.X, call.W, call.offset, call.B, call.mask)
+            Y = table.build(name, op, layer, call.X, call.W, call.offset, call.B, call.mask)
             new_nodes = op.tape.nodes
             for constant in op.tape.initializers:
                 node.graph.register_initializer(constant)
@@ -331,7 +337,7 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
         if progress:
             progress("inlining the standalone functions")
         script_calls.inline(model)
-    return counts
+    return counts, lowerings
 
 
 def _onnx_opset(model: ir.Model) -> int:
@@ -374,12 +380,12 @@ def rewrite(model: ir.Model, impl: str = table.DEFAULT, opset: Optional[int] = N
             progress: Optional[Progress] = None) -> RewriteResult:
     """Rewrite ``model`` in place (see the module docstring) and return it with the counts per node kind.
 
-    ``impl``: a name of :data:`dcn_onnxscript.lowering.table.LOWERINGS`; ``opset``: the ONNX opset of the
+    ``impl``: one of :data:`dcn_onnxscript.lowering.table.NAMES`; ``opset``: the ONNX opset of the
     result (default: the model's own). Raises :class:`RewriteError` for a node it cannot rewrite; ``model``
     is then left as it was unless an upward ``opset`` conversion had already been applied.
     """
-    if impl not in table.LOWERINGS:
-        raise RewriteError(f"unknown implementation {impl!r}; choose from {', '.join(sorted(table.LOWERINGS))}")
+    if impl not in table.NAMES:
+        raise RewriteError(f"unknown implementation {impl!r}; choose from {', '.join(table.NAMES)}")
     if opset is not None and opset > _onnx_opset(model):
         model = _convert_opset(model, opset)
     version = _onnx_opset(model)
@@ -387,12 +393,13 @@ def rewrite(model: ir.Model, impl: str = table.DEFAULT, opset: Optional[int] = N
     if down and opset < opsets.MIN_OPSET:
         raise RewriteError(f"--opset must be >= {opsets.MIN_OPSET}, got {opset}")
     nodes = _source_nodes(model)
-    counts = _replace_deform_convs(model, nodes, impl, opset if down else None, hidden=down, progress=progress)
+    counts, lowerings = _replace_deform_convs(model, nodes, impl, opset if down else None, hidden=down,
+                                              progress=progress)
     if counts:
         _drop_unused_domains(model, {kind.split("::")[0] for kind in counts if "::" in kind})
     if down:
         model = _convert_opset(model, opset)
-    return RewriteResult(model, counts)
+    return RewriteResult(model, counts, frozenset(lowerings))
 
 
 def rewrite_model(model: onnx.ModelProto, impl: str = table.DEFAULT, opset: Optional[int] = None) -> onnx.ModelProto:

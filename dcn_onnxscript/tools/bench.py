@@ -64,7 +64,8 @@ from torchvision.ops import DeformConv2d
 
 import dcn_onnxscript
 from dcn_onnxscript.export import _internals, dynamo
-from dcn_onnxscript.lowering.table import DEFAULT, LOWERINGS
+from dcn_onnxscript.lowering import table
+from dcn_onnxscript.lowering.table import LOWERINGS
 from dcn_onnxscript.tools.progress import Progress
 
 #: Model kinds besides the lowerings (named as in LOWERINGS): native DeformConv, the
@@ -72,6 +73,10 @@ from dcn_onnxscript.tools.progress import Progress
 NATIVE, DCOE, EAGER, GEMM = "native", "deform_conv2d_onnx_exporter", "eager", "gemm floor"
 #: The ONNX models of every case, in round order.
 ONNX_KINDS = (*LOWERINGS, NATIVE, DCOE)
+#: The opset of every lowering's export (torch's default in torch 2.14; native DeformConv: 19).
+EXPORT_OPSET = 20
+#: The lowering the default ("auto") stands for at that opset.
+DEFAULT = table.resolve(table.DEFAULT, EXPORT_OPSET)
 #: The other runtimes of the network case.
 OPENVINO, TRACT = "openvino", "tract"
 #: What ``--skip`` can leave out.
@@ -228,7 +233,7 @@ def _export_dynamo(module: torch.nn.Module, inputs: tuple, path: pathlib.Path, i
     """Export a layer model through ``impl`` (a lowering or "native"); returns the export seconds."""
     start = time.perf_counter()
     torch.onnx.export(module, inputs, str(path), dynamo=True, verbose=False,
-                      opset_version=dynamo.NATIVE_MIN_OPSET if impl == NATIVE else None,
+                      opset_version=dynamo.NATIVE_MIN_OPSET if impl == NATIVE else EXPORT_OPSET,
                       custom_translation_table=dcn_onnxscript.translation_table(impl))
     return time.perf_counter() - start
 

@@ -345,7 +345,7 @@ def test_opset_conversion_that_onnx_cannot_do_is_a_clear_error():
 
 
 def test_unknown_implementation_is_refused():
-    with pytest.raises(RewriteError, match="unknown implementation 'nope'; choose from gather"):
+    with pytest.raises(RewriteError, match="unknown implementation 'nope'; choose from auto, gather, grid_sample"):
         rewrite_model(_random_case(5)[0], impl="nope")
 
 
@@ -411,7 +411,7 @@ def test_cli_rewrites_and_checks(cli):
     assert code == 0, stderr
     assert "check: onnx.checker (full_check) passed" in stdout
     assert "check: onnxruntime, original vs rewritten" in stdout
-    assert stdout.strip().splitlines()[-1].startswith("rewrote 1 node: DeformConv x1 (impl gather, opset ")
+    assert stdout.strip().splitlines()[-1].startswith("rewrote 1 node: DeformConv x1 (impl grid_sample, opset ")
     actual = _ort_outputs(onnx.load(folder / "out.onnx"), {**feeds, **weights})[0]
     assert_close(actual, expected, rtol=1e-5)
 
