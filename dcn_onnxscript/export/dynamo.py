@@ -132,9 +132,10 @@ def fold_tap_weights(model: ir.Model) -> None:
         data = _constant(node.inputs[0])
         if data is None:
             continue
-        for number, (output, part) in enumerate(zip(node.outputs, np.split(data, len(node.outputs),
-                                                                            axis=node.attributes.get_int("axis", 0)))):
-            folded = ir.Value(name=f"{node.name or 'split'}_tap{number}", const_value=ir.tensor(np.ascontiguousarray(part)))
+        parts = np.split(data, len(node.outputs), axis=node.attributes.get_int("axis", 0))
+        for number, (output, part) in enumerate(zip(node.outputs, parts)):
+            folded = ir.Value(name=f"{node.name or 'split'}_tap{number}",
+                              const_value=ir.tensor(np.ascontiguousarray(part)))
             folded.type, folded.shape = ir.TensorType(folded.const_value.dtype), ir.Shape(part.shape)
             graph.register_initializer(folded)
             output.replace_all_uses_with(folded)

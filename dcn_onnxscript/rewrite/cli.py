@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", type=pathlib.Path, nargs="?", default=None,
                         help="where to write the rewritten model (leave out with --in-place)")
     parser.add_argument("--impl", default=table.DEFAULT,
-                        help=f"lowering: {', '.join(table.NAMES)} (default: {table.DEFAULT}: grid_sample from opset 16, "
-                             "gather below)")
+                        help=f"lowering: {', '.join(table.NAMES)} (default: {table.DEFAULT}: grid_sample from "
+                             "opset 16, gather below and for float64)")
     parser.add_argument("--opset", type=int, default=None,
                         help="convert the result to this ONNX opset (default: keep the model's)")
     parser.add_argument("--check", action="store_true",

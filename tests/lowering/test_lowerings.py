@@ -115,7 +115,8 @@ def test_one_layer_stays_within_the_node_budget(lowering: str, dtype: int, shape
                   in_channels=64, out_channels=64, dtype=dtype)
     static = {"X": [1, 64, 32, 32], "W": [64, 64, 3, 3], "offset": [1, 18, 32, 32], "B": [64], "mask": [1, 9, 32, 32]}
     np_dtype = onnx.helper.tensor_dtype_to_np_dtype(dtype)
-    constants = {"W": np.ones((64, 64, 3, 3), np_dtype), "B": np.ones(64, np_dtype)} if weights == "initializers" else None
+    folded = {"W": np.ones((64, 64, 3, 3), np_dtype), "B": np.ones(64, np_dtype)}
+    constants = folded if weights == "initializers" else None
     model = lowering_model(lowering, layer, static_shapes=static if shapes == "static" else None, constants=constants)
     nodes = _nodes(model)
     unfolded = 0
