@@ -51,30 +51,30 @@ def _sampled(op: Emitter, layer: Layer, value: Value) -> Value:
 
 
 def tap_offsets(op: Emitter, layer: Layer, offset: Value) -> Value:
-    """Δp of ``offset`` (N, 2·G·K, Ho, Wo) as (N·G, Ho, K, Wo, 2) in the coordinate type, last axis (x, y):
+    """Δp of ``offset`` (N, 2·G·K, Ho, Wo) as (N·G, Ho, Wo, K, 2) in the coordinate type, last axis (x, y):
     ``GridSample``'s order."""
     G, K = layer.offset_groups, layer.taps
     if G > 1:
         offset = op.Reshape(offset, np.array([-1, 2 * K, 0, 0]))  # (N·G, 2K, Ho, Wo)
     x_then_y = np.arange(2 * K, dtype=np.int64).reshape(K, 2)[:, ::-1]
-    delta = op.Transpose(op.Gather(offset, np.ascontiguousarray(x_then_y), axis=1), perm=[0, 3, 1, 4, 2])
+    delta = op.Transpose(op.Gather(offset, np.ascontiguousarray(x_then_y), axis=1), perm=[0, 3, 4, 1, 2])
     return sampling.as_coordinates(op, layer, delta)
 
 
 def pixel_centres(op: Emitter, layer: Layer, delta: Value) -> tuple[Value, np.ndarray]:
-    """p_0 + p_k + 1/2 in pixels for ``delta`` (N·G, Ho, K, Wo, 2), as two terms to add, (x, y) on the last
-    axis: the output positions' part (Ho, K, Wo, 2), s·(o + 1), and the taps' constant part (1, K, 1, 2),
+    """p_0 + p_k + 1/2 in pixels for ``delta`` (N·G, Ho, Wo, K, 2), as two terms to add, (x, y) on the last
+    axis: the output positions' part (Ho, Wo, K, 2), s·(o + 1), and the taps' constant part (1, 1, K, 2),
     d·k - pad - s + 1/2. (Output position o samples tap k at s·o - pad + d·k; the 1/2 moves pixel indices to
     pixel centres.) The first part has no batch axis: tract cannot tell that min(N, 1) is 1."""
     sy, sx = layer.stride
     step = sx if sx == sy else 1
-    steps = op.ConstantOfShape(op.Shape(delta, start=1), value=layer.coordinates([step]))  # (Ho, K, Wo, 2)
+    steps = op.ConstantOfShape(op.Shape(delta, start=1), value=layer.coordinates([step]))  # (Ho, Wo, K, 2)
     is_x = np.array([True, False]).reshape(1, 1, 1, 2)
-    o = op.Where(is_x, op.CumSum(steps, np.array(2)), op.CumSum(steps, np.array(0)))  # step·(o + 1), (x, y)
+    o = op.Where(is_x, op.CumSum(steps, np.array(1)), op.CumSum(steps, np.array(0)))  # step·(o + 1), (x, y)
     if sx != sy:
         o = op.Mul(o, layer.coordinates([sx, sy]))
     first = sampling.first_tap(layer, shift=0.5)[::-1].T  # (K, 2) (x, y)
-    return o, np.ascontiguousarray(first).reshape(1, layer.taps, 1, 2)
+    return o, np.ascontiguousarray(first).reshape(1, 1, layer.taps, 2)
 
 
 def half_image_size(op: Emitter, layer: Layer, X: Value) -> Value:
@@ -99,7 +99,9 @@ def grids(op: Emitter, layer: Layer, X: Value, offset: Value) -> list[Value]:
     g = op.Where(op.Less(op.Abs(g), layer.coordinates(_FAR)), g, layer.coordinates(_FAR))
     if layer.coordinate_dtype != _SAMPLED:
         g = op.Cast(g, to=_SAMPLED)
-    return op.split(op.Reshape(g, np.array([0, 0, -1, 2], dtype=np.int64)), layer.taps, axis=2)
+    # (N·G, Ho, Wo, K·2), split on that last axis: every part has exactly the sizes (N·G, Ho, Wo, 2) (a split
+    # of a symbolic size such as K·Wo gets rounded sizes in tract, which then pile up layer after layer)
+    return op.split(op.Reshape(g, np.array([0, 0, 0, -1], dtype=np.int64)), layer.taps, axis=3)
 
 
 def tap_samples(op: Emitter, layer: Layer, images: Value, grid: Value, mask: Optional[Value]) -> Value:

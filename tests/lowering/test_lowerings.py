@@ -6,6 +6,9 @@ hostile offsets, and the node budget of one layer."""
 from __future__ import annotations
 
 import collections
+import os
+import re
+import tempfile
 
 import numpy as np
 import onnx
@@ -125,3 +128,22 @@ def test_one_layer_stays_within_the_node_budget(lowering: str, dtype: int, shape
     budget = NODE_BUDGET + unfolded
     assert sum(nodes.values()) <= budget, nodes
     assert "DeformConv" not in nodes
+
+
+@pytest.mark.parametrize("lowering", sorted(table.LOWERINGS))
+def test_tract_derives_the_output_sizes_exactly(lowering: str):
+    """tract types a dynamic layer with output sizes that are the offset's own symbols, not expressions:
+    an expression (a rounded split of K·Wo, a broadcast of two spellings of Wo) grows with every layer a
+    network stacks, until tract takes minutes to load it (13 layers of ResNet-50)."""
+    tract = pytest.importorskip("tract")
+    layer = Layer(kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1,
+                  in_channels=4, out_channels=4)
+    shapes = {"X": ["N", 4, "H", "W"], "W": [4, 4, 3, 3], "offset": ["N", 18, "Ho", "Wo"], "B": [4],
+              "mask": ["N", 9, "Ho", "Wo"]}
+    model = lowering_model(lowering, layer, opset=18, static_shapes=shapes)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "layer.onnx")
+        onnx.save(model, path)
+        fact = str(tract.onnx().load(path).into_model().output_fact(0))
+    n, o, ho, wo = fact.split(",")[:4]
+    assert o == "4" and all(re.fullmatch(r"<?\w+>?", d) for d in (n, ho, wo)), fact
