@@ -35,7 +35,12 @@ _DOMAIN = Opset("dcn_onnxscript", 1)
 
 class TracerEmitter(Emitter):
     """Writes into the graph torch.onnx is building (of opset ``opset``), through onnxscript's opset-18 ops:
-    every op the lowerings use has the same form from 18 on."""
+    every op the lowerings use has the same form from 18 on. torch 2.6's tracer gives a node as many outputs
+    as its schema lists (one for ``Split``): there ``split`` writes ``Slice`` nodes."""
+
+    def __init__(self, opset: int) -> None:
+        super().__init__(opset)
+        self.multiple_outputs = _internals.tracer_writes_multiple_outputs()
 
     def _node(self, op_type: str, inputs: list, attributes: dict[str, Any], outputs: int):
         return getattr(opset18, op_type)(*inputs, **attributes)

@@ -26,8 +26,12 @@ class Emitter:
     """Writes ONNX nodes of one opset; ``op.Add(a, b)`` and ``op.Gather(a, b, axis=0)`` return the output
     value, ``op.Split(x, axis=1, outputs=3)`` the list of its three outputs.
 
-    Subclasses implement :meth:`_node` and :meth:`_constant`.
+    Subclasses implement :meth:`_node` and :meth:`_constant`; one whose builder cannot write a node of several
+    outputs sets :attr:`multiple_outputs` to False.
     """
+
+    #: Whether the builder writes nodes of several outputs (else :meth:`split` writes one ``Slice`` per part).
+    multiple_outputs = True
 
     def __init__(self, opset: int) -> None:
         self.opset = opset
@@ -44,11 +48,18 @@ class Emitter:
         attributes = {k: self._tensor(v) if isinstance(v, np.ndarray) else v for k, v in attributes.items()}
         return self._node(op_type, inputs, attributes, outputs)
 
-    def split(self, value: Any, parts: int, axis: int) -> list:
-        """``value`` split into ``parts`` equal parts along ``axis`` (``Split`` with no sizes: its count of
-        outputs at opsets 13–17, the ``num_outputs`` attribute from 18 on)."""
-        attributes = {"axis": axis, **({"num_outputs": parts} if self.opset >= 18 else {})}
-        return list(self.emit("Split", [value], attributes, parts)) if parts > 1 else [value]
+    def split(self, value: Any, parts: int, size: int, axis: int) -> list:
+        """``value``, of static ``size`` along ``axis``, cut into ``parts`` equal parts: one ``Split`` (with the
+        ``num_outputs`` attribute from opset 18 on; before, its count of outputs says it), or one ``Slice``
+        per part where the builder has no multi-output nodes."""
+        if parts == 1:
+            return [value]
+        if self.multiple_outputs:
+            attributes = {"axis": axis, **({"num_outputs": parts} if self.opset >= 18 else {})}
+            return list(self.emit("Split", [value], attributes, parts))
+        step = size // parts
+        return [self.emit("Slice", [value, np.array([start]), np.array([start + step]), np.array([axis])], {})
+                for start in range(0, size, step)]
 
     def known(self, value: Any) -> Optional[np.ndarray]:
         """``value``'s contents when they are known at build time (an initializer or a constant), else

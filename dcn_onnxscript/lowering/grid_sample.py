@@ -101,7 +101,7 @@ def grids(op: Emitter, layer: Layer, X: Value, offset: Value) -> list[Value]:
         g = op.Cast(g, to=_SAMPLED)
     # (N·G, Ho, Wo, K·2), split on that last axis: every part has exactly the sizes (N·G, Ho, Wo, 2) (a split
     # of a symbolic size such as K·Wo gets rounded sizes in tract, which then pile up layer after layer)
-    return op.split(op.Reshape(g, np.array([0, 0, 0, -1], dtype=np.int64)), layer.taps, axis=3)
+    return op.split(op.Reshape(g, np.array([0, 0, 0, -1], dtype=np.int64)), layer.taps, 2 * layer.taps, axis=3)
 
 
 def tap_samples(op: Emitter, layer: Layer, images: Value, grid: Value, mask: Optional[Value]) -> Value:
@@ -124,7 +124,7 @@ def tap_weights(op: Emitter, layer: Layer, W: Value) -> list[Value]:
     if known is not None:
         taps = known.astype(np.float32).reshape(O, C_R, K, 1)
         return [np.ascontiguousarray(taps[:, :, k:k + 1]) for k in range(K)]
-    return op.split(_sampled(op, layer, op.Reshape(W, np.array([O, C_R, K, 1], dtype=np.int64))), K, axis=2)
+    return op.split(_sampled(op, layer, op.Reshape(W, np.array([O, C_R, K, 1], dtype=np.int64))), K, K, axis=2)
 
 
 def _bias(op: Emitter, layer: Layer, B: Value) -> Value:
@@ -144,7 +144,7 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
     masks = [None] * K
     if mask is not None:
         per_group = mask if G == 1 else op.Reshape(mask, np.array([-1, K, 0, 0], dtype=np.int64))
-        masks = op.split(_sampled(op, layer, per_group), K, axis=1)  # (N·G, 1, Ho, Wo) each
+        masks = op.split(_sampled(op, layer, per_group), K, K, axis=1)  # (N·G, 1, Ho, Wo) each
     Y = None
     for grid, tap_mask, weights in zip(grids(op, layer, X, offset), masks, tap_weights(op, layer, W)):
         first_tap_bias = [_bias(op, layer, B)] if Y is None and B is not None else []

@@ -8,7 +8,16 @@ import pytest
 import torch
 
 import dcn_onnxscript
-from helpers import Case, DeformConvLayer, assert_close, export_dynamo, layer_reference, make_inputs, run_onnxruntime
+from helpers import (
+    GEOMETRIES,
+    Case,
+    DeformConvLayer,
+    assert_close,
+    export_dynamo,
+    layer_reference,
+    make_inputs,
+    run_onnxruntime,
+)
 
 
 def op_types(model_proto: onnx.ModelProto) -> set[str]:
@@ -135,3 +144,15 @@ def test_mask_channels_not_matching_kernel_is_a_value_error_at_export() -> None:
             torch.rand(1, 5, 5, 5), torch.zeros(4))
     message = _export_error(RawOp(offset_groups=1), args)
     assert "mask dimension 1 must be 9" in message
+
+
+@pytest.mark.parametrize("geometry", ["plain", "groups"])
+def test_default_export_folds_the_per_tap_kernels_into_initializers(geometry: str) -> None:
+    """At torch's default opset the default lowering is grid_sample: every 1x1 Conv's kernel is an initializer
+    (folded in the exporter's conversion step), and no node is left reading W."""
+    case = GEOMETRIES[geometry]
+    model = export_and_compare(case)
+    initializers = {i.name for i in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 9 and all(n.input[1] in initializers for n in convs)
+    assert not any(n.op_type == "Split" and n.input[0] in initializers for n in model.graph.node)

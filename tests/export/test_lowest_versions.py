@@ -2,7 +2,8 @@
 exactly those, ``.ci/lowest-constraints.txt``); it runs in the main suite too.
 
 Only public API: ``import dcn_onnxscript`` then ``torch.onnx.export`` of a torchvision ``DeformConv2d``
-through the dynamo exporter (default opset) and the TorchScript one (opset 13); the ONNX model must hold
+through the dynamo exporter (default opset, opset 12, and grid_sample at opset 20) and the TorchScript one
+(opset 13); the ONNX model must hold
 no ``DeformConv``, pass the full checker and match torchvision on onnxruntime.
 """
 
@@ -34,11 +35,13 @@ def _layer_and_inputs(bias: bool):
     return layer, (x, offset, mask)
 
 
-def _export(layer, inputs, path, dynamo: bool, opset=None) -> onnx.ModelProto:
+def _export(layer, inputs, path, dynamo: bool, opset=None, impl=None) -> onnx.ModelProto:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript-exporter deprecation, dynamo progress notes
         if dynamo:
-            torch.onnx.export(layer, inputs, str(path), dynamo=True, opset_version=opset)
+            table = dcn_onnxscript.translation_table(impl) if impl else None
+            torch.onnx.export(layer, inputs, str(path), dynamo=True, opset_version=opset,
+                              custom_translation_table=table)
         else:
             torch.onnx.export(layer, inputs, str(path), dynamo=False, opset_version=13,
                               input_names=["input", "offset", "mask"])
@@ -51,14 +54,17 @@ def _op_types(model: onnx.ModelProto) -> set[str]:
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
-@pytest.mark.parametrize("dynamo, opset", [(True, None), (True, 12), (False, 13)],
-                         ids=["dynamo", "dynamo_opset12", "torchscript_opset13"])
-def test_export_matches_torchvision_on_onnxruntime(tmp_path, dynamo, opset, bias):
+@pytest.mark.parametrize("dynamo, opset, impl", [(True, None, None), (True, 12, None), (True, 20, "grid_sample"),
+                                                 (False, 13, None)],
+                         ids=["dynamo", "dynamo_opset12", "dynamo_opset20_grid_sample", "torchscript_opset13"])
+def test_export_matches_torchvision_on_onnxruntime(tmp_path, dynamo, opset, impl, bias):
     layer, inputs = _layer_and_inputs(bias)
     path = tmp_path / "deform_conv2d.onnx"
-    model = _export(layer, inputs, path, dynamo, opset)
+    model = _export(layer, inputs, path, dynamo, opset, impl)
 
     assert "DeformConv" not in _op_types(model)
+    if impl == "grid_sample":
+        assert {"GridSample", "Conv"} <= _op_types(model)
     onnx.checker.check_model(model, full_check=True)
     if opset is not None:
         assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {opset}
