@@ -4,7 +4,8 @@ lowering of :data:`dcn_onnxscript.lowering.table.LOWERINGS` on onnxruntime CPU, 
 
 Cases: single modulated 3x3 layers (padding 1, bias, one offset group) and the DCNv2 ResNet-50 of
 ``examples/dcn_resnet50.py`` (13 deformable layers). Every lowering and the native model are exported
-with ``torch.onnx.export(dynamo=True)`` (native: torch's own translation, ``DeformConv``, opset 19);
+with ``torch.onnx.export(dynamo=True)`` (lowerings at opset 20, where the default "auto" is grid_sample;
+native: torch's own translation, ``DeformConv``, opset 19);
 ``deform_conv2d_onnx_exporter`` with ``torch.onnx.export(dynamo=False, opset_version=12)`` after its
 ``register_deform_conv2d_onnx_op()``. The network's dynamo exports have a dynamic batch, height and width,
 as the example writes them; ``deform_conv2d_onnx_exporter`` bakes the shapes in, so its export is static.
@@ -28,7 +29,7 @@ Method:
   model in the round), and torch gets the same number of threads.
 * **Floor**: the layer's GEMM, (N·Ho·Wo, C·kH·kW) x (C·kH·kW, O), run as a single onnxruntime ``MatMul``
   in the same rounds; floor = GEMM FLOPs / that MatMul's measured throughput, i.e. its median time.
-* **Other runtimes** (network only): the default lowering's model and deform_conv2d_onnx_exporter's on
+* **Other runtimes** (network only): every lowering's model and deform_conv2d_onnx_exporter's on
   OpenVINO CPU (``INFERENCE_PRECISION_HINT`` f32, ``--threads`` threads, latency hint) and tract (the file
   loaded as it is: symbolic dimensions for the dynamic export), interleaved the same way. "load s" is
   read + compile (OpenVINO) or load + optimise into a runnable (tract). A model a runtime rejects gets
@@ -574,7 +575,7 @@ def other_runtimes(case: Case, args: argparse.Namespace) -> list[RuntimeResult]:
     for runtime, (package, make_runner) in _RUNTIMES.items():
         if runtime in args.skip:
             continue
-        rows = {kind: RuntimeResult(runtime, kind) for kind in (DEFAULT, DCOE) if kind not in args.skip}
+        rows = {kind: RuntimeResult(runtime, kind) for kind in (*LOWERINGS, DCOE) if kind not in args.skip}
         run: dict[str, Callable[[], np.ndarray]] = {}
         for kind, row in rows.items():
             if importlib.util.find_spec(package) is None:
