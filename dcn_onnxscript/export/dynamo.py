@@ -93,7 +93,7 @@ def _native_translation(*args):
     """torch's own translation (ONNX ``DeformConv``), refusing opsets that do not have the op."""
     if _internals.exporter_opset() < NATIVE_MIN_OPSET:
         raise ValueError(f"impl='native' maps deform_conv2d to ONNX DeformConv, which needs opset_version >= "
-                         f"{NATIVE_MIN_OPSET}; use impl='gather' for lower opsets")
+                         f"{NATIVE_MIN_OPSET}; use impl='auto' (the default) for lower opsets")
     return _internals.original_translation()(*args)
 
 

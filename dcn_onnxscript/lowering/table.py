@@ -37,7 +37,7 @@ LOWERINGS: dict[str, Lowering] = {
                  "one GridSample + 1x1 Conv per kernel tap, summed; opset >= 16"),
     )
 }
-#: The default: "grid_sample" from its opset on, "gather" below.
+#: The default: "grid_sample" from its opset on, "gather" below it and for float64 layers.
 AUTO = "auto"
 DEFAULT = AUTO
 #: Every name a user may pass as ``impl``.
