@@ -1,10 +1,13 @@
 """``python -m dcn_onnxscript rewrite IN.onnx OUT.onnx``: make an existing ONNX model's deformable
 convolutions portable.
 
-Every deformable-convolution node is replaced by a call of the matching portable ONNX function of this
-package (see :mod:`dcn_onnxscript.functions`), and those calls, only those, are then inlined, so the result
-holds nothing but standard ONNX ops and runs wherever they do (onnxruntime, OpenVINO, tract, ...). The rest
-of the model (node and value names, initializers, metadata, other local functions) is left as it was.
+Every deformable-convolution node is replaced by the nodes of a lowering (:mod:`dcn_onnxscript.lowering`,
+the same ones the exporters write; "auto" by default: grid_sample from opset 16, gather below and for
+float64), written through an ``onnx_ir`` tape at the opset of the node's graph, its weights folded into
+initializers. A node whose weight shape is unknown gets a call of the standalone script function
+instead, inlined afterwards. The result holds nothing but standard ONNX ops and runs wherever they do
+(onnxruntime, OpenVINO, tract, MNN, ...). The rest of the model (node and value names, initializers,
+metadata, other local functions) is left as it was.
 
 Nodes recognised, wherever they are: the main graph, ``If``/``Loop``/``Scan`` bodies, model-local functions.
 
@@ -37,8 +40,8 @@ Nodes recognised, wherever they are: the main graph, ``If``/``Loop``/``Scan`` bo
     pad_w. A four-value ``padding`` is therefore taken only where both readings agree (``padding[1] ==
     padding[2]``); otherwise the node is refused as ambiguous. Offset layout as above.
 
-The functions are written against ONNX opset 18; the rewritten model keeps its own default opset, which
-must be 18 or later (``DeformConv`` itself needs 19), unless ``--opset`` asks for a conversion.
+The rewritten model keeps its own default opset, which must be 12 or later (16 for grid_sample), unless
+``--opset`` asks for a conversion (the nodes are then written in the target opset's form).
 """
 
 from __future__ import annotations
@@ -328,8 +331,10 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
                     output.name = f"{prefix}/{number}_{output.index()}"
                 if hidden:
                     new.domain = opsets.HIDDEN_DOMAIN
-        ir.convenience.replace_nodes_and_values(node.graph, insertion_point=node, old_nodes=[node],
+        graph = node.graph
+        ir.convenience.replace_nodes_and_values(graph, insertion_point=node, old_nodes=[node],
                                                 new_nodes=new_nodes, old_values=node.outputs, new_values=[Y])
+        _drop_folded_weights(model, [call.W, call.B])
         counts[_kind(node)] += 1
         if progress and (index % step == 0 or index == len(calls)):
             progress(f"replaced {index}/{len(calls)} deformable convolutions")
@@ -338,6 +343,16 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
             progress("inlining the standalone functions")
         script_calls.inline(model)
     return counts, lowerings
+
+
+def _drop_folded_weights(model: ir.Model, values: Sequence[Optional[ir.Value]]) -> None:
+    """Remove the main graph's initializers among ``values`` (a replaced node's W and B) that nothing reads
+    any more, the lowering having folded them into its own; one that is also a graph input stays."""
+    graph = model.graph
+    for value in values:
+        if (value is not None and value.name in graph.initializers and graph.initializers[value.name] is value
+                and not value.uses() and value not in graph.inputs and value not in graph.outputs):
+            del graph.initializers[value.name]
 
 
 def _onnx_opset(model: ir.Model) -> int:

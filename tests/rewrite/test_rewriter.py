@@ -483,3 +483,22 @@ def test_cli_model_with_nothing_to_rewrite_says_so(tmp_path):
     assert code == 0
     assert stdout.startswith(f"nothing to rewrite: {tmp_path / 'relu.onnx'} holds no DeformConv")
     assert (tmp_path / "copy.onnx").is_file()
+
+
+@pytest.mark.parametrize("impl", ["gather", "grid_sample"])
+def test_folded_weights_leave_no_dead_initializer_behind(impl):
+    """The lowerings fold W and B into their own initializers: the replaced node's W and B go (nothing
+    reads them), an initializer the model did not use before stays."""
+    model, feeds = _random_case(0)
+    for name in ("W", "B"):
+        if name in feeds:
+            model.graph.initializer.append(onnx.numpy_helper.from_array(feeds.pop(name), name))
+            kept = [i for i in model.graph.input if i.name != name]
+            del model.graph.input[:]
+            model.graph.input.extend(kept)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(3, np.float32), "unrelated"))
+    rewritten = rewrite_model(model, impl=impl)
+    read = {name for node in rewritten.graph.node for name in node.input}
+    assert {i.name for i in rewritten.graph.initializer} - read == {"unrelated"}
+    assert_close(run_onnxruntime(rewritten, list(feeds.values())), run_onnxruntime(model, list(feeds.values())),
+                 rtol=1e-5)
