@@ -77,25 +77,26 @@ def pixel_centres(op: Emitter, layer: Layer, delta: Value) -> tuple[Value, np.nd
     return o, np.ascontiguousarray(first).reshape(1, 1, layer.taps, 2)
 
 
-def half_image_size(op: Emitter, layer: Layer, X: Value) -> Value:
-    """(W/2, H/2) of ``X`` (N, C, H, W) in the coordinate type. A float32 layer sums halves instead of casting:
-    onnxconverter-common's float16 conversion retypes a ``Cast(to=FLOAT)``'s output but keeps its ``to``
-    (its issue 320), which a float32 model must therefore not have; other dtypes cast."""
+def pixel_scale(op: Emitter, layer: Layer, X: Value) -> Value:
+    """(2/W, 2/H) of ``X`` (N, C, H, W) in the coordinate type: a pixel's width in grid units. A float32 layer
+    gets W/2 and H/2 by summing halves instead of casting: onnxconverter-common's float16 conversion retypes
+    a ``Cast(to=FLOAT)``'s output but keeps its ``to`` (its issue 320), which a float32 model must therefore
+    not have; other dtypes cast."""
     if layer.coordinate_dtype != _SAMPLED or layer.dtype != _SAMPLED:
         size = op.Cast(op.Gather(op.Shape(X), np.array([3, 2], dtype=np.int64)), to=layer.coordinate_dtype)
-        return op.Div(size, layer.coordinates(2))
+        return op.Div(layer.coordinates(2), size)
     halves = op.ConstantOfShape(op.Shape(X, start=2), value=layer.coordinates([0.5]))  # (H, W)
     widths, heights = op.ReduceSum(halves, np.array([1]), keepdims=0), op.ReduceSum(halves, np.array([0]), keepdims=0)
-    return op.Gather(op.Concat(widths, heights, axis=0), np.array([0, -1], dtype=np.int64))  # (W/2, H/2)
+    return op.Reciprocal(op.Gather(op.Concat(widths, heights, axis=0), np.array([0, -1], dtype=np.int64)))
 
 
 def grids(op: Emitter, layer: Layer, X: Value, offset: Value) -> list[Value]:
     """``GridSample``'s grid of every tap: K values (N·G, Ho, Wo, 2), (x, y) in align_corners=0 units
-    g = (p + 1/2) / (size / 2) - 1 of X (N, C, H, W)."""
+    g = (p + 1/2)·2/size - 1 of X (N, C, H, W)."""
     delta = tap_offsets(op, layer, offset)
-    half_size = half_image_size(op, layer, X)
+    scale = pixel_scale(op, layer, X)
     p = op.Add(delta, op.Add(*pixel_centres(op, layer, delta)))  # p + 1/2 (not Sum: MNN's gets broadcasts wrong)
-    g = op.Sub(op.Div(p, half_size), layer.coordinates(1))
+    g = op.Sub(op.Mul(p, scale), layer.coordinates(1))
     g = op.Where(op.Less(op.Abs(g), layer.coordinates(_FAR)), g, layer.coordinates(_FAR))
     if layer.coordinate_dtype != _SAMPLED:
         g = op.Cast(g, to=_SAMPLED)
