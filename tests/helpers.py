@@ -10,6 +10,7 @@ import dataclasses
 import io
 import itertools
 import os
+import re
 import tempfile
 from typing import Optional, Sequence
 
@@ -183,7 +184,9 @@ def run_openvino(model: onnx.ModelProto, inputs: Inputs, precision: Optional[str
 
 def run_tract(model: onnx.ModelProto, inputs: Inputs, concrete: bool = True) -> np.ndarray:
     """tract, with every input's shape and type fixed to the given arrays' (``concrete``), or loaded as it
-    is, symbolic dimensions and all."""
+    is, symbolic dimensions and all. A symbolic model must type with output sizes that are plain symbols
+    or numbers: an expression (a rounded split, a broadcast of two spellings of one size) grows with every
+    layer a network stacks, until tract takes minutes to load it."""
     import tract
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,8 +197,11 @@ def run_tract(model: onnx.ModelProto, inputs: Inputs, concrete: bool = True) -> 
             value = np.asarray(value)
             fact = f"{','.join(map(str, value.shape))},{_tract_dtype(value.dtype)}"
             inference_model.set_input_fact(i, fact)
-        runnable = inference_model.into_model().into_runnable()
-        return runnable.run([np.asarray(v) for v in inputs])[0].to_numpy()
+        typed = inference_model.into_model()
+        if not concrete:
+            sizes = str(typed.output_fact(0)).split(",")[:-1]
+            assert all(re.fullmatch(r"<?\w+>?", size) for size in sizes), f"tract output fact {typed.output_fact(0)}"
+        return typed.into_runnable().run([np.asarray(v) for v in inputs])[0].to_numpy()
 
 
 def _tract_dtype(dtype: np.dtype) -> str:
