@@ -36,7 +36,7 @@ _STABLE_OPS = frozenset({
     "Abs", "Add", "And", "Cast", "Concat", "ConstantOfShape", "Conv", "CumSum", "Div", "Equal", "Expand", "Flatten",
     "Floor", "Gather",
     "Constant", "GatherND", "Greater", "Less", "MatMul", "Max", "Min", "Mul", "Not", "Pad", "Range", "Reciprocal",
-    "Reshape", "Shape", "Slice", "Split", "GridSample", "Sub", "Sum", "Transpose", "Where",
+    "Reshape", "Shape", "Slice", "Split", "GridSample", "Sub", "Transpose", "Where",
 })
 
 

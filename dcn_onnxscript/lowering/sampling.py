@@ -19,11 +19,6 @@ from dcn_onnxscript.lowering.layer import Layer
 Value = Any
 
 
-def image_size(op: Emitter, X: Value) -> Value:
-    """(H, W) of ``X`` (N, C, H, W): INT64 (2,)."""
-    return op.Slice(op.Shape(X), np.array([2]), np.array([4]))
-
-
 def output_size(op: Emitter, offset: Value) -> Value:
     """(Ho, Wo) of ``offset`` (N, 2·G·K, Ho, Wo): INT64 (2,)."""
     return op.Slice(op.Shape(offset), np.array([2]), np.array([4]))

@@ -331,8 +331,7 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
                     output.name = f"{prefix}/{number}_{output.index()}"
                 if hidden:
                     new.domain = opsets.HIDDEN_DOMAIN
-        graph = node.graph
-        ir.convenience.replace_nodes_and_values(graph, insertion_point=node, old_nodes=[node],
+        ir.convenience.replace_nodes_and_values(node.graph, insertion_point=node, old_nodes=[node],
                                                 new_nodes=new_nodes, old_values=node.outputs, new_values=[Y])
         _drop_folded_weights(model, [call.W, call.B])
         counts[_kind(node)] += 1
