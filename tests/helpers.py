@@ -7,10 +7,13 @@ first output as a numpy array.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import itertools
 import os
+import pathlib
 import re
+import subprocess
 import tempfile
 from typing import Optional, Sequence
 
@@ -209,11 +212,65 @@ def _tract_dtype(dtype: np.dtype) -> str:
         np.dtype(dtype)]
 
 
+#: The Python of the LiteRT venv that ``.ci/tflite`` builds (onnx2tf, tensorflow, ai-edge-litert; no torch).
+TFLITE_PYTHON = os.environ.get(
+    "DCN_TFLITE_PYTHON", str(pathlib.Path(__file__).resolve().parents[1] / ".venv-tflite" / "bin" / "python"))
+_TFLITE_WORKER = pathlib.Path(__file__).resolve().parent / "tflite_worker.py"
+
+
+@functools.lru_cache(maxsize=8)
+def _tflite_file(serialized: bytes) -> str:
+    """onnx2tf's float32 TFLite file of a serialized ONNX model (converted once per model, in the LiteRT
+    venv; kept until the test session ends)."""
+    import pytest
+
+    if not os.path.exists(TFLITE_PYTHON):
+        pytest.fail(f"no LiteRT venv at {TFLITE_PYTHON}: run `bash .ci/tflite` or set DCN_TFLITE_PYTHON")
+    folder = tempfile.mkdtemp(prefix="dcn_tflite_")
+    model, tflite = os.path.join(folder, "model.onnx"), os.path.join(folder, "model.tflite")
+    with open(model, "wb") as file:
+        file.write(serialized)
+    done = subprocess.run([TFLITE_PYTHON, str(_TFLITE_WORKER), "convert", model, tflite], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, f"onnx2tf failed:\n{done.stderr[-3000:]}"
+    return tflite
+
+
+def run_tflite(model: onnx.ModelProto, inputs: Inputs) -> np.ndarray:
+    """onnx2tf (its defaults: channels-last inputs) to a float32 TFLite model, run by LiteRT, in the LiteRT
+    venv (``tflite_worker.py``); the output back in the model's NCHW. The converted model must use LiteRT's
+    builtin ops only (no "Flex" select-TensorFlow ops, which plain LiteRT runtimes lack).
+
+    onnx2tf leaves a rank-4 output NCHW or makes it NHWC and the TFLite file does not say which: where both
+    read as the ONNX output's shape (O = Ho = Wo), the layout is the one in which LiteRT's output is nearer
+    to onnxruntime's for the same ONNX model (the caller then compares with its own reference)."""
+    tflite = _tflite_file(model.SerializeToString())
+    with tempfile.TemporaryDirectory() as tmp:
+        feeds, output = os.path.join(tmp, "inputs.npz"), os.path.join(tmp, "output.npy")
+        np.savez(feeds, **{value.name: np.asarray(array) for value, array in zip(model.graph.input, inputs)})
+        done = subprocess.run([TFLITE_PYTHON, str(_TFLITE_WORKER), "run", tflite, feeds, output],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"LiteRT failed:\n{done.stderr[-3000:]}"
+        result = np.load(output)
+    ops = done.stdout.strip().splitlines()[-1].split()[1:]
+    assert not [op for op in ops if op.startswith("Flex")], f"select TensorFlow ops in the TFLite model: {ops}"
+    shape = tuple(d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim)
+    channels_last = result.transpose(0, 3, 1, 2)
+    if result.shape != shape:
+        return channels_last
+    if channels_last.shape != shape:
+        return result
+    onnx_result = np.nan_to_num(run_onnxruntime(model, inputs))
+    distance = [np.abs(np.nan_to_num(r) - onnx_result).max() for r in (result, channels_last)]
+    return result if distance[0] <= distance[1] else channels_last
+
+
 RUNNERS = {
     "onnxruntime": run_onnxruntime,
     "reference": run_reference,
     "openvino": run_openvino,
     "tract": run_tract,
+    "tflite": run_tflite,
 }
 
 
@@ -234,8 +291,9 @@ VARIANTS = {"dcnv2": (True, True), "dcnv2_no_bias": (False, True), "dcnv1": (Tru
 DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64, "bfloat16": None}
 #: runtime -> runner; "openvino" compares in f32, "openvino_default" runs OpenVINO's own default precision
 #: (bf16 on this AMX CPU); "tract" runs static models with concrete input facts, "tract_symbolic" loads
-#: dynamic models as they are.
-MATRIX_RUNTIMES = ("onnxruntime", "openvino", "openvino_default", "tract", "tract_symbolic", "reference")
+#: dynamic models as they are; "tflite" converts static float32 models with onnx2tf and runs LiteRT (in
+#: its own venv: marked ``tflite``, run by ``.ci/tflite``, not by the default command).
+MATRIX_RUNTIMES = ("onnxruntime", "openvino", "openvino_default", "tract", "tract_symbolic", "reference", "tflite")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,6 +343,8 @@ def valid(export: Export, runtime: str) -> bool:
         return False
     if runtime == "tract" and export.shapes != "static":
         return False  # tract cannot unify concrete input facts with the exporter's symbolic value_info
+    if runtime == "tflite":
+        return export.shapes == "static" and export.dtype == "float32"  # what onnx2tf converts
     return True
 
 
@@ -302,13 +362,17 @@ def all_matrix_cases() -> list[tuple[Export, str]]:
     return cases
 
 
-def pairwise_slice(cases: Sequence[tuple[Export, str]]) -> set[tuple[Export, str]]:
+def pairwise_slice(cases: Sequence[tuple[Export, str]], paired: Optional[Sequence[str]] = None
+                   ) -> set[tuple[Export, str]]:
     """A greedy covering subset: every pair of values of two dimensions that occurs in ``cases`` occurs in
-    the subset too (deterministic)."""
+    the subset too (deterministic). With ``paired``, only pairs of those dimensions (names of Export's
+    fields, or "runtime"); every value of every other dimension still occurs at least once."""
     def pairs(case):
         export, runtime = case
-        values = [*(f"{f.name}={getattr(export, f.name)}" for f in dataclasses.fields(export)), f"runtime={runtime}"]
-        return {(a, b) for a, b in itertools.combinations(values, 2)}
+        values = {**{f.name: f"{f.name}={getattr(export, f.name)}" for f in dataclasses.fields(export)},
+                  "runtime": f"runtime={runtime}"}
+        chosen = [values[name] for name in (paired or values)]
+        return {(a, b) for a, b in itertools.combinations(chosen, 2)} | {(v, v) for v in values.values()}
 
     uncovered = set().union(*(pairs(c) for c in cases))
     chosen: set = set()
@@ -368,13 +432,18 @@ def hostile(offset: np.ndarray, seed: int) -> np.ndarray:
 
 
 def known_failure(export: Export, runtime: str) -> Optional[str]:
-    """Why a valid combination fails for a reason outside this package (it is run as a strict xfail, so that
-    a fixed tool shows up), or ``None``."""
+    """Why a valid combination fails for a reason outside this package or a documented limitation (it is
+    run as a strict xfail, so that a fix shows up), or ``None``."""
     writes_grid_sample_16 = export.lowering == "grid_sample" or (
         export.lowering == "auto" and export.opset == 19 and export.dtype != "float64")
     if runtime == "reference" and writes_grid_sample_16 and export.opset < 20:
         return ("onnx.reference implements only GridSample-20's mode names (linear, cubic); GridSample-16 "
                 "names the mode 'bilinear' (tool)")
+    writes_gather = export.lowering == "gather" or (
+        export.lowering == "auto" and (export.exporter == "torchscript" or export.opset < 19))
+    if runtime == "tflite" and writes_gather:
+        return ("LiteRT takes the grid_sample lowering only: onnx2tf turns the gather lowering's int64 index "
+                "arithmetic into select-TensorFlow ops (FlexCumsum, FlexRelu) or fails on it (README)")
     return None
 
 

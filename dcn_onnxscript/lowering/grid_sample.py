@@ -51,48 +51,51 @@ def _sampled(op: Emitter, layer: Layer, value: Value) -> Value:
 
 
 def tap_offsets(op: Emitter, layer: Layer, offset: Value) -> Value:
-    """Δp of ``offset`` (N, 2·G·K, Ho, Wo) as (N·G, Ho, Wo, K, 2) in the coordinate type, last axis (x, y):
-    ``GridSample``'s order."""
+    """Δp of ``offset`` (N, 2·G·K, Ho, Wo) as (N·G, Ho, Wo, 2K) in the coordinate type, (x, y) of tap k at
+    2k, 2k+1 of the last axis: ``GridSample``'s order."""
     G, K = layer.offset_groups, layer.taps
     if G > 1:
         offset = op.Reshape(offset, np.array([-1, 2 * K, 0, 0]))  # (N·G, 2K, Ho, Wo)
-    x_then_y = np.arange(2 * K, dtype=np.int64).reshape(K, 2)[:, ::-1]
-    delta = op.Transpose(op.Gather(offset, np.ascontiguousarray(x_then_y), axis=1), perm=[0, 3, 4, 1, 2])
+    x_then_y = np.arange(2 * K, dtype=np.int64).reshape(K, 2)[:, ::-1].reshape(-1)
+    delta = op.Transpose(op.Gather(offset, np.ascontiguousarray(x_then_y), axis=1), perm=[0, 2, 3, 1])
     return sampling.as_coordinates(op, layer, delta)
 
 
 def pixel_centres(op: Emitter, layer: Layer, delta: Value) -> tuple[Value, np.ndarray]:
-    """p_0 + p_k + 1/2 in pixels for ``delta`` (N·G, Ho, Wo, K, 2), as two terms to add, (x, y) on the last
-    axis: the output positions' part (Ho, Wo, K, 2), s·(o + 1), and the taps' constant part (1, 1, K, 2),
-    d·k - pad - s + 1/2. (Output position o samples tap k at s·o - pad + d·k; the 1/2 moves pixel indices to
-    pixel centres.) The first part has no batch axis: tract cannot tell that min(N, 1) is 1."""
+    """p_0 + p_k + 1/2 in pixels for ``delta`` (N·G, Ho, Wo, 2K), as two terms to add, (x, y) of every tap on
+    the last axis: the output positions' part (Ho, Wo, 2K), s·(o + 1), and the taps' constant part
+    (1, 1, 2K), d·k - pad - s + 1/2. (Output position o samples tap k at s·o - pad + d·k; the 1/2 moves
+    pixel indices to pixel centres.) The first part has no batch axis: tract cannot tell that min(N, 1) is 1."""
     sy, sx = layer.stride
     step = sx if sx == sy else 1
-    steps = op.ConstantOfShape(op.Shape(delta, start=1), value=layer.coordinates([step]))  # (Ho, Wo, K, 2)
-    is_x = np.array([True, False]).reshape(1, 1, 1, 2)
+    steps = op.ConstantOfShape(op.Shape(delta, start=1), value=layer.coordinates([step]))  # (Ho, Wo, 2K)
+    is_x = np.tile([True, False], layer.taps).reshape(1, 1, -1)
     o = op.Where(is_x, op.CumSum(steps, np.array(1)), op.CumSum(steps, np.array(0)))  # step·(o + 1), (x, y)
     if sx != sy:
-        o = op.Mul(o, layer.coordinates([sx, sy]))
+        o = op.Mul(o, layer.coordinates(np.tile([sx, sy], layer.taps)))
     first = sampling.first_tap(layer, shift=0.5)[::-1].T  # (K, 2) (x, y)
-    return o, np.ascontiguousarray(first).reshape(1, 1, layer.taps, 2)
+    return o, np.ascontiguousarray(first).reshape(1, 1, 2 * layer.taps)
 
 
 def pixel_scale(op: Emitter, layer: Layer, X: Value) -> Value:
-    """(2/W, 2/H) of ``X`` (N, C, H, W) in the coordinate type: a pixel's width in grid units. A float32 layer
-    gets W/2 and H/2 by summing halves instead of casting: onnxconverter-common's float16 conversion retypes
-    a ``Cast(to=FLOAT)``'s output but keeps its ``to`` (its issue 320), which a float32 model must therefore
-    not have; other dtypes cast."""
+    """(2/W, 2/H) of ``X`` (N, C, H, W) for every tap, (2K), in the coordinate type: a pixel's width in grid
+    units. A float32 layer gets W/2 and H/2 by summing halves instead of casting: onnxconverter-common's
+    float16 conversion retypes a ``Cast(to=FLOAT)``'s output but keeps its ``to`` (its issue 320), which a
+    float32 model must therefore not have; other dtypes cast."""
     if layer.coordinate_dtype != _SAMPLED or layer.dtype != _SAMPLED:
-        size = op.Cast(op.Gather(op.Shape(X), np.array([3, 2], dtype=np.int64)), to=layer.coordinate_dtype)
+        size = op.Cast(op.Gather(op.Shape(X), np.tile(np.array([3, 2], dtype=np.int64), layer.taps)),
+                       to=layer.coordinate_dtype)
         return op.Div(layer.coordinates(2), size)
     halves = op.ConstantOfShape(op.Shape(X, start=2), value=layer.coordinates([0.5]))  # (H, W)
     widths, heights = op.ReduceSum(halves, np.array([1]), keepdims=0), op.ReduceSum(halves, np.array([0]), keepdims=0)
-    return op.Reciprocal(op.Gather(op.Concat(widths, heights, axis=0), np.array([0, -1], dtype=np.int64)))
+    first_and_last = np.tile(np.array([0, -1], dtype=np.int64), layer.taps)
+    return op.Reciprocal(op.Gather(op.Concat(widths, heights, axis=0), first_and_last))
 
 
 def grids(op: Emitter, layer: Layer, X: Value, offset: Value) -> list[Value]:
     """``GridSample``'s grid of every tap: K values (N·G, Ho, Wo, 2), (x, y) in align_corners=0 units
-    g = (p + 1/2)·2/size - 1 of X (N, C, H, W)."""
+    g = (p + 1/2)·2/size - 1 of X (N, C, H, W). Every tensor on the way has rank 4 (onnx2tf reads rank 5 as
+    a volume and transposes it)."""
     delta = tap_offsets(op, layer, offset)
     scale = pixel_scale(op, layer, X)
     p = op.Add(delta, op.Add(*pixel_centres(op, layer, delta)))  # p + 1/2 (not Sum: MNN's gets broadcasts wrong)
@@ -100,9 +103,9 @@ def grids(op: Emitter, layer: Layer, X: Value, offset: Value) -> list[Value]:
     g = op.Where(op.Less(op.Abs(g), layer.coordinates(_FAR)), g, layer.coordinates(_FAR))
     if layer.coordinate_dtype != _SAMPLED:
         g = op.Cast(g, to=_SAMPLED)
-    # (N·G, Ho, Wo, K·2), split on that last axis: every part has exactly the sizes (N·G, Ho, Wo, 2) (a split
-    # of a symbolic size such as K·Wo gets rounded sizes in tract, which then pile up layer after layer)
-    return op.split(op.Reshape(g, np.array([0, 0, 0, -1], dtype=np.int64)), layer.taps, 2 * layer.taps, axis=3)
+    # split on the literal 2K axis: every part has exactly the sizes (N·G, Ho, Wo, 2) (a split of a symbolic
+    # size such as K·Wo gets rounded sizes in tract, which then pile up layer after layer)
+    return op.split(g, layer.taps, 2 * layer.taps, axis=3)
 
 
 def tap_samples(op: Emitter, layer: Layer, images: Value, grid: Value, mask: Optional[Value]) -> Value:

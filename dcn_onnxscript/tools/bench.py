@@ -23,12 +23,15 @@ Method:
   options), then runs the model three times. Peak = VmHWM minus that RSS: weights, arena and
   intermediates. Eager's peak comes the same way from a process that rebuilds the torch module. Linux.
 * **Latency**: one process holds every model of a case and runs them interleaved (lowerings, native,
-  deform_conv2d_onnx_exporter, eager, GEMM, then again), so that drift of the machine hits all alike; the
+  deform_conv2d_onnx_exporter, eager, the floors, then again), so that drift of the machine hits all alike; the
   median of ``--repeat`` rounds is reported, after two warm-up rounds. Every onnxruntime session gets
   ``--threads`` intra-op threads with spinning off (a spinning pool would steal the cores of the next
   model in the round), and torch gets the same number of threads.
-* **Floor**: the layer's GEMM, (N·Ho·Wo, C·kH·kW) x (C·kH·kW, O), run as a single onnxruntime ``MatMul``
-  in the same rounds; floor = GEMM FLOPs / that MatMul's measured throughput, i.e. its median time.
+* **Floors**: the layer's GEMM, (N·Ho·Wo, C·kH·kW) x (C·kH·kW, O), run as a single onnxruntime ``MatMul``
+  in the same rounds; floor = GEMM FLOPs / that MatMul's measured throughput, i.e. its median time. And
+  its sampling alone: one onnxruntime ``GridSample`` (bilinear, zeros, align_corners=0: its fast path) of X
+  at every tap's positions p_0 + p_k + Δp_k of the case's offsets, in the same rounds. GEMM + sampling
+  is what any graph of standard ops that samples with ``GridSample`` costs at least.
 * **Other runtimes** (network only): every lowering's model and deform_conv2d_onnx_exporter's on
   OpenVINO CPU (``INFERENCE_PRECISION_HINT`` f32, ``--threads`` threads, latency hint) and tract (the file
   loaded as it is: symbolic dimensions for the dynamic export), interleaved the same way. "load s" is
@@ -70,8 +73,11 @@ from dcn_onnxscript.lowering.table import LOWERINGS
 from dcn_onnxscript.tools.progress import Progress
 
 #: Model kinds besides the lowerings (named as in LOWERINGS): native DeformConv, the
-#: deform_conv2d_onnx_exporter package, torchvision eager, and the GEMM floor of a layer.
-NATIVE, DCOE, EAGER, GEMM = "native", "deform_conv2d_onnx_exporter", "eager", "gemm floor"
+#: deform_conv2d_onnx_exporter package, torchvision eager, and the floors of a layer: its GEMM alone and its
+#: sampling alone.
+NATIVE, DCOE, EAGER, GEMM, SAMPLING = "native", "deform_conv2d_onnx_exporter", "eager", "gemm floor", "sampling floor"
+#: The floor models, in round order.
+FLOORS = (GEMM, SAMPLING)
 #: The ONNX models of every case, in round order.
 ONNX_KINDS = (*LOWERINGS, NATIVE, DCOE)
 #: The opset of every lowering's export (torch's default in torch 2.14; native DeformConv: 19).
@@ -119,7 +125,7 @@ LAYERS = {
 @dataclasses.dataclass
 class Case:
     """What one row group of the table runs: the eager ``module`` on ``inputs``, the ONNX files
-    ``onnx_paths`` (kind -> path; the GEMM floor has its own inputs ``gemm_inputs``), with their export
+    ``onnx_paths`` (kind -> path; the floors have their own inputs ``floor_inputs``), with their export
     seconds and node counts (kind -> (per layer, total)); ``failures``: kind -> why it has no model."""
 
     name: str
@@ -129,7 +135,7 @@ class Case:
     export_s: dict[str, float] = dataclasses.field(default_factory=dict)
     nodes: dict[str, tuple[float, int]] = dataclasses.field(default_factory=dict)
     failures: dict[str, str] = dataclasses.field(default_factory=dict)
-    gemm_inputs: tuple[np.ndarray, ...] = ()
+    floor_inputs: dict[str, tuple[np.ndarray, ...]] = dataclasses.field(default_factory=dict)
     gemm_flops: float = 0.0
 
 
@@ -217,6 +223,30 @@ def gemm_model(m: int, k: int, o: int, seed: int) -> onnx.ModelProto:
         [numpy_helper.from_array(b, "b")],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def sampling_model() -> onnx.ModelProto:
+    """A single ``GridSample`` (bilinear, zeros, align_corners=0) of an input x (N, C, H, W) at a grid
+    (N, Ho', Wo', 2)."""
+    graph = helper.make_graph(
+        [helper.make_node("GridSample", ["x", "grid"], ["y"], mode="bilinear", padding_mode="zeros",
+                          align_corners=0)], "sampling",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "C", "H", "W"]),
+         helper.make_tensor_value_info("grid", TensorProto.FLOAT, ["N", "Ho", "Wo", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "C", "Ho", "Wo"])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+
+
+def tap_grid(offset: np.ndarray) -> np.ndarray:
+    """``GridSample``'s grid (N, 9·H, W, 2) of every tap's positions p_0 + p_k + Δp_k of a 3x3 layer (padding
+    1, stride 1) with ``offset`` (N, 18, H, W) ((Δy, Δx) per tap), taps stacked along the rows."""
+    n, _, h, w = offset.shape
+    ky, kx = np.divmod(np.arange(9), 3)
+    y = np.arange(h)[None, None, :, None] + ky[None, :, None, None] - 1 + offset[:, 0::2]  # (N, 9, H, W)
+    x = np.arange(w)[None, None, None, :] + kx[None, :, None, None] - 1 + offset[:, 1::2]
+    grid = np.stack([(2 * x + 1) / w - 1, (2 * y + 1) / h - 1], axis=-1)
+    return grid.reshape(n, 9 * h, w, 2).astype(np.float32)
 
 
 def build_layer_module(layer: Layer, seed: int) -> LayerModule:
@@ -313,8 +343,12 @@ def layer_case(name: str, layer: Layer, workdir: pathlib.Path, args: argparse.Na
     m, k, o = layer.gemm_shape()
     case.onnx_paths[GEMM] = workdir / f"{name}_gemm.onnx"
     onnx.save(gemm_model(m, k, o, args.seed), str(case.onnx_paths[GEMM]))
-    case.gemm_inputs = (np.random.default_rng(args.seed).standard_normal((m, k), dtype=np.float32),)
+    case.floor_inputs[GEMM] = (np.random.default_rng(args.seed).standard_normal((m, k), dtype=np.float32),)
     case.gemm_flops = 2.0 * m * k * o
+    case.onnx_paths[SAMPLING] = workdir / f"{name}_sampling.onnx"
+    onnx.save(sampling_model(), str(case.onnx_paths[SAMPLING]))
+    x, offset, _ = (t.numpy() for t in inputs)
+    case.floor_inputs[SAMPLING] = (x, tap_grid(offset))
     return case
 
 
@@ -406,8 +440,8 @@ def runners(case: Case, threads: int) -> dict[str, Callable[[], np.ndarray]]:
             case.failures[kind] = f"onnxruntime: {type(error).__name__}: {' '.join(str(error).split())}"[:160]
             progress(f"{case.name}: {kind}: {case.failures[kind]}")
     result[EAGER] = eager_runner(case.module, case.inputs)
-    if GEMM in case.onnx_paths:
-        result[GEMM] = onnx_runner(case.onnx_paths[GEMM], case.gemm_inputs, threads)
+    for kind in [k for k in FLOORS if k in case.onnx_paths]:
+        result[kind] = onnx_runner(case.onnx_paths[kind], case.floor_inputs[kind], threads)
     return result
 
 
@@ -424,8 +458,8 @@ def interleaved_medians(run: dict[str, Callable[[], Any]], repeat: int, warmup: 
 
 
 def max_errors(run: dict[str, Callable[[], np.ndarray]], reference: np.ndarray) -> dict[str, float]:
-    """Max |output - reference| of every kind but the GEMM."""
-    return {kind: float(np.abs(function() - reference).max()) for kind, function in run.items() if kind != GEMM}
+    """Max |output - reference| of every kind but the floors."""
+    return {kind: float(np.abs(function() - reference).max()) for kind, function in run.items() if kind not in FLOORS}
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -521,7 +555,7 @@ def measure(case: Case, workdir: pathlib.Path, args: argparse.Namespace) -> list
     medians = interleaved_medians(run, args.repeat)
     del run
     results = []
-    for kind in [*ONNX_KINDS, EAGER, GEMM]:
+    for kind in [*ONNX_KINDS, EAGER, *FLOORS]:
         if kind in case.failures:
             results.append(Result(case.name, kind, note=case.failures[kind]))
         elif kind in medians:
@@ -657,12 +691,16 @@ def format_runtime_table(results: Sequence[RuntimeResult]) -> str:
 
 
 def _floor_line(case: Case, results: Sequence[Result]) -> Optional[str]:
-    """The GEMM throughput and floor of a layer case (None for the network)."""
-    gemm = next((r for r in results if r.model == GEMM), None)
-    if gemm is None:
+    """The GEMM throughput and floor of a layer case, its sampling floor and both together against native
+    (None for the network)."""
+    latency = {r.model: r.latency_ms for r in results if r.case == case.name and not r.note}
+    if GEMM not in latency:
         return None
-    return (f"{case.name}: GEMM {case.gemm_flops / 1e9:.2f} GFLOP at {case.gemm_flops / gemm.latency_ms / 1e6:.0f} "
-            f"GFLOP/s (onnxruntime MatMul) -> floor {gemm.latency_ms:.2f} ms")
+    gemm, sampling = latency[GEMM], latency.get(SAMPLING, NAN)
+    return (f"{case.name}: GEMM {case.gemm_flops / 1e9:.2f} GFLOP at {case.gemm_flops / gemm / 1e6:.0f} "
+            f"GFLOP/s (onnxruntime MatMul) -> floor {gemm:.2f} ms; sampling every tap with one GridSample "
+            f"{sampling:.2f} ms; both {gemm + sampling:.2f} ms = "
+            f"{_number((gemm + sampling) / latency.get(NATIVE, NAN), '.2f')} x native")
 
 
 def _versions() -> dict[str, str]:

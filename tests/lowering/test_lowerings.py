@@ -147,3 +147,20 @@ def test_tract_derives_the_output_sizes_exactly(lowering: str):
         fact = str(tract.onnx().load(path).into_model().output_fact(0))
     n, o, ho, wo = fact.split(",")[:4]
     assert o == "4" and all(re.fullmatch(r"<?\w+>?", d) for d in (n, ho, wo)), fact
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(case=sweep_cases())
+def test_grid_sample_keeps_every_tensor_at_rank_4_or_less(case: SweepCase):
+    """onnx2tf reads a rank-5 tensor as a volume (NCDHW) and moves an axis it takes for channels to the end,
+    which broke the conversion to LiteRT: the lowering LiteRT takes keeps every value at rank 4 or less (the
+    matrix's tflite cases convert and run it)."""
+    arrays = case.arrays(np.random.default_rng(0))
+    shapes = {name: list(value.shape) for name, value in arrays.items()}
+    model = lowering_model("grid_sample", sweep_layer(case), static_shapes=shapes)
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    values = [*inferred.graph.value_info, *inferred.graph.output]
+    assert len(values) >= len([n for n in model.graph.node if n.op_type != "Constant"])
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField("shape")}
+    assert len(ranks) == len(values), "a value without an inferred shape"
+    assert max(ranks.values()) <= 4, {name: rank for name, rank in ranks.items() if rank > 4}
