@@ -66,3 +66,26 @@ def test_a_missing_exporter_is_reported_in_its_row(monkeypatch) -> None:
     assert case.failures == {bench.DCOE: "not installed"}
     row = cells(bench.format_table([bench.Result("tiny", bench.DCOE, note="not installed")]).splitlines()[-1])
     assert row[:3] == ["tiny", bench.DCOE, "not installed"] and len(row) == len(COLUMNS)
+
+
+def test_the_sampling_floor_samples_every_tap_where_the_layer_does() -> None:
+    """The sampling floor's GridSample reads X at the layer's own positions: its samples, multiplied by the
+    weights as im2col columns, give torchvision's DCNv1 output."""
+    import numpy as np
+    import onnxruntime
+    import torch
+    from torchvision.ops import deform_conv2d
+
+    from dcn_onnxscript.tools import bench
+
+    layer = bench.Layer(batch=2, channels=3, size=7)
+    x, offset, _ = bench.layer_inputs(layer, seed=0)
+    session = onnxruntime.InferenceSession(bench.sampling_model().SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    grid = bench.tap_grid(offset.numpy())
+    samples = session.run(None, {"x": x.numpy(), "grid": grid})[0]  # (N, C, 9·H, W)
+    columns = samples.reshape(2, 3, 9, 7, 7)
+    weight = torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(1))
+    ours = np.einsum("ock,nckhw->nohw", weight.reshape(4, 3, 9).numpy(), columns)
+    expected = deform_conv2d(x, offset, weight, padding=1).numpy()
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
