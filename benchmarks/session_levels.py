@@ -18,10 +18,11 @@ import pathlib
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 import onnxruntime
+
+from dcn_onnxscript.tools import bench
 
 #: Session configurations: name -> (graph optimization level, optimizers disabled).
 CONFIGS = {
@@ -63,22 +64,11 @@ def random_feeds(session: onnxruntime.InferenceSession, size: int) -> dict[str, 
 
 
 def latency_ms(path: pathlib.Path, disabled: str, size: int, repeat: int, threads: int) -> float:
-    """Median milliseconds of one run at ORT_ENABLE_ALL with ``disabled`` optimizers off."""
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                           disabled_optimizers=[d for d in disabled.split(",") if d])
+    """Median milliseconds of one run at ORT_ENABLE_ALL with ``disabled`` optimizers off (the bench's session
+    options otherwise)."""
+    session = bench.session(path, threads, [d for d in disabled.split(",") if d])
     feeds = random_feeds(session, size)
-    for _ in range(2):
-        session.run(None, feeds)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * bench.interleaved_medians({"run": lambda: session.run(None, feeds)}, repeat)["run"]
 
 
 def main(argv: list[str] | None = None) -> int:

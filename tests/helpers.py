@@ -216,17 +216,19 @@ def _tract_dtype(dtype: np.dtype) -> str:
 TFLITE_PYTHON = os.environ.get(
     "DCN_TFLITE_PYTHON", str(pathlib.Path(__file__).resolve().parents[1] / ".venv-tflite" / "bin" / "python"))
 _TFLITE_WORKER = pathlib.Path(__file__).resolve().parent / "tflite_worker.py"
+#: Where the converted files live; removed with the test process.
+_TFLITE_FOLDER = tempfile.TemporaryDirectory(prefix="dcn_tflite_")
 
 
 @functools.lru_cache(maxsize=8)
 def _tflite_file(serialized: bytes) -> str:
     """onnx2tf's float32 TFLite file of a serialized ONNX model (converted once per model, in the LiteRT
-    venv; kept until the test session ends)."""
+    venv; kept in :data:`_TFLITE_FOLDER` until the test process ends)."""
     import pytest
 
     if not os.path.exists(TFLITE_PYTHON):
         pytest.fail(f"no LiteRT venv at {TFLITE_PYTHON}: run `bash .ci/tflite` or set DCN_TFLITE_PYTHON")
-    folder = tempfile.mkdtemp(prefix="dcn_tflite_")
+    folder = tempfile.mkdtemp(dir=_TFLITE_FOLDER.name)
     model, tflite = os.path.join(folder, "model.onnx"), os.path.join(folder, "model.tflite")
     with open(model, "wb") as file:
         file.write(serialized)

@@ -50,6 +50,11 @@ def _sampled(op: Emitter, layer: Layer, value: Value) -> Value:
     return value if layer.dtype == _SAMPLED else op.Cast(value, to=_SAMPLED)
 
 
+def _every_tap(layer: Layer, pair) -> np.ndarray:
+    """``pair`` (x-value, y-value) repeated for every tap: the pattern of the grids' last axis (2K)."""
+    return np.tile(np.asarray(pair), layer.taps)
+
+
 def tap_offsets(op: Emitter, layer: Layer, offset: Value) -> Value:
     """Δp of ``offset`` (N, 2·G·K, Ho, Wo) as (N·G, Ho, Wo, 2K) in the coordinate type, (x, y) of tap k at
     2k, 2k+1 of the last axis: ``GridSample``'s order."""
@@ -69,10 +74,10 @@ def pixel_centres(op: Emitter, layer: Layer, delta: Value) -> tuple[Value, np.nd
     sy, sx = layer.stride
     step = sx if sx == sy else 1
     steps = op.ConstantOfShape(op.Shape(delta, start=1), value=layer.coordinates([step]))  # (Ho, Wo, 2K)
-    is_x = np.tile([True, False], layer.taps).reshape(1, 1, -1)
+    is_x = _every_tap(layer, [True, False]).reshape(1, 1, -1)
     o = op.Where(is_x, op.CumSum(steps, np.array(1)), op.CumSum(steps, np.array(0)))  # step·(o + 1), (x, y)
     if sx != sy:
-        o = op.Mul(o, layer.coordinates(np.tile([sx, sy], layer.taps)))
+        o = op.Mul(o, layer.coordinates(_every_tap(layer, [sx, sy])))
     first = sampling.first_tap(layer, shift=0.5)[::-1].T  # (K, 2) (x, y)
     return o, np.ascontiguousarray(first).reshape(1, 1, 2 * layer.taps)
 
@@ -83,12 +88,12 @@ def pixel_scale(op: Emitter, layer: Layer, X: Value) -> Value:
     float16 conversion retypes a ``Cast(to=FLOAT)``'s output but keeps its ``to`` (its issue 320), which a
     float32 model must therefore not have; other dtypes cast."""
     if layer.coordinate_dtype != _SAMPLED or layer.dtype != _SAMPLED:
-        size = op.Cast(op.Gather(op.Shape(X), np.tile(np.array([3, 2], dtype=np.int64), layer.taps)),
+        size = op.Cast(op.Gather(op.Shape(X), _every_tap(layer, np.array([3, 2], dtype=np.int64))),
                        to=layer.coordinate_dtype)
         return op.Div(layer.coordinates(2), size)
     halves = op.ConstantOfShape(op.Shape(X, start=2), value=layer.coordinates([0.5]))  # (H, W)
     widths, heights = op.ReduceSum(halves, np.array([1]), keepdims=0), op.ReduceSum(halves, np.array([0]), keepdims=0)
-    first_and_last = np.tile(np.array([0, -1], dtype=np.int64), layer.taps)
+    first_and_last = _every_tap(layer, np.array([0, -1], dtype=np.int64))
     return op.Reciprocal(op.Gather(op.Concat(widths, heights, axis=0), first_and_last))
 
 

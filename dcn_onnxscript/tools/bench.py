@@ -401,13 +401,15 @@ def _onnx_kinds(args: argparse.Namespace) -> list[str]:
 # ------------------------------------------------------------------------------------------------ latency
 
 
-def session(path: pathlib.Path, threads: int) -> onnxruntime.InferenceSession:
-    """A CPU session with ``threads`` intra-op threads, one inter-op thread and no spinning."""
+def session(path: pathlib.Path, threads: int, disabled_optimizers: Sequence[str] = ()) -> onnxruntime.InferenceSession:
+    """A CPU session with ``threads`` intra-op threads, one inter-op thread and no spinning (and onnxruntime's
+    graph optimizers ``disabled_optimizers`` off)."""
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                        disabled_optimizers=list(disabled_optimizers))
 
 
 def onnx_runner(path: pathlib.Path, inputs: Sequence, threads: int) -> Callable[[], np.ndarray]:
