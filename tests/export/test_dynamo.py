@@ -8,16 +8,9 @@ import pytest
 import torch
 
 import dcn_onnxscript
-from helpers import (
-    GEOMETRIES,
-    Case,
-    DeformConvLayer,
-    assert_close,
-    export_dynamo,
-    layer_reference,
-    make_inputs,
-    run_onnxruntime,
-)
+from helpers import Case, DeformConvLayer, assert_close, export_dynamo, layer_reference, make_inputs
+from matrix import GEOMETRIES
+from runtimes import run_onnxruntime
 
 
 def op_types(model_proto: onnx.ModelProto) -> set[str]:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import dcn_onnxscript
-from helpers import RUNNERS, Case, DeformConvLayer, assert_close, export_dynamo, layer_reference, make_inputs
+from helpers import Case, DeformConvLayer, assert_close, export_dynamo, layer_reference, make_inputs
+from runtimes import RUNNERS
 
 CASE = Case(in_channels=4, out_channels=6, stride=(2, 1), groups=2, offset_groups=2)
 #: Runtimes without an ONNX DeformConv kernel (measured: OpenVINO 2026.4's ONNX frontend leaves it

@@ -1,7 +1,7 @@
 """The generated matrix: exporter × lowering × opset × dtype × (bias, mask) variant × layer geometry ×
 static/dynamic shapes × runtime, every exported model against torchvision.
 
-Every valid combination is generated (:func:`helpers.all_matrix_cases`). The default run (CI) takes a
+Every valid combination is generated (:func:`matrix.all_matrix_cases`). The default run (CI) takes a
 pairwise-covering slice: every pair of values of any two dimensions occurs in it at least once. The rest
 is marked ``slow``: ``python -m pytest -m slow tests/export/test_matrix.py`` runs all of it.
 
@@ -23,19 +23,9 @@ import onnx
 import pytest
 import torch
 
-from helpers import (
-    DTYPES,
-    Export,
-    all_matrix_cases,
-    assert_close,
-    export_matrix_model,
-    hostile,
-    known_failure,
-    layer_reference,
-    make_inputs,
-    pairwise_slice,
-    run_runtime,
-)
+from helpers import assert_close, layer_reference, make_inputs
+from matrix import DTYPES, Export, all_matrix_cases, export_matrix_model, hostile, known_failure, pairwise_slice
+from runtimes import run_runtime
 
 CASES = all_matrix_cases()
 #: The LiteRT cases run in their own venv (``.ci/tflite``: ``-m "tflite and not slow"`` takes their slice).

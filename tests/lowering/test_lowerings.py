@@ -18,16 +18,8 @@ from hypothesis import strategies as st
 
 from dcn_onnxscript.lowering import table
 from dcn_onnxscript.lowering.layer import Layer
-from helpers import (
-    HOSTILE,
-    SweepCase,
-    assert_close,
-    lowering_model,
-    run_onnxruntime,
-    run_reference,
-    sweep_layer,
-    torchvision_reference,
-)
+from helpers import HOSTILE, SweepCase, assert_close, lowering_model, sweep_layer, torchvision_reference
+from runtimes import run_onnxruntime, run_reference
 
 #: Nodes one deformable layer may add (Constant nodes excluded: exporters and the rewriter keep constants
 #: as initializers).

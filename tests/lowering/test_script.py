@@ -14,7 +14,8 @@ from onnx.reference.ops import op_grid_sample
 
 from dcn_onnxscript import DOMAIN, function_protos
 from dcn_onnxscript.lowering.script import VARIANTS
-from helpers import HOSTILE, SweepCase, assert_close, attributes, random_case, run_onnxruntime, torchvision_reference
+from helpers import HOSTILE, SweepCase, assert_close, attributes, random_case, torchvision_reference
+from runtimes import run_onnxruntime
 
 SEED = 20261126
 CASES = 32

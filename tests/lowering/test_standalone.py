@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import assert_close, run_onnxruntime, run_reference, torchvision_reference
+from helpers import assert_close, torchvision_reference
+from runtimes import run_onnxruntime, run_reference
 
 EXAMPLE = pathlib.Path(__file__).parents[2] / "examples" / "standalone.py"
 

@@ -19,7 +19,8 @@ import pytest
 
 from dcn_onnxscript.__main__ import main
 from dcn_onnxscript.rewrite import RewriteError, rewrite, rewrite_model
-from helpers import RUNNERS, assert_close, run_onnxruntime
+from helpers import assert_close
+from runtimes import RUNNERS, run_onnxruntime
 
 # --- helpers ----------------------------------------------------------------------------------------
 
