@@ -27,6 +27,7 @@ from dcn_onnxscript.export import dynamo
 #: name -> (batch, channels, size): modulated 3x3 layers, padding 1, bias (as bench.py's).
 LAYERS = {"L1": (1, 64, 64), "L2": (4, 128, 64), "L3": (1, 256, 32)}
 IMPLS = ("gather", "grid_sample", "native")
+PORTABLE_OPSET = 20
 EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "dcn_resnet50.py"
 
 
@@ -49,7 +50,8 @@ def resnet_case(dtype: torch.dtype):
 
 
 def export(model, args, impl: str, path: pathlib.Path) -> None:
-    opset = dynamo.NATIVE_MIN_OPSET if impl == "native" else None
+    # Explicit opsets (as bench's): torch's default differs between releases, and grid_sample needs 16+.
+    opset = dynamo.NATIVE_MIN_OPSET if impl == "native" else PORTABLE_OPSET
     torch.onnx.export(model, args, str(path), dynamo=True, opset_version=opset, verbose=False,
                       custom_translation_table=dcn_onnxscript.translation_table(impl))
 
