@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Optional
 
 import numpy as np
 import onnx
@@ -28,7 +29,8 @@ class Layer:
     ``kernel`` (kH, kW), ``stride``, ``padding`` (begin pads, h and w: the end pads only set Ho and Wo,
     which the graph reads from ``offset``), ``dilation``; ``groups`` R, ``offset_groups`` G; channels C
     (input) and O (output); ``dtype`` the ONNX data type of X; ``bias`` and ``mask``: whether B and the
-    mask are given.
+    mask are given. ``batch`` N, ``input_size`` (H, W) and ``output_size`` (Ho, Wo): the sizes known at
+    build time (static shapes), ``None`` where dynamic; a lowering may write constants for what they fix.
     """
 
     kernel: tuple[int, int]
@@ -42,6 +44,9 @@ class Layer:
     dtype: int = onnx.TensorProto.FLOAT
     bias: bool = True
     mask: bool = True
+    batch: Optional[int] = None
+    input_size: tuple[Optional[int], Optional[int]] = (None, None)
+    output_size: tuple[Optional[int], Optional[int]] = (None, None)
 
     @property
     def taps(self) -> int:

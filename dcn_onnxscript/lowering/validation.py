@@ -117,8 +117,9 @@ def checked_layer(*, input_shape: Shape, weight_shape: Shape, offset_shape: Shap
                   bias_shape: Shape, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
                   groups: int, offset_groups: int, dtype: int, bias: bool, mask: bool) -> Layer:
     """The :class:`~dcn_onnxscript.lowering.layer.Layer` of a deform_conv2d call, after
-    :func:`check_deform_conv2d_args` (``mask_shape`` is only read when ``mask``); the weight's shape must be
-    static, since it sets the kernel and the channels. Raises ``ValueError``."""
+    :func:`check_deform_conv2d_args` (``mask_shape`` is only read when ``mask``), with the static sizes of
+    ``input_shape`` (N, H, W) and ``offset_shape`` (Ho, Wo); the weight's shape must be static, since it sets
+    the kernel and the channels. Raises ``ValueError``."""
     from dcn_onnxscript.lowering.layer import Layer
 
     check_deform_conv2d_args(
@@ -129,6 +130,9 @@ def checked_layer(*, input_shape: Shape, weight_shape: Shape, offset_shape: Shap
     if weight_shape is None or None in weight_shape:
         raise ValueError(f"weight must have a static shape (O, C/groups, kH, kW), got {weight_shape}")
     out_channels, per_group, kh, kw = weight_shape
+    n, _, h, w = input_shape if input_shape is not None else (None,) * 4
+    ho, wo = offset_shape[2:] if offset_shape is not None else (None, None)
     return Layer(kernel=(kh, kw), stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
                  groups=groups, offset_groups=offset_groups, in_channels=per_group * groups,
-                 out_channels=out_channels, dtype=dtype, bias=bias, mask=mask)
+                 out_channels=out_channels, dtype=dtype, bias=bias, mask=mask, batch=n, input_size=(h, w),
+                 output_size=(ho, wo))
