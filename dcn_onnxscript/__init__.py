@@ -22,13 +22,13 @@ from dcn_onnxscript.lowering.script import (
 )
 from dcn_onnxscript.lowering.validation import check_deform_conv2d_args
 
-#: Names served from :mod:`dcn_onnxscript.export.dynamo` and :mod:`dcn_onnxscript.rewrite`, imported on
+#: Names served from :mod:`dcn_onnxscript.export.registration` and :mod:`dcn_onnxscript.rewrite`, imported on
 #: first use (the first imports torch).
 _LAZY = {
-    "register": "dcn_onnxscript.export.dynamo",
-    "unregister": "dcn_onnxscript.export.dynamo",
-    "is_registered": "dcn_onnxscript.export.dynamo",
-    "translation_table": "dcn_onnxscript.export.dynamo",
+    "register": "dcn_onnxscript.export.registration",
+    "unregister": "dcn_onnxscript.export.registration",
+    "is_registered": "dcn_onnxscript.export.registration",
+    "translation_table": "dcn_onnxscript.export.registration",
     "rewrite_model": "dcn_onnxscript.rewrite",
 }
 

@@ -1,7 +1,9 @@
 """Registration on ``import dcn_onnxscript`` without importing torch there.
 
 If ``torch.onnx`` is loaded already, the translation is registered at once; otherwise an import hook
-registers it right after ``torch.onnx`` loads, which every ``torch.onnx.export`` call does first.
+registers it right after ``torch.onnx`` loads, which every ``torch.onnx.export`` call does first. What is
+registered (:mod:`dcn_onnxscript.export.registration`) needs nothing but torch.onnx and onnxscript to be
+loaded, so the hook may fire in the middle of any other import, this package's own included.
 """
 
 from __future__ import annotations
@@ -12,12 +14,7 @@ import sys
 from typing import Optional, Sequence
 
 _TRIGGER = "torch.onnx"
-#: The modules that register; each ends with :func:`finish_deferred`.
-_REGISTERING = ("dcn_onnxscript.export.dynamo", "dcn_onnxscript.export.torchscript")
 _pending = False
-#: Set when torch.onnx finished loading while one of those modules was being imported (they import
-#: torch.onnx, or torchvision, which imports it): the last of them registers at its own end.
-_deferred = False
 
 
 def install() -> None:
@@ -37,29 +34,11 @@ def settle() -> None:
 
 
 def _register() -> None:
-    global _pending, _deferred
+    global _pending
     _pending = False
-    if _importing():
-        _deferred = True
-        return
-    from dcn_onnxscript.export import dynamo
+    from dcn_onnxscript.export import registration
 
-    dynamo.register()
-
-
-def _importing() -> bool:
-    """Whether a registering module is half imported (it has no ``register`` yet)."""
-    return any(name in sys.modules and not hasattr(sys.modules[name], "register") for name in _REGISTERING)
-
-
-def finish_deferred() -> None:
-    """Called at the end of each registering module: the registration that had to wait for them."""
-    global _deferred
-    if _deferred and not _importing():
-        _deferred = False
-        from dcn_onnxscript.export import dynamo
-
-        dynamo.register()
+    registration.register()
 
 
 class _Hook(importlib.abc.MetaPathFinder):

@@ -6,6 +6,8 @@ Runners of the ONNX runtimes are in :mod:`runtimes`, the generated matrix in :mo
 from __future__ import annotations
 
 import dataclasses
+import functools
+import pathlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -13,6 +15,8 @@ import onnx
 import torch
 import torchvision  # noqa: F401  (loads torchvision::deform_conv2d)
 from torchvision.ops import deform_conv2d as tv_deform_conv2d
+
+import dcn_onnxscript  # noqa: F401  (registers the translations, as a user's script does)
 
 Inputs = Sequence[np.ndarray]
 
@@ -56,6 +60,47 @@ class DeformConvLayer(torch.nn.Module):
         c = self.case
         return torchvision.ops.deform_conv2d(x, offset, self.weight, self.bias, c.stride, c.padding,
                                              c.dilation, mask)
+
+
+class DeformBlock(torch.nn.Module):
+    """A deformable layer with ordinary layers around it, on x (N, 3, H, W): Conv → BatchNorm → ReLU → an
+    (offset, mask) predictor Conv with the layer's kernel, stride, padding and dilation → offset·2 and
+    sigmoid(mask) (slices of the prediction) → the :class:`DeformConvLayer` of ``case`` → SiLU → + 0.5."""
+
+    def __init__(self, case: Case, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        taps = case.kernel[0] * case.kernel[1] * case.offset_groups
+        self.stem = torch.nn.Conv2d(3, case.in_channels, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(case.in_channels)
+        self.predictor = torch.nn.Conv2d(case.in_channels, (3 if case.mask else 2) * taps, case.kernel,
+                                         stride=case.stride, padding=case.padding, dilation=case.dilation)
+        with torch.no_grad():  # statistics that are not the identity, offsets of a few pixels
+            self.norm.running_mean.copy_(torch.randn(case.in_channels, generator=g) * 0.1)
+            self.norm.running_var.copy_(torch.rand(case.in_channels, generator=g) + 0.5)
+            self.predictor.weight.copy_(torch.randn(self.predictor.weight.shape, generator=g) * 0.3)
+        self.deform = DeformConvLayer(case, seed)
+        self.split = 2 * taps
+        self.case = case
+
+    def forward(self, x):
+        features = torch.relu(self.norm(self.stem(x)))
+        prediction = self.predictor(features)
+        offset = prediction[:, :self.split] * 2.0
+        mask = torch.sigmoid(prediction[:, self.split:]) if self.case.mask else None
+        return torch.nn.functional.silu(self.deform(features, offset, mask)) + 0.5
+
+
+@functools.cache
+def dcn_resnet50_module():
+    """``examples/dcn_resnet50.py`` as a module (its ``build_model`` is the DCNv2 ResNet-50)."""
+    import importlib.util
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "dcn_resnet50.py"
+    spec = importlib.util.spec_from_file_location("dcn_resnet50", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_inputs(case: Case, seed: int = 1, size: Optional[tuple[int, int]] = None,

@@ -1,11 +1,12 @@
-"""The generated matrix: exporter × lowering × opset × dtype × (bias, mask) variant × layer geometry ×
-shapes × runtime, and the export of one of its models."""
+"""The generated matrix: exporter × model context × lowering × opset × dtype × (bias, mask) variant × layer
+geometry × dynamic-shape spelling × runtime, and the export of one of its models."""
 
 from __future__ import annotations
 
 import dataclasses
 import io
 import itertools
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -13,7 +14,7 @@ import onnx
 import torch
 
 import dcn_onnxscript
-from helpers import Case, DeformConvLayer, make_inputs
+from helpers import Case, DeformBlock, DeformConvLayer, dcn_resnet50_module, make_inputs
 from runtimes import MATRIX_RUNTIMES
 
 #: Layer geometries of the matrix: plain DCN, conv + offset groups (slices), strided/dilated non-square,
@@ -29,6 +30,15 @@ GEOMETRIES = {
 VARIANTS = {"dcnv2": (True, True), "dcnv2_no_bias": (False, True), "dcnv1": (True, False),
             "dcnv1_no_bias": (False, False)}
 DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64, "bfloat16": None}
+#: What surrounds the deformable layer: nothing (inputs x, offset[, mask]); a block of ordinary layers
+#: (:class:`helpers.DeformBlock`, input x); the DCNv2 ResNet-50 of examples/dcn_resnet50.py (input x).
+CONTEXTS = ("layer", "block", "resnet50")
+#: How dynamic shapes are spelled: none; one shared ``torch.export.Dim`` per axis (offset and mask share
+#: the output grid's); ``Dim.AUTO`` and ``Dim.DYNAMIC`` per axis of every input (each input then gets
+#: its own symbols); the ``dynamic_axes`` argument (both exporters).
+SHAPES = ("static", "dims", "auto", "dynamic", "dynamic_axes")
+#: The ResNet-50's input size when static (the five stride-2 stages need 32 pixels at least).
+RESNET_SIZE = (64, 64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,17 +46,22 @@ class Export:
     """One exported model of the matrix."""
 
     exporter: str  # "dynamo" | "torchscript"
-    lowering: str  # "auto" (the default: grid_sample above opset 18, else gather) | "gather" | "grid_sample"
+    context: str  # a value of CONTEXTS
+    lowering: str  # "auto" (the default: grid_sample from opset 16, else gather) | "gather" | "grid_sample"
     opset: int
     dtype: str  # a key of DTYPES
     variant: str  # a key of VARIANTS
     geometry: str  # a key of GEOMETRIES
-    shapes: str  # "static" | "dynamic"
+    shapes: str  # a value of SHAPES
 
     @property
     def case(self) -> Case:
         bias, mask = VARIANTS[self.variant]
         return dataclasses.replace(GEOMETRIES[self.geometry], bias=bias, mask=mask)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.shapes != "static"
 
     def id(self) -> str:
         return "-".join(str(v) for v in dataclasses.astuple(self))
@@ -64,58 +79,82 @@ def torchscript_opsets() -> list[int]:
     return list(range(12, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET + 1))
 
 
+def valid_export(export: Export) -> bool:
+    """Whether the export is meaningful (not whether it passes), whatever the runtime."""
+    if export.exporter == "torchscript" and (export.lowering != "auto" or export.opset not in torchscript_opsets()
+                                             or export.shapes not in ("static", "dynamic_axes")):
+        return False  # the TorchScript exporter writes the default lowering; dynamic_axes is its spelling
+    if export.lowering == "grid_sample" and export.opset < 16:
+        return False  # refused at export: tested in test_grid_sample_below_opset_16_fails_at_export_...
+    if export.context == "resnet50":
+        return (export.geometry, export.variant, export.dtype) == ("plain", "dcnv2", "float32")
+    # torchvision has no bfloat16 CPU kernel, and the TorchScript exporter runs the model to trace it;
+    # ONNX ops take bfloat16 from opset 13 on.
+    return export.dtype != "bfloat16" or (export.exporter == "dynamo" and export.opset >= 13)
+
+
 def valid(export: Export, runtime: str) -> bool:
     """Whether the combination is meaningful (not whether it passes)."""
-    if export.exporter == "torchscript" and (export.lowering != "gather" or export.opset not in torchscript_opsets()):
+    if not valid_export(export):
         return False
-    if export.lowering == "grid_sample" and export.opset < 16:
-        return False  # refused at export: tested in test_export_refuses_grid_sample_below_16
-    if export.dtype == "bfloat16":
-        # torchvision has no bfloat16 CPU kernel, and the TorchScript exporter runs the model to trace it;
-        # ONNX ops take bfloat16 from opset 13 on.
-        return runtime == "checker" and export.exporter == "dynamo" and export.opset >= 13
-    if runtime == "tract_symbolic" and export.shapes != "dynamic":
-        return False
-    if runtime == "tract" and export.shapes != "static":
-        return False  # tract cannot unify concrete input facts with the exporter's symbolic value_info
+    if export.context == "resnet50" and runtime not in ("onnxruntime", "openvino"):
+        return False  # the network runs where it is fast enough for a test
+    if export.dtype == "bfloat16" or runtime == "checker":
+        return export.dtype == "bfloat16" and runtime == "checker"
+    if runtime == "tract_symbolic":
+        return export.dynamic
+    if runtime == "tract":
+        return not export.dynamic  # tract cannot unify concrete input facts with the exporter's symbolic value_info
     if runtime == "tflite":
-        return export.shapes == "static" and export.dtype == "float32"  # what onnx2tf converts
+        return not export.dynamic and export.dtype == "float32"  # what onnx2tf converts
     return True
 
 
 def all_matrix_cases() -> list[tuple[Export, str]]:
     """Every valid (export, runtime) of the matrix; "checker" is the runtime of bfloat16 cases."""
+    runtimes = (*MATRIX_RUNTIMES, "checker")
     cases = []
     for exporter in ("dynamo", "torchscript"):
         opsets = dynamo_opsets() if exporter == "dynamo" else torchscript_opsets()
-        for lowering, opset, dtype, variant, geometry, shapes in itertools.product(
-                ("auto", "gather", "grid_sample"), opsets, DTYPES, VARIANTS, GEOMETRIES, ("static", "dynamic")):
-            export = Export(exporter, lowering, opset, dtype, variant, geometry, shapes)
-            for runtime in (*MATRIX_RUNTIMES, "checker"):
-                if valid(export, runtime):
-                    cases.append((export, runtime))
+        for values in itertools.product(CONTEXTS, ("auto", "gather", "grid_sample"), opsets, DTYPES):
+            if not valid_export(Export(exporter, *values, "dcnv2", "plain", "static")):
+                continue  # invalid whatever the variant, geometry and shapes (checked on one of them)
+            for variant, geometry, shapes in itertools.product(VARIANTS, GEOMETRIES, SHAPES):
+                export = Export(exporter, *values, variant, geometry, shapes)
+                if valid_export(export):
+                    cases.extend((export, runtime) for runtime in runtimes if valid(export, runtime))
     return cases
 
 
 def pairwise_slice(cases: Sequence[tuple[Export, str]], paired: Optional[Sequence[str]] = None
                    ) -> set[tuple[Export, str]]:
     """A greedy covering subset: every pair of values of two dimensions that occurs in ``cases`` occurs in
-    the subset too (deterministic). With ``paired``, only pairs of those dimensions (names of Export's
-    fields, or "runtime"); every value of every other dimension still occurs at least once."""
-    def pairs(case):
-        export, runtime = case
-        values = {**{f.name: f"{f.name}={getattr(export, f.name)}" for f in dataclasses.fields(export)},
-                  "runtime": f"runtime={runtime}"}
-        chosen = [values[name] for name in (paired or values)]
-        return {(a, b) for a, b in itertools.combinations(chosen, 2)} | {(v, v) for v in values.values()}
-
-    uncovered = set().union(*(pairs(c) for c in cases))
+    the subset too (deterministic: ties go to the earlier case). With ``paired``, only pairs of those
+    dimensions (names of Export's fields, or "runtime"); every value of every other dimension still occurs
+    at least once. Each case's pairs are numbered, one column per pair of dimensions, so that one step of
+    the greedy search is a vectorised count."""
+    names = [f.name for f in dataclasses.fields(Export)] + ["runtime"]
+    numbering: list[dict] = [{} for _ in names]
+    codes = np.array([[number.setdefault(value, len(number)) for number, value in
+                       zip(numbering, (*(getattr(export, name) for name in names[:-1]), runtime))]
+                      for export, runtime in cases])
+    sizes = codes.max(axis=0) + 1
+    which = [i for i, name in enumerate(names) if paired is None or name in paired]
+    columns, offset = [], 0
+    for i in range(len(names)):  # every value of every dimension, as a "pair" with itself
+        columns.append(offset + codes[:, i])
+        offset += sizes[i]
+    for i, j in itertools.combinations(which, 2):
+        columns.append(offset + codes[:, i] * sizes[j] + codes[:, j])
+        offset += sizes[i] * sizes[j]
+    pairs = np.stack(columns, axis=1)
+    uncovered = np.zeros(offset, dtype=bool)
+    uncovered[pairs.ravel()] = True
     chosen: set = set()
-    by_pairs = {c: pairs(c) for c in cases}
-    while uncovered:
-        best = max(cases, key=lambda c: (len(by_pairs[c] & uncovered), c[0].id(), c[1]))
-        chosen.add(best)
-        uncovered -= by_pairs[best]
+    while uncovered.any():
+        best = int(np.argmax(uncovered[pairs].sum(axis=1)))
+        chosen.add(cases[best])
+        uncovered[pairs[best]] = False
     return chosen
 
 
@@ -123,36 +162,76 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def export_matrix_model(export: Export) -> tuple[DeformConvLayer, onnx.ModelProto]:
-    """The layer (in the export's dtype) and its exported model."""
-    case = export.case
-    layer = DeformConvLayer(case).eval().to(torch_dtype(export.dtype))
-    dynamic = export.shapes == "dynamic"
-    # A dynamic dimension of size 1 would be specialised by torch.export: export at 2 or more.
-    size = tuple(max(2, s) for s in case.size) if dynamic else case.size
-    args = tuple(torch.from_numpy(a).to(torch_dtype(export.dtype)) for a in make_inputs(case, size=size))
-    import warnings
+def model_of(export: Export) -> torch.nn.Module:
+    """The PyTorch model of the export's context, in the export's dtype, in eval mode."""
+    if export.context == "resnet50":
+        module = dcn_resnet50_module().build_model()
+    elif export.context == "block":
+        module = DeformBlock(export.case)
+    else:
+        module = DeformConvLayer(export.case)
+    return module.eval().to(torch_dtype(export.dtype))
 
+
+def input_names(export: Export) -> list[str]:
+    return ["x", "offset", "mask"][: 3 if export.case.mask else 2] if export.context == "layer" else ["x"]
+
+
+def model_inputs(export: Export, seed: int, size: Optional[tuple[int, int]] = None,
+                 batch: Optional[int] = None) -> list[np.ndarray]:
+    """Inputs of the export's model: [x, offset(, mask)] of the layer, or the image x, at ``size`` and
+    ``batch`` (defaults: the context's)."""
+    dtype = DTYPES[export.dtype] or np.float32
+    if export.context == "layer":
+        return make_inputs(export.case, seed=seed, size=size, batch=batch, dtype=dtype)
+    default = RESNET_SIZE if export.context == "resnet50" else export.case.size
+    height, width = size or default
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((batch or 1, 3, height, width)).astype(dtype)]
+
+
+def _dynamic_shapes(export: Export) -> Optional[tuple]:
+    """``dynamic_shapes`` of the dynamo export for the spelling ``export.shapes``."""
+    Dim = torch.export.Dim
+    count = len(input_names(export))
+    if export.shapes in ("auto", "dynamic"):
+        marker = Dim.AUTO if export.shapes == "auto" else Dim.DYNAMIC
+        return ({0: marker, 2: marker, 3: marker},) * count
+    if export.shapes != "dims":
+        return None
+    n, h, w = Dim("n"), Dim("h", min=2), Dim("w", min=2)
+    grid = {0: n, 2: Dim("ho", min=1), 3: Dim("wo", min=1)}  # offset and mask share the output grid
+    return ({0: n, 2: h, 3: w}, *(grid,) * (count - 1))
+
+
+def _dynamic_axes(export: Export) -> Optional[dict]:
+    if export.shapes != "dynamic_axes":
+        return None
+    names = input_names(export)
+    axes = {names[0]: {0: "batch", 2: "height", 3: "width"}}
+    axes.update({name: {0: "batch", 2: "out_height", 3: "out_width"} for name in names[1:]})
+    return axes
+
+
+def export_matrix_model(export: Export) -> tuple[torch.nn.Module, onnx.ModelProto]:
+    """The PyTorch model (in the export's dtype) and its exported ONNX model."""
+    module = model_of(export)
+    # A dynamic dimension of size 1 would be specialised by torch.export: export at 2 or more.
+    size = tuple(max(2, s) for s in export.case.size) if export.dynamic and export.context != "resnet50" else None
+    args = tuple(torch.from_numpy(a).to(torch_dtype(export.dtype)) for a in model_inputs(export, 1, size=size))
+    names = input_names(export)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if export.exporter == "torchscript":
-            names = ["x", "offset", "mask"][: len(args)]
-            axes = {name: {0: "batch", 2: "out_h", 3: "out_w"} for name in names[1:]} if dynamic else None
-            if dynamic:
-                axes["x"] = {0: "batch", 2: "h", 3: "w"}
             buffer = io.BytesIO()
-            torch.onnx.export(layer, args, buffer, dynamo=False, opset_version=export.opset, input_names=names,
-                              output_names=["y"], dynamic_axes=axes)
-            return layer, onnx.load_from_string(buffer.getvalue())
-        shapes = None
-        if dynamic:  # offset and mask share their output-grid dimensions, as in a real network
-            n, h, w = torch.export.Dim("n"), torch.export.Dim("h", min=2), torch.export.Dim("w", min=2)
-            grid = ({0: n, 2: torch.export.Dim("ho", min=1), 3: torch.export.Dim("wo", min=1)},) * (len(args) - 1)
-            shapes = ({0: n, 2: h, 3: w}, *grid)
-        program = torch.onnx.export(layer, args, dynamo=True, opset_version=export.opset, dynamic_shapes=shapes,
-                                    verbose=False,
+            torch.onnx.export(module, args, buffer, dynamo=False, opset_version=export.opset, input_names=names,
+                              output_names=["y"], dynamic_axes=_dynamic_axes(export))
+            return module, onnx.load_from_string(buffer.getvalue())
+        program = torch.onnx.export(module, args, dynamo=True, opset_version=export.opset, verbose=False,
+                                    input_names=names, dynamic_shapes=_dynamic_shapes(export),
+                                    dynamic_axes=_dynamic_axes(export),
                                     custom_translation_table=dcn_onnxscript.translation_table(export.lowering))
-        return layer, program.model_proto
+        return module, program.model_proto
 
 
 def hostile(offset: np.ndarray, seed: int) -> np.ndarray:
@@ -166,17 +245,21 @@ def hostile(offset: np.ndarray, seed: int) -> np.ndarray:
     return offset
 
 
+def lowering_written(export: Export) -> str:
+    """The lowering the export writes: "auto" is grid_sample from opset 16 and gather below and for float64."""
+    if export.lowering != "auto":
+        return export.lowering
+    return "grid_sample" if export.opset >= 16 and export.dtype != "float64" else "gather"
+
+
 def known_failure(export: Export, runtime: str) -> Optional[str]:
     """Why a valid combination fails for a reason outside this package or a documented limitation (it is
     run as a strict xfail, so that a fix shows up), or ``None``."""
-    writes_grid_sample_16 = export.lowering == "grid_sample" or (
-        export.lowering == "auto" and export.opset == 19 and export.dtype != "float64")
-    if runtime == "reference" and writes_grid_sample_16 and export.opset < 20:
+    written = lowering_written(export)
+    if runtime == "reference" and written == "grid_sample" and export.opset < 20:
         return ("onnx.reference implements only GridSample-20's mode names (linear, cubic); GridSample-16 "
                 "names the mode 'bilinear' (tool)")
-    writes_gather = export.lowering == "gather" or (
-        export.lowering == "auto" and (export.exporter == "torchscript" or export.opset < 19))
-    if runtime == "tflite" and writes_gather:
+    if runtime == "tflite" and written == "gather":
         return ("LiteRT takes the grid_sample lowering only: onnx2tf turns the gather lowering's int64 index "
                 "arithmetic into select-TensorFlow ops (FlexCumsum, FlexRelu) or fails on it (README)")
     return None

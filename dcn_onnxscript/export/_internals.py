@@ -13,10 +13,7 @@ first use instead of exporting something else. ``tests/export/test_internals.py`
 - torch's TorchScript ``_type_utils`` under its old name ``torch.onnx._type_utils`` (for the bench's
   deform_conv2d_onnx_exporter 1.2.0, which imports it from there);
 - ``torch.onnx._internal._lazy_import.onnxscript_apis.convert_version``, the dynamo exporter's opset
-  conversion step;
-- whether the dynamo exporter's tracer gives a node the output count its attributes ask for
-  (``torch.onnx._internal.exporter._building._determine_output_number``; torch 2.6's gives one output per
-  schema output, so a ``Split`` gets one).
+  conversion step.
 """
 
 from __future__ import annotations
@@ -113,14 +110,6 @@ def exporter_opset() -> int:
     if not isinstance(version, int):
         raise _missing("the exporter's graph opset (onnxscript evaluator.default().opset)")
     return version
-
-
-def tracer_writes_multiple_outputs() -> bool:
-    """Whether the dynamo exporter's tracer writes a ``Split`` with as many outputs as asked for (a missing
-    helper means an older tracer that does not: this answers False rather than raising)."""
-    from torch.onnx._internal.exporter import _building
-
-    return callable(getattr(_building, "_determine_output_number", None))
 
 
 def tensor_sizes(value: Any) -> Optional[list[Optional[int]]]:

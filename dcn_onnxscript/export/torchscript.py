@@ -1,8 +1,12 @@
 """The legacy TorchScript exporter (``torch.onnx.export(..., dynamo=False)``): a symbolic for
-``torchvision::deform_conv2d`` that writes the "gather" lowering through ``g.op`` at the export's opset.
+``torchvision::deform_conv2d`` that writes the default lowering ("auto": grid_sample from opset 16, gather
+below and for float64 layers) through ``g.op`` at the export's opset, which the symbolic knows. The
+weights are graph values here; the exporter's constant folding turns the lowering's steps on them (the
+per-tap kernels, the weight matrix) into initializers afterwards.
 
 torchvision registers no TorchScript symbolic for ``deform_conv2d``, so without this the legacy exporter
-fails with ``UnsupportedOperatorError`` at every opset.
+fails with ``UnsupportedOperatorError`` at every opset (:mod:`dcn_onnxscript.export.registration`
+registers it).
 """
 
 from __future__ import annotations
@@ -14,9 +18,8 @@ import onnx
 import torch
 from torch.onnx import symbolic_helper
 
-from dcn_onnxscript import _autoregister
 from dcn_onnxscript.export import _internals
-from dcn_onnxscript.lowering import emitter, table
+from dcn_onnxscript.lowering import table
 from dcn_onnxscript.lowering.emitter import Emitter
 from dcn_onnxscript.lowering.validation import checked_layer
 
@@ -25,11 +28,13 @@ _ONNX_TYPES = {"Half": onnx.TensorProto.FLOAT16, "Float": onnx.TensorProto.FLOAT
 
 
 class GraphEmitter(Emitter):
-    """Writes through a TorchScript symbolic's ``g.op``."""
+    """Writes through a TorchScript symbolic's ``g.op``; ``weights`` are the layer's parameter values (W, B),
+    which the exporter's constant folding turns into initializers."""
 
-    def __init__(self, g) -> None:
+    def __init__(self, g, weights: tuple = ()) -> None:
         super().__init__(g.opset)
         self.g = g
+        self.weights = weights
 
     def _node(self, op_type: str, inputs: list, attributes: dict[str, Any], outputs: int):
         return self.g.op(op_type, *inputs, **{_suffixed(k, v): v for k, v in attributes.items()}, outputs=outputs)
@@ -37,8 +42,30 @@ class GraphEmitter(Emitter):
     def _constant(self, array: np.ndarray):
         return self.g.op("Constant", value_t=self._tensor(array))
 
+    def split(self, value: Any, parts: int, size: int, axis: int) -> list:
+        """As :meth:`Emitter.split`, but one ``Slice`` per part where ``value`` is computed from the weights and
+        constants alone: the exporter's constant folding folds ``Slice``, not ``Split``, so a layer's
+        per-tap kernels become initializers."""
+        if parts == 1 or not self._from_weights(value):
+            return super().split(value, parts, size, axis)
+        step = size // parts
+        return [self.emit("Slice", [value, np.array([start]), np.array([start + step]), np.array([axis])], {})
+                for start in range(0, size, step)]
+
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.array(array))
+
+    def _from_weights(self, value: Any) -> bool:
+        """Whether a TorchScript value is computed from :attr:`weights` and constants alone."""
+        if any(value is weight for weight in self.weights):
+            return True
+        node = value.node()
+        return node.kind() in _CONSTANTS or (node.kind().startswith("onnx::") and
+                                              all(self._from_weights(v) for v in node.inputs()))
+
+
+#: Node kinds of constants in a TorchScript graph.
+_CONSTANTS = ("prim::Constant", "onnx::Constant")
 
 
 def _suffixed(name: str, value: Any) -> str:
@@ -58,18 +85,5 @@ def deform_conv2d_symbolic(g, input, weight, offset, mask, bias, stride_h, strid
         dilation=(dilation_h, dilation_w), groups=groups, offset_groups=offset_groups,
         dtype=_ONNX_TYPES[input.type().scalarType()], bias=True, mask=bool(use_mask))
     # torchvision passes a zero bias for a layer without one: adding it costs one Add.
-    return table.build("gather", GraphEmitter(g), layer, input, weight, offset, bias, mask if use_mask else None)
-
-
-def register() -> None:
-    """Serve ``torchvision::deform_conv2d`` in ``torch.onnx.export(..., dynamo=False)`` at every opset
-    from :data:`dcn_onnxscript.lowering.emitter.MIN_OPSET` up."""
-    torch.onnx.register_custom_op_symbolic(_internals.QUALIFIED_NAME, deform_conv2d_symbolic, emitter.MIN_OPSET)
-
-
-def unregister() -> None:
-    """Undo :func:`register`."""
-    torch.onnx.unregister_custom_op_symbolic(_internals.QUALIFIED_NAME, emitter.MIN_OPSET)
-
-
-_autoregister.finish_deferred()
+    op = GraphEmitter(g, weights=(weight, bias))
+    return table.build(table.AUTO, op, layer, input, weight, offset, bias, mask if use_mask else None)

@@ -1,11 +1,11 @@
-"""Where the lowerings' nodes go: one small interface over the three graph builders that receive them.
+"""Where the lowerings' nodes go: one small interface over the two graph builders that receive them.
 
 The lowerings (:mod:`dcn_onnxscript.lowering.gather`, :mod:`dcn_onnxscript.lowering.grid_sample`) are plain
 Python that call ``op.Gather(...)``, ``op.MatMul(...)``, ... on an :class:`Emitter`. The same code therefore
-writes nodes into torch.onnx's dynamo graph, into the TorchScript exporter's graph (``g.op``) and into an
-``onnx_ir`` graph that the rewriter edits. Inputs may be graph values or numpy arrays (emitted as
-``Constant`` nodes); attributes are Python ints, floats, strings or lists of them, or numpy arrays for tensor
-attributes.
+writes nodes into the TorchScript exporter's graph (``g.op``) and into an ``onnx_ir`` graph that the
+rewriter edits (which is also how dynamo exports are lowered, at their conversion step). Inputs may be
+graph values or numpy arrays (emitted as ``Constant`` nodes); attributes are Python ints, floats, strings or
+lists of them, or numpy arrays for tensor attributes.
 
 Every op the lowerings use has one form from opset 12 to the newest (GridSample: 16; its mode names
 change at 20, which :mod:`dcn_onnxscript.lowering.grid_sample` reads from ``op.opset``).
@@ -26,12 +26,8 @@ class Emitter:
     """Writes ONNX nodes of one opset; ``op.Add(a, b)`` and ``op.Gather(a, b, axis=0)`` return the output
     value, ``op.Split(x, axis=1, outputs=3)`` the list of its three outputs.
 
-    Subclasses implement :meth:`_node` and :meth:`_constant`; one whose builder cannot write a node of several
-    outputs sets :attr:`multiple_outputs` to False.
+    Subclasses implement :meth:`_node` and :meth:`_constant`.
     """
-
-    #: Whether the builder writes nodes of several outputs (else :meth:`split` writes one ``Slice`` per part).
-    multiple_outputs = True
 
     def __init__(self, opset: int) -> None:
         self.opset = opset
@@ -50,16 +46,11 @@ class Emitter:
 
     def split(self, value: Any, parts: int, size: int, axis: int) -> list:
         """``value``, of static ``size`` along ``axis``, cut into ``parts`` equal parts: one ``Split`` (with the
-        ``num_outputs`` attribute from opset 18 on; before, its count of outputs says it), or one ``Slice``
-        per part where the builder has no multi-output nodes."""
+        ``num_outputs`` attribute from opset 18 on; before, its count of outputs says it)."""
         if parts == 1:
             return [value]
-        if self.multiple_outputs:
-            attributes = {"axis": axis, **({"num_outputs": parts} if self.opset >= 18 else {})}
-            return list(self.emit("Split", [value], attributes, parts))
-        step = size // parts
-        return [self.emit("Slice", [value, np.array([start]), np.array([start + step]), np.array([axis])], {})
-                for start in range(0, size, step)]
+        attributes = {"axis": axis, **({"num_outputs": parts} if self.opset >= 18 else {})}
+        return list(self.emit("Split", [value], attributes, parts))
 
     def known(self, value: Any) -> Optional[np.ndarray]:
         """``value``'s contents when they are known at build time (an initializer or a constant), else

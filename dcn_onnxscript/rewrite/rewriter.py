@@ -54,14 +54,18 @@ import onnx
 import onnx.version_converter
 import onnx_ir as ir
 
-from dcn_onnxscript.lowering import opsets, table
+from dcn_onnxscript.lowering import table
 from dcn_onnxscript.lowering.emitter import TapeEmitter
 from dcn_onnxscript.lowering.layer import Layer
 from dcn_onnxscript.lowering.script.protos import SCRIPT_OPSET
 from dcn_onnxscript.lowering.validation import check_deform_conv2d_args, checked_layer, static_shape
-from dcn_onnxscript.rewrite import script_calls
+from dcn_onnxscript.rewrite import opsets, script_calls
 
 Progress = Callable[[str], None]
+#: The domain of the placeholder ``DeformConv`` (DeformConv-19's inputs and attributes, plus the lowering's
+#: name as attribute ``impl``) that the dynamo translation writes (:mod:`dcn_onnxscript.export.dynamo`) and
+#: :func:`lower_pending` replaces once the model's final opset and weights are known.
+PENDING_DOMAIN = "dcn_onnxscript.pending"
 
 
 class RewriteError(ValueError):
@@ -205,6 +209,7 @@ def _read_mmcv_deform(node: ir.Node) -> DeformConvCall:
 #: (domain, op_type) -> reader of the node's deformable convolution.
 SOURCE_OPS: dict[tuple[str, str], Callable[[ir.Node], DeformConvCall]] = {
     ("", "DeformConv"): _read_deform_conv,
+    (PENDING_DOMAIN, "DeformConv"): _read_deform_conv,
     ("mmcv", "MMCVModulatedDeformConv2d"): _read_mmcv_modulated,
     ("mmdeploy", "MMCVModulatedDeformConv2d"): _read_mmcv_modulated,
     ("mmcv", "MMCVDeformConv2d"): _read_mmcv_deform,
@@ -218,6 +223,8 @@ def _kind(node: ir.Node) -> str:
 
 
 def _describe(node: ir.Node) -> str:
+    if node.domain == PENDING_DOMAIN:
+        return f"torchvision::deform_conv2d (exported node {node.name!r})"
     return f"{_kind(node)} node {node.name!r}"
 
 
@@ -286,8 +293,9 @@ def _node_opsets(model: ir.Model) -> dict[ir.Node, int]:
 
 def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit_opset: Optional[int],
                           hidden: bool, progress: Optional[Progress]) -> tuple[collections.Counter, set[str]]:
-    """Replace each of ``nodes`` by the nodes of lowering ``impl``, written for ``emit_opset`` (default: the
-    opset of its graph); with ``hidden``, in :data:`opsets.HIDDEN_DOMAIN` for a conversion to come. A node
+    """Replace each of ``nodes`` by the nodes of lowering ``impl`` (a placeholder's own ``impl`` attribute
+    wins), written for ``emit_opset`` (default: the opset of its graph); with ``hidden``, in
+    :data:`opsets.HIDDEN_DOMAIN` for a conversion to come. A node
     whose weight shape is unknown (a local function's input, say) becomes a call of the standalone script
     function instead, inlined at the end. Returns the count per kind and the names of the lowerings
     written. Nothing is changed when any node is refused."""
@@ -296,22 +304,23 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
     for node in nodes:
         call = SOURCE_OPS[(node.domain, node.op_type)](node)
         opset = emit_opset or node_opsets[node]
+        node_impl = node.attributes.get_string("impl", impl) if node.domain == PENDING_DOMAIN else impl
         try:
-            table.lowering(impl, opset)
+            table.lowering(node_impl, opset)
         except ValueError as error:
             raise RewriteError(f"{_describe(node)}: {error}") from None
         layer = _checked_layer(node, call)
         if layer is None and opset < SCRIPT_OPSET:
             raise RewriteError(f"{_describe(node)}: the weight's shape (O, C/group, kH, kW) is unknown; give it a "
                                f"static shape or rewrite at opset >= {SCRIPT_OPSET}")
-        calls.append((node, call, layer, opset))
+        calls.append((node, call, layer, opset, node_impl))
     counts: collections.Counter = collections.Counter()
     lowerings: set[str] = set()
     step = max(1, len(calls) // 10)
     scripted = False
-    for index, (node, call, layer, opset) in enumerate(calls, 1):
+    for index, (node, call, layer, opset, node_impl) in enumerate(calls, 1):
         dtype = layer.dtype if layer is not None else (call.X.dtype.value if call.X.dtype is not None else None)
-        name = table.resolve(impl, opset, dtype)
+        name = table.resolve(node_impl, opset, dtype)
         lowerings.add(name)
         if layer is None:
             new_nodes = [script_calls.call_node(node, call, name)]
@@ -355,31 +364,20 @@ def _drop_folded_weights(model: ir.Model, values: Sequence[Optional[ir.Value]]) 
 
 
 def _onnx_opset(model: ir.Model) -> int:
-    version = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
-    if version is None:
-        raise RewriteError("the model imports no ONNX opset")
-    return version
-
-
-def _convert_opset(model: ir.Model, version: int) -> ir.Model:
-    """The model converted to ONNX opset ``version`` by ONNX's version converter (which leaves
-    custom-domain nodes such as mmcv's alone), with the nodes it cannot convert but need not
-    (:func:`dcn_onnxscript.lowering.opsets.convert_version`) kept out of its way."""
-    current = _onnx_opset(model)
-    if version == current:
-        return model
-    ir.external_data.load_to_model(model)  # the proto handed to the converter must hold the data
-
-    def convert(m: ir.Model, target: int) -> ir.Model:
-        return ir.from_proto(onnx.version_converter.convert_version(ir.to_proto(m), target))
-
     try:
-        return opsets.convert_version(model, version, convert)
+        return opsets.default_opset(model)
     except ValueError as error:
         raise RewriteError(str(error)) from None
+
+
+def _onnx_converter(model: ir.Model, target: int) -> ir.Model:
+    """ONNX's version converter (C++; it leaves custom-domain nodes such as mmcv's alone)."""
+    ir.external_data.load_to_model(model)  # the proto handed to the converter must hold the data
+    try:
+        return ir.from_proto(onnx.version_converter.convert_version(ir.to_proto(model), target))
     except Exception as error:  # noqa: BLE001  (the converter raises assorted types)
         reason = one_line(error).split("failed: ")[-1]  # drop the C++ assertion's file and line
-        raise RewriteError(f"cannot convert the model from opset {current} to {version}: {reason}") from None
+        raise RewriteError(f"ONNX's version converter failed: {reason}") from None
 
 
 def _drop_unused_domains(model: ir.Model, domains: set[str]) -> None:
@@ -395,24 +393,44 @@ def rewrite(model: ir.Model, impl: str = table.DEFAULT, opset: Optional[int] = N
     """Rewrite ``model`` in place (see the module docstring) and return it with the counts per node kind.
 
     ``impl``: one of :data:`dcn_onnxscript.lowering.table.NAMES`; ``opset``: the ONNX opset of the
-    result (default: the model's own). Raises :class:`RewriteError` for a node it cannot rewrite; ``model``
-    is then left as it was unless an upward ``opset`` conversion had already been applied.
+    result (default: the model's own). Raises :class:`RewriteError` for a node it cannot rewrite or an opset
+    it cannot reach; ``model`` is then left as it was.
     """
     if impl not in table.NAMES:
         raise RewriteError(f"unknown implementation {impl!r}; choose from {', '.join(table.NAMES)}")
-    if opset is not None and opset > _onnx_opset(model):
-        model = _convert_opset(model, opset)
-    version = _onnx_opset(model)
-    down = opset is not None and opset < version
-    if down and opset < opsets.MIN_OPSET:
-        raise RewriteError(f"--opset must be >= {opsets.MIN_OPSET}, got {opset}")
-    nodes = _source_nodes(model)
-    counts, lowerings = _replace_deform_convs(model, nodes, impl, opset if down else None, hidden=down,
+    return _rewrite(model, _source_nodes(model), impl, opset, _onnx_converter, progress)
+
+
+def pending_nodes(model: ir.Model) -> list[ir.Node]:
+    """The placeholders of :data:`PENDING_DOMAIN` in ``model`` (subgraphs and local functions included)."""
+    return [node for node in _all_nodes(model) if node.domain == PENDING_DOMAIN]
+
+
+def lower_pending(model: ir.Model, opset: int, convert: opsets.Convert) -> ir.Model:
+    """The dynamo exporter's conversion step: ``model`` at ``opset``, each placeholder of
+    :data:`PENDING_DOMAIN` replaced by its lowering, chosen and written now that the final opset and the
+    weights are known; ``convert`` (torch's own step) converts the other nodes where this package's schema
+    rules (:mod:`dcn_onnxscript.rewrite.opsets`) do not."""
+    return _rewrite(model, pending_nodes(model), table.DEFAULT, opset, convert, None).model
+
+
+def _rewrite(model: ir.Model, nodes: list[ir.Node], impl: str, opset: Optional[int], convert: opsets.Convert,
+             progress: Optional[Progress]) -> RewriteResult:
+    """Replace ``nodes`` with their lowerings written at ``opset`` (default: their graphs'), then convert the
+    model to ``opset`` with the lowerings' nodes kept out of the conversion."""
+    current = _onnx_opset(model)
+    change = opset is not None and opset != current
+    if change and opset < opsets.MIN_OPSET:
+        raise RewriteError(f"opset must be >= {opsets.MIN_OPSET} for deformable convolutions, got {opset}")
+    counts, lowerings = _replace_deform_convs(model, nodes, impl, opset if change else None, hidden=change,
                                               progress=progress)
     if counts:
         _drop_unused_domains(model, {kind.split("::")[0] for kind in counts if "::" in kind})
-    if down:
-        model = _convert_opset(model, opset)
+    if change:
+        try:
+            model = opsets.convert_version(model, opset, convert)
+        except ValueError as error:
+            raise RewriteError(str(error)) from None
     return RewriteResult(model, counts, frozenset(lowerings))
 
 

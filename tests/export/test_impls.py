@@ -1,4 +1,4 @@
-"""``register(impl=...)`` / ``translation_table(impl=...)``: "gather" (default), "grid_sample" (ONNX
+"""``register(impl=...)`` / ``translation_table(impl=...)``: "auto" (default), "gather", "grid_sample" (ONNX
 GridSample, opset >= 16) and "native" (ONNX DeformConv, opset >= 19); an impl the target opset cannot express
 fails at export time with a clear message. (The portable impls' parity on every runtime is the matrix's.)"""
 
@@ -18,6 +18,8 @@ CASE = Case(in_channels=4, out_channels=6, stride=(2, 1), groups=2, offset_group
 #: Runtimes without an ONNX DeformConv kernel (measured: OpenVINO 2026.4's ONNX frontend leaves it
 #: unconverted, tract 0.23 reports it unimplemented).
 NATIVE_RUNTIMES = ["onnxruntime", "reference"]
+
+
 def export_with(impl: str, opset: int) -> onnx.ModelProto:
     layer = DeformConvLayer(CASE).eval()
     with warnings.catch_warnings():
@@ -47,7 +49,7 @@ def test_portable_impls_leave_no_deform_conv(models, impl):
 
 
 def test_grid_sample_below_opset_16_fails_at_export_with_a_clear_error():
-    with pytest.raises(ValueError, match=r"impl='grid_sample'.*opset_version >= 16, got 15"):
+    with pytest.raises(ValueError, match=r"deform_conv2d.*impl='grid_sample' needs opset >= 16, got opset 15"):
         export_with("grid_sample", 15)
 
 

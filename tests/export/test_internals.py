@@ -111,9 +111,3 @@ def test_legacy_type_utils_names_the_moved_module_only_inside_the_block():
     if "torch.onnx._type_utils" in sys.modules:  # a torch that still has it under the old name
         assert importlib.util.find_spec("torch.onnx._type_utils") is not None
 
-
-def test_tracer_of_this_torch_writes_multiple_outputs():
-    """torch 2.14 (this environment) has the tracer helper, and grid_sample's splits are Splits; torch 2.6
-    has not, and they become Slices there (tests/export/test_lowest_versions.py exports grid_sample with
-    it in the lowest-versions run)."""
-    assert _internals.tracer_writes_multiple_outputs() is True

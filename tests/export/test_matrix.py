@@ -1,14 +1,19 @@
-"""The generated matrix: exporter × lowering × opset × dtype × (bias, mask) variant × layer geometry ×
-static/dynamic shapes × runtime, every exported model against torchvision.
+"""The generated matrix: exporter × model context (the layer alone, inside a block, the DCNv2 ResNet-50) ×
+lowering × opset × dtype × (bias, mask) variant × layer geometry × dynamic-shape spelling × runtime, every
+exported model against PyTorch.
 
 Every valid combination is generated (:func:`matrix.all_matrix_cases`). The default run (CI) takes a
-pairwise-covering slice: every pair of values of any two dimensions occurs in it at least once. The rest
-is marked ``slow``: ``python -m pytest -m slow tests/export/test_matrix.py`` runs all of it.
+pairwise-covering slice: every pair of values of any two dimensions occurs in it at least once (the
+ResNet-50 cases excepted: they are all slow). The rest is marked ``slow`` and, under a marker expression
+that deselects slow tests (the default's), not even collected: ``python -m pytest -m slow
+tests/export/test_matrix.py`` runs all of it.
 
-Per case: no ``DeformConv`` is left, ``onnx.checker`` (full check) passes, the output keeps the dtype,
-and the runtime's output matches float64 torchvision on inputs with hostile offsets (NaN, ±Inf, huge) mixed
-in — a crash of any runtime fails the case. float16 runs 20 random inputs up to 64×64 and must stay within
-1.5× the error of torchvision's own float16 CPU kernel; bfloat16 is checked for export and checker only
+Per case: no ``DeformConv`` is left, ``onnx.checker`` (full check) passes, the model states the requested
+opset, the output keeps the dtype, and the runtime's output matches float64 PyTorch (torchvision's kernel
+for the layer, the eager model otherwise) at the export's size and, for dynamic models, at other sizes;
+the layer's inputs have hostile offsets (NaN, ±Inf, huge) mixed in — a crash of any runtime fails the
+case. float16 runs 20 random inputs up to 64×64 and must stay within 1.5× the error of PyTorch's own
+float16 CPU result (torchvision's kernel for the layer); bfloat16 is checked for export and checker only
 (onnxruntime's CPU provider has no bfloat16 kernels). OpenVINO runs at f32 ("openvino") and at its
 default precision ("openvino_default", bf16 on this CPU: no crash, finite, within bf16's error).
 """
@@ -17,20 +22,32 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 
 import numpy as np
 import onnx
 import pytest
 import torch
 
-from helpers import assert_close, layer_reference, make_inputs
-from matrix import DTYPES, Export, all_matrix_cases, export_matrix_model, hostile, known_failure, pairwise_slice
+from helpers import assert_close, default_opset, layer_reference
+from matrix import (
+    DTYPES,
+    RESNET_SIZE,
+    Export,
+    all_matrix_cases,
+    export_matrix_model,
+    hostile,
+    known_failure,
+    lowering_written,
+    model_inputs,
+    pairwise_slice,
+)
 from runtimes import run_runtime
 
 CASES = all_matrix_cases()
 #: The LiteRT cases run in their own venv (``.ci/tflite``: ``-m "tflite and not slow"`` takes their slice).
 TFLITE_CASES = [case for case in CASES if case[1] == "tflite"]
-CI_SLICE = pairwise_slice([case for case in CASES if case[1] != "tflite"])
+CI_SLICE = pairwise_slice([case for case in CASES if case[1] != "tflite" and case[0].context != "resnet50"])
 TFLITE_SLICE = pairwise_slice(TFLITE_CASES, paired=("exporter", "lowering", "variant", "geometry"))
 #: float64 compares at 1e-9 relative; OpenVINO computes float64 models in float32, and the grid_sample
 #: lowering samples float64 layers in float32 (onnxruntime has no float64 GridSample before opset 20).
@@ -50,8 +67,12 @@ def exported(export: Export):
     return export_matrix_model(export)
 
 
-def _params():
+def _params(slow: bool):
+    """The matrix's cases as parameters, the slow ones only when ``slow`` (collecting every case of the
+    matrix takes long; they are all deselected by the default marker expression anyway)."""
     for export, runtime in CASES:
+        if not slow and (export, runtime) not in CI_SLICE and (export, runtime) not in TFLITE_SLICE:
+            continue
         if runtime == "tflite":
             marks = [pytest.mark.tflite] + ([] if (export, runtime) in TFLITE_SLICE else [pytest.mark.slow])
         else:
@@ -62,11 +83,17 @@ def _params():
         yield pytest.param(export, runtime, id=f"{export.id()}-{runtime}", marks=marks)
 
 
-@pytest.mark.parametrize("export, runtime", list(_params()))
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.function is test_matrix:
+        slow = not re.search(r"\bnot\s+slow\b", metafunc.config.getoption("markexpr") or "")
+        metafunc.parametrize("export, runtime", list(_params(slow)))
+
+
 def test_matrix(export: Export, runtime: str):
-    layer, model = exported(export)
+    module, model = exported(export)
     assert "DeformConv" not in {n.op_type for n in model.graph.node}
     onnx.checker.check_model(model, full_check=True)
+    assert default_opset(model) == export.opset, "the model's header must state the requested opset"
     numpy_type = DTYPES[export.dtype]
     expected_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(numpy_type)) if numpy_type else \
         onnx.TensorProto.BFLOAT16
@@ -74,62 +101,76 @@ def test_matrix(export: Export, runtime: str):
     if runtime == "checker":
         return
     if export.dtype == "float16":
-        _check_float16(export, layer, model, runtime)
+        _check_float16(export, module, model, runtime)
     else:
-        _check_float(export, layer, model, runtime)
+        _check_float(export, module, model, runtime)
 
 
 def _sizes(export: Export, count: int, largest: int, seed: int):
     """(batch, (H, W)) of ``count`` inputs: the export's for static models, random up to ``largest``
-    otherwise (at least the kernel's reach)."""
+    otherwise (at least the kernel's reach; the ResNet-50 from 32 pixels)."""
     case = export.case
-    if export.shapes == "static":
-        return [(case.batch, case.size)] * count
+    if not export.dynamic:
+        return [(case.batch, RESNET_SIZE if export.context == "resnet50" else case.size)] * count
     rng = np.random.default_rng(seed)
-    low = [max(1, (k - 1) * d + 1 - 2 * p) for k, d, p in zip(case.kernel, case.dilation, case.padding)]
-    return [(int(rng.integers(1, 3)), tuple(int(rng.integers(lo, largest + 1)) for lo in low))
+    if export.context == "resnet50":
+        low = [32, 32]
+    else:
+        low = [max(1, (k - 1) * d + 1 - 2 * p) for k, d, p in zip(case.kernel, case.dilation, case.padding)]
+    return [(int(rng.integers(1, 3)), tuple(int(rng.integers(lo, max(lo, largest) + 1)) for lo in low))
             for _ in range(count)]
 
 
 def _inputs(export: Export, batch: int, size, seed: int, attack: bool):
-    inputs = make_inputs(export.case, seed=seed, size=size, batch=batch, dtype=DTYPES[export.dtype])
-    if attack:
+    inputs = model_inputs(export, seed, size=size, batch=batch)
+    if attack and export.context == "layer":
         inputs[1] = hostile(inputs[1], seed)
     return inputs
 
 
-def _check_float(export: Export, layer, model, runtime: str) -> None:
-    reference_layer = copy.deepcopy(layer).double()
-    for index, (batch, size) in enumerate(_sizes(export, 2, 12, seed=5)):
+def _reference(export: Export, module64: torch.nn.Module, inputs) -> np.ndarray:
+    """The float64 PyTorch result: torchvision's kernel for the layer (NaN offsets read as -Inf), the
+    model's eager forward otherwise."""
+    if export.context == "layer":
+        return layer_reference(module64, inputs)
+    with torch.no_grad():
+        return module64(*[torch.from_numpy(a.astype(np.float64)) for a in inputs]).numpy()
+
+
+def _check_float(export: Export, module, model, runtime: str) -> None:
+    module64 = copy.deepcopy(module).double()
+    largest = 64 if export.context == "resnet50" else 12
+    for index, (batch, size) in enumerate(_sizes(export, 2, largest, seed=5)):
         inputs = _inputs(export, batch, size, seed=10 + index, attack=index == 1)
         actual = run_runtime(runtime, model, inputs)
         assert actual.dtype == DTYPES[export.dtype]
-        expected = layer_reference(reference_layer, inputs)
+        expected = _reference(export, module64, inputs)
         if runtime == "openvino_default":
             assert np.isfinite(actual[np.isfinite(expected)]).all()
             assert_close(actual, expected, rtol=BF16_TOLERANCE)
         elif export.dtype == "float64":
-            default = F64_GRID_SAMPLE if export.lowering == "grid_sample" else 1e-9
+            default = F64_GRID_SAMPLE if lowering_written(export) == "grid_sample" else 1e-9
             assert_close(actual, expected, rtol=F64_TOLERANCE.get((runtime, export.lowering), default))
         else:
             assert_close(actual, expected, rtol=1e-4)
 
 
-def _check_float16(export: Export, layer, model, runtime: str) -> None:
-    """20 random inputs up to 64×64 (the 20th with hostile offsets): error ≤ F16_FACTOR × torchvision's
-    float16 kernel's + F16_FLOOR, relative to max(1, |output|)."""
-    reference_layer = copy.deepcopy(layer).double()
+def _check_float16(export: Export, module, model, runtime: str) -> None:
+    """20 random inputs up to 64×64 (the 20th with hostile offsets): error ≤ F16_FACTOR × PyTorch's own
+    float16 CPU result's (torchvision's kernel) + F16_FLOOR, relative to max(1, |output|)."""
+    module64 = copy.deepcopy(module).double()
     for index, (batch, size) in enumerate(_sizes(export, 20, 64, seed=7)):
-        inputs = _inputs(export, batch, size, seed=100 + index, attack=index == 19)
+        attack = index == 19 and export.context == "layer"
+        inputs = _inputs(export, batch, size, seed=100 + index, attack=attack)
         actual = run_runtime(runtime, model, inputs)
         assert actual.dtype == np.float16
-        expected = layer_reference(reference_layer, inputs)
+        expected = _reference(export, module64, inputs)
         finite = np.isfinite(expected)
-        assert np.isfinite(actual[finite]).all(), "non-finite output where torchvision's is finite"
+        assert np.isfinite(actual[finite]).all(), "non-finite output where PyTorch's is finite"
         scale = max(1.0, float(np.abs(expected[finite]).max(initial=0.0)))
         ours = float(np.abs(actual[finite].astype(np.float64) - expected[finite]).max(initial=0.0)) / scale
-        if index < 19:  # torchvision's float16 kernel as the bar (it cannot take NaN offsets)
-            limit = F16_FACTOR * _torchvision_float16_error(layer, inputs, expected, scale) + F16_FLOOR
+        if not attack:  # PyTorch's float16 kernel as the bar (torchvision's cannot take NaN offsets)
+            limit = F16_FACTOR * _float16_error(module, inputs, expected, scale) + F16_FLOOR
         else:
             limit = 2e-2
         if runtime == "openvino_default":
@@ -137,17 +178,19 @@ def _check_float16(export: Export, layer, model, runtime: str) -> None:
         assert ours <= limit, f"input {index} {inputs[0].shape}: error {ours:.3g} > {limit:.3g}"
 
 
-def _torchvision_float16_error(layer, inputs, expected, scale) -> float:
+def _float16_error(module, inputs, expected, scale) -> float:
     with torch.no_grad():
-        theirs = layer(*[torch.from_numpy(a) for a in inputs]).double().numpy()
+        theirs = module(*[torch.from_numpy(a) for a in inputs]).double().numpy()
     finite = np.isfinite(expected)
     return float(np.abs(theirs[finite] - expected[finite]).max(initial=0.0)) / scale
 
 
 def test_ci_slice_covers_every_value_of_every_dimension():
-    """The CI slice reaches every exporter, lowering, opset, dtype, variant, geometry, shape kind and
-    runtime that the full matrix has (but LiteRT's, whose slice reaches every value of its own cases)."""
-    for cases, chosen in (([c for c in CASES if c[1] != "tflite"], CI_SLICE), (TFLITE_CASES, TFLITE_SLICE)):
-        for field in ("exporter", "lowering", "opset", "dtype", "variant", "geometry", "shapes"):
+    """The CI slice reaches every exporter, context, lowering, opset, dtype, variant, geometry, shape
+    spelling and runtime that the full matrix has (but the ResNet-50's, which are all slow, and LiteRT's,
+    whose slice reaches every value of its own cases)."""
+    ci_cases = [c for c in CASES if c[1] != "tflite" and c[0].context != "resnet50"]
+    for cases, chosen in ((ci_cases, CI_SLICE), (TFLITE_CASES, TFLITE_SLICE)):
+        for field in ("exporter", "context", "lowering", "opset", "dtype", "variant", "geometry", "shapes"):
             assert {getattr(e, field) for e, _ in cases} == {getattr(e, field) for e, _ in chosen}, field
         assert {r for _, r in cases} == {r for _, r in chosen}

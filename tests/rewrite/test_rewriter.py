@@ -341,7 +341,7 @@ def test_opset_conversion_below_functions_opset():
 
 
 def test_opset_conversion_that_onnx_cannot_do_is_a_clear_error():
-    with pytest.raises(RewriteError, match="--opset must be >= 12, got 9"):
+    with pytest.raises(RewriteError, match="opset must be >= 12 for deformable convolutions, got 9"):
         rewrite_model(_random_case(4)[0], opset=9)
 
 
