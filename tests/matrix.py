@@ -89,8 +89,9 @@ def valid_export(export: Export) -> bool:
     if export.context == "resnet50":
         return (export.geometry, export.variant, export.dtype) == ("plain", "dcnv2", "float32")
     # torchvision has no bfloat16 CPU kernel, and the TorchScript exporter runs the model to trace it;
-    # ONNX ops take bfloat16 from opset 13 on.
-    return export.dtype != "bfloat16" or (export.exporter == "dynamo" and export.opset >= 13)
+    # ONNX ops take bfloat16 from opset 13 on, Conv (the block's own) from opset 22.
+    lowest = 22 if export.context == "block" else 13
+    return export.dtype != "bfloat16" or (export.exporter == "dynamo" and export.opset >= lowest)
 
 
 def valid(export: Export, runtime: str) -> bool:
@@ -259,6 +260,8 @@ def known_failure(export: Export, runtime: str) -> Optional[str]:
     if runtime == "reference" and written == "grid_sample" and export.opset < 20:
         return ("onnx.reference implements only GridSample-20's mode names (linear, cubic); GridSample-16 "
                 "names the mode 'bilinear' (tool)")
+    if runtime == "onnxruntime" and export.context != "layer" and export.dtype == "float64":
+        return "onnxruntime's CPU provider has no float64 Conv kernel (the block's own convolutions) (runtime)"
     if runtime == "tflite" and written == "gather":
         return ("LiteRT takes the grid_sample lowering only: onnx2tf turns the gather lowering's int64 index "
                 "arithmetic into select-TensorFlow ops (FlexCumsum, FlexRelu) or fails on it (README)")

@@ -17,16 +17,17 @@ converter.
   the same name (``axes``, ``split``) moves there when it is a constant; an attribute the target lacks is
   dropped when it holds the value that reproduces the older behaviour (its default, unless
   :data:`_DEFAULT_CHANGED_MEANING` names another); ``Shape``'s ``start``/``end`` become a ``Slice``;
-  ``Split``'s ``num_outputs`` goes (its count of outputs says it); ``Softmax``-family ops, which before
-  opset 13 coerced their input to 2-D at ``axis``, run on the last axis, between two ``Transpose`` nodes
-  where ``axis`` is another; ``Reshape``'s ``allowzero=1`` goes (it only differs from 0 where a shape holds
-  a 0, which for a tensor that is not empty is an error);
+  ``Split``'s ``num_outputs`` goes (its count of outputs says it where the axis divides evenly, else the
+  parts' sizes are written out); ``Pad``'s constant ``axes`` become pads of every axis; ``Softmax``-family
+  ops, which before opset 13 coerced their input to 2-D at ``axis``, run on the last axis, between two
+  ``Transpose`` nodes where ``axis`` is another; ``Reshape``'s ``allowzero=1`` goes (it only differs from 0
+  where a shape holds a 0, which for a tensor that is not empty is an error);
 * the op does not exist at the target but ONNX defines it as a function of older ops (``CastLike``,
   ``LayerNormalization``, ``HardSwish`` ...): it is replaced by that function's body, converted in turn.
 
 Constant subexpressions are folded first (onnxscript's constant folding, as torch's optimizer does after
 the conversion): torch writes e.g. a reduce's axes as a ``Reshape`` of a constant, and only a constant can
-become an attribute. ONNX's shape inference then gives every value the type and rank the rules read.
+become an attribute. Where a rule needs a type or rank that is unknown, ONNX's shape inference runs first.
 
 The nodes it converts are kept out of ``convert``'s way (under :data:`HIDDEN_DOMAIN`). A node whose form
 changed in a way these rules do not know (an attribute or input with no older form) goes to ``convert``
@@ -44,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Iterator, Optional
 
+import numpy as np
 import onnx
 import onnx.defs
 import onnx_ir as ir
@@ -61,8 +63,10 @@ HIDDEN_DOMAIN = "dcn_onnxscript.stable"
 #: (op, attribute) -> the value that is the op's behaviour before the attribute existed, where that is not
 #: the attribute's default (RoiAlign-16's default is "half_pixel"; RoiAlign-10 computes "output_half_pixel").
 _DEFAULT_CHANGED_MEANING = {("RoiAlign", "coordinate_transformation_mode"): "output_half_pixel"}
-#: The domain of ONNX function bodies while they are inlined.
+#: The domain of ONNX function bodies while they are inlined, and the key of a body node's ``meta`` that
+#: names the op it comes from.
 _EXPANDED_DOMAIN = "dcn_onnxscript.expanded"
+EXPANDED_FROM = "dcn_onnxscript.expanded_from"
 #: Ops whose attribute ``axis`` meant "coerce to 2-D at axis" before opset 13: the same only on the last axis.
 _COERCED_TO_2D = {"Softmax", "LogSoftmax", "Hardmax"}
 _COERCED_UNTIL = 13
@@ -120,9 +124,14 @@ class Problem:
 
 
 def _failure(source: int, target: int, reached: int, problems: dict[ir.Node, Problem]) -> str:
-    reasons = sorted({f"{node.op_type}: {problem.reason}" for node, problem in problems.items()})
+    reasons = sorted({f"{node.op_type}{_origin(node)}: {problem.reason}" for node, problem in problems.items()})
     listed = "; ".join(reasons) if reasons else "ONNX's version converter failed (see its message above)"
     return f"cannot convert the model from opset {source} to {target} (it stayed at {reached}): {listed}"
+
+
+def _origin(node: ir.Node) -> str:
+    origin = node.meta.get(EXPANDED_FROM)
+    return f" (of {origin}'s function body)" if origin else ""
 
 
 def _all_nodes(model: ir.Model) -> Iterator[ir.Node]:
@@ -141,8 +150,10 @@ def _convert_down(model: ir.Model, source: int, target: int) -> dict[ir.Node, Pr
     reason. Constants are folded and the function ops expanded first, then the form changes run (they may
     add nodes), and the checks on every node after them."""
     onnxscript.optimizer.fold_constants(model)
-    # types and ranks for the function bodies and the Softmax rule (torch's exports have them already)
-    ShapeInferencePass(check_type=False, strict_mode=False)(model)
+    if any(_needs_types(node, source, target) for node in _all_nodes(model)):
+        # types for the function bodies, ranks for the Softmax rule (torch's exports have them). Only then:
+        # onnx_ir's pass gives some sequence values a tensor type.
+        ShapeInferencePass(check_type=False, strict_mode=False)(model)
     _expand_functions(model, source, target)
     for node in list(_all_nodes(model)):
         if node.domain in ("", "ai.onnx"):
@@ -159,27 +170,40 @@ def _convert_down(model: ir.Model, source: int, target: int) -> dict[ir.Node, Pr
     return problems
 
 
+def _needs_types(node: ir.Node, source: int, target: int) -> bool:
+    """Whether a rule needs the types or ranks of ``node``'s inputs, and one of them is unknown."""
+    if node.domain not in ("", "ai.onnx") or not onnx.defs.has(node.op_type, ""):
+        return False
+    written, older = _schemas(node, source, target)
+    reads_shape = older is not None and (
+        node.op_type in _COERCED_TO_2D and older.since_version < _COERCED_UNTIL
+        or node.op_type in ("Split", "Pad") and older.since_version < written.since_version)
+    unknown = any(value is not None and (value.type is None or value.shape is None) for value in node.inputs)
+    return (older is None or reads_shape) and unknown
+
+
 def _expand_functions(model: ir.Model, source: int, target: int) -> None:
     """Replace every default-domain node whose op the target lacks, and which ONNX defines as a function,
-    by the function's body (for the node's attributes and input types), inlined."""
-    expanded = 0
-    for node in list(_all_nodes(model)):
+    by the function's body (for the node's attributes and input types), inlined; each node of a body
+    remembers the op in ``meta[EXPANDED_FROM]`` for the error messages."""
+    for number, node in enumerate(list(_all_nodes(model))):
         if node.domain not in ("", "ai.onnx") or not onnx.defs.has(node.op_type, ""):
             continue
         written, older = _schemas(node, source, target)
         body = _function_body(node, written, source) if older is None else None
         if body is None:
             continue
-        body.domain, body.name, body.overload = _EXPANDED_DOMAIN, f"{node.op_type}_{expanded}", ""
-        expanded += 1
+        op_type = node.op_type
+        body.domain, body.name, body.overload = _EXPANDED_DOMAIN, f"{op_type}_{number}", ""
         model.functions[body.identifier()] = body
-        node.domain, node.op_type = _EXPANDED_DOMAIN, body.name
-    if expanded:
         model.opset_imports[_EXPANDED_DOMAIN] = 1
-        InlinePass(criteria=lambda function: function.domain == _EXPANDED_DOMAIN)(model)
-        for key in [key for key in model.functions if key[0] == _EXPANDED_DOMAIN]:
-            del model.functions[key]
-        model.opset_imports.pop(_EXPANDED_DOMAIN, None)
+        node.domain, node.op_type = _EXPANDED_DOMAIN, body.name
+        before = set(_all_nodes(model))
+        InlinePass(criteria=lambda function: function is body)(model)
+        for new in set(_all_nodes(model)) - before:
+            new.meta[EXPANDED_FROM] = op_type
+        model.functions.pop(body.identifier(), None)  # the pass may have dropped it, unused
+    model.opset_imports.pop(_EXPANDED_DOMAIN, None)
 
 
 def _function_body(node: ir.Node, schema: onnx.defs.OpSchema, source: int) -> Optional[ir.Function]:
@@ -232,8 +256,10 @@ def _to_older_form(node: ir.Node, source: int, target: int) -> None:
     if node.op_type == "Shape" and older.since_version < 15:
         _shape_then_slice(node)
         return
-    if node.op_type == "Split" and "num_outputs" not in older.attributes:
-        node.attributes.pop("num_outputs", None)
+    if node.op_type == "Split" and "num_outputs" not in older.attributes and "num_outputs" in node.attributes:
+        _explicit_split(node)
+    if node.op_type == "Pad" and len(node.inputs) > older.max_input:
+        _pads_of_every_axis(node)
     if node.op_type == "Reshape" and "allowzero" not in older.attributes:
         node.attributes.pop("allowzero", None)
     if node.op_type in _COERCED_TO_2D and older.since_version < _COERCED_UNTIL <= written.since_version:
@@ -256,6 +282,42 @@ def _shape_then_slice(node: ir.Node) -> None:
     sliced.outputs[0].name = node.outputs[0].name
     node.outputs[0].replace_all_uses_with(sliced.outputs[0], replace_graph_outputs=True)
     graph.remove(node, safe=True)
+
+
+def _explicit_split(node: ir.Node) -> None:
+    """``Split(num_outputs=n)`` (opset 18) without the attribute: where the axis's size is known and n does
+    not divide it (opset 18 makes the last part smaller), with the parts' sizes as a ``split`` input (the
+    input-to-attribute rule moves it for opset 11); where the size is unknown it stays for :func:`_problem`."""
+    shape = node.inputs[0].shape
+    parts = node.attributes.get_int("num_outputs")
+    axis = node.attributes.get_int("axis", 0)
+    size = shape[axis] if shape is not None else None
+    if not isinstance(size, int):
+        return
+    node.attributes.pop("num_outputs")
+    if size % parts:
+        step = -(-size // parts)
+        sizes = ir.node("Constant", [], {"value": ir.tensor([step] * (parts - 1) + [size - step * (parts - 1)],
+                                                              dtype=ir.DataType.INT64)})
+        node.graph.insert_before(node, [sizes])
+        node.resize_inputs(2)
+        node.replace_input_with(1, sizes.outputs[0])
+
+
+def _pads_of_every_axis(node: ir.Node) -> None:
+    """``Pad(data, pads, constant_value, axes)`` (opset 18) with constant pads and axes, on data of known
+    rank, as pads of every axis (zeros for the others)."""
+    pads, axes = (ir.convenience.get_const_tensor(v) if v is not None else None for v in node.inputs[1:4:2])
+    shape = node.inputs[0].shape
+    if pads is None or axes is None or shape is None:
+        return
+    rank, begin_end = len(shape), pads.numpy().reshape(2, -1)
+    every = np.zeros((2, rank), dtype=np.int64)
+    every[:, axes.numpy() % rank] = begin_end
+    full = ir.node("Constant", [], {"value": ir.tensor(every.reshape(-1))})
+    node.graph.insert_before(node, [full])
+    node.replace_input_with(1, full.outputs[0])
+    node.resize_inputs(3)
 
 
 def _on_last_axis(node: ir.Node) -> None:
@@ -370,11 +432,21 @@ def _type_problem(node: ir.Node, schema: onnx.defs.OpSchema, target: int) -> Opt
     constraints = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
     for values, formals in ((node.inputs, schema.inputs), (node.outputs, schema.outputs)):
         for index, value in enumerate(values):
-            if value is None or not formals or not isinstance(value.type, ir.TensorType):
+            type_string = _type_string(value.type) if value is not None else None
+            if type_string is None or not formals:
                 continue
             formal = formals[min(index, len(formals) - 1)]
-            allowed = constraints.get(formal.type_str, {formal.type_str})
-            type_string = f"tensor({value.dtype.name.lower()})"
-            if type_string not in allowed:
-                return Problem(f"{formal.name} of type {value.dtype.name} is not accepted at opset {target}")
+            if type_string not in constraints.get(formal.type_str, {formal.type_str}):
+                return Problem(f"{formal.name} of type {type_string} is not accepted at opset {target}")
+    return None
+
+
+def _type_string(value_type) -> Optional[str]:
+    """A value's type as ONNX's schemas spell it (``tensor(float)``, ``seq(tensor(int64))``, ...)."""
+    if isinstance(value_type, ir.TensorType):
+        return f"tensor({value_type.dtype.name.lower()})"
+    for kind, spelling in ((ir.SequenceType, "seq"), (ir.OptionalType, "optional")):
+        if isinstance(value_type, kind):
+            inner = _type_string(value_type.elem_type)
+            return None if inner is None else f"{spelling}({inner})"
     return None
