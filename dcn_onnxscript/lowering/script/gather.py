@@ -28,26 +28,13 @@ without a transpose of the large tensor.
 
 from __future__ import annotations
 
-from typing import Sequence, TypeVar, Union
+from typing import Sequence
 
-from onnxscript import BFLOAT16, DOUBLE, FLOAT, FLOAT16, INT64, script
+from onnxscript import DOUBLE, INT64, script
 from onnxscript import opset18 as op
-from onnxscript.values import Opset
 
+from dcn_onnxscript.lowering.script.common import Dim, Ints, T, dcn
 from dcn_onnxscript.lowering.script.protos import flatten
-
-#: The ONNX domain of every function in this package.
-DOMAIN = "dcn_onnxscript"
-#: Version of :data:`DOMAIN`.
-DOMAIN_VERSION = 1
-
-dcn = Opset(DOMAIN, DOMAIN_VERSION)
-
-T = TypeVar("T", bound=Union[FLOAT16, FLOAT, DOUBLE, BFLOAT16])
-#: A size read with ``Shape``: a 1-element INT64 tensor.
-Dim = INT64[1]
-#: An INT64 tensor of any shape.
-Ints = INT64[...]
 
 
 @script(dcn, default_opset=op)
@@ -359,7 +346,7 @@ def _add_bias(Y: T, B: T) -> T:
 
 
 @script(dcn, default_opset=op)
-def deform_conv2d_no_bias(
+def deform_conv2d_gather_no_bias(
     X: T,
     W: T,
     offset: T,
@@ -379,7 +366,7 @@ def deform_conv2d_no_bias(
 
 
 @script(dcn, default_opset=op)
-def deform_conv2d_no_bias_no_mask(
+def deform_conv2d_gather_no_bias_no_mask(
     X: T,
     W: T,
     offset: T,
@@ -396,7 +383,7 @@ def deform_conv2d_no_bias_no_mask(
 
 
 @script(dcn, default_opset=op)
-def deform_conv2d_no_mask(
+def deform_conv2d_gather_no_mask(
     X: T,
     W: T,
     offset: T,
@@ -409,13 +396,13 @@ def deform_conv2d_no_mask(
 ) -> T:
     """:func:`deform_conv2d` with ``mask`` omitted (DCNv1 with bias): ``X``, ``W``, ``offset``, ``B`` as
     there; returns ``Y`` (N, O, Ho, Wo)."""
-    Y = deform_conv2d_no_bias_no_mask(X, W, offset, strides=strides, pads=pads, dilations=dilations,
+    Y = deform_conv2d_gather_no_bias_no_mask(X, W, offset, strides=strides, pads=pads, dilations=dilations,
                                       group=group, offset_group=offset_group)
     return _add_bias(Y, B)
 
 
 @script(dcn, default_opset=op)
-def deform_conv2d(
+def deform_conv2d_gather(
     X: T,
     W: T,
     offset: T,
@@ -432,10 +419,11 @@ def deform_conv2d(
     ``X`` (N, C, H, W), ``W`` (O, C/group, kH, kW), ``offset`` (N, 2·offset_group·kH·kW, Ho, Wo),
     ``B`` (O), ``mask`` (N, offset_group·kH·kW, Ho, Wo); returns ``Y`` (N, O, Ho, Wo).
     """
-    Y = deform_conv2d_no_bias(X, W, offset, mask, strides=strides, pads=pads, dilations=dilations,
+    Y = deform_conv2d_gather_no_bias(X, W, offset, mask, strides=strides, pads=pads, dilations=dilations,
                               group=group, offset_group=offset_group)
     return _add_bias(Y, B)
 
 
-for _public in (deform_conv2d, deform_conv2d_no_bias, deform_conv2d_no_mask, deform_conv2d_no_bias_no_mask):
+for _public in (deform_conv2d_gather, deform_conv2d_gather_no_bias, deform_conv2d_gather_no_mask,
+                deform_conv2d_gather_no_bias_no_mask):
     flatten(_public)
