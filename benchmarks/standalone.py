@@ -4,9 +4,11 @@ memory per layer case of ``python -m dcn_onnxscript bench`` (L1 L2 L3: modulated
 Each function runs as a one-node model calling it (its FunctionProto attached; X, offset and mask inputs
 with symbolic sizes, W and B initializers), native as one ``DeformConv`` node (opset 19) with the same
 initializers. Latency: every model of a case in one process, interleaved, median of ``--repeat`` rounds
-after two warm-up rounds, ``--threads`` intra-op threads, no spinning (:func:`bench.interleaved_medians`,
-:func:`bench.session`). Peak memory: a fresh process per model, as ``bench`` measures it. Ratios are to
-native in the same rounds, so load from other processes on the machine hits every model alike.
+after two warm-up rounds, ``--threads`` intra-op threads, no spinning (:func:`bench.session`); per run both
+the wall time and the process's CPU time (all its threads), which other processes on a shared machine
+disturb less than the wall time (with spinning off, idle pool threads use none). Peak memory: a fresh
+process per model, as ``bench`` measures it. Ratios are to native in the same rounds, so load from other
+processes hits every model alike.
 
     python benchmarks/standalone.py                        # the gather and grid_sample functions
     python benchmarks/standalone.py --functions mypkg.mod:fn --layers L1
@@ -19,6 +21,8 @@ import importlib
 import pathlib
 import sys
 import tempfile
+import time
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -65,6 +69,21 @@ def native_model(arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
     return _model(node, arrays, {"": NATIVE_OPSET}, [])
 
 
+def interleaved_medians(run: dict[str, Callable[[], object]], repeat: int, warmup: int = 2):
+    """Median wall and CPU seconds per kind over ``repeat`` rounds that run every kind once, in turn."""
+    wall: dict[str, list[float]] = {kind: [] for kind in run}
+    cpu: dict[str, list[float]] = {kind: [] for kind in run}
+    for round_index in range(warmup + repeat):
+        for kind, function in run.items():
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            function()
+            if round_index >= warmup:
+                wall[kind].append(time.perf_counter() - start_wall)
+                cpu[kind].append(time.process_time() - start_cpu)
+    return ({kind: float(np.median(v)) for kind, v in wall.items()},
+            {kind: float(np.median(v)) for kind, v in cpu.items()})
+
+
 def load_function(spec: str):
     """``module:name`` -> the OnnxFunction."""
     module, name = spec.split(":")
@@ -105,10 +124,11 @@ def main(argv=None) -> int:
                                                 str(workdir / "inputs.npz")])["peak_mb"]
             expected = run[NATIVE]()
             errors = {kind: float(np.abs(r() - expected).max()) for kind, r in run.items()}
-            medians = bench.interleaved_medians(run, args.repeat)
+            wall, cpu = interleaved_medians(run, args.repeat)
             for kind in run:
                 memory = "" if args.no_memory else f"  peak {peak[kind]:7.1f} MB  x{peak[kind] / peak[NATIVE]:.2f}"
-                print(f"{case} {kind:40s} {1e3 * medians[kind]:8.2f} ms  x{medians[kind] / medians[NATIVE]:.2f}"
+                print(f"{case} {kind:24s} wall {1e3 * wall[kind]:8.2f} ms  x{wall[kind] / wall[NATIVE]:.2f}"
+                      f"  cpu {1e3 * cpu[kind]:8.2f} ms  x{cpu[kind] / cpu[NATIVE]:.2f}"
                       f"{memory}  max|diff| {errors[kind]:.1e}", flush=True)
     return 0
 
