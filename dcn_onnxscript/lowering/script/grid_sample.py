@@ -64,49 +64,53 @@ _PADDING = -3.0
 
 @script(dcn, default_opset=op)
 def _pixel_grid(sizes: Ints) -> Ints:
-    """(i + 1, j + 1) of every cell of an a x b grid, ``sizes`` = (a, b): INT64 (a, b, 2)."""
-    one = op.Constant(value_ints=[1])
-    ones = op.ConstantOfShape(op.Concat(sizes, one, axis=0), value=make_tensor("one", INT64.dtype, [1], [1]))
-    return op.Concat(op.CumSum(ones, 0), op.CumSum(ones, 1), axis=2)
+    """(i, j) of every cell of an a x b grid, ``sizes`` = (a, b): INT64 (2, a, b)."""
+    ones = op.ConstantOfShape(op.Concat(op.Constant(value_ints=[1]), sizes, axis=0),
+                              value=make_tensor("one", INT64.dtype, [1], [1]))  # (1, a, b)
+    return op.Concat(op.CumSum(ones, 1, exclusive=1), op.CumSum(ones, 2, exclusive=1), axis=0)
 
 
 @script(dcn, default_opset=op)
 def _positions(offset: T, kernel: Ints, strides: Ints, pads: Ints, dilations: Ints) -> Floats:
-    """p = p_0 + p_k + Δp_k of every sample: FLOAT (N·G, K, P, 2), pairs (y, x).
+    """p = p_0 + p_k + Δp_k of every sample: FLOAT (2, N·G, K, P), (y, x) on axis 0.
 
     ``offset`` (N, 2·G·K, Ho, Wo), channels ordered (g, k, [Δy, Δx]) as in torchvision and ``DeformConv``;
     ``kernel`` = (kH, kW); ``strides``, ``dilations``: (2,); ``pads``: (4,), begin pads first. p_0 + p_k
-    (K, P, 2) is computed in integers, (i+1)·s + (j+1)·d - (pad + s + d) from the 1-based grids of
-    :func:`_pixel_grid`.
+    (2, 1, K, P) is computed in integers, i·s - pad + j·d from the grids of :func:`_pixel_grid`. (y, x) lie
+    on the first axis, not the last: broadcasting a per-axis value over the positions then runs over
+    contiguous rows (onnxruntime is ten times slower when the broadcast axis of 2 is the innermost).
     """
+    per_axis = op.Constant(value_ints=[-1, 1, 1])  # (2,) -> (2, 1, 1)
+    begin = op.Slice(pads, op.Constant(value_ints=[0]), op.Constant(value_ints=[2]))
     Ho_Wo = op.Shape(offset, start=2, end=4)
-    p0 = _pixel_grid(Ho_Wo) * strides  # (Ho, Wo, 2)
-    pk = _pixel_grid(kernel) * dilations  # (kH, kW, 2)
-    first = op.Slice(pads, op.Constant(value_ints=[0]), op.Constant(value_ints=[2])) + strides + dilations
-    base = op.Reshape(pk, op.Constant(value_ints=[-1, 1, 2])) + op.Reshape(p0 - first, op.Constant(
-        value_ints=[1, -1, 2]))  # (K, P, 2)
+    p0 = _pixel_grid(Ho_Wo) * op.Reshape(strides, per_axis) - op.Reshape(begin, per_axis)  # (2, Ho, Wo)
+    pk = _pixel_grid(kernel) * op.Reshape(dilations, per_axis)  # (2, kH, kW)
+    base = op.Reshape(pk, op.Constant(value_ints=[2, 1, -1, 1])) + op.Reshape(p0, op.Constant(
+        value_ints=[2, 1, 1, -1]))  # (2, 1, K, P)
     K = op.ReduceProd(kernel, keepdims=1)
     P = op.ReduceProd(Ho_Wo, keepdims=1)
     per_tap = op.Reshape(op.Cast(offset, to=FLOAT.dtype), op.Concat(op.Constant(value_ints=[-1]), K, op.Constant(
         value_ints=[2]), P, axis=0))  # (N·G, K, 2, P)
-    return op.Cast(base, to=FLOAT.dtype) + op.Transpose(per_tap, perm=[0, 1, 3, 2])
+    return op.Cast(base, to=FLOAT.dtype) + op.Transpose(per_tap, perm=[2, 0, 1, 3])
 
 
 @script(dcn, default_opset=op)
 def _grid(p: Floats, H_W: Ints) -> Floats:
-    """``GridSample``'s grid of the positions ``p`` (…, 2), pairs (y, x), in an image of ``H_W`` = (H, W)
-    pixels: (…, 2), pairs (x, y), in ``align_corners=0`` units (2·p + 1) / size - 1, which, unlike
-    align_corners=1, needs no division by size - 1 (1-pixel images work).
+    """``GridSample``'s grid of the positions ``p`` (2, N·G, K, P), (y, x) on axis 0, in an image of
+    ``H_W`` = (H, W) pixels: (N·G, K, P, 2), pairs (x, y), in ``align_corners=0`` units
+    (2·p + 1) / size - 1, which, unlike align_corners=1, needs no division by size - 1 (1-pixel images
+    work).
 
     A coordinate outside (-1, size), where the sample has no in-image neighbour (NaN, ±Inf and huge values
     included: every comparison with NaN is false), moves to :data:`_NOWHERE`: the sample still counts zero,
     and no non-finite or huge value reaches ``GridSample``.
     """
-    size = op.Cast(H_W, to=FLOAT.dtype)
+    size = op.Reshape(op.Cast(H_W, to=FLOAT.dtype), op.Constant(value_ints=[-1, 1, 1, 1]))  # (2, 1, 1, 1)
     inside = op.And(op.Greater(p, op.Constant(value_float=-1.0)), op.Less(p, size))
     reciprocal = op.Reciprocal(size)
     scaled = op.Where(inside, p, op.Constant(value_float=_NOWHERE)) * (reciprocal + reciprocal)
-    return op.Gather(scaled + (reciprocal - op.Constant(value_float=1.0)), op.Constant(value_ints=[1, 0]), axis=-1)
+    x_y = op.Gather(scaled + (reciprocal - op.Constant(value_float=1.0)), op.Constant(value_ints=[1, 0]), axis=0)
+    return op.Transpose(x_y, perm=[1, 2, 3, 0])
 
 
 @script(dcn, default_opset=op)
@@ -137,11 +141,10 @@ def _chunk_product(X_groups: Floats, grid: Floats, modulation: Floats, w: Floats
 @script(dcn, default_opset=op)
 def _product(
     X: T, W: T, offset: T, modulation: Floats, strides: Sequence[int], pads: Sequence[int],
-    dilations: Sequence[int], group: int, offset_group: int,
+    dilations: Sequence[int], group: int,
 ) -> T:
     """The deformable convolution without bias, (N, O, Ho, Wo) of X's type, with Δm_k = ``modulation``
     (N·G, 1, K, P) (:func:`_modulation`, or ones for DCNv1), in :data:`CHUNKS` chunks of output positions."""
-    G = op.Reshape(op.Constant(value_int=offset_group), op.Constant(value_ints=[1]))
     R = op.Reshape(op.Constant(value_int=group), op.Constant(value_ints=[1]))
     kernel = op.Shape(W, start=2, end=4)
     p = _positions(offset, kernel, op.Constant(value_ints=strides), op.Constant(value_ints=pads),
@@ -150,23 +153,22 @@ def _product(
 
     Ho_Wo = op.Shape(offset, start=2, end=4)
     P = op.ReduceProd(Ho_Wo, keepdims=1)
-    chunks = op.Constant(value_ints=[CHUNKS])
-    size = op.Div(P + chunks - op.Constant(value_ints=[1]), chunks)
-    end_pad = op.Concat(op.Constant(value_ints=[0]), size * chunks - P, axis=0)
+    # Pad P to the next multiple of CHUNKS: (-P) mod CHUNKS positions (Mod of integers takes the divisor's sign).
+    end_pad = op.Concat(op.Constant(value_ints=[0]), op.Mod(op.Neg(P), op.Constant(value_ints=[CHUNKS])), axis=0)
     g0, g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11 = op.Split(
         op.Pad(grid, end_pad, op.Constant(value_float=_PADDING), op.Constant(value_ints=[2])), axis=2,
         num_outputs=CHUNKS)
     m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11 = op.Split(
-        op.Pad(modulation, end_pad, op.Constant(value_float=0.0), op.Constant(value_ints=[3])), axis=3,
-        num_outputs=CHUNKS)
+        op.Pad(modulation, end_pad, None, op.Constant(value_ints=[3])), axis=3, num_outputs=CHUNKS)  # pads 0
 
     N = op.Shape(X, start=0, end=1)
     O = op.Shape(W, start=0, end=1)
     minus_one = op.Constant(value_ints=[-1])
+    # N·G as the offset's shape has it: offset_group is implied by it (2·G·K channels).
     X_groups = op.Reshape(op.Cast(X, to=FLOAT.dtype), op.Concat(
-        minus_one, op.Div(op.Shape(X, start=1, end=2), G), op.Shape(X, start=2, end=4), axis=0))
+        op.Shape(grid, start=0, end=1), minus_one, op.Shape(X, start=2, end=4), axis=0))
     w = op.Reshape(op.Cast(W, to=FLOAT.dtype), op.Concat(R, op.Div(O, R), minus_one, axis=0))
-    columns = op.Concat(N, R, minus_one, size, axis=0)
+    columns = op.Concat(N, R, minus_one, op.Shape(g0, start=2, end=3), axis=0)  # every chunk's size
     product = op.Concat(
         _chunk_product(X_groups, g0, m0, w, columns), _chunk_product(X_groups, g1, m1, w, columns),
         _chunk_product(X_groups, g2, m2, w, columns), _chunk_product(X_groups, g3, m3, w, columns),
@@ -182,12 +184,12 @@ def _product(
 
 
 @script(dcn, default_opset=op)
-def _unit_mask(offset: T) -> Floats:
-    """The mask of DCNv1, every Δm_k = 1: FLOAT (N, G·K, Ho, Wo) of ones for ``offset`` (N, 2·G·K, Ho, Wo)."""
-    two = op.Constant(value_ints=[2])
-    shape = op.Concat(op.Shape(offset, start=0, end=1), op.Div(op.Shape(offset, start=1, end=2), two),
-                      op.Shape(offset, start=2, end=4), axis=0)
-    return op.ConstantOfShape(shape, value=make_tensor("one", FLOAT.dtype, [1], [1.0]))
+def _unit_modulation(offset: T) -> Floats:
+    """Δm_k = 1 for DCNv1: FLOAT (1, 1, 1, P) of ones, which broadcasts like :func:`_modulation` and splits
+    into chunks alike."""
+    P = op.ReduceProd(op.Shape(offset, start=2, end=4), keepdims=1)
+    return op.ConstantOfShape(op.Concat(op.Constant(value_ints=[1, 1, 1]), P, axis=0),
+                              value=make_tensor("one", FLOAT.dtype, [1], [1.0]))
 
 
 @script(dcn, default_opset=op)
@@ -211,8 +213,7 @@ def deform_conv2d_no_bias(
     """:func:`deform_conv2d` with ``B`` omitted (DCNv2 without bias): ``X``, ``W``, ``offset``, ``mask`` as
     there; returns ``Y`` (N, O, Ho, Wo)."""
     modulation = _modulation(mask, op.Shape(W, start=2, end=4), offset)
-    return _product(X, W, offset, modulation, strides=strides, pads=pads, dilations=dilations, group=group,
-                    offset_group=offset_group)
+    return _product(X, W, offset, modulation, strides=strides, pads=pads, dilations=dilations, group=group)
 
 
 @script(dcn, default_opset=op)
@@ -228,9 +229,8 @@ def deform_conv2d_no_bias_no_mask(
 ) -> T:
     """:func:`deform_conv2d` with ``B`` and ``mask`` omitted (DCNv1 without bias): ``X``, ``W``, ``offset``
     as there; returns ``Y`` (N, O, Ho, Wo)."""
-    modulation = _modulation(_unit_mask(offset), op.Shape(W, start=2, end=4), offset)
-    return _product(X, W, offset, modulation, strides=strides, pads=pads, dilations=dilations, group=group,
-                    offset_group=offset_group)
+    modulation = _unit_modulation(offset)
+    return _product(X, W, offset, modulation, strides=strides, pads=pads, dilations=dilations, group=group)
 
 
 @script(dcn, default_opset=op)
@@ -247,9 +247,8 @@ def deform_conv2d_no_mask(
 ) -> T:
     """:func:`deform_conv2d` with ``mask`` omitted (DCNv1 with bias): ``X``, ``W``, ``offset``, ``B`` as
     there; returns ``Y`` (N, O, Ho, Wo)."""
-    modulation = _modulation(_unit_mask(offset), op.Shape(W, start=2, end=4), offset)
-    Y = _product(X, W, offset, modulation, strides=strides, pads=pads, dilations=dilations, group=group,
-                 offset_group=offset_group)
+    modulation = _unit_modulation(offset)
+    Y = _product(X, W, offset, modulation, strides=strides, pads=pads, dilations=dilations, group=group)
     return _add_bias(Y, B)
 
 
@@ -272,8 +271,7 @@ def deform_conv2d(
     ``B`` (O), ``mask`` (N, offset_group·kH·kW, Ho, Wo); returns ``Y`` (N, O, Ho, Wo).
     """
     modulation = _modulation(mask, op.Shape(W, start=2, end=4), offset)
-    Y = _product(X, W, offset, modulation, strides=strides, pads=pads, dilations=dilations, group=group,
-                 offset_group=offset_group)
+    Y = _product(X, W, offset, modulation, strides=strides, pads=pads, dilations=dilations, group=group)
     return _add_bias(Y, B)
 
 
