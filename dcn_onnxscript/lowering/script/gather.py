@@ -1,11 +1,13 @@
-"""Deformable convolution v1/v2 as ONNX functions made of primitive ONNX ops.
+"""Deformable convolution v1/v2 as ONNX functions made of primitive ONNX ops, without ``GridSample``, in
+the inputs' own type (float64 too): the "gather" script functions, which the rewriter calls for a float64
+node whose weight shape is unknown (the public functions, :mod:`.grid_sample`, compute in float32).
 
-The public functions mirror ONNX ``DeformConv``-19: inputs ``X`` (N, C, H, W), ``W`` (O, C/group, kH, kW),
-``offset`` (N, 2·offset_group·kH·kW, Ho, Wo), ``B`` (O), ``mask`` (N, offset_group·kH·kW, Ho, Wo);
-attributes ``strides``, ``pads``, ``dilations``, ``group``, ``offset_group``. A script function cannot
-leave an input out, so the four combinations of the two optional inputs each get a function of their own:
-:func:`deform_conv2d` (``B`` and ``mask``), :func:`deform_conv2d_no_bias`, :func:`deform_conv2d_no_mask`
-and :func:`deform_conv2d_no_bias_no_mask`.
+The functions mirror ONNX ``DeformConv``-19 as the public ones do: inputs ``X`` (N, C, H, W), ``W``
+(O, C/group, kH, kW), ``offset`` (N, 2·offset_group·kH·kW, Ho, Wo), ``B`` (O), ``mask``
+(N, offset_group·kH·kW, Ho, Wo); attributes ``strides``, ``pads``, ``dilations``, ``group``,
+``offset_group``; one function per combination of the optional inputs: :func:`deform_conv2d_gather`
+(``B`` and ``mask``), :func:`deform_conv2d_gather_no_bias`, :func:`deform_conv2d_gather_no_mask` and
+:func:`deform_conv2d_gather_no_bias_no_mask`.
 
 The body follows the equation of the DCNv2 paper,
 
@@ -357,7 +359,7 @@ def deform_conv2d_gather_no_bias(
     group: int = 1,
     offset_group: int = 1,
 ) -> T:
-    """:func:`deform_conv2d` with ``B`` omitted (DCNv2 without bias): ``X``, ``W``, ``offset``, ``mask`` as
+    """:func:`deform_conv2d_gather` with ``B`` omitted (DCNv2 without bias): ``X``, ``W``, ``offset``, ``mask`` as
     there; returns ``Y`` (N, O, Ho, Wo)."""
     G = op.Reshape(op.Constant(value_int=offset_group), [1])
     modulation = _mask_per_group(mask, G, op.Shape(W, start=2, end=3) * op.Shape(W, start=3, end=4))
@@ -376,7 +378,7 @@ def deform_conv2d_gather_no_bias_no_mask(
     group: int = 1,
     offset_group: int = 1,
 ) -> T:
-    """:func:`deform_conv2d` with ``B`` and ``mask`` omitted (DCNv1 without bias): ``X``, ``W``, ``offset``
+    """:func:`deform_conv2d_gather` with ``B`` and ``mask`` omitted (DCNv1 without bias): ``X``, ``W``, ``offset``
     as there; returns ``Y`` (N, O, Ho, Wo)."""
     return _deform_conv2d(X, W, offset, op.CastLike(1, offset), strides=strides, pads=pads,
                           dilations=dilations, group=group, offset_group=offset_group)
@@ -394,10 +396,10 @@ def deform_conv2d_gather_no_mask(
     group: int = 1,
     offset_group: int = 1,
 ) -> T:
-    """:func:`deform_conv2d` with ``mask`` omitted (DCNv1 with bias): ``X``, ``W``, ``offset``, ``B`` as
+    """:func:`deform_conv2d_gather` with ``mask`` omitted (DCNv1 with bias): ``X``, ``W``, ``offset``, ``B`` as
     there; returns ``Y`` (N, O, Ho, Wo)."""
     Y = deform_conv2d_gather_no_bias_no_mask(X, W, offset, strides=strides, pads=pads, dilations=dilations,
-                                      group=group, offset_group=offset_group)
+                                             group=group, offset_group=offset_group)
     return _add_bias(Y, B)
 
 
@@ -420,7 +422,7 @@ def deform_conv2d_gather(
     ``B`` (O), ``mask`` (N, offset_group·kH·kW, Ho, Wo); returns ``Y`` (N, O, Ho, Wo).
     """
     Y = deform_conv2d_gather_no_bias(X, W, offset, mask, strides=strides, pads=pads, dilations=dilations,
-                              group=group, offset_group=offset_group)
+                                     group=group, offset_group=offset_group)
     return _add_bias(Y, B)
 
 

@@ -7,7 +7,9 @@ attributes ``strides``, ``pads``, ``dilations``, ``group``, ``offset_group``. A 
 leave an input out, so the four combinations of the two optional inputs each get a function of their own:
 :func:`deform_conv2d` (``B`` and ``mask``), :func:`deform_conv2d_no_bias`, :func:`deform_conv2d_no_mask`
 and :func:`deform_conv2d_no_bias_no_mask`. Every size is read with ``Shape`` at run time (``Ho`` and ``Wo``
-from ``offset``, so the end pads only matter through the offset's shape, as in ``DeformConv``).
+from ``offset``, so the end pads only matter through the offset's shape, as in ``DeformConv``; likewise the
+offset groups, which the offset's 2·offset_group·kH·kW channels imply: the ``offset_group`` attribute is
+there for ``DeformConv``'s signature).
 
 The body follows the equation of the DCNv2 paper,
 
@@ -20,11 +22,13 @@ weights (:func:`_chunk_product`); the chunks concatenated, the bias added.
 
 Why chunks: the sampled columns (N, C, K, P) are as large as an im2col buffer of the whole batch, and the
 masked copy doubles that. Cut into :data:`CHUNKS` chunks of output positions, they only ever exist for one
-chunk, so peak memory stays below a native ``DeformConv`` kernel's, and each chunk's columns stay warm in
-cache between ``GridSample``, ``Mul`` and ``MatMul``. The chunks are unrolled (a ``Loop`` would be shorter
-but runs on fewer runtimes); they have equal sizes: the positions are padded to a multiple of
-:data:`CHUNKS` with samples far outside the image (none is empty, which OpenVINO's CPU plugin cannot take),
-and the padding's outputs are dropped at the end.
+chunk, so peak memory stays near a native ``DeformConv`` kernel's (which holds one image's im2col buffer)
+however large the batch. More chunks would cut memory further but cost 4 nodes each, fewer would hold
+more: 8 chunks peak at 1.33x native on a batch of 4 (L2 of ``benchmarks/standalone.py``), 12 at 1.09x,
+with latency alike. The chunks are unrolled (a ``Loop`` would be shorter but runs on fewer runtimes); they
+have equal sizes: the positions are padded to a multiple of :data:`CHUNKS` with samples far outside the
+image (none is empty, which OpenVINO's CPU plugin cannot take), and the padding's outputs are dropped at
+the end.
 
 Precision: the positions, the sampling and the matmul run in float32 whatever the inputs' type, and ``Y``
 is cast back to it: onnxruntime's ``GridSample`` before opset 20 has a float32 kernel only (float16
@@ -46,12 +50,9 @@ from onnx.helper import make_tensor
 from onnxscript import FLOAT, INT64, script
 from onnxscript import opset18 as op
 
-from dcn_onnxscript.lowering import grid_sample as lowering_grid_sample
 from dcn_onnxscript.lowering.script.common import Floats, Ints, T, dcn
 from dcn_onnxscript.lowering.script.protos import flatten
 
-#: ``GridSample`` (opset 16) is the first op of this lowering that older opsets lack.
-MIN_OPSET = lowering_grid_sample.MIN_OPSET
 #: Chunks of output positions (see the module docstring); the unrolled calls in :func:`_product` are as many.
 CHUNKS = 12
 #: Where a sample with no in-image neighbour along an axis moves to (pixels): both of its neighbours
