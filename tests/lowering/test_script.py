@@ -16,6 +16,7 @@ import pytest
 
 from dcn_onnxscript import DOMAIN, function_protos
 from dcn_onnxscript.lowering.script import VARIANTS, grid_sample
+from dcn_onnxscript.lowering.script.protos import SCRIPT_OPSET
 from helpers import HOSTILE, SweepCase, assert_close, attributes, random_case, torchvision_reference
 from runtimes import run_onnxruntime, run_openvino, run_reference
 
@@ -39,9 +40,10 @@ def function_of(lowering: str, case: SweepCase):
     return VARIANTS[lowering][(case.use_bias, case.use_mask)]
 
 
-def function_model(lowering: str, case: SweepCase, elem_type: int = onnx.TensorProto.FLOAT) -> onnx.ModelProto:
-    """A one-node model calling the case's public function, its FunctionProto attached; all dimensions
-    symbolic."""
+def function_model(lowering: str, case: SweepCase, elem_type: int = onnx.TensorProto.FLOAT,
+                   opset: int = SCRIPT_OPSET) -> onnx.ModelProto:
+    """A one-node model at ``opset`` calling the case's public function, its FunctionProto attached; all
+    dimensions symbolic."""
     function = function_of(lowering, case)
     names = list(function.to_function_proto().input)
     node = onnx.helper.make_node(function.name, names, ["Y"], domain=DOMAIN, **attributes(case))
@@ -49,8 +51,8 @@ def function_model(lowering: str, case: SweepCase, elem_type: int = onnx.TensorP
     output = onnx.helper.make_tensor_value_info("Y", elem_type, ["N", "O", "Ho", "Wo"])
     return onnx.helper.make_model(
         onnx.helper.make_graph([node], "deform_conv2d", inputs, [output]),
-        opset_imports=[onnx.helper.make_opsetid("", 18), onnx.helper.make_opsetid(DOMAIN, 1)],
-        functions=function_protos(function), ir_version=10)
+        opset_imports=[onnx.helper.make_opsetid("", opset), onnx.helper.make_opsetid(DOMAIN, 1)],
+        functions=function_protos(function, opset), ir_version=10)
 
 
 def inlined(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -86,6 +88,25 @@ def test_matches_torchvision_on_openvino_after_inlining(lowering: str, index: in
     arrays = case.arrays(np.random.default_rng(SEED))
     actual = run_openvino(inlined(function_model(lowering, case)), feeds(lowering, case, arrays))
     assert_close(actual, reference(case, arrays))
+
+
+@pytest.mark.parametrize("opset", range(SCRIPT_OPSET, onnx.defs.onnx_opset_version() + 1))
+def test_declared_at_the_models_opset_every_consumer_reads_it(opset: int) -> None:
+    """The functions are written at opset 18; declared at a later model's opset (function_protos(f, opset))
+    onnx.checker and onnx.inliner take them, and every runtime computes the same."""
+    case = SWEEP[1]
+    arrays = case.arrays(np.random.default_rng(SEED))
+    model = function_model(PUBLIC, case, opset=opset)
+    onnx.checker.check_model(model, full_check=True)
+    expected = reference(case, arrays)
+    for run in (run_onnxruntime, run_reference):
+        assert_close(run(model, feeds(PUBLIC, case, arrays)), expected)
+    assert_close(run_openvino(inlined(model), feeds(PUBLIC, case, arrays)), expected)
+
+
+def test_an_opset_before_the_functions_own_is_refused() -> None:
+    with pytest.raises(ValueError, match="opset must be >= 18"):
+        function_protos(VARIANTS[PUBLIC][(True, True)], SCRIPT_OPSET - 1)
 
 
 def test_sweep_covers_the_ranges() -> None:

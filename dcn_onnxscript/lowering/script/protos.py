@@ -53,13 +53,23 @@ def flatten(function: OnnxFunction) -> OnnxFunction:
     return function
 
 
-def function_protos(function: OnnxFunction) -> list[onnx.FunctionProto]:
+def function_protos(function: OnnxFunction, opset: int = SCRIPT_OPSET) -> list[onnx.FunctionProto]:
     """``function`` as the FunctionProtos to add to a model: one, since the public functions are flat.
 
-    Add them with ``model.functions.extend(function_protos(deform_conv2d))`` and import their domain
-    (:data:`DOMAIN`, version :data:`DOMAIN_VERSION`) in ``model.opset_import``.
+    Add them with ``model.functions.extend(function_protos(deform_conv2d, opset))`` and import their domain
+    (:data:`DOMAIN`, version :data:`DOMAIN_VERSION`) in ``model.opset_import``. ``opset``: the model's ONNX
+    opset (:data:`SCRIPT_OPSET` or later), which the function is declared at: ``onnx.checker`` and
+    ``onnx.inliner`` refuse a function whose ops resolve to other versions than the model's. The functions'
+    ops mean the same from :data:`SCRIPT_OPSET` on (``GridSample`` is left at its defaults, whose spelling
+    changed in opset 20).
     """
-    return [function.to_function_proto()]
+    if opset < SCRIPT_OPSET:
+        raise ValueError(f"opset must be >= {SCRIPT_OPSET} (the functions' own), got {opset}")
+    proto = function.to_function_proto()
+    for entry in proto.opset_import:
+        if entry.domain == "":
+            entry.version = opset
+    return [proto]
 
 
 def _merge_common_nodes(graph) -> None:
