@@ -8,23 +8,27 @@ standalone ONNX functions work without torch.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dcn_onnxscript import _autoregister
 from dcn_onnxscript._version import __version__
-from dcn_onnxscript.lowering.script import (
-    DOMAIN,
-    deform_conv2d,
-    deform_conv2d_no_bias,
-    deform_conv2d_no_bias_no_mask,
-    deform_conv2d_no_mask,
-    function_protos,
-)
+from dcn_onnxscript.lowering.script.protos import DOMAIN, function_protos
 from dcn_onnxscript.lowering.validation import check_deform_conv2d_args
 
-#: Names served from :mod:`dcn_onnxscript.export.registration` and :mod:`dcn_onnxscript.rewrite`, imported on
-#: first use (the first imports torch).
+if TYPE_CHECKING:  # served by __getattr__ (built on first use); the re-export spelling tells type checkers
+    from dcn_onnxscript.lowering.script.grid_sample import deform_conv2d as deform_conv2d
+    from dcn_onnxscript.lowering.script.grid_sample import deform_conv2d_no_bias as deform_conv2d_no_bias
+    from dcn_onnxscript.lowering.script.grid_sample import (
+        deform_conv2d_no_bias_no_mask as deform_conv2d_no_bias_no_mask,
+    )
+    from dcn_onnxscript.lowering.script.grid_sample import deform_conv2d_no_mask as deform_conv2d_no_mask
+
+#: Names served from :mod:`dcn_onnxscript.export.registration`, :mod:`dcn_onnxscript.rewrite` and the
+#: standalone functions' module, imported on first use (the first imports torch, the last builds the
+#: functions).
 _LAZY = {
+    **dict.fromkeys(["deform_conv2d", "deform_conv2d_no_bias", "deform_conv2d_no_bias_no_mask",
+                     "deform_conv2d_no_mask"], "dcn_onnxscript.lowering.script"),
     "register": "dcn_onnxscript.export.registration",
     "unregister": "dcn_onnxscript.export.registration",
     "is_registered": "dcn_onnxscript.export.registration",
@@ -36,10 +40,6 @@ __all__ = [
     "DOMAIN",
     "__version__",
     "check_deform_conv2d_args",
-    "deform_conv2d",
-    "deform_conv2d_no_bias",
-    "deform_conv2d_no_bias_no_mask",
-    "deform_conv2d_no_mask",
     "function_protos",
     *_LAZY,
 ]
@@ -50,7 +50,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'dcn_onnxscript' has no attribute {name!r}")
     import importlib
 
-    if name != "rewrite_model":
+    if _LAZY[name] == "dcn_onnxscript.export.registration":
         _autoregister.settle()
     return getattr(importlib.import_module(_LAZY[name]), name)
 

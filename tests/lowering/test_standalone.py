@@ -1,5 +1,6 @@
 """The standalone examples (examples/standalone.py): eager numpy evaluation, use inside another script
-function, and FunctionProtos in a hand-built model, on onnxruntime and the reference evaluator."""
+function, and FunctionProtos in a hand-built model, on onnxruntime and the reference evaluator, and on
+OpenVINO once the model's functions are inlined."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
+import onnx.inliner
 import pytest
 
 from helpers import assert_close, torchvision_reference
-from runtimes import run_onnxruntime, run_reference
+from runtimes import run_onnxruntime, run_openvino, run_reference
 
 EXAMPLE = pathlib.Path(__file__).parents[2] / "examples" / "standalone.py"
 
@@ -36,14 +39,24 @@ def test_eager_call_on_numpy_matches_torchvision(standalone, expected):
     assert_close(standalone.eager(standalone.example_inputs()), expected)
 
 
-@pytest.mark.parametrize("runner", [run_onnxruntime, run_reference])
+def run_openvino_inlined(model: onnx.ModelProto, inputs) -> np.ndarray:
+    """OpenVINO reads no model-local functions: the model as ``onnx.inliner`` flattens it."""
+    flat = onnx.inliner.inline_local_functions(model)
+    onnx.checker.check_model(flat, full_check=True)
+    return run_openvino(flat, inputs)
+
+
+RUNNERS = [run_onnxruntime, run_reference, run_openvino_inlined]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
 def test_script_function_calling_deform_conv2d_builds_a_runnable_model(standalone, expected, runner):
     inputs = standalone.example_inputs()
     actual = runner(standalone.block_model(), list(inputs.values()))
     assert_close(actual, np.maximum(expected, 0))
 
 
-@pytest.mark.parametrize("runner", [run_onnxruntime, run_reference])
+@pytest.mark.parametrize("runner", RUNNERS)
 def test_function_protos_in_a_hand_built_model(standalone, expected, runner):
     inputs = standalone.example_inputs()
     assert_close(runner(standalone.hand_built_model(), list(inputs.values())), expected)

@@ -1,25 +1,69 @@
 """The standalone form: onnxscript functions (``@script``) for reuse in any ONNX or onnxscript graph,
-dynamic in every size and attribute; see :mod:`.gather` and :mod:`.grid_sample`."""
+dynamic in every size and attribute.
 
-from dcn_onnxscript.lowering.script import gather, grid_sample
-from dcn_onnxscript.lowering.script.gather import (
-    DOMAIN,
-    deform_conv2d,
-    deform_conv2d_no_bias,
-    deform_conv2d_no_bias_no_mask,
-    deform_conv2d_no_mask,
-)
-from dcn_onnxscript.lowering.script.protos import function_protos
+:mod:`.grid_sample` holds the public functions (``dcn_onnxscript.deform_conv2d`` and its variants),
+:mod:`.gather` the ones that compute in the inputs' own type (float64 too) without ``GridSample``. Both
+are built on first use, not on import: parsing the ``@script`` functions and flattening them takes a
+good part of a second, which ``import dcn_onnxscript`` and the rewriter's command line should not pay.
+"""
 
-#: lowering -> (bias, mask) -> its public script function
-VARIANTS = {
-    "gather": {(True, True): gather.deform_conv2d, (False, True): gather.deform_conv2d_no_bias,
-               (True, False): gather.deform_conv2d_no_mask, (False, False): gather.deform_conv2d_no_bias_no_mask},
-    "grid_sample": {(True, True): grid_sample.deform_conv2d_grid_sample,
-                    (False, True): grid_sample.deform_conv2d_grid_sample_no_bias,
-                    (True, False): grid_sample.deform_conv2d_grid_sample_no_mask,
-                    (False, False): grid_sample.deform_conv2d_grid_sample_no_bias_no_mask},
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from dcn_onnxscript.lowering.script.protos import DOMAIN, DOMAIN_VERSION, function_protos
+
+if TYPE_CHECKING:
+    from onnxscript import OnnxFunction
+
+    from dcn_onnxscript.lowering.script.grid_sample import (
+        deform_conv2d,
+        deform_conv2d_no_bias,
+        deform_conv2d_no_bias_no_mask,
+        deform_conv2d_no_mask,
+    )
+
+#: lowering -> the module of its script functions, and (bias, mask) -> the function's name there.
+_NAMES = {
+    "gather": ("dcn_onnxscript.lowering.script.gather", {
+        (True, True): "deform_conv2d_gather", (False, True): "deform_conv2d_gather_no_bias",
+        (True, False): "deform_conv2d_gather_no_mask", (False, False): "deform_conv2d_gather_no_bias_no_mask"}),
+    "grid_sample": ("dcn_onnxscript.lowering.script.grid_sample", {
+        (True, True): "deform_conv2d", (False, True): "deform_conv2d_no_bias",
+        (True, False): "deform_conv2d_no_mask", (False, False): "deform_conv2d_no_bias_no_mask"}),
 }
+#: The public functions: served from this lowering's module.
+_PUBLIC = "grid_sample"
 
-__all__ = ["DOMAIN", "VARIANTS", "deform_conv2d", "deform_conv2d_no_bias", "deform_conv2d_no_bias_no_mask",
-           "deform_conv2d_no_mask", "function_protos"]
+
+class _Variants(Mapping):
+    """(bias, mask) -> the script function of one lowering, its module imported (the functions built) on the
+    first lookup of a function."""
+
+    def __init__(self, lowering: str) -> None:
+        self._module, self._names = _NAMES[lowering]
+
+    def __getitem__(self, key: tuple[bool, bool]) -> OnnxFunction:
+        return getattr(importlib.import_module(self._module), self._names[key])
+
+    def __iter__(self) -> Iterator[tuple[bool, bool]]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+#: lowering -> (bias, mask) -> its public script function (built on first lookup)
+VARIANTS: Mapping[str, Mapping[tuple[bool, bool], OnnxFunction]] = {name: _Variants(name) for name in _NAMES}
+
+__all__ = ["DOMAIN", "DOMAIN_VERSION", "VARIANTS", "deform_conv2d", "deform_conv2d_no_bias",
+           "deform_conv2d_no_bias_no_mask", "deform_conv2d_no_mask", "function_protos"]
+
+
+def __getattr__(name: str) -> Any:
+    module, names = _NAMES[_PUBLIC]
+    if name not in names.values():
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,11 +1,13 @@
-"""Deformable convolution v1/v2 as ONNX functions made of primitive ONNX ops.
+"""Deformable convolution v1/v2 as ONNX functions made of primitive ONNX ops, without ``GridSample``, in
+the inputs' own type (float64 too): the "gather" script functions, which the rewriter calls for a float64
+node whose weight shape is unknown (the public functions, :mod:`.grid_sample`, compute in float32).
 
-The public functions mirror ONNX ``DeformConv``-19: inputs ``X`` (N, C, H, W), ``W`` (O, C/group, kH, kW),
-``offset`` (N, 2·offset_group·kH·kW, Ho, Wo), ``B`` (O), ``mask`` (N, offset_group·kH·kW, Ho, Wo);
-attributes ``strides``, ``pads``, ``dilations``, ``group``, ``offset_group``. A script function cannot
-leave an input out, so the four combinations of the two optional inputs each get a function of their own:
-:func:`deform_conv2d` (``B`` and ``mask``), :func:`deform_conv2d_no_bias`, :func:`deform_conv2d_no_mask`
-and :func:`deform_conv2d_no_bias_no_mask`.
+The functions mirror ONNX ``DeformConv``-19 as the public ones do: inputs ``X`` (N, C, H, W), ``W``
+(O, C/group, kH, kW), ``offset`` (N, 2·offset_group·kH·kW, Ho, Wo), ``B`` (O), ``mask``
+(N, offset_group·kH·kW, Ho, Wo); attributes ``strides``, ``pads``, ``dilations``, ``group``,
+``offset_group``; one function per combination of the optional inputs: :func:`deform_conv2d_gather`
+(``B`` and ``mask``), :func:`deform_conv2d_gather_no_bias`, :func:`deform_conv2d_gather_no_mask` and
+:func:`deform_conv2d_gather_no_bias_no_mask`.
 
 The body follows the equation of the DCNv2 paper,
 
@@ -28,26 +30,13 @@ without a transpose of the large tensor.
 
 from __future__ import annotations
 
-from typing import Sequence, TypeVar, Union
+from typing import Sequence
 
-from onnxscript import BFLOAT16, DOUBLE, FLOAT, FLOAT16, INT64, script
+from onnxscript import DOUBLE, INT64, script
 from onnxscript import opset18 as op
-from onnxscript.values import Opset
 
+from dcn_onnxscript.lowering.script.common import Dim, Ints, T, dcn
 from dcn_onnxscript.lowering.script.protos import flatten
-
-#: The ONNX domain of every function in this package.
-DOMAIN = "dcn_onnxscript"
-#: Version of :data:`DOMAIN`.
-DOMAIN_VERSION = 1
-
-dcn = Opset(DOMAIN, DOMAIN_VERSION)
-
-T = TypeVar("T", bound=Union[FLOAT16, FLOAT, DOUBLE, BFLOAT16])
-#: A size read with ``Shape``: a 1-element INT64 tensor.
-Dim = INT64[1]
-#: An INT64 tensor of any shape.
-Ints = INT64[...]
 
 
 @script(dcn, default_opset=op)
@@ -359,7 +348,7 @@ def _add_bias(Y: T, B: T) -> T:
 
 
 @script(dcn, default_opset=op)
-def deform_conv2d_no_bias(
+def deform_conv2d_gather_no_bias(
     X: T,
     W: T,
     offset: T,
@@ -370,7 +359,7 @@ def deform_conv2d_no_bias(
     group: int = 1,
     offset_group: int = 1,
 ) -> T:
-    """:func:`deform_conv2d` with ``B`` omitted (DCNv2 without bias): ``X``, ``W``, ``offset``, ``mask`` as
+    """:func:`deform_conv2d_gather` with ``B`` omitted (DCNv2 without bias): ``X``, ``W``, ``offset``, ``mask`` as
     there; returns ``Y`` (N, O, Ho, Wo)."""
     G = op.Reshape(op.Constant(value_int=offset_group), [1])
     modulation = _mask_per_group(mask, G, op.Shape(W, start=2, end=3) * op.Shape(W, start=3, end=4))
@@ -379,7 +368,7 @@ def deform_conv2d_no_bias(
 
 
 @script(dcn, default_opset=op)
-def deform_conv2d_no_bias_no_mask(
+def deform_conv2d_gather_no_bias_no_mask(
     X: T,
     W: T,
     offset: T,
@@ -389,14 +378,14 @@ def deform_conv2d_no_bias_no_mask(
     group: int = 1,
     offset_group: int = 1,
 ) -> T:
-    """:func:`deform_conv2d` with ``B`` and ``mask`` omitted (DCNv1 without bias): ``X``, ``W``, ``offset``
+    """:func:`deform_conv2d_gather` with ``B`` and ``mask`` omitted (DCNv1 without bias): ``X``, ``W``, ``offset``
     as there; returns ``Y`` (N, O, Ho, Wo)."""
     return _deform_conv2d(X, W, offset, op.CastLike(1, offset), strides=strides, pads=pads,
                           dilations=dilations, group=group, offset_group=offset_group)
 
 
 @script(dcn, default_opset=op)
-def deform_conv2d_no_mask(
+def deform_conv2d_gather_no_mask(
     X: T,
     W: T,
     offset: T,
@@ -407,15 +396,15 @@ def deform_conv2d_no_mask(
     group: int = 1,
     offset_group: int = 1,
 ) -> T:
-    """:func:`deform_conv2d` with ``mask`` omitted (DCNv1 with bias): ``X``, ``W``, ``offset``, ``B`` as
+    """:func:`deform_conv2d_gather` with ``mask`` omitted (DCNv1 with bias): ``X``, ``W``, ``offset``, ``B`` as
     there; returns ``Y`` (N, O, Ho, Wo)."""
-    Y = deform_conv2d_no_bias_no_mask(X, W, offset, strides=strides, pads=pads, dilations=dilations,
-                                      group=group, offset_group=offset_group)
+    Y = deform_conv2d_gather_no_bias_no_mask(X, W, offset, strides=strides, pads=pads, dilations=dilations,
+                                             group=group, offset_group=offset_group)
     return _add_bias(Y, B)
 
 
 @script(dcn, default_opset=op)
-def deform_conv2d(
+def deform_conv2d_gather(
     X: T,
     W: T,
     offset: T,
@@ -432,10 +421,11 @@ def deform_conv2d(
     ``X`` (N, C, H, W), ``W`` (O, C/group, kH, kW), ``offset`` (N, 2·offset_group·kH·kW, Ho, Wo),
     ``B`` (O), ``mask`` (N, offset_group·kH·kW, Ho, Wo); returns ``Y`` (N, O, Ho, Wo).
     """
-    Y = deform_conv2d_no_bias(X, W, offset, mask, strides=strides, pads=pads, dilations=dilations,
-                              group=group, offset_group=offset_group)
+    Y = deform_conv2d_gather_no_bias(X, W, offset, mask, strides=strides, pads=pads, dilations=dilations,
+                                     group=group, offset_group=offset_group)
     return _add_bias(Y, B)
 
 
-for _public in (deform_conv2d, deform_conv2d_no_bias, deform_conv2d_no_mask, deform_conv2d_no_bias_no_mask):
+for _public in (deform_conv2d_gather, deform_conv2d_gather_no_bias, deform_conv2d_gather_no_mask,
+                deform_conv2d_gather_no_bias_no_mask):
     flatten(_public)

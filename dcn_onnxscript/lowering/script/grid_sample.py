@@ -1,155 +1,206 @@
-"""Deformable convolution v1/v2 as ONNX functions that sample the input through ONNX ``GridSample``.
+"""Deformable convolution v1/v2 as ONNX functions that sample through ``GridSample``, in chunks of output
+positions: the standalone form (``dcn_onnxscript.deform_conv2d``).
 
-The "grid_sample" lowering of ``register(impl="grid_sample")``: the same equation, inputs and attributes as
-:mod:`dcn_onnxscript.functions` (``DeformConv``-19), and the same domain, but the bilinear sampling
-x(p_0 + p_k + Δp_k) is one ``GridSample`` (opset ≥ 16) per model instead of index arithmetic and
-``Gather``. Runtimes with a fast ``GridSample`` kernel then do the sampling in native code.
+The public functions mirror ONNX ``DeformConv``-19: inputs ``X`` (N, C, H, W), ``W`` (O, C/group, kH, kW),
+``offset`` (N, 2·offset_group·kH·kW, Ho, Wo), ``B`` (O), ``mask`` (N, offset_group·kH·kW, Ho, Wo);
+attributes ``strides``, ``pads``, ``dilations``, ``group``, ``offset_group``. A script function cannot
+leave an input out, so the four combinations of the two optional inputs each get a function of their own:
+:func:`deform_conv2d` (``B`` and ``mask``), :func:`deform_conv2d_no_bias`, :func:`deform_conv2d_no_mask`
+and :func:`deform_conv2d_no_bias_no_mask`. Every size is read with ``Shape`` at run time (``Ho`` and ``Wo``
+from ``offset``, so the end pads only matter through the offset's shape, as in ``DeformConv``; likewise the
+offset groups, which the offset's 2·offset_group·kH·kW channels imply: the ``offset_group`` attribute is
+there for ``DeformConv``'s signature).
 
-    y(p_0) = Σ_k w_k · x(p_0 + p_k + Δp_k) · Δm_k
+The body follows the equation of the DCNv2 paper,
 
-Steps: p = p_0 + p_k + Δp_k (the step helpers of :mod:`dcn_onnxscript.functions`); samples with no
-in-image neighbour moved to a finite point outside the image; the grid normalised for
-``align_corners=0``; ``GridSample`` (bilinear, zeros padding: a neighbour outside the image counts zero,
-as in torchvision) of X split per offset group; mask modulation; one ``MatMul`` per conv group; bias.
+    y(p_0) = Σ_k w_k · x(p_0 + p_k + Δp_k) · Δm_k,
 
-The sampled columns stay in X's channel order, (N, C, K, P), so both the mask (N, G, 1, K, P) and the
-grouped matmul (N, R, C/R·K, P) read them through a ``Reshape``: the large tensor is never transposed,
-whatever the conv groups R and offset groups G (a conv group may span several offset groups and vice
-versa). Notation: P = Ho·Wo, K = kH·kW, G = offset_group, R = group.
+one helper per step: the sample positions p = p_0 + p_k + Δp_k (:func:`_positions`), ``GridSample``'s grid
+of them (:func:`_grid`), Δm_k (:func:`_modulation`), and per chunk of output positions the bilinear
+sampling x(p) of every channel and tap by one ``GridSample``, times Δm_k, and the grouped matmul with the
+weights (:func:`_chunk_product`); the chunks concatenated, the bias added.
 
-Public functions, one per combination of the optional inputs as in :mod:`dcn_onnxscript.functions`:
-:func:`deform_conv2d_grid_sample`, :func:`deform_conv2d_grid_sample_no_bias`,
-:func:`deform_conv2d_grid_sample_no_mask` and :func:`deform_conv2d_grid_sample_no_bias_no_mask`.
+Why chunks: the sampled columns (N, C, K, P) are as large as an im2col buffer of the whole batch, and the
+masked copy doubles that. Cut into :data:`CHUNKS` chunks of output positions, they only ever exist for one
+chunk, so peak memory stays near a native ``DeformConv`` kernel's (which holds one image's im2col buffer)
+however large the batch. More chunks would cut memory further but cost 4 nodes each, fewer would hold
+more: 8 chunks peak at 1.33x native on a batch of 4 (L2 of ``benchmarks/standalone.py``), 12 at 1.09x,
+with latency alike. The chunks are unrolled (a ``Loop`` would be shorter but runs on fewer runtimes); they
+have equal sizes: the positions are padded to a multiple of :data:`CHUNKS` with samples far outside the
+image (none is empty, which OpenVINO's CPU plugin cannot take), and the padding's outputs are dropped at
+the end.
+
+Precision: the positions, the sampling and the matmul run in float32 whatever the inputs' type, and ``Y``
+is cast back to it: onnxruntime's ``GridSample`` before opset 20 has a float32 kernel only (float16
+inputs would be cast to float32 by onnxruntime anyway). float64 inputs therefore give float32-accurate
+results; the "gather" functions (:mod:`.gather`) compute in float64.
+
+Why every input is safe: a sample with no in-image neighbour (NaN, ±Inf and huge offsets included) is
+moved to a finite point outside the image before ``GridSample``, whose zeros padding then makes it count
+zero, as in torchvision; ``GridSample`` never reads outside its input.
+
+Notation: P = Ho·Wo output positions, K = kH·kW taps, G = offset_group, R = group.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+from onnx.helper import make_tensor
+from onnxscript import FLOAT, INT64, script
 from onnxscript import opset18 as op
-from onnxscript import script
 
-from dcn_onnxscript.lowering import grid_sample as lowering_grid_sample
-from dcn_onnxscript.lowering.script.gather import (
-    Dim,
-    Ints,
-    T,
-    _add_bias,
-    _inside,
-    _kernel_grid,
-    _offset_yx,
-    _output_grid,
-    dcn,
-)
+from dcn_onnxscript.lowering.script.common import Floats, Ints, T, dcn
 from dcn_onnxscript.lowering.script.protos import flatten
 
-#: ``GridSample`` (opset 16) is the first op of this lowering that older opsets lack.
-MIN_OPSET = lowering_grid_sample.MIN_OPSET
+#: Chunks of output positions (see the module docstring); the unrolled calls in :func:`_product` are as many.
+CHUNKS = 12
+#: Where a sample with no in-image neighbour along an axis moves to (pixels): both of its neighbours
+#: along that axis, -2 and -1, lie outside the image.
+_NOWHERE = -2.0
+#: ``GridSample``'s coordinate of the positions that pad the last chunk: -3 lies at least 1.5 pixels before
+#: the first pixel (-1 is the first pixel's outer edge), so its samples are zero.
+_PADDING = -3.0
 
 
 @script(dcn, default_opset=op)
-def _normalised(p: T, size: Dim) -> T:
-    """Pixel coordinates ``p`` (any shape) along an axis of ``size`` pixels as ``GridSample``'s
-    ``align_corners=0`` coordinates: (2·p + 1) / size - 1, which maps pixel centres into (-1, 1) and, unlike
-    align_corners=1, needs no division by size - 1 (1-pixel inputs work). Same shape as ``p``."""
-    one = op.CastLike(1, p)
-    return (p + p + one) / op.CastLike(size, p) - one
+def _pixel_grid(sizes: Ints) -> Ints:
+    """(i, j) of every cell of an a x b grid, ``sizes`` = (a, b): INT64 (2, a, b)."""
+    ones = op.ConstantOfShape(op.Concat(op.Constant(value_ints=[1]), sizes, axis=0),
+                              value=make_tensor("one", INT64.dtype, [1], [1]))  # (1, a, b)
+    return op.Concat(op.CumSum(ones, 1, exclusive=1), op.CumSum(ones, 2, exclusive=1), axis=0)
 
 
 @script(dcn, default_opset=op)
-def _sampling_grid(X: T, offset: T, kH: Dim, kW: Dim, strides: Ints, pads: Ints, dilations: Ints, G: Dim) -> T:
-    """``GridSample``'s grid for every sample p = p_0 + p_k + Δp_k.
+def _positions(offset: T, kernel: Ints, strides: Ints, pads: Ints, dilations: Ints) -> Floats:
+    """p = p_0 + p_k + Δp_k of every sample: FLOAT (2, N·G, K, P), (y, x) on axis 0.
 
-    ``X`` (N, C, H, W), ``offset`` (N, 2·G·K, Ho, Wo). Returns (N·G, K, P, 2), last axis (x, y) normalised
-    by :func:`_normalised`. A sample with no in-image neighbour (NaN, ±Inf and huge offsets included)
-    contributes zero; moving it to pixel (-2, -2), where both neighbours along each axis lie outside the
-    image, keeps that true and keeps non-finite and huge values out of ``GridSample``.
+    ``offset`` (N, 2·G·K, Ho, Wo), channels ordered (g, k, [Δy, Δx]) as in torchvision and ``DeformConv``;
+    ``kernel`` = (kH, kW); ``strides``, ``dilations``: (2,); ``pads``: (4,), begin pads first. p_0 + p_k
+    (2, 1, K, P) is computed in integers, i·s - pad + j·d from the grids of :func:`_pixel_grid`. (y, x) lie
+    on the first axis, not the last: broadcasting a per-axis value over the positions then runs over
+    contiguous rows (onnxruntime is ten times slower when the broadcast axis of 2 is the innermost).
     """
-    H = op.Shape(X, start=2, end=3)
-    W = op.Shape(X, start=3, end=4)
-    Ho = op.Shape(offset, start=2, end=3)
-    Wo = op.Shape(offset, start=3, end=4)
-    p0_y, p0_x = _output_grid(Ho, Wo, strides, pads)
-    pk_y, pk_x = _kernel_grid(kH, kW, dilations)
-    dy, dx = _offset_yx(offset, G, kH * kW)  # (N, G, P, K)
-    y = op.CastLike(p0_y + pk_y, dy) + dy
-    x = op.CastLike(p0_x + pk_x, dx) + dx
-
-    inside = _inside(y, x, H, W)
-    far_outside = op.CastLike(-2, y)
-    grid_y = _normalised(op.Where(inside, y, far_outside), H)
-    grid_x = _normalised(op.Where(inside, x, far_outside), W)
-    xy = op.Concat(op.Unsqueeze(grid_x, [-1]), op.Unsqueeze(grid_y, [-1]), axis=-1)  # (N, G, P, K, 2)
-    # Taps before positions, so that the sampled columns come out as (K, P) and feed MatMul as they are;
-    # this transposes the offset-sized grid, not the C/G-times larger columns.
-    taps_first = op.Transpose(xy, perm=[0, 1, 3, 2, 4])
-    return op.Reshape(taps_first, op.Concat([-1], kH * kW, Ho * Wo, [2], axis=0))
+    per_axis = op.Constant(value_ints=[-1, 1, 1])  # (2,) -> (2, 1, 1)
+    begin = op.Slice(pads, op.Constant(value_ints=[0]), op.Constant(value_ints=[2]))
+    Ho_Wo = op.Shape(offset, start=2, end=4)
+    p0 = _pixel_grid(Ho_Wo) * op.Reshape(strides, per_axis) - op.Reshape(begin, per_axis)  # (2, Ho, Wo)
+    pk = _pixel_grid(kernel) * op.Reshape(dilations, per_axis)  # (2, kH, kW)
+    base = op.Reshape(pk, op.Constant(value_ints=[2, 1, -1, 1])) + op.Reshape(p0, op.Constant(
+        value_ints=[2, 1, 1, -1]))  # (2, 1, K, P)
+    K = op.ReduceProd(kernel, keepdims=1)
+    P = op.ReduceProd(Ho_Wo, keepdims=1)
+    per_tap = op.Reshape(op.Cast(offset, to=FLOAT.dtype), op.Concat(op.Constant(value_ints=[-1]), K, op.Constant(
+        value_ints=[2]), P, axis=0))  # (N·G, K, 2, P)
+    return op.Cast(base, to=FLOAT.dtype) + op.Transpose(per_tap, perm=[2, 0, 1, 3])
 
 
 @script(dcn, default_opset=op)
-def _sampled_columns(
-    X: T, W: T, offset: T, strides: Sequence[int], pads: Sequence[int], dilations: Sequence[int],
-    offset_group: int,
+def _grid(p: Floats, H_W: Ints) -> Floats:
+    """``GridSample``'s grid of the positions ``p`` (2, N·G, K, P), (y, x) on axis 0, in an image of
+    ``H_W`` = (H, W) pixels: (N·G, K, P, 2), pairs (x, y), in ``align_corners=0`` units
+    (2·p + 1) / size - 1, which, unlike align_corners=1, needs no division by size - 1 (1-pixel images
+    work).
+
+    A coordinate outside (-1, size), where the sample has no in-image neighbour (NaN, ±Inf and huge values
+    included: every comparison with NaN is false), moves to :data:`_NOWHERE`: the sample still counts zero,
+    and no non-finite or huge value reaches ``GridSample``.
+    """
+    size = op.Reshape(op.Cast(H_W, to=FLOAT.dtype), op.Constant(value_ints=[-1, 1, 1, 1]))  # (2, 1, 1, 1)
+    inside = op.And(op.Greater(p, op.Constant(value_float=-1.0)), op.Less(p, size))
+    reciprocal = op.Reciprocal(size)
+    scaled = op.Where(inside, p, op.Constant(value_float=_NOWHERE)) * (reciprocal + reciprocal)
+    x_y = op.Gather(scaled + (reciprocal - op.Constant(value_float=1.0)), op.Constant(value_ints=[1, 0]), axis=0)
+    return op.Transpose(x_y, perm=[1, 2, 3, 0])
+
+
+@script(dcn, default_opset=op)
+def _modulation(mask: T, kernel: Ints, offset: T) -> Floats:
+    """Δm_k: ``mask`` (N, G·K, Ho, Wo) as FLOAT (N·G, 1, K, P), to broadcast over the sampled channels."""
+    K = op.ReduceProd(kernel, keepdims=1)
+    P = op.ReduceProd(op.Shape(offset, start=2, end=4), keepdims=1)
+    one = op.Constant(value_ints=[1])
+    return op.Reshape(op.Cast(mask, to=FLOAT.dtype), op.Concat(op.Constant(value_ints=[-1]), one, K, P, axis=0))
+
+
+@script(dcn, default_opset=op)
+def _chunk_product(X_groups: Floats, grid: Floats, modulation: Floats, w: Floats, columns: Ints) -> Floats:
+    """Σ_k Σ_c w · x(p) · Δm_k at one chunk of output positions.
+
+    ``X_groups`` (N·G, C/G, H, W); ``grid`` (N·G, K, size, 2) from :func:`_grid`; ``modulation``
+    (N·G, 1, K, size); ``w`` (R, O/R, C/R·K); ``columns`` = (N, R, C/R·K, size). One ``GridSample``
+    (its defaults: bilinear, zeros padding, align_corners=0) samples every channel of the offset group at
+    every tap: (N·G, C/G, K, size), X's channel order, so both the mask and the conv groups read it by
+    broadcast and ``Reshape``. Returns (N, R, O/R, size).
+    """
+    # No attributes: GridSample-16 spells bilinear "bilinear", GridSample-20 "linear", and onnx.reference
+    # knows only the latter; the defaults mean the same in both.
+    sampled = op.GridSample(X_groups, grid)
+    return op.MatMul(w, op.Reshape(sampled * modulation, columns))
+
+
+@script(dcn, default_opset=op)
+def _product(
+    X: T, W: T, offset: T, modulation: Floats, strides: Sequence[int], pads: Sequence[int],
+    dilations: Sequence[int], group: int,
 ) -> T:
-    """x(p_0 + p_k + Δp_k) for every channel, tap and output position.
+    """The deformable convolution without bias, (N, O, Ho, Wo) of X's type, with Δm_k = ``modulation``
+    (N·G, 1, K, P) (:func:`_modulation`, or ones for DCNv1), in :data:`CHUNKS` chunks of output positions."""
+    R = op.Reshape(op.Constant(value_int=group), op.Constant(value_ints=[1]))
+    kernel = op.Shape(W, start=2, end=4)
+    p = _positions(offset, kernel, op.Constant(value_ints=strides), op.Constant(value_ints=pads),
+                   op.Constant(value_ints=dilations))
+    grid = _grid(p, op.Shape(X, start=2, end=4))  # (N·G, K, P, 2)
 
-    ``X`` (N, C, H, W), ``W`` (O, C/R, kH, kW) (read for kH and kW only), ``offset`` (N, 2·G·K, Ho, Wo).
-    ``X`` is split per offset group, (N·G, C/G, H, W), and sampled bilinearly at the group's grid
-    (N·G, K, P, 2). Returns the columns (N, G, C/G, K, P), i.e. X's channel order.
-    """
-    G = op.Reshape(op.Constant(value_int=offset_group), [1])
-    kH = op.Shape(W, start=2, end=3)
-    kW = op.Shape(W, start=3, end=4)
-    grid = _sampling_grid(X, offset, kH, kW, op.Constant(value_ints=strides), op.Constant(value_ints=pads),
-                          op.Constant(value_ints=dilations), G)
+    Ho_Wo = op.Shape(offset, start=2, end=4)
+    P = op.ReduceProd(Ho_Wo, keepdims=1)
+    # Pad P to the next multiple of CHUNKS: (-P) mod CHUNKS positions (Mod of integers takes the divisor's sign).
+    end_pad = op.Concat(op.Constant(value_ints=[0]), op.Mod(op.Neg(P), op.Constant(value_ints=[CHUNKS])), axis=0)
+    g0, g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11 = op.Split(
+        op.Pad(grid, end_pad, op.Constant(value_float=_PADDING), op.Constant(value_ints=[2])), axis=2,
+        num_outputs=CHUNKS)
+    m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11 = op.Split(
+        op.Pad(modulation, end_pad, None, op.Constant(value_ints=[3])), axis=3, num_outputs=CHUNKS)  # pads 0
+
     N = op.Shape(X, start=0, end=1)
-    per_group = op.Div(op.Shape(X, start=1, end=2), G)
-    by_offset_group = op.Reshape(X, op.Concat([-1], per_group, op.Shape(X, start=2, end=4), axis=0))
-    sampled = op.GridSample(by_offset_group, grid, align_corners=0, mode="bilinear", padding_mode="zeros")
-    return op.Reshape(sampled, op.Concat(N, G, per_group, op.Shape(grid, start=1, end=3), axis=0))
-
-
-@script(dcn, default_opset=op)
-def _modulated(columns: T, mask: T) -> T:
-    """Δm_k: ``columns`` (N, G, C/G, K, P) times ``mask`` (N, G·K, Ho, Wo), broadcast over the channels."""
-    per_group = op.Concat(op.Shape(columns, start=0, end=2), [1], op.Shape(columns, start=3, end=5), axis=0)
-    return columns * op.Reshape(mask, per_group)
-
-
-@script(dcn, default_opset=op)
-def _grouped_product(columns: T, W: T, offset: T, group: int) -> T:
-    """Σ_c Σ_k w · columns per conv group: ``columns`` (N, G, C/G, K, P) in X's channel order, ``W``
-    (O, C/R, kH, kW), ``offset`` (read for Ho and Wo only). One batched ``MatMul`` of W as
-    (R, O/R, C/R·K) with the columns as (N, R, C/R·K, P), both plain reshapes; returns (N, O, Ho, Wo)."""
-    R = op.Reshape(op.Constant(value_int=group), [1])
-    N = op.Shape(columns, start=0, end=1)
     O = op.Shape(W, start=0, end=1)
-    w = op.Reshape(W, op.Concat(R, op.Div(O, R), [-1], axis=0))
-    per_conv_group = op.Reshape(columns, op.Concat(N, R, [-1], op.Shape(columns, start=4, end=5), axis=0))
-    product = op.MatMul(w, per_conv_group)  # (N, R, O/R, P)
-    return op.Reshape(product, op.Concat(N, O, op.Shape(offset, start=2, end=4), axis=0))
+    minus_one = op.Constant(value_ints=[-1])
+    # N·G as the offset's shape has it: offset_group is implied by it (2·G·K channels).
+    X_groups = op.Reshape(op.Cast(X, to=FLOAT.dtype), op.Concat(
+        op.Shape(grid, start=0, end=1), minus_one, op.Shape(X, start=2, end=4), axis=0))
+    w = op.Reshape(op.Cast(W, to=FLOAT.dtype), op.Concat(R, op.Div(O, R), minus_one, axis=0))
+    columns = op.Concat(N, R, minus_one, op.Shape(g0, start=2, end=3), axis=0)  # every chunk's size
+    product = op.Concat(
+        _chunk_product(X_groups, g0, m0, w, columns), _chunk_product(X_groups, g1, m1, w, columns),
+        _chunk_product(X_groups, g2, m2, w, columns), _chunk_product(X_groups, g3, m3, w, columns),
+        _chunk_product(X_groups, g4, m4, w, columns), _chunk_product(X_groups, g5, m5, w, columns),
+        _chunk_product(X_groups, g6, m6, w, columns), _chunk_product(X_groups, g7, m7, w, columns),
+        _chunk_product(X_groups, g8, m8, w, columns), _chunk_product(X_groups, g9, m9, w, columns),
+        _chunk_product(X_groups, g10, m10, w, columns), _chunk_product(X_groups, g11, m11, w, columns),
+        axis=3,
+    )  # (N, R, O/R, CHUNKS·size)
+    # Cast back before the Slice: onnxruntime drops a cast to the same type, but not one that writes Y.
+    Y = op.Slice(op.CastLike(product, X), op.Constant(value_ints=[0]), P, op.Constant(value_ints=[3]))
+    return op.Reshape(Y, op.Concat(N, O, Ho_Wo, axis=0))
 
 
 @script(dcn, default_opset=op)
-def deform_conv2d_grid_sample_no_bias_no_mask(
-    X: T,
-    W: T,
-    offset: T,
-    strides: Sequence[int] = (1, 1),
-    pads: Sequence[int] = (0, 0, 0, 0),
-    dilations: Sequence[int] = (1, 1),
-    group: int = 1,
-    offset_group: int = 1,
-) -> T:
-    """:func:`deform_conv2d_grid_sample` with ``B`` and ``mask`` omitted (DCNv1 without bias): ``X``,
-    ``W``, ``offset`` as there; returns ``Y`` (N, O, Ho, Wo)."""
-    columns = _sampled_columns(X, W, offset, strides=strides, pads=pads, dilations=dilations,
-                               offset_group=offset_group)
-    return _grouped_product(columns, W, offset, group=group)
+def _unit_modulation(offset: T) -> Floats:
+    """Δm_k = 1 for DCNv1: FLOAT (1, 1, 1, P) of ones, which broadcasts like :func:`_modulation` and splits
+    into chunks alike."""
+    P = op.ReduceProd(op.Shape(offset, start=2, end=4), keepdims=1)
+    return op.ConstantOfShape(op.Concat(op.Constant(value_ints=[1, 1, 1]), P, axis=0),
+                              value=make_tensor("one", FLOAT.dtype, [1], [1.0]))
 
 
 @script(dcn, default_opset=op)
-def deform_conv2d_grid_sample_no_bias(
+def _add_bias(Y: T, B: T) -> T:
+    """``Y`` (N, O, Ho, Wo) + ``B`` (O) per output channel."""
+    return Y + op.Reshape(B, op.Constant(value_ints=[1, -1, 1, 1]))
+
+
+@script(dcn, default_opset=op)
+def deform_conv2d_no_bias(
     X: T,
     W: T,
     offset: T,
@@ -160,15 +211,31 @@ def deform_conv2d_grid_sample_no_bias(
     group: int = 1,
     offset_group: int = 1,
 ) -> T:
-    """:func:`deform_conv2d_grid_sample` with ``B`` omitted (DCNv2 without bias): ``X``, ``W``, ``offset``,
-    ``mask`` as there; returns ``Y`` (N, O, Ho, Wo)."""
-    columns = _sampled_columns(X, W, offset, strides=strides, pads=pads, dilations=dilations,
-                               offset_group=offset_group)
-    return _grouped_product(_modulated(columns, mask), W, offset, group=group)
+    """:func:`deform_conv2d` with ``B`` omitted (DCNv2 without bias): ``X``, ``W``, ``offset``, ``mask`` as
+    there; returns ``Y`` (N, O, Ho, Wo)."""
+    modulation = _modulation(mask, op.Shape(W, start=2, end=4), offset)
+    return _product(X, W, offset, modulation, strides=strides, pads=pads, dilations=dilations, group=group)
 
 
 @script(dcn, default_opset=op)
-def deform_conv2d_grid_sample_no_mask(
+def deform_conv2d_no_bias_no_mask(
+    X: T,
+    W: T,
+    offset: T,
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+    group: int = 1,
+    offset_group: int = 1,
+) -> T:
+    """:func:`deform_conv2d` with ``B`` and ``mask`` omitted (DCNv1 without bias): ``X``, ``W``, ``offset``
+    as there; returns ``Y`` (N, O, Ho, Wo)."""
+    modulation = _unit_modulation(offset)
+    return _product(X, W, offset, modulation, strides=strides, pads=pads, dilations=dilations, group=group)
+
+
+@script(dcn, default_opset=op)
+def deform_conv2d_no_mask(
     X: T,
     W: T,
     offset: T,
@@ -179,15 +246,15 @@ def deform_conv2d_grid_sample_no_mask(
     group: int = 1,
     offset_group: int = 1,
 ) -> T:
-    """:func:`deform_conv2d_grid_sample` with ``mask`` omitted (DCNv1 with bias): ``X``, ``W``, ``offset``,
-    ``B`` as there; returns ``Y`` (N, O, Ho, Wo)."""
-    Y = deform_conv2d_grid_sample_no_bias_no_mask(X, W, offset, strides=strides, pads=pads,
-                                                  dilations=dilations, group=group, offset_group=offset_group)
+    """:func:`deform_conv2d` with ``mask`` omitted (DCNv1 with bias): ``X``, ``W``, ``offset``, ``B`` as
+    there; returns ``Y`` (N, O, Ho, Wo)."""
+    modulation = _unit_modulation(offset)
+    Y = _product(X, W, offset, modulation, strides=strides, pads=pads, dilations=dilations, group=group)
     return _add_bias(Y, B)
 
 
 @script(dcn, default_opset=op)
-def deform_conv2d_grid_sample(
+def deform_conv2d(
     X: T,
     W: T,
     offset: T,
@@ -199,17 +266,15 @@ def deform_conv2d_grid_sample(
     group: int = 1,
     offset_group: int = 1,
 ) -> T:
-    """Modulated deformable convolution (DCNv2) with bias through ``GridSample``; inputs and attributes as
-    ``DeformConv``-19 and :func:`dcn_onnxscript.functions.deform_conv2d`.
+    """Modulated deformable convolution (DCNv2) with bias; inputs and attributes as ``DeformConv``-19.
 
     ``X`` (N, C, H, W), ``W`` (O, C/group, kH, kW), ``offset`` (N, 2·offset_group·kH·kW, Ho, Wo),
     ``B`` (O), ``mask`` (N, offset_group·kH·kW, Ho, Wo); returns ``Y`` (N, O, Ho, Wo).
     """
-    Y = deform_conv2d_grid_sample_no_bias(X, W, offset, mask, strides=strides, pads=pads, dilations=dilations,
-                                          group=group, offset_group=offset_group)
+    modulation = _modulation(mask, op.Shape(W, start=2, end=4), offset)
+    Y = _product(X, W, offset, modulation, strides=strides, pads=pads, dilations=dilations, group=group)
     return _add_bias(Y, B)
 
 
-for _public in (deform_conv2d_grid_sample, deform_conv2d_grid_sample_no_bias, deform_conv2d_grid_sample_no_mask,
-                deform_conv2d_grid_sample_no_bias_no_mask):
+for _public in (deform_conv2d, deform_conv2d_no_bias, deform_conv2d_no_mask, deform_conv2d_no_bias_no_mask):
     flatten(_public)
