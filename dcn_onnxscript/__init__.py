@@ -13,19 +13,19 @@ from typing import TYPE_CHECKING, Any
 from dcn_onnxscript import _autoregister
 from dcn_onnxscript._version import __version__
 from dcn_onnxscript.lowering.script.protos import DOMAIN, function_protos
-from dcn_onnxscript.lowering.validation import check_deform_conv2d_args
 
-if TYPE_CHECKING:  # served by __getattr__ (built on first use); the re-export spelling tells type checkers
+if TYPE_CHECKING:  # served by __getattr__ (imported or built on first use); re-exports for type checkers
     from dcn_onnxscript.lowering.script.grid_sample import deform_conv2d as deform_conv2d
     from dcn_onnxscript.lowering.script.grid_sample import deform_conv2d_no_bias as deform_conv2d_no_bias
     from dcn_onnxscript.lowering.script.grid_sample import (
         deform_conv2d_no_bias_no_mask as deform_conv2d_no_bias_no_mask,
     )
     from dcn_onnxscript.lowering.script.grid_sample import deform_conv2d_no_mask as deform_conv2d_no_mask
+    from dcn_onnxscript.lowering.validation import check_deform_conv2d_args as check_deform_conv2d_args
 
-#: Names served from :mod:`dcn_onnxscript.export.registration`, :mod:`dcn_onnxscript.rewrite` and the
-#: standalone functions' module, imported on first use (the first imports torch, the last builds the
-#: functions).
+#: Names served from :mod:`dcn_onnxscript.export.registration`, :mod:`dcn_onnxscript.rewrite`, the
+#: standalone functions' module and the argument checks, imported on first use (the first imports torch,
+#: the standalone functions are built then; ``import dcn_onnxscript`` itself imports neither numpy nor onnx).
 _LAZY = {
     **dict.fromkeys(["deform_conv2d", "deform_conv2d_no_bias", "deform_conv2d_no_bias_no_mask",
                      "deform_conv2d_no_mask"], "dcn_onnxscript.lowering.script"),
@@ -34,15 +34,10 @@ _LAZY = {
     "is_registered": "dcn_onnxscript.export.registration",
     "translation_table": "dcn_onnxscript.export.registration",
     "rewrite_model": "dcn_onnxscript.rewrite",
+    "check_deform_conv2d_args": "dcn_onnxscript.lowering.validation",
 }
 
-__all__ = [
-    "DOMAIN",
-    "__version__",
-    "check_deform_conv2d_args",
-    "function_protos",
-    *_LAZY,
-]
+__all__ = ["DOMAIN", "__version__", "function_protos", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

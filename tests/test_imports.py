@@ -21,6 +21,13 @@ def test_import_does_not_import_torch(module):
     assert python(f"import sys, {module}; print('torch' in sys.modules)") == "False"
 
 
+def test_import_of_the_package_loads_no_heavy_dependency():
+    """``import dcn_onnxscript`` (the hook and the names) loads none of torch, onnxscript, onnx_ir, onnx or
+    numpy: what it serves is imported or built on first use."""
+    code = "import sys, dcn_onnxscript; print(sorted({'torch', 'onnxscript', 'onnx_ir', 'onnx', 'numpy'} & set(sys.modules)))"
+    assert python(code) == "[]"
+
+
 def test_rewrite_model_works_without_torch():
     code = """
 import sys
