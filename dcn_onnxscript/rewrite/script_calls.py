@@ -12,9 +12,6 @@ from onnx_ir.passes.common import InlinePass
 from dcn_onnxscript.lowering.script import DOMAIN, VARIANTS, function_protos
 from dcn_onnxscript.lowering.script.protos import SCRIPT_OPSET
 
-#: GridSample-20 renamed its interpolation modes; the script functions use GridSample-16's.
-_GRID_SAMPLE_20_MODES = {"bilinear": "linear", "bicubic": "cubic"}
-
 
 def call_node(node: ir.Node, call, impl: str) -> ir.Node:
     """A call of the script function for ``call`` (a :class:`~dcn_onnxscript.rewrite.rewriter.DeformConvCall`)
@@ -28,28 +25,27 @@ def call_node(node: ir.Node, call, impl: str) -> ir.Node:
 
 
 def inline(model: ir.Model) -> None:
-    """Add the called script functions to ``model``, inline every call, and remove them again."""
-    called = {(n.domain, n.op_type) for graph in (model.graph, *(f.graph for f in model.functions.values()))
-              for n in ir.traversal.RecursiveGraphIterator(graph) if n.domain == DOMAIN}
+    """Add the called script functions to ``model`` (declared at its opset), inline every call, and remove
+    them again."""
+    called = {n.op_type for graph in _graphs(model) for n in ir.traversal.RecursiveGraphIterator(graph)
+              if n.domain == DOMAIN}
+    version = model.opset_imports.get("", SCRIPT_OPSET)
     for variants in VARIANTS.values():
-        for function in variants.values():
-            if (DOMAIN, function.name) in called:
-                (proto,) = function_protos(function)
+        for key in variants:
+            if variants.name_of(key) in called:
+                (proto,) = function_protos(variants[key], version)
                 body = ir.serde.deserialize_function(proto)
-                # Declared at the model's opset: its ops mean the same from 18 to the newest opset.
-                body.opset_imports[""] = model.opset_imports.get("", SCRIPT_OPSET)
-                model.functions[(DOMAIN, function.name, "")] = body
+                model.functions[body.identifier()] = body
     model.opset_imports[DOMAIN] = 1
     for function in model.functions.values():
         if any(n.domain == DOMAIN for n in function):
             function.opset_imports[DOMAIN] = 1
     before = {n for graph in _graphs(model) for n in ir.traversal.RecursiveGraphIterator(graph)}
     InlinePass(criteria=lambda function: function.domain == DOMAIN)(model)
-    version = model.opset_imports.get("", SCRIPT_OPSET)
     for graph in _graphs(model):
         for node in ir.traversal.RecursiveGraphIterator(graph):
             if node not in before:
-                _tidy(node, version)
+                _tidy(node)
     for key in [key for key in model.functions if key[0] == DOMAIN]:
         del model.functions[key]
     model.opset_imports.pop(DOMAIN, None)
@@ -63,9 +59,9 @@ def _graphs(model: ir.Model):
         yield function.graph
 
 
-def _tidy(node: ir.Node, version: int) -> None:
+def _tidy(node: ir.Node) -> None:
     """An inlined node in the form every runtime reads: ``Constant(value=tensor)`` (OpenVINO refuses
-    ``value_ints`` and friends), GridSample-20's mode names from opset 20 on, no typeless value info."""
+    ``value_ints`` and friends), no typeless value info."""
     if node.op_type == "Constant":
         for name, dtype in (("value_int", np.int64), ("value_ints", np.int64), ("value_float", np.float32),
                             ("value_floats", np.float32)):
@@ -73,9 +69,6 @@ def _tidy(node: ir.Node, version: int) -> None:
                 attr = node.attributes.pop(name)
                 value = attr.as_ints() if name.endswith("s") and "int" in name else attr.value
                 node.attributes["value"] = ir.AttrTensor("value", ir.tensor(np.array(value, dtype=dtype)))
-    mode = node.attributes.get("mode") if node.op_type == "GridSample" else None
-    if mode is not None and version >= 20 and mode.as_string() in _GRID_SAMPLE_20_MODES:
-        node.attributes["mode"] = ir.AttrString("mode", _GRID_SAMPLE_20_MODES[mode.as_string()])
     for value in node.outputs:
         if value.shape is None:  # a type without a shape is no valid value_info
             value.type = None

@@ -54,6 +54,10 @@ class _Variants(Mapping):
     def __len__(self) -> int:
         return len(self._names)
 
+    def name_of(self, key: tuple[bool, bool]) -> str:
+        """The function's name, without building it."""
+        return self._names[key]
+
 
 #: lowering -> (bias, mask) -> its public script function (built on first lookup)
 VARIANTS: Mapping[str, Mapping[tuple[bool, bool], OnnxFunction]] = {name: _Variants(name) for name in _NAMES}
