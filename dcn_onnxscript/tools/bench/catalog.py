@@ -47,10 +47,14 @@ DEFAULT_CASES = ("L1", "L2", "L3", NETWORK, BIREFNET)
 #: How a path exports (see :mod:`dcn_onnxscript.tools.bench.exports`): torch.onnx's dynamo exporter with
 #: dcn_onnxscript's translation; the TorchScript exporter (``dynamo=False``) with dcn_onnxscript's symbolic;
 #: the native export with every ``DeformConv`` replaced by a call of the standalone function; torch's own
-#: translation (native ``DeformConv``); deform_conv2d_onnx_exporter 1.2.0's TorchScript symbolic; its fork's
-#: dynamo translation.
-DYNAMO, TORCHSCRIPT, FUNCTION, NATIVE, DCOE, FORK = (
-    "dynamo", "torchscript", "function", "native", "deform_conv2d_onnx_exporter", "dcoe-fork")
+#: dynamo translation (native ``DeformConv``); the TorchScript exporter with a symbolic writing native
+#: ``DeformConv``; deform_conv2d_onnx_exporter 1.2.0's TorchScript symbolic; its fork's dynamo translation.
+DYNAMO, TORCHSCRIPT, FUNCTION, NATIVE, NATIVE_TORCHSCRIPT, DCOE, FORK = (
+    "dynamo", "torchscript", "function", "native", "native-torchscript", "deform_conv2d_onnx_exporter",
+    "dcoe-fork")
+#: deform_conv2d_onnx_exporter 1.2.0 with BiRefNet's tutorial's patch: a size TorchScript does not know is
+#: read from the input's strides.
+DCOE_PATCHED = "dcoe-patched"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,15 +96,20 @@ PATHS = {
                    "fork, from --fork PATH): torch.onnx.export(dynamo=True, opset_version=18)"),
     )
 }
-#: BiRefNet's rows: its tutorial's export (TorchScript, opset 17) through dcn_onnxscript and through
-#: deform_conv2d_onnx_exporter 1.2.0, and native DeformConv for the ratios.
+#: BiRefNet's rows, all through its tutorial's exporter (TorchScript): opset 17 through dcn_onnxscript and
+#: through deform_conv2d_onnx_exporter 1.2.0 (as installed and as the tutorial patches it), and native
+#: DeformConv for the ratios (torch's dynamo export of
+#: BiRefNet is slower and may fail).
 BIREFNET_PATHS = {
     path.name: path
     for path in (
         PATHS[f"torchscript-{BIREFNET_OPSET}"],
-        ExportPath(DCOE, DCOE, BIREFNET_OPSET, None, "deform_conv2d_onnx_exporter 1.2.0 as BiRefNet's tutorial "
-                   "uses it: torch.onnx.export(dynamo=False, opset_version=17), static shapes"),
-        PATHS[NATIVE],
+        ExportPath(DCOE, DCOE, BIREFNET_OPSET, None, "deform_conv2d_onnx_exporter 1.2.0 as installed: "
+                   "torch.onnx.export(dynamo=False, opset_version=17), static shapes"),
+        ExportPath(DCOE_PATCHED, DCOE_PATCHED, BIREFNET_OPSET, None, "the same with BiRefNet's tutorial's patch "
+                   "of it (a size TorchScript does not know read from the input's strides)"),
+        ExportPath(NATIVE, NATIVE_TORCHSCRIPT, NATIVE_OPSET, None, "torch.onnx.export(dynamo=False, "
+                   "opset_version=19) with a symbolic writing one DeformConv node per layer"),
     )
 }
 
@@ -114,7 +123,7 @@ OPENVINO, TRACT = "openvino", "tract"
 RUNTIMES = (OPENVINO, TRACT)
 RUNTIME_PATHS = (*LOWERINGS, DCOE, FORK)
 #: What ``--skip`` can leave out.
-SKIPPABLE = (*PATHS, *RUNTIMES)
+SKIPPABLE = (*dict.fromkeys([*PATHS, *BIREFNET_PATHS]), *RUNTIMES)
 
 
 def paths_of(case: str) -> dict[str, ExportPath]:

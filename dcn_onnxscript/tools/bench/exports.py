@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import importlib
 import importlib.util
+import os
 import pathlib
 import sys
 import time
@@ -22,8 +23,10 @@ from types import ModuleType
 from typing import Any, Callable, Iterator, Optional
 
 import onnx
+import onnx.version_converter
 import torch
 from onnx import helper
+from torch.onnx import symbolic_helper
 
 import dcn_onnxscript
 from dcn_onnxscript.export import _internals
@@ -31,12 +34,14 @@ from dcn_onnxscript.tools.bench import progress
 from dcn_onnxscript.tools.bench.cases import Case
 from dcn_onnxscript.tools.bench.catalog import (
     DCOE,
+    DCOE_PATCHED,
     DYNAMO,
     FORK,
     FUNCTION,
     LAYERS,
     NATIVE,
     NATIVE_OPSET,
+    NATIVE_TORCHSCRIPT,
     TORCHSCRIPT,
     ExportPath,
     Unavailable,
@@ -61,10 +66,26 @@ _FUNCTION_ATTRIBUTES = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1
 
 @contextlib.contextmanager
 def phase(what: str) -> Iterator[None]:
-    """Progress lines before and after a step, torch.onnx's own phase lines in between."""
-    with progress.step(what), warnings.catch_warnings(), contextlib.redirect_stdout(progress):
+    """Progress lines before and after a step, torch.onnx's own phase lines in between; what native code
+    writes to the standard output meanwhile is discarded (torch's TorchScript exporter dumps the whole graph
+    there when it fails, whatever its verbosity), so that it stays the tables'."""
+    with progress.step(what), warnings.catch_warnings(), contextlib.redirect_stdout(progress), _native_stdout():
         warnings.simplefilter("ignore")
         yield
+
+
+@contextlib.contextmanager
+def _native_stdout() -> Iterator[None]:
+    """File descriptor 1 on the null device while the block runs."""
+    sys.__stdout__.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def export_case(case: Case, workdir: pathlib.Path, args: argparse.Namespace) -> None:
@@ -98,8 +119,14 @@ def export(path: ExportPath, case: Case, file: pathlib.Path, args: argparse.Name
         if not dcn_onnxscript.is_registered():
             dcn_onnxscript.register()
         return _torchscript(case, file, path.opset)
+    if path.exporter == NATIVE_TORCHSCRIPT:
+        return _torchscript(case, file, path.opset, _native_symbolic)
     if path.exporter == DCOE:
         return _torchscript(case, file, path.opset, _import_dcoe().deform_conv2d_func(True, False))
+    if path.exporter == DCOE_PATCHED:
+        dcoe = _import_dcoe()
+        with _tutorial_patch(dcoe):
+            return _torchscript(case, file, path.opset, dcoe.deform_conv2d_func(True, False))
     if path.exporter == FORK:
         translation = load_fork(args.fork).create_deform_conv2d_custom_op()
         return _dynamo(case, file, path.opset, {torch.ops.torchvision.deform_conv2d.default: translation})
@@ -152,6 +179,16 @@ def _only_symbolic(symbolic: Callable, opset: int) -> Iterator[None]:
             dcn_onnxscript.register()
 
 
+@symbolic_helper.parse_args("v", "v", "v", "v", "v", "i", "i", "i", "i", "i", "i", "i", "i", "b")
+def _native_symbolic(g, input, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                     dilation_w, groups, offset_groups, use_mask):
+    """ONNX ``DeformConv`` (opset 19) in place of deform_conv2d."""
+    inputs = [input, weight, offset, bias, *([mask] if use_mask else [])]
+    return g.op("DeformConv", *inputs, kernel_shape_i=_internals.tensor_sizes(weight)[2:],
+                strides_i=[stride_h, stride_w], pads_i=[pad_h, pad_w, pad_h, pad_w],
+                dilations_i=[dilation_h, dilation_w], group_i=groups, offset_group_i=offset_groups)
+
+
 def _stub_symbolic(g, input, weight, offset, mask, bias, *args):
     """One node in place of deform_conv2d (counting only: the network's nodes outside its layers)."""
     output = g.op(f"{_STUB_DOMAIN}::DeformConv2d", input, weight, offset, mask, bias)
@@ -177,8 +214,9 @@ def _function(case: Case, file: pathlib.Path) -> float:
 
 
 def calling_functions(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with every ``DeformConv`` node a call of the standalone function of its (bias, mask) and
-    that function's FunctionProto added (``model`` is changed)."""
+    """``model`` with every ``DeformConv`` node a call of the standalone function of its (bias, mask), at the
+    functions' opset (a model-local function must import the model's version of each domain) with their
+    FunctionProtos added."""
     used = {}
     for node in model.graph.node:
         if node.op_type != "DeformConv" or node.domain not in ("", "ai.onnx"):
@@ -191,10 +229,15 @@ def calling_functions(model: onnx.ModelProto) -> onnx.ModelProto:
                                 node.name, domain=dcn_onnxscript.DOMAIN, **attributes)
         node.CopyFrom(call)
         used[function.name] = function
-    for function in used.values():
-        model.functions.extend(dcn_onnxscript.function_protos(function))
-    if used:
-        model.opset_import.append(helper.make_opsetid(dcn_onnxscript.DOMAIN, 1))
+    if not used:
+        return model
+    protos = [proto for function in used.values() for proto in dcn_onnxscript.function_protos(function)]
+    opset = max(default_opset(proto) for proto in protos)
+    model.functions.extend(protos)
+    model.opset_import.append(helper.make_opsetid(dcn_onnxscript.DOMAIN, 1))
+    if default_opset(model) != opset:
+        model = onnx.version_converter.convert_version(model, opset)
+        model.functions.extend(protos)  # the converter drops them
     return model
 
 
@@ -206,6 +249,30 @@ def _import_dcoe() -> ModuleType:
         raise Unavailable("not installed")
     with _internals.legacy_type_utils():
         return importlib.import_module("deform_conv2d_onnx_exporter")
+
+
+#: BiRefNet's tutorial's patch of deform_conv2d_onnx_exporter: dim -> its size from the strides of a
+#: contiguous (N, C, H, W) tensor, where TorchScript does not know it (N as the stride of W: 1).
+_SIZE_FROM_STRIDES = {3: lambda s: s[2], 2: lambda s: s[1] // s[2], 0: lambda s: s[3]}
+
+
+@contextlib.contextmanager
+def _tutorial_patch(dcoe: ModuleType) -> Iterator[None]:
+    """deform_conv2d_onnx_exporter's ``get_tensor_dim_size`` patched as BiRefNet's tutorial does, while the
+    block runs."""
+    original = dcoe.get_tensor_dim_size
+
+    def get_tensor_dim_size(tensor, dim: int):
+        size = original(tensor, dim)
+        if size is None and dim in _SIZE_FROM_STRIDES:
+            size = _SIZE_FROM_STRIDES[dim](tensor.type().strides())
+        return size
+
+    dcoe.get_tensor_dim_size = get_tensor_dim_size
+    try:
+        yield
+    finally:
+        dcoe.get_tensor_dim_size = original
 
 
 def load_fork(checkout: Optional[pathlib.Path]) -> ModuleType:
@@ -253,8 +320,8 @@ def _per_layer(case: Case, path: ExportPath, workdir: pathlib.Path, total: int) 
 def _baseline(case: Case, path: ExportPath, workdir: pathlib.Path) -> Optional[tuple[int, int]]:
     """(nodes, layers) of ``case`` exported with one node per deformable layer: native ``DeformConv`` for the
     dynamo paths, a stub node through the same TorchScript export for the others (None if that failed)."""
-    if path.exporter not in (TORCHSCRIPT, DCOE):
-        native = case.onnx_paths.get(NATIVE)
+    if path.exporter not in (TORCHSCRIPT, DCOE, DCOE_PATCHED):
+        native = case.onnx_paths.get(NATIVE)  # a native row, TorchScript's too, is its own baseline
         return None if native is None else _counted(onnx.load(str(native)), "DeformConv")
     dynamic = case.dynamic and path.exporter == TORCHSCRIPT
     file = workdir / f"{case.name}_stub_{path.opset}{'_dynamic' if dynamic else ''}.onnx"
@@ -295,5 +362,6 @@ def op_types(model: onnx.ModelProto) -> set[str]:
     return {node.op_type for node in model.graph.node} | {n.op_type for f in model.functions for n in f.node}
 
 
-def default_opset(model: onnx.ModelProto) -> int:
+def default_opset(model) -> int:
+    """The ONNX domain's version a ModelProto or FunctionProto imports."""
     return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
