@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{NETWORK} (the DCNv2 ResNet-50 of examples/dcn_resnet50.py), {BIREFNET} (needs "
                              f"--birefnet) (default: {' '.join(DEFAULT_CASES)})")
     parser.add_argument("--repeat", type=int, default=15, help="timed rounds per case (median reported; default 15)")
+    parser.add_argument("--birefnet-repeat", type=int, default=3,
+                        help=f"timed rounds of {BIREFNET}, whose round takes a minute on 2 cores (default 3)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="intra-op threads of every latency session (onnxruntime, OpenVINO) and of torch "
                              "(default: all cores)")

@@ -15,7 +15,7 @@ import torch
 from dcn_onnxscript.lowering import table
 from dcn_onnxscript.tools.bench import progress
 from dcn_onnxscript.tools.bench.cases import Case, build_case
-from dcn_onnxscript.tools.bench.catalog import DCOE, LAYERS, NETWORK, Unavailable
+from dcn_onnxscript.tools.bench.catalog import BIREFNET, DCOE, LAYERS, NETWORK, Unavailable
 from dcn_onnxscript.tools.bench.exports import export_case
 from dcn_onnxscript.tools.bench.floors import add_floors
 from dcn_onnxscript.tools.bench.measuring import Result, measure
@@ -72,8 +72,9 @@ def _bench(args: argparse.Namespace, workdir: pathlib.Path) -> int:
     found = versions()
     opset = next((opset for case in cases for name, opset in case.opsets.items() if name in table.LOWERINGS), None)
     auto = table.resolve(table.DEFAULT, opset) if opset else "-"
+    rounds = f"{args.repeat}" + (f" ({BIREFNET}: {args.birefnet_repeat})" if BIREFNET in args.layers else "")
     print(f"\n{', '.join(f'{k} {v}' for k, v in found.items())}; {args.threads} threads, median of "
-          f"{args.repeat} interleaved rounds; '{table.DEFAULT}' at torch's default opset {opset}: {auto}\n")
+          f"{rounds} interleaved rounds; '{table.DEFAULT}' at torch's default opset {opset}: {auto}\n")
     print(format_table(results))
     if cases:
         print("\nHow each model was exported (opset and sampling ops as the file holds them):\n")
@@ -93,7 +94,8 @@ def _bench(args: argparse.Namespace, workdir: pathlib.Path) -> int:
         plot(results, args.plot)
         print(f"chart: {args.plot}")
     if args.json:
-        facts = dict(versions=found, threads=args.threads, repeat=args.repeat, image_size=args.image_size,
+        facts = dict(versions=found, threads=args.threads, repeat=args.repeat,
+                     birefnet_repeat=args.birefnet_repeat, image_size=args.image_size,
                      birefnet_size=args.birefnet_size, wall_s=wall_s, load_average=[load_before, load_after],
                      floors=floors)
         args.json.write_text(json.dumps(document(results, runtime_results, cases, **facts), indent=1) + "\n")

@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import os
 import pathlib
+import re
 import sys
 import time
 import warnings
@@ -54,6 +55,8 @@ _STUB_DOMAIN = "bench"
 #: The ops that show how a file samples, in the order they are named; else a flat-index ``Gather``.
 SAMPLING_OPS = ("DeformConv", "GridSample", "GatherND", "GatherElements")
 _FLAT_GATHER = "Gather"
+#: Terminal colour codes, which torch.onnx puts in its error messages.
+_ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")
 #: The module name the fork is loaded under (its package has the same name as 1.2.0's).
 _FORK_MODULE = "deform_conv2d_onnx_exporter_fork"
 #: The standalone function per (bias, mask): the public names of :mod:`dcn_onnxscript`.
@@ -303,7 +306,7 @@ def _try(case: Case, name: str, export: Callable[[], float]) -> bool:
         return True
     except Exception as error:  # noqa: BLE001  (any failure of a model is reported in its row)
         reason = str(error) if isinstance(error, Unavailable) else f"export failed: {type(error).__name__}: {error}"
-        case.failures[name] = " ".join(reason.split())[:200]
+        case.failures[name] = " ".join(_ANSI_STYLE.sub("", reason).split())[:200]
         progress(f"{case.name}: {name}: {case.failures[name]}")
         return False
 

@@ -30,7 +30,7 @@ import torch
 
 from dcn_onnxscript.tools.bench import progress
 from dcn_onnxscript.tools.bench.cases import Case, build_module
-from dcn_onnxscript.tools.bench.catalog import EAGER, FLOORS
+from dcn_onnxscript.tools.bench.catalog import BIREFNET, EAGER, FLOORS
 
 NAN = float("nan")
 #: Runs of a model in the fresh process that measures its peak memory.
@@ -205,9 +205,10 @@ def measure(case: Case, workdir: pathlib.Path, args: argparse.Namespace) -> list
         what = "peak memory" if kind == EAGER else "session time" + ("" if args.no_memory else " and peak memory")
         progress(f"{case.name}: {kind}: {what} in a fresh process")
         fresh[kind] = fresh_process_figures(case, kind, workdir, args)
-    progress(f"{case.name}: latency, {args.repeat} interleaved rounds after {WARMUP_ROUNDS} warm-up rounds")
+    repeat = args.birefnet_repeat if case.name == BIREFNET else args.repeat
+    progress(f"{case.name}: latency, {repeat} interleaved rounds after {WARMUP_ROUNDS} warm-up rounds")
     errors = max_errors(run, run[EAGER]())
-    medians = interleaved_medians(run, args.repeat)
+    medians = interleaved_medians(run, repeat)
     del run
     results = []
     for kind in [*(k for k in case.paths if k not in args.skip), EAGER, *FLOORS]:
