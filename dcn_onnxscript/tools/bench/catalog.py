@@ -60,8 +60,8 @@ DCOE_PATCHED = "dcoe-patched"
 @dataclasses.dataclass(frozen=True)
 class ExportPath:
     """One row of the table: ``name``, exported by ``exporter`` (one of the kinds above) at ``opset`` (None:
-    the exporter's default) with dcn_onnxscript's lowering ``impl`` (None: the registered default, "auto");
-    ``about`` says it in words."""
+    the exporter's default; for the function, its own) with dcn_onnxscript's lowering ``impl`` (None: the
+    registered default, "auto"); ``about`` says it in words."""
 
     name: str
     exporter: str
@@ -87,9 +87,10 @@ PATHS = {
         ExportPath("torchscript-13", TORCHSCRIPT, 13, None, "torch.onnx.export(dynamo=False, opset_version=13)"),
         ExportPath(NATIVE, NATIVE, NATIVE_OPSET, None, "torch.onnx.export(dynamo=True, opset_version=19) with "
                    "torch's own translation: one DeformConv node per layer"),
-        ExportPath(FUNCTION, FUNCTION, NATIVE_OPSET, None,
+        ExportPath(FUNCTION, FUNCTION, None, None,
                    "the native export with each DeformConv node replaced by a call of the standalone "
-                   "dcn_onnxscript.deform_conv2d (its FunctionProto added; weights stay initializers)"),
+                   "dcn_onnxscript.deform_conv2d (its FunctionProto added; weights stay initializers), "
+                   "converted to the functions' opset"),
         ExportPath(DCOE, DCOE, DCOE_OPSET, None, "deform_conv2d_onnx_exporter 1.2.0, "
                    "torch.onnx.export(dynamo=False, opset_version=12), static shapes"),
         ExportPath(FORK, FORK, FORK_OPSET, None, "github nusu-github/deform_conv2d_onnx_exporter (a maintained "
