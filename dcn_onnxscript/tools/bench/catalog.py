@@ -55,6 +55,8 @@ DYNAMO, TORCHSCRIPT, FUNCTION, NATIVE, NATIVE_TORCHSCRIPT, DCOE, FORK = (
 #: deform_conv2d_onnx_exporter 1.2.0 with BiRefNet's tutorial's patch: a size TorchScript does not know is
 #: read from the input's strides.
 DCOE_PATCHED = "dcoe-patched"
+#: The peers, whose translations need known sizes: their exports are static in every case.
+STATIC_EXPORTERS = (DCOE, DCOE_PATCHED, FORK)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +96,7 @@ PATHS = {
         ExportPath(DCOE, DCOE, DCOE_OPSET, None, "deform_conv2d_onnx_exporter 1.2.0, "
                    "torch.onnx.export(dynamo=False, opset_version=12), static shapes"),
         ExportPath(FORK, FORK, FORK_OPSET, None, "github nusu-github/deform_conv2d_onnx_exporter (a maintained "
-                   "fork, from --fork PATH): torch.onnx.export(dynamo=True, opset_version=18)"),
+                   "fork, from --fork PATH): torch.onnx.export(dynamo=True, opset_version=18), static shapes"),
     )
 }
 #: BiRefNet's rows, all through its tutorial's exporter (TorchScript): opset 17 through dcn_onnxscript and

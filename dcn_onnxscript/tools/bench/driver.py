@@ -15,7 +15,7 @@ import torch
 from dcn_onnxscript.lowering import table
 from dcn_onnxscript.tools.bench import progress
 from dcn_onnxscript.tools.bench.cases import Case, build_case
-from dcn_onnxscript.tools.bench.catalog import BIREFNET, DCOE, LAYERS, NETWORK, Unavailable
+from dcn_onnxscript.tools.bench.catalog import BIREFNET, LAYERS, NETWORK, STATIC_EXPORTERS, Unavailable
 from dcn_onnxscript.tools.bench.exports import export_case
 from dcn_onnxscript.tools.bench.floors import add_floors
 from dcn_onnxscript.tools.bench.measuring import Result, measure
@@ -87,7 +87,8 @@ def _bench(args: argparse.Namespace, workdir: pathlib.Path) -> int:
     if any(case.name not in LAYERS for case in cases):
         print(f"\nnetworks: nodes/layer = (nodes - nodes of the same export with one node per deformable layer "
               f"+ L) / L; Constant nodes not counted; a function call counts as its body; {NETWORK}'s exports "
-              f"dynamic (batch, height, width) but {DCOE}'s; BiRefNet's static, as its tutorial")
+              f"dynamic (batch, height, width) but the peers' ({', '.join(STATIC_EXPORTERS)}); {BIREFNET}'s "
+              f"static, as its tutorial's")
     print(f"\nbench wall time {wall_s:.0f} s; 1-min load average {load_before:.2f} at the start, {load_after:.2f} "
           f"at the end on {os.cpu_count()} cores (other busy processes distort the timings, torch eager's most)")
     if args.plot:

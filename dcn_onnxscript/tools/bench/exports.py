@@ -43,6 +43,7 @@ from dcn_onnxscript.tools.bench.catalog import (
     NATIVE,
     NATIVE_OPSET,
     NATIVE_TORCHSCRIPT,
+    STATIC_EXPORTERS,
     TORCHSCRIPT,
     ExportPath,
     Unavailable,
@@ -111,28 +112,29 @@ def export_case(case: Case, workdir: pathlib.Path, args: argparse.Namespace) -> 
 
 def export(path: ExportPath, case: Case, file: pathlib.Path, args: argparse.Namespace) -> float:
     """Export ``case.module`` to ``file`` along ``path``; returns the seconds it took."""
+    dynamic = case.dynamic and path.exporter not in STATIC_EXPORTERS
     if path.exporter == DYNAMO:
         table = dcn_onnxscript.translation_table(path.impl) if path.impl else None
-        return _dynamo(case, file, path.opset, table)
+        return _dynamo(case, file, path.opset, table, dynamic)
     if path.exporter == NATIVE:
-        return _dynamo(case, file, path.opset, dcn_onnxscript.translation_table(NATIVE))
+        return _dynamo(case, file, path.opset, dcn_onnxscript.translation_table(NATIVE), dynamic)
     if path.exporter == FUNCTION:
-        return _function(case, file)
+        return _function(case, file, dynamic)
     if path.exporter == TORCHSCRIPT:
         if not dcn_onnxscript.is_registered():
             dcn_onnxscript.register()
-        return _torchscript(case, file, path.opset)
+        return _torchscript(case, file, path.opset, dynamic)
     if path.exporter == NATIVE_TORCHSCRIPT:
-        return _torchscript(case, file, path.opset, _native_symbolic)
+        return _torchscript(case, file, path.opset, dynamic, _native_symbolic)
     if path.exporter == DCOE:
-        return _torchscript(case, file, path.opset, _import_dcoe().deform_conv2d_func(True, False))
+        return _torchscript(case, file, path.opset, dynamic, _import_dcoe().deform_conv2d_func(True, False))
     if path.exporter == DCOE_PATCHED:
         dcoe = _import_dcoe()
         with _tutorial_patch(dcoe):
-            return _torchscript(case, file, path.opset, dcoe.deform_conv2d_func(True, False))
+            return _torchscript(case, file, path.opset, dynamic, dcoe.deform_conv2d_func(True, False))
     if path.exporter == FORK:
         translation = load_fork(args.fork).create_deform_conv2d_custom_op()
-        return _dynamo(case, file, path.opset, {torch.ops.torchvision.deform_conv2d.default: translation})
+        return _dynamo(case, file, path.opset, {torch.ops.torchvision.deform_conv2d.default: translation}, dynamic)
     raise ValueError(f"unknown exporter {path.exporter!r}")
 
 
@@ -142,20 +144,18 @@ def _timed(call: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def _dynamo(case: Case, file: pathlib.Path, opset: Optional[int], table: Optional[dict]) -> float:
-    """``torch.onnx.export(dynamo=True)``; input 0 with a dynamic batch, height and width for a dynamic case."""
+def _dynamo(case: Case, file: pathlib.Path, opset: Optional[int], table: Optional[dict], dynamic: bool) -> float:
+    """``torch.onnx.export(dynamo=True)``; ``dynamic``: input 0 with a dynamic batch, height and width."""
     dims = ({0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")},)
     return _timed(lambda: torch.onnx.export(
         case.module, case.inputs, str(file), dynamo=True, opset_version=opset, custom_translation_table=table,
-        dynamic_shapes=dims if case.dynamic else None, verbose=case.name not in LAYERS))
+        dynamic_shapes=dims if dynamic else None, verbose=case.name not in LAYERS))
 
 
-def _torchscript(case: Case, file: pathlib.Path, opset: int, symbolic: Optional[Callable] = None,
+def _torchscript(case: Case, file: pathlib.Path, opset: int, dynamic: bool, symbolic: Optional[Callable] = None,
                  custom_opsets: Optional[dict[str, int]] = None) -> float:
     """``torch.onnx.export(dynamo=False)``, through dcn_onnxscript's registered symbolic or, given
-    ``symbolic``, through that one alone; input 0 with a dynamic batch, height and width for a dynamic case
-    (never with another symbolic: deform_conv2d_onnx_exporter needs static shapes)."""
-    dynamic = case.dynamic and symbolic is None
+    ``symbolic``, through that one alone; ``dynamic``: input 0 with a dynamic batch, height and width."""
     names = [f"input_{i}" for i in range(len(case.inputs))]
     export = lambda: torch.onnx.export(  # noqa: E731
         case.module, case.inputs, str(file), dynamo=False, opset_version=opset, input_names=names,
@@ -202,14 +202,14 @@ def _stub_symbolic(g, input, weight, offset, mask, bias, *args):
     return output
 
 
-def _function(case: Case, file: pathlib.Path) -> float:
+def _function(case: Case, file: pathlib.Path, dynamic: bool) -> float:
     """The native export (reused when its row has one) with each ``DeformConv`` replaced by a call of
     dcn_onnxscript's standalone function; seconds of both steps."""
     if NATIVE in case.onnx_paths:
         native, seconds = case.onnx_paths[NATIVE], case.export_s[NATIVE]
     else:
         native = file
-        seconds = _dynamo(case, file, NATIVE_OPSET, dcn_onnxscript.translation_table(NATIVE))
+        seconds = _dynamo(case, file, NATIVE_OPSET, dcn_onnxscript.translation_table(NATIVE), dynamic)
     start = time.perf_counter()
     model = onnx.load(str(native))
     onnx.save(calling_functions(model), str(file))
@@ -305,10 +305,22 @@ def _try(case: Case, name: str, export: Callable[[], float]) -> bool:
         case.export_s[name] = export()
         return True
     except Exception as error:  # noqa: BLE001  (any failure of a model is reported in its row)
-        reason = str(error) if isinstance(error, Unavailable) else f"export failed: {type(error).__name__}: {error}"
-        case.failures[name] = " ".join(_ANSI_STYLE.sub("", reason).split())[:200]
+        case.failures[name] = " ".join(_ANSI_STYLE.sub("", _reason(error)).split())[:200]
         progress(f"{case.name}: {name}: {case.failures[name]}")
         return False
+
+
+def _reason(error: Exception) -> str:
+    """Why an export failed: the exception, and the first cause of a wrapping one (torch.onnx's
+    ``ConversionError`` says only which step failed)."""
+    if isinstance(error, Unavailable):
+        return str(error)
+    root = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    if root is error:
+        return f"export failed: {type(error).__name__}: {error}"
+    return f"export failed: {type(error).__name__}, from {type(root).__name__}: {root}"
 
 
 def _per_layer(case: Case, path: ExportPath, workdir: pathlib.Path, total: int) -> float:
@@ -321,22 +333,30 @@ def _per_layer(case: Case, path: ExportPath, workdir: pathlib.Path, total: int) 
 
 
 def _baseline(case: Case, path: ExportPath, workdir: pathlib.Path) -> Optional[tuple[int, int]]:
-    """(nodes, layers) of ``case`` exported with one node per deformable layer: native ``DeformConv`` for the
-    dynamo paths, a stub node through the same TorchScript export for the others (None if that failed)."""
-    if path.exporter not in (TORCHSCRIPT, DCOE, DCOE_PATCHED):
-        native = case.onnx_paths.get(NATIVE)  # a native row, TorchScript's too, is its own baseline
-        return None if native is None else _counted(onnx.load(str(native)), "DeformConv")
-    dynamic = case.dynamic and path.exporter == TORCHSCRIPT
-    file = workdir / f"{case.name}_stub_{path.opset}{'_dynamic' if dynamic else ''}.onnx"
+    """(nodes, layers) of ``case`` exported with one node per deformable layer and the same shapes: native
+    ``DeformConv`` for the dynamo paths (the native row's file where it fits), a stub node through the same
+    TorchScript export for the others (None if that export failed)."""
+    dynamic = case.dynamic and path.exporter not in STATIC_EXPORTERS
+    same_shapes = Case(case.name, case.module, case.inputs, dynamic=dynamic)
+    if path.exporter in (TORCHSCRIPT, DCOE, DCOE_PATCHED):
+        op_type, what = "DeformConv2d", f"one stub node per layer (TorchScript, opset {path.opset})"
+        file = workdir / f"{case.name}_stub_{path.opset}{'_dynamic' if dynamic else ''}.onnx"
+        export = lambda: _torchscript(same_shapes, file, path.opset, dynamic, _stub_symbolic, {_STUB_DOMAIN: 1})  # noqa: E731
+    elif NATIVE in case.onnx_paths and dynamic == case.dynamic:
+        return _counted(onnx.load(str(case.onnx_paths[NATIVE])), "DeformConv")
+    else:
+        op_type, what = "DeformConv", f"native DeformConv ({'dynamic' if dynamic else 'static'} shapes)"
+        file = workdir / f"{case.name}_native_{'dynamic' if dynamic else 'static'}.onnx"
+        table = dcn_onnxscript.translation_table(NATIVE)
+        export = lambda: _dynamo(same_shapes, file, NATIVE_OPSET, table, dynamic)  # noqa: E731
     if not file.exists():
-        case_shapes = Case(case.name, case.module, case.inputs, dynamic=dynamic)
-        with phase(f"{case.name}: the same with one stub node per layer (opset {path.opset}; for the node count)"):
+        with phase(f"{case.name}: the same with {what}, for the node count"):
             try:
-                _torchscript(case_shapes, file, path.opset, _stub_symbolic, {_STUB_DOMAIN: 1})
+                export()
             except Exception as error:  # noqa: BLE001  (the row keeps its total, without a per-layer count)
-                progress(f"{case.name}: stub export failed: {type(error).__name__}: {error}")
+                progress(f"{case.name}: {_reason(error)}")
                 return None
-    return _counted(onnx.load(str(file)), "DeformConv2d")
+    return _counted(onnx.load(str(file)), op_type)
 
 
 def _counted(model: onnx.ModelProto, op_type: str) -> tuple[int, int]:
