@@ -106,12 +106,12 @@ def test_a_missing_exporter_is_reported_in_its_row(monkeypatch, tmp_path) -> Non
 
 
 def test_the_optional_checkouts_are_skipped_with_the_option_that_names_them(tmp_path) -> None:
-    from dcn_onnxscript.tools.bench import birefnet, exports
+    from dcn_onnxscript.tools.bench import birefnet, peers
 
     with pytest.raises(catalog.Unavailable, match="--fork PATH"):
-        exports.load_fork(None)
+        peers.load_fork(None)
     with pytest.raises(catalog.Unavailable, match="no src/deform_conv2d_onnx_exporter"):
-        exports.load_fork(tmp_path)
+        peers.load_fork(tmp_path)
     with pytest.raises(catalog.Unavailable, match="--birefnet PATH"):
         birefnet.build(None, seed=0)
     with pytest.raises(catalog.Unavailable, match="not a BiRefNet checkout"):
@@ -184,7 +184,8 @@ def test_the_bench_package_has_small_modules_and_no_import_circle() -> None:
     import ast
 
     folder, package = pathlib.Path(catalog.__file__).parent, "dcn_onnxscript.tools.bench"
-    order = ["catalog", "birefnet", "cases", "floors", "exports", "measuring", "runtimes", "reporting", "driver"]
+    order = ["catalog", "birefnet", "cases", "floors", "peers", "exports", "measuring", "runtimes", "reporting",
+             "driver"]
     assert sorted(p.stem for p in folder.glob("*.py")) == sorted(["__init__", *order])
 
     def imported(nodes) -> set[str]:

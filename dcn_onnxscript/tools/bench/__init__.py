@@ -5,10 +5,11 @@ and its maintained fork) on onnxruntime CPU, against torchvision eager, for sing
 ResNet-50 of ``examples/dcn_resnet50.py`` and BiRefNet.
 
 The parts: :mod:`.catalog` (names: cases, paths, runtimes), :mod:`.cases` (modules and inputs),
-:mod:`.birefnet`, :mod:`.exports` (every path; node counts), :mod:`.floors` (a layer's GEMM and sampling
-alone), :mod:`.measuring` (latency rounds, session and memory in fresh processes), :mod:`.runtimes`
-(OpenVINO, tract), :mod:`.reporting` (tables, JSON, chart), :mod:`.driver` (the run). This module holds the
-command line only: ``--help`` imports neither torch nor onnxruntime.
+:mod:`.birefnet`, :mod:`.peers` (deform_conv2d_onnx_exporter and its fork), :mod:`.exports` (every path;
+node counts), :mod:`.floors` (a layer's GEMM and sampling alone), :mod:`.measuring` (latency rounds,
+session and memory in fresh processes), :mod:`.runtimes` (OpenVINO, tract), :mod:`.reporting` (tables,
+JSON, chart), :mod:`.driver` (the run). This module holds the command line only: ``--help`` imports
+neither torch nor onnxruntime.
 """
 
 from __future__ import annotations

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import importlib.util
 import os
 import pathlib
 import re
 import sys
 import time
 import warnings
-from types import ModuleType
 from typing import Any, Callable, Iterator, Optional
 
 import onnx
@@ -31,7 +28,7 @@ from torch.onnx import symbolic_helper
 
 import dcn_onnxscript
 from dcn_onnxscript.export import _internals
-from dcn_onnxscript.tools.bench import progress
+from dcn_onnxscript.tools.bench import peers, progress
 from dcn_onnxscript.tools.bench.cases import Case
 from dcn_onnxscript.tools.bench.catalog import (
     DCOE,
@@ -58,8 +55,6 @@ SAMPLING_OPS = ("DeformConv", "GridSample", "GatherND", "GatherElements")
 _FLAT_GATHER = "Gather"
 #: Terminal colour codes, which torch.onnx puts in its error messages.
 _ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")
-#: The module name the fork is loaded under (its package has the same name as 1.2.0's).
-_FORK_MODULE = "deform_conv2d_onnx_exporter_fork"
 #: The standalone function per (bias, mask): the public names of :mod:`dcn_onnxscript`.
 _FUNCTIONS = {(True, True): "deform_conv2d", (False, True): "deform_conv2d_no_bias",
               (True, False): "deform_conv2d_no_mask", (False, False): "deform_conv2d_no_bias_no_mask"}
@@ -127,13 +122,13 @@ def export(path: ExportPath, case: Case, file: pathlib.Path, args: argparse.Name
     if path.exporter == NATIVE_TORCHSCRIPT:
         return _torchscript(case, file, path.opset, dynamic, _native_symbolic)
     if path.exporter == DCOE:
-        return _torchscript(case, file, path.opset, dynamic, _import_dcoe().deform_conv2d_func(True, False))
+        return _torchscript(case, file, path.opset, dynamic, peers.import_dcoe().deform_conv2d_func(True, False))
     if path.exporter == DCOE_PATCHED:
-        dcoe = _import_dcoe()
-        with _tutorial_patch(dcoe):
+        dcoe = peers.import_dcoe()
+        with peers.tutorial_patch(dcoe):
             return _torchscript(case, file, path.opset, dynamic, dcoe.deform_conv2d_func(True, False))
     if path.exporter == FORK:
-        translation = load_fork(args.fork).create_deform_conv2d_custom_op()
+        translation = peers.load_fork(args.fork).create_deform_conv2d_custom_op()
         return _dynamo(case, file, path.opset, {torch.ops.torchvision.deform_conv2d.default: translation}, dynamic)
     raise ValueError(f"unknown exporter {path.exporter!r}")
 
@@ -242,61 +237,6 @@ def calling_functions(model: onnx.ModelProto) -> onnx.ModelProto:
         model = onnx.version_converter.convert_version(model, opset)
         model.functions.extend(protos)  # the converter drops them
     return model
-
-
-def _import_dcoe() -> ModuleType:
-    """deform_conv2d_onnx_exporter, importable on torch >= 2.9: it looks for ``JitScalarType`` in
-    ``torch.onnx._type_utils``, which moved, and otherwise falls back to tables that no longer hold
-    torch's scalar types. The old name is aliased while it imports (and only then)."""
-    if importlib.util.find_spec("deform_conv2d_onnx_exporter") is None:
-        raise Unavailable("not installed")
-    with _internals.legacy_type_utils():
-        return importlib.import_module("deform_conv2d_onnx_exporter")
-
-
-#: BiRefNet's tutorial's patch of deform_conv2d_onnx_exporter: dim -> its size from the strides of a
-#: contiguous (N, C, H, W) tensor, where TorchScript does not know it (N as the stride of W: 1).
-_SIZE_FROM_STRIDES = {3: lambda s: s[2], 2: lambda s: s[1] // s[2], 0: lambda s: s[3]}
-
-
-@contextlib.contextmanager
-def _tutorial_patch(dcoe: ModuleType) -> Iterator[None]:
-    """deform_conv2d_onnx_exporter's ``get_tensor_dim_size`` patched as BiRefNet's tutorial does, while the
-    block runs."""
-    original = dcoe.get_tensor_dim_size
-
-    def get_tensor_dim_size(tensor, dim: int):
-        size = original(tensor, dim)
-        if size is None and dim in _SIZE_FROM_STRIDES:
-            size = _SIZE_FROM_STRIDES[dim](tensor.type().strides())
-        return size
-
-    dcoe.get_tensor_dim_size = get_tensor_dim_size
-    try:
-        yield
-    finally:
-        dcoe.get_tensor_dim_size = original
-
-
-def load_fork(checkout: Optional[pathlib.Path]) -> ModuleType:
-    """The fork's module, from its checkout (the repository, its ``src`` package folder, or the
-    ``__init__.py``), under its own module name beside deform_conv2d_onnx_exporter 1.2.0."""
-    if _FORK_MODULE in sys.modules:
-        return sys.modules[_FORK_MODULE]
-    if checkout is None:
-        raise Unavailable("skipped: no checkout of the fork (--fork PATH or DCN_BENCH_FORK; github "
-                          "nusu-github/deform_conv2d_onnx_exporter)")
-    candidates = [checkout, checkout / "__init__.py", checkout / "src" / "deform_conv2d_onnx_exporter" / "__init__.py"]
-    found = next((c for c in candidates if c.is_file()), None)
-    if found is None:
-        raise Unavailable(f"skipped: no src/deform_conv2d_onnx_exporter/__init__.py under {checkout}")
-    spec = importlib.util.spec_from_file_location(_FORK_MODULE, found)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not callable(getattr(module, "create_deform_conv2d_custom_op", None)):
-        raise Unavailable(f"skipped: {found} has no create_deform_conv2d_custom_op (not the fork)")
-    sys.modules[_FORK_MODULE] = module
-    return module
 
 
 def _try(case: Case, name: str, export: Callable[[], float]) -> bool:
