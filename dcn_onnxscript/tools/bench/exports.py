@@ -89,20 +89,22 @@ def _native_stdout() -> Iterator[None]:
 
 def export_case(case: Case, workdir: pathlib.Path, args: argparse.Namespace) -> None:
     """Export every path of ``case`` not in ``args.skip`` to ``workdir/{case}_{path}.onnx``: fills the
-    case's files, export seconds, node counts, opsets and sampling ops, or its failures."""
+    case's files, export seconds, node counts, opsets and sampling ops, or its failures. The counts come
+    after every export, so that a network's rows count against the native row's file where they can."""
     for name, path in case.paths.items():
         if name in args.skip:
             continue
         file = workdir / f"{case.name}_{name}.onnx"
         with phase(f"{case.name}: exporting {name} ({path.exporter}, opset {path.opset or 'default'})"):
-            if not _try(case, name, lambda: export(path, case, file, args)):
-                continue
-        case.onnx_paths[name] = file
+            if _try(case, name, lambda: export(path, case, file, args)):
+                case.onnx_paths[name] = file
+    for name, file in case.onnx_paths.items():
         model = onnx.load(str(file), load_external_data=False)
         case.opsets[name] = default_opset(model)
         case.sampling_ops[name] = sampling_ops(model)
         total = count_nodes(model)
-        case.nodes[name] = (total if case.name in LAYERS else _per_layer(case, path, workdir, total), total)
+        per_layer = total if case.name in LAYERS else _per_layer(case, case.paths[name], workdir, total)
+        case.nodes[name] = (per_layer, total)
 
 
 def export(path: ExportPath, case: Case, file: pathlib.Path, args: argparse.Namespace) -> float:
