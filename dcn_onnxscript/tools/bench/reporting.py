@@ -18,6 +18,8 @@ NAN = float("nan")
 TABLE_COLUMNS = ("case", "model", "nodes/layer", "nodes", "export s", "session s", "median ms", "x native",
                  "peak MB", "x native", "max abs err vs eager")
 PATH_COLUMNS = ("model", "export", "samples with", "opset")
+#: The chart's colour map (20 distinct colours: a bar per row, a dozen rows and more) and legend columns.
+_COLOURS, _LEGEND_COLUMNS = "tab20", 7
 #: The packages whose versions head the output.
 PACKAGES = ("onnxruntime", "torch", DCOE, "openvino", "tract")
 
@@ -122,20 +124,22 @@ def plot(results: Sequence[Result], path: pathlib.Path) -> None:
     results = [r for r in results if not r.note]
     cases = list(dict.fromkeys(r.case for r in results))
     kinds = list(dict.fromkeys(r.model for r in results))
-    figure, axes = plt.subplots(1, 2, figsize=(14, 5))
+    figure, axes = plt.subplots(1, 2, figsize=(14, 5.5))
     width = 0.8 / len(kinds)
+    colours = plt.get_cmap(_COLOURS)
     panels = ((axes[0], "latency_ms", "median latency (ms)"), (axes[1], "peak_mb", "peak memory (MB)"))
     for axis, field, label in panels:
         for i, kind in enumerate(kinds):
             values = [next((getattr(r, field) for r in results if r.case == c and r.model == kind), np.nan)
                       for c in cases]
-            axis.bar(np.arange(len(cases)) + i * width, values, width, label=kind)
+            axis.bar(np.arange(len(cases)) + i * width, values, width, label=kind, color=colours(i % colours.N))
         axis.set_xticks(np.arange(len(cases)) + width * (len(kinds) - 1) / 2, cases)
         axis.set_yscale("log")
         axis.set_ylabel(label)
-    axes[0].legend(fontsize="small")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(kinds), _LEGEND_COLUMNS), fontsize="small")
     figure.suptitle(f"deformable convolution on onnxruntime {versions()['onnxruntime']} CPU")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.12, 1, 1))  # the legend's band below the panels
     figure.savefig(path, dpi=120)
 
 
