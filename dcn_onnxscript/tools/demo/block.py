@@ -15,7 +15,6 @@ import torch
 from torchvision.ops import DeformConv2d
 
 import dcn_onnxscript
-from dcn_onnxscript.lowering import table
 from dcn_onnxscript.tools.progress import Progress
 
 #: Kernel taps of the 3x3 deformable convolution.
@@ -69,12 +68,9 @@ def _demo(args: argparse.Namespace, output: pathlib.Path, kept: bool, progress: 
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     (actual,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     ops = collections.Counter(node.op_type for node in onnx_model.graph.node)
-    opset = _default_opset(onnx_model)
     print(f"nodes        {len(onnx_model.graph.node)} (1 deformable layer, 2 convolutions, activations)")
     print(f"wrote        {output}" if kept else "wrote        a temporary file (--output PATH keeps it)")
-    print(f"opset        {opset}")
-    print(f"lowering     {table.resolve(args.impl, opset, onnx.TensorProto.FLOAT)}"
-          f"{f' (impl {args.impl})' if args.impl == table.AUTO else ''}")
+    print(f"opset        {_default_opset(onnx_model)}")
     print(f"ops used     {', '.join(f'{op} x{n}' for op, n in sorted(ops.items()))}")
     print(f"DeformConv   {'present' if 'DeformConv' in ops else 'absent'}")
     print(f"input        {tuple(x.shape)} (exported at {EXAMPLE_SHAPE})")
