@@ -10,7 +10,6 @@ I/O bound to the device so that copies are not timed, and the max |difference| f
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import sys
 import tempfile
@@ -19,34 +18,29 @@ import time
 import numpy as np
 import onnxruntime
 import torch
-from torchvision.ops import DeformConv2d
 
 import dcn_onnxscript
 from dcn_onnxscript.export import dynamo
+from dcn_onnxscript.tools.bench import cases, catalog
 
-#: name -> (batch, channels, size): modulated 3x3 layers, padding 1, bias (as bench.py's).
-LAYERS = {"L1": (1, 64, 64), "L2": (4, 128, 64), "L3": (1, 256, 32)}
 IMPLS = ("gather", "grid_sample", "native")
 PORTABLE_OPSET = 20
-EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "dcn_resnet50.py"
+#: The bench's layer cases, without its smoke-test one.
+LAYERS = [name for name in catalog.LAYERS if name != "tiny"]
 
 
 def layer_case(name: str, dtype: torch.dtype):
-    n, c, s = LAYERS[name]
+    """The bench's layer ``name`` (modulated 3x3, padding 1, bias) and its inputs, in ``dtype``."""
+    layer = catalog.LAYERS[name]
     torch.manual_seed(0)
-    model = DeformConv2d(c, c, 3, padding=1).eval().to(dtype)
-    args = (torch.randn(n, c, s, s), torch.randn(n, 18, s, s) * 2, torch.rand(n, 9, s, s))
-    return model, tuple(a.to(dtype) for a in args)
+    model = cases.LayerModule(layer.channels).eval().to(dtype)
+    return model, tuple(a.to(dtype) for a in cases.layer_inputs(layer, seed=0))
 
 
 def resnet_case(dtype: torch.dtype):
-    spec = importlib.util.spec_from_file_location("dcn_resnet50", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    torch.manual_seed(0)
-    model = module.build_model().eval().to(dtype)
-    return model, (torch.randn(1, 3, 224, 224).to(dtype),)
+    """The DCNv2 ResNet-50 of examples/dcn_resnet50.py on a 1x3x224x224 image, in ``dtype``."""
+    model = cases.load_example().build_model(seed=0).to(dtype)
+    return model, (cases.image(224, seed=0).to(dtype),)
 
 
 def export(model, args, impl: str, path: pathlib.Path) -> None:
@@ -79,7 +73,7 @@ def time_session(path: pathlib.Path, feeds: dict, repeat: int, provider: str):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=50)
-    parser.add_argument("--layers", nargs="*", default=list(LAYERS))
+    parser.add_argument("--layers", nargs="*", default=LAYERS)
     parser.add_argument("--no-resnet", action="store_true")
     parser.add_argument("--provider", default="CUDAExecutionProvider", help="(CPUExecutionProvider: a dry run)")
     args = parser.parse_args()

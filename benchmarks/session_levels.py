@@ -22,7 +22,7 @@ import sys
 import numpy as np
 import onnxruntime
 
-from dcn_onnxscript.tools import bench
+from dcn_onnxscript.tools.bench import measuring
 
 #: Session configurations: name -> (graph optimization level, optimizers disabled).
 CONFIGS = {
@@ -66,9 +66,9 @@ def random_feeds(session: onnxruntime.InferenceSession, size: int) -> dict[str, 
 def latency_ms(path: pathlib.Path, disabled: str, size: int, repeat: int, threads: int) -> float:
     """Median milliseconds of one run at ORT_ENABLE_ALL with ``disabled`` optimizers off (the bench's session
     options otherwise)."""
-    session = bench.session(path, threads, [d for d in disabled.split(",") if d])
+    session = measuring.session(path, threads, [d for d in disabled.split(",") if d])
     feeds = random_feeds(session, size)
-    return 1e3 * bench.interleaved_medians({"run": lambda: session.run(None, feeds)}, repeat)["run"]
+    return 1e3 * measuring.interleaved_medians({"run": lambda: session.run(None, feeds)}, repeat)["run"]
 
 
 def main(argv: list[str] | None = None) -> int:

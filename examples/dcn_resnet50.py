@@ -6,9 +6,12 @@ each with its own (offset, mask) predictor: a 3x3 convolution with the stride of
 replaces. Weights are random (``resnet50(weights=None)``, nothing is downloaded); the predictors get a
 small random initialisation so that the sampling really deforms (the paper uses zeros, ``--offset-std 0``).
 
-    python examples/dcn_resnet50.py                    # export at 224x224, check at 2x3x192x160
-    python examples/dcn_resnet50.py --native           # the same with native DeformConv (opset 19)
-    python examples/dcn_resnet50.py --impl grid_sample # another lowering of dcn_onnxscript
+    python examples/dcn_resnet50.py                # export at 224x224, check at 2x3x192x160
+    python examples/dcn_resnet50.py --native       # the same with native DeformConv (opset 19)
+    python examples/dcn_resnet50.py --impl gather  # the other lowering of dcn_onnxscript
+
+The default lowering, "auto", is grid_sample from opset 16 (torch's default export opset is above it) and
+gather below and for float64 layers; the output says which one the export got.
 
 Progress goes to stderr (the export takes several seconds to a minute, in torch.export, decompositions and
 torch.onnx's optimizer pass; each phase is printed as it starts and ends), the results to stdout.
@@ -25,6 +28,7 @@ import time
 from typing import Optional, Sequence
 
 import numpy as np
+import onnx
 import onnxruntime
 import torch
 import torchvision
@@ -32,7 +36,7 @@ from torchvision.ops import DeformConv2d
 
 import dcn_onnxscript
 from dcn_onnxscript.export import dynamo
-from dcn_onnxscript.lowering.table import DEFAULT, NAMES
+from dcn_onnxscript.lowering.table import DEFAULT, LOWERINGS, NAMES, resolve
 from dcn_onnxscript.tools.progress import Progress
 
 #: Kernel taps of a 3x3 convolution.
@@ -108,6 +112,17 @@ def max_relative_error(path: pathlib.Path, model: torch.nn.Module, shape: Sequen
     return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
+def translation(impl: str, path: pathlib.Path) -> str:
+    """How the ONNX file at ``path``, exported with ``impl``, writes the deformable convolutions: native
+    ``DeformConv``, or the lowering ``impl`` stands for at the file's opset (float32 layers)."""
+    if impl == "native":
+        return "native DeformConv"
+    model = onnx.load(str(path), load_external_data=False)
+    opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+    lowering = resolve(impl, opset, onnx.TensorProto.FLOAT)
+    return f"portable: {lowering}" + (f" ({impl} at opset {opset})" if lowering != impl else f" (opset {opset})")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=pathlib.Path, default=None,
@@ -116,7 +131,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--check-shape", type=int, nargs=4, default=(2, 3, 192, 160), metavar=("N", "C", "H", "W"),
                         help="input shape of the onnxruntime check (another size than the export's)")
     parser.add_argument("--impl", choices=[*NAMES, "native"], default=DEFAULT,
-                        help=f"dcn_onnxscript's lowering, or native DeformConv (default: {DEFAULT})")
+                        help=f"dcn_onnxscript's lowering, or native DeformConv (default: {DEFAULT}: grid_sample "
+                             f"from opset {LOWERINGS['grid_sample'].min_opset}, gather below and for float64)")
     parser.add_argument("--native", action="store_true", help="export native DeformConv (opset 19): --impl native")
     parser.add_argument("--offset-std", type=float, default=0.01, help="std of the offset/mask predictors' weights")
     parser.add_argument("--seed", type=int, default=0)
@@ -137,7 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         error = max_relative_error(path, model, args.check_shape)
         progress("done")
         print(f"wrote           {path}{'' if args.output else ' (temporary: removed at exit; --output keeps it)'}")
-        print(f"translation     {'native DeformConv' if impl == 'native' else f'portable ({impl})'}")
+        print(f"translation     {translation(impl, path)}")
         print(f"export time     {seconds:.1f} s (example 1x3x{args.image_size}x{args.image_size})")
         print(f"max rel. error  {error:.2g} at {'x'.join(map(str, args.check_shape))} against PyTorch eager")
     return 0

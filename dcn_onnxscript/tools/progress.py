@@ -1,10 +1,12 @@
-"""Progress lines on stderr for the long-running tools (bench, the ResNet-50 example)."""
+"""Progress lines on stderr for the long-running tools (demo, bench, the ResNet-50 example)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 import time
+from typing import Iterator
 
 
 class Progress(io.TextIOBase):
@@ -17,6 +19,14 @@ class Progress(io.TextIOBase):
 
     def __call__(self, message: str) -> None:
         print(f"[{time.perf_counter() - self.start:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def step(self, what: str) -> Iterator[None]:
+        """``what...`` before a step, ``what: done in 3.2 s`` after it."""
+        self(f"{what}...")
+        start = time.perf_counter()
+        yield
+        self(f"{what}: done in {time.perf_counter() - start:.1f} s")
 
     def writable(self) -> bool:
         return True

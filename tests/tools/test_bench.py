@@ -1,6 +1,7 @@
-"""``python -m dcn_onnxscript bench`` (dcn_onnxscript.tools.bench), smoke-run on the tiny layer without
-deform_conv2d_onnx_exporter, the network and the other runtimes. A benchmark prints figures: no timing is
-asserted, only that every model runs, agrees with eager and lands in the table, the JSON and the chart."""
+"""``python -m dcn_onnxscript bench`` (dcn_onnxscript.tools.bench), smoke-run on the tiny layer with every
+export path that needs nothing outside this repository, and its parts. A benchmark prints figures: no
+timing is asserted, only that every model runs, agrees with eager and lands in the tables, the JSON and the
+chart, and that each file holds what its path says."""
 
 from __future__ import annotations
 
@@ -12,80 +13,189 @@ import pathlib
 import subprocess
 import sys
 
-from dcn_onnxscript.lowering.table import LOWERINGS
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from dcn_onnxscript.tools.bench import catalog
 
 COLUMNS = ["case", "model", "nodes/layer", "nodes", "export s", "session s", "median ms", "x native", "peak MB",
            "x native", "max abs err vs eager"]
-ONNX_MODELS = [*LOWERINGS, "native"]
-MODELS = [*ONNX_MODELS, "eager", "gemm floor", "sampling floor"]
+#: Left out of the smoke run: the peers (a pip package and a checkout) and the other runtimes.
+SKIPPED = [catalog.DCOE, catalog.FORK, *catalog.RUNTIMES]
+PATHS = [name for name in catalog.PATHS if name not in SKIPPED]
+MODELS = [*PATHS, catalog.EAGER, *catalog.FLOORS]
 
 
 def cells(line: str) -> list[str]:
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
-def test_bench_prints_a_row_per_model_and_writes_the_json_and_the_chart(tmp_path) -> None:
+def tables(stdout: str) -> list[list[list[str]]]:
+    """Every markdown table of ``stdout``, as rows of cells (header first, the rule left out)."""
+    found, current = [], []
+    for line in stdout.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(cells(line))
+        elif current:
+            found.append([row for row in current if not set(row[0]) <= {"-", ":"}])
+            current = []
+    return found
+
+
+def test_bench_prints_a_row_per_export_path_and_writes_the_json_and_the_chart(tmp_path) -> None:
     chart, dump, temp = tmp_path / "bench.png", tmp_path / "bench.json", tmp_path / "tmp"
     temp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("DCN_BENCH_FORK", "DCN_BENCH_BIREFNET")}
     result = subprocess.run(
-        [sys.executable, "-m", "dcn_onnxscript", "bench", "--layers", "tiny", "--repeat", "1", "--threads", "1",
-         "--skip", "deform_conv2d_onnx_exporter", "openvino", "tract", "--plot", str(chart), "--json", str(dump)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(temp)},
+        [sys.executable, "-m", "dcn_onnxscript", "bench", "--layers", "tiny", catalog.BIREFNET, "--repeat", "1",
+         "--threads", "1", "--skip", *SKIPPED, "--plot", str(chart), "--json", str(dump)],
+        capture_output=True, text=True, timeout=400, env={**env, "TMPDIR": str(temp)},
     )
     assert result.returncode == 0, result.stderr
-    table = [line for line in result.stdout.splitlines() if line.startswith("|")]
-    assert cells(table[0]) == COLUMNS
-    rows = {cells(line)[1]: cells(line) for line in table[2:]}
-    assert list(rows) == MODELS and all(row[0] == "tiny" for row in rows.values())
+    rows_table, paths_table, *_ = tables(result.stdout)
+    assert rows_table[0] == COLUMNS
+    rows = {row[1]: row for row in rows_table[1:] if row[0] == "tiny"}
+    assert list(rows) == MODELS
     numbers = {model: [float(cell) if cell != "-" else None for cell in row[2:]] for model, row in rows.items()}
     for model, (per_layer, nodes, export_s, session_s, ms, x_ms, mb, x_mb, error) in numbers.items():
         assert math.isfinite(ms) and ms > 0 and math.isfinite(x_ms)
-        if model in ONNX_MODELS:
+        if model in PATHS:
             assert per_layer == nodes and nodes >= 1 and export_s > 0 and session_s > 0
         if "floor" not in model:
             assert math.isfinite(mb) and mb > 0 and math.isfinite(x_mb)
             assert error < 1e-4
-    assert numbers["native"][1] == 1 and numbers["native"][5] == 1.0 and numbers["native"][7] == 1.0
+    assert numbers[catalog.NATIVE][1] == 1 and numbers[catalog.NATIVE][5] == 1.0 and numbers[catalog.NATIVE][7] == 1.0
+    assert numbers[catalog.FUNCTION][1] > 1  # the function's body, counted per call
+    (birefnet,) = [row for row in rows_table[1:] if row[0] == catalog.BIREFNET]
+    assert birefnet[2].startswith("skipped: no BiRefNet checkout")
+    # the files hold what their paths say: opset, DeformConv only where native
+    assert paths_table[0] == ["model", "export", "samples with", "opset"]
+    held = {row[0]: row for row in paths_table[1:]}
+    assert list(held) == PATHS
+    for name, (_, about, sampling, opset) in held.items():
+        path = catalog.PATHS[name]
+        assert about == path.about
+        assert int(opset) == path.opset if path.opset else int(opset) >= 16
+        assert ("DeformConv" in sampling) == (name == catalog.NATIVE)
+    assert "GridSample" in held["grid_sample"][2] and "GridSample" not in held["gather"][2]
     assert "GFLOP/s" in result.stdout and "sampling every tap with one GridSample" in result.stdout
     assert "tiny: exporting" in result.stderr and "latency" in result.stderr  # progress
     assert chart.stat().st_size > 0
     document = json.loads(dump.read_text())
-    assert [r["model"] for r in document["results"]] == MODELS and document["runtimes"] == []
+    assert [r["model"] for r in document["results"] if r["case"] == "tiny"] == MODELS
+    assert [p["model"] for p in document["paths"]] == PATHS and document["runtimes"] == []
     # the models' temporary directory is gone (torch keeps its compile cache torchinductor_<user> there on purpose)
     assert [p.name for p in temp.iterdir() if p.is_dir() and not p.name.startswith("torchinductor_")] == []
 
 
-def test_a_missing_exporter_is_reported_in_its_row(monkeypatch) -> None:
-    from dcn_onnxscript.tools import bench
+def test_a_missing_exporter_is_reported_in_its_row(monkeypatch, tmp_path) -> None:
+    from dcn_onnxscript.tools.bench import cases, exports, reporting
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: None if name == bench.DCOE else find_spec(name, *args))
-    case = bench.Case("tiny", module=None, inputs=())
-    assert not bench._try(case, bench.DCOE, lambda: bench._export_torchscript(None, (), pathlib.Path("unused")))
-    assert case.failures == {bench.DCOE: "not installed"}
-    row = cells(bench.format_table([bench.Result("tiny", bench.DCOE, note="not installed")]).splitlines()[-1])
-    assert row[:3] == ["tiny", bench.DCOE, "not installed"] and len(row) == len(COLUMNS)
+                        lambda name, *args: None if name == catalog.DCOE else find_spec(name, *args))
+    case = cases.Case("tiny", module=None, inputs=())
+    path = catalog.PATHS[catalog.DCOE]
+    assert not exports._try(case, catalog.DCOE, lambda: exports.export(path, case, tmp_path / "unused.onnx", None))
+    assert case.failures == {catalog.DCOE: "not installed"}
+    note = reporting.format_table([reporting.Result("tiny", catalog.DCOE, note="not installed")]).splitlines()[-1]
+    assert cells(note)[:3] == ["tiny", catalog.DCOE, "not installed"] and len(cells(note)) == len(COLUMNS)
+
+
+def test_the_optional_checkouts_are_skipped_with_the_option_that_names_them(tmp_path) -> None:
+    from dcn_onnxscript.tools.bench import birefnet, peers
+
+    with pytest.raises(catalog.Unavailable, match="--fork PATH"):
+        peers.load_fork(None)
+    with pytest.raises(catalog.Unavailable, match="no src/deform_conv2d_onnx_exporter"):
+        peers.load_fork(tmp_path)
+    with pytest.raises(catalog.Unavailable, match="--birefnet PATH"):
+        birefnet.build(None, seed=0)
+    with pytest.raises(catalog.Unavailable, match="not a BiRefNet checkout"):
+        birefnet.build(tmp_path, seed=0)
+
+
+def deform_conv_model(bias: bool, mask: bool, seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A native ``DeformConv`` (opset 19; 3x3, stride 2, padding 1, dilation 1, 2 offset groups) with its
+    weights as initializers, and random feeds."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 4, 9, 7)).astype(np.float32)
+    offset = (2 * rng.standard_normal((2, 2 * 2 * 9, 5, 4))).astype(np.float32)
+    feeds = {"x": x, "offset": offset, **({"mask": rng.uniform(0, 1, (2, 2 * 9, 5, 4)).astype(np.float32)} if mask
+                                          else {})}
+    weights = [numpy_helper.from_array(rng.standard_normal((6, 4, 3, 3)).astype(np.float32), "w")]
+    if bias:
+        weights.append(numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b"))
+    node = helper.make_node("DeformConv", ["x", "w", "offset", "b" if bias else "", *(["mask"] if mask else [])],
+                            ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], offset_group=2)
+    graph = helper.make_graph(
+        [node], "deform_conv",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, value.shape) for name, value in feeds.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6, 5, 4])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), feeds
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("mask", [True, False])
+def test_the_function_row_computes_what_native_deform_conv_does(bias: bool, mask: bool) -> None:
+    """The function path's model (every DeformConv a call of the standalone function) gives native's output
+    on onnxruntime, passes the full checker, and counts the function's body per call."""
+    from dcn_onnxscript.tools.bench import exports
+
+    native, feeds = deform_conv_model(bias, mask)
+    expected = run(native, feeds)
+    calling = exports.calling_functions(onnx.ModelProto.FromString(native.SerializeToString()))
+    onnx.checker.check_model(calling, full_check=True)
+    assert [node.domain for node in calling.graph.node] == ["dcn_onnxscript"]
+    assert exports.count_nodes(calling) == sum(n.op_type != "Constant" for n in calling.functions[0].node) > 1
+    np.testing.assert_allclose(run(calling, feeds), expected, rtol=1e-4, atol=1e-4)
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
 
 
 def test_the_sampling_floor_samples_every_tap_where_the_layer_does() -> None:
     """The sampling floor's GridSample reads X at the layer's own positions: its samples, multiplied by the
     weights as im2col columns, give torchvision's DCNv1 output."""
-    import numpy as np
-    import onnxruntime
     import torch
     from torchvision.ops import deform_conv2d
 
-    from dcn_onnxscript.tools import bench
+    from dcn_onnxscript.tools.bench import cases, floors
 
-    layer = bench.Layer(batch=2, channels=3, size=7)
-    x, offset, _ = bench.layer_inputs(layer, seed=0)
-    session = onnxruntime.InferenceSession(bench.sampling_model().SerializeToString(),
-                                           providers=["CPUExecutionProvider"])
-    grid = bench.tap_grid(offset.numpy())
-    samples = session.run(None, {"x": x.numpy(), "grid": grid})[0]  # (N, C, 9·H, W)
+    layer = catalog.Layer(batch=2, channels=3, size=7)
+    x, offset, _ = cases.layer_inputs(layer, seed=0)
+    grid = floors.tap_grid(offset.numpy())
+    samples = run(floors.sampling_model(), {"x": x.numpy(), "grid": grid})  # (N, C, 9·H, W)
     columns = samples.reshape(2, 3, 9, 7, 7)
     weight = torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(1))
     ours = np.einsum("ock,nckhw->nohw", weight.reshape(4, 3, 9).numpy(), columns)
     expected = deform_conv2d(x, offset, weight, padding=1).numpy()
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_bench_package_has_small_modules_and_no_import_circle() -> None:
+    """Every module of the package is at most 450 lines and imports only modules listed before it in a
+    dependency order; the command line (``__init__``) imports only the plain data at module level."""
+    import ast
+
+    folder, package = pathlib.Path(catalog.__file__).parent, "dcn_onnxscript.tools.bench"
+    order = ["catalog", "birefnet", "cases", "floors", "peers", "exports", "measuring", "runtimes", "reporting",
+             "driver"]
+    assert sorted(p.stem for p in folder.glob("*.py")) == sorted(["__init__", *order])
+
+    def imported(nodes) -> set[str]:
+        return {node.module.removeprefix(package).lstrip(".") or "__init__" for node in nodes
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(package)}
+
+    for module in ["__init__", *order]:
+        tree = ast.parse((folder / f"{module}.py").read_text())
+        assert len((folder / f"{module}.py").read_text().splitlines()) <= 450, module
+        if module == "__init__":
+            assert imported(tree.body) == {"catalog"}
+        else:
+            assert imported(ast.walk(tree)) <= {"__init__", *order[: order.index(module)]}, module

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
 import onnx
+import pytest
+
+from dcn_onnxscript.lowering import table
+from dcn_onnxscript.tools.bench import catalog
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -24,6 +30,45 @@ def test_demo_exports_runs_and_reports(tmp_path) -> None:
     model = onnx.load(str(output))
     onnx.checker.check_model(model, full_check=True)
     assert "DeformConv" not in {node.op_type for node in model.graph.node}
+    chosen = table.resolve(table.DEFAULT, int(lines["opset"]), onnx.TensorProto.FLOAT)
+    assert ("GridSample" in lines["ops"]) == (chosen == "grid_sample")
+    assert "importing torch" in result.stderr and "exporting with impl=auto" in result.stderr  # progress
+
+
+#: What a sub-command's --help must not import, and what it must list.
+HELP = {
+    "demo": (("torch", "onnxruntime"), table.NAMES),
+    "bench": (("torch", "onnxruntime"), (*catalog.CASES, *catalog.SKIPPABLE)),
+    # the rewrite command's module imports onnxruntime for --check (dcn_onnxscript.rewrite.cli)
+    "rewrite": (("torch",), table.NAMES),
+}
+_PARSE_HELP = """
+import json, sys
+from dcn_onnxscript.__main__ import main
+try:
+    main([sys.argv[1], "--help"])
+except SystemExit:
+    pass
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize("command", list(HELP))
+def test_help_lists_every_choice_without_importing_torch(command: str) -> None:
+    heavy, choices = HELP[command]
+    result = subprocess.run([sys.executable, "-c", _PARSE_HELP, command], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "COLUMNS": "400"})  # no line broken at a hyphen
+    assert result.returncode == 0, result.stderr
+    *help_lines, modules = result.stdout.splitlines()
+    imported = set(json.loads(modules))
+    assert [name for name in heavy if name in imported] == []
+    text = " ".join(" ".join(help_lines).split())
+    assert text.startswith("usage:") and all(choice in text for choice in choices)
+
+
+def test_the_top_level_help_names_the_installed_command() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0 and "dcn-onnxscript" in result.stdout
 
 
 def test_unknown_command_fails_with_usage() -> None:

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import subprocess
+import sys
 from types import ModuleType
 
 import onnx
 import pytest
 import torch
+from onnx import helper
+
+from dcn_onnxscript.lowering import table
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "dcn_resnet50.py"
 
@@ -46,3 +51,26 @@ def test_dcn_resnet50_has_a_modulated_deformable_conv_in_every_block_of_conv3_to
     assert first.offset_mask.stride == (2, 2) and first.deform.stride == (2, 2)
     with torch.inference_mode():
         assert model(torch.randn(1, 3, 64, 48)).shape == (1, 1000)
+
+
+def test_dcn_resnet50_help_gives_the_default_lowering_per_opset() -> None:
+    result = subprocess.run([sys.executable, str(EXAMPLE), "--help"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert f"grid_sample from opset {table.LOWERINGS['grid_sample'].min_opset}, gather below and for float64" in text
+    assert "another lowering" not in text
+
+
+@pytest.mark.parametrize("opset", [13, 17, 20])
+def test_dcn_resnet50_says_which_lowering_auto_chose(tmp_path, opset: int) -> None:
+    """The "translation" line names the lowering "auto" stands for at the file's opset."""
+    example = load_example()
+    path = tmp_path / "model.onnx"
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
+    chosen = table.resolve(table.AUTO, opset, onnx.TensorProto.FLOAT)
+    assert example.translation(table.AUTO, path) == f"portable: {chosen} (auto at opset {opset})"
+    assert example.translation("gather", path) == f"portable: gather (opset {opset})"
+    assert example.translation("native", path) == "native DeformConv"

@@ -1,5 +1,5 @@
-"""``python -m dcn_onnxscript demo``: export a small DCNv2 network with the dynamo exporter, run it on
-onnxruntime at a new input size, and print the max error against torchvision, the ops used and the path."""
+"""The demo's network and run: export with a dynamic batch, height and width, check with onnx.checker, run
+on onnxruntime at another size than the export's, compare to torchvision in float64."""
 
 from __future__ import annotations
 
@@ -15,6 +15,12 @@ import torch
 from torchvision.ops import DeformConv2d
 
 import dcn_onnxscript
+from dcn_onnxscript.tools.progress import Progress
+
+#: Kernel taps of the 3x3 deformable convolution.
+TAPS = 9
+#: The export's example input, and the other size the ONNX model runs at.
+EXAMPLE_SHAPE, RUN_SHAPE = (1, 3, 32, 32), (2, 3, 45, 37)
 
 
 class DCNv2Block(torch.nn.Module):
@@ -22,11 +28,10 @@ class DCNv2Block(torch.nn.Module):
 
     def __init__(self, channels: int = 16, offset_groups: int = 2) -> None:
         super().__init__()
-        taps = 9
         self.stem = torch.nn.Conv2d(3, channels, 3, padding=1)
-        self.offset_mask = torch.nn.Conv2d(channels, 3 * offset_groups * taps, 3, padding=1)
+        self.offset_mask = torch.nn.Conv2d(channels, 3 * offset_groups * TAPS, 3, padding=1)
         self.deform = DeformConv2d(channels, channels, 3, padding=1)
-        self.split = 2 * offset_groups * taps
+        self.split = 2 * offset_groups * TAPS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = torch.relu(self.stem(x))
@@ -36,34 +41,28 @@ class DCNv2Block(torch.nn.Module):
         return torch.relu(self.deform(features, offset, mask))
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", type=pathlib.Path, default=None,
-                        help="keep the .onnx file here (default: a temporary folder, removed at the end)")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    parser.add_argument("--impl", default=None, help="lowering (default: the registered one)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default: 0)")
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, progress: Progress) -> int:
     with tempfile.TemporaryDirectory(prefix="dcn_onnxscript_demo_") as folder:
-        return _demo(args, args.output or pathlib.Path(folder) / "dcnv2_block.onnx", kept=args.output is not None)
+        output = args.output or pathlib.Path(folder) / "dcnv2_block.onnx"
+        return _demo(args, output, kept=args.output is not None, progress=progress)
 
 
-def _demo(args: argparse.Namespace, output: pathlib.Path, kept: bool) -> int:
+def _demo(args: argparse.Namespace, output: pathlib.Path, kept: bool, progress: Progress) -> int:
     torch.manual_seed(args.seed)
     model = DCNv2Block().eval()
     for parameter in model.offset_mask.parameters():  # large offsets, so the sampling really deforms
         torch.nn.init.normal_(parameter, std=0.5)
     batch, height, width = torch.export.Dim("batch"), torch.export.Dim("height"), torch.export.Dim("width")
-    torch.onnx.export(
-        model, (torch.randn(1, 3, 32, 32),), str(output), dynamo=True, opset_version=args.opset,
-        dynamic_shapes=({0: batch, 2: height, 3: width},), verbose=False,
-        custom_translation_table=dcn_onnxscript.translation_table(args.impl) if args.impl else None,
-    )
+    with progress.step(f"exporting with impl={args.impl} (torch.onnx dynamo exporter)"):
+        torch.onnx.export(
+            model, (torch.randn(*EXAMPLE_SHAPE),), str(output), dynamo=True, opset_version=args.opset,
+            dynamic_shapes=({0: batch, 2: height, 3: width},), verbose=False,
+            custom_translation_table=dcn_onnxscript.translation_table(args.impl),
+        )
     onnx_model = onnx.load(str(output))
     onnx.checker.check_model(onnx_model, full_check=True)
 
-    x = torch.randn(2, 3, 45, 37)  # another size than the example's
+    x = torch.randn(*RUN_SHAPE)  # another size than the example's
     with torch.no_grad():
         expected = model.double()(x.double()).numpy()
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
@@ -74,7 +73,7 @@ def _demo(args: argparse.Namespace, output: pathlib.Path, kept: bool) -> int:
     print(f"opset        {_default_opset(onnx_model)}")
     print(f"ops used     {', '.join(f'{op} x{n}' for op, n in sorted(ops.items()))}")
     print(f"DeformConv   {'present' if 'DeformConv' in ops else 'absent'}")
-    print(f"input        {tuple(x.shape)} (exported at (1, 3, 32, 32))")
+    print(f"input        {tuple(x.shape)} (exported at {EXAMPLE_SHAPE})")
     print(f"max |error|  {np.abs(actual - expected).max():.3g} against torchvision (float64)")
     return 0
 
