@@ -25,13 +25,17 @@ import torch
 
 from helpers import assert_close, layer_reference, make_inputs
 from matrix import DTYPES, Export, all_matrix_cases, export_matrix_model, hostile, known_failure, pairwise_slice
-from runtimes import run_runtime
+from runtimes import EXTRA_JOBS, run_runtime
 
 CASES = all_matrix_cases()
-#: The LiteRT cases run in their own venv (``.ci/tflite``: ``-m "tflite and not slow"`` takes their slice).
-TFLITE_CASES = [case for case in CASES if case[1] == "tflite"]
-CI_SLICE = pairwise_slice([case for case in CASES if case[1] != "tflite"])
-TFLITE_SLICE = pairwise_slice(TFLITE_CASES, paired=("exporter", "lowering", "variant", "geometry"))
+CI_SLICE = pairwise_slice([case for case in CASES if case[1] not in EXTRA_JOBS])
+#: The cases of runtimes in venvs of their own, by job: LiteRT (``.ci/tflite``) and the deployment runtimes
+#: (``.ci/deploy``); ``-m "tflite and not slow"`` / ``-m "deploy and not slow"`` takes a job's slice.
+EXTRA_CASES = {job: [case for case in CASES if EXTRA_JOBS.get(case[1]) == job] for job in set(EXTRA_JOBS.values())}
+EXTRA_SLICES = {
+    "tflite": pairwise_slice(EXTRA_CASES["tflite"], paired=("exporter", "lowering", "variant", "geometry")),
+    "deploy": pairwise_slice(EXTRA_CASES["deploy"], paired=("runtime", "exporter", "lowering", "shapes", "geometry")),
+}
 #: float64 compares at 1e-9 relative; OpenVINO computes float64 models in float32, and the grid_sample
 #: lowering samples float64 layers in float32 (onnxruntime has no float64 GridSample before opset 20).
 F64_TOLERANCE = {("openvino", "auto"): 1e-4, ("openvino", "gather"): 1e-4, ("openvino", "grid_sample"): 1e-4}
@@ -52,10 +56,11 @@ def exported(export: Export):
 
 def _params():
     for export, runtime in CASES:
-        if runtime == "tflite":
-            marks = [pytest.mark.tflite] + ([] if (export, runtime) in TFLITE_SLICE else [pytest.mark.slow])
-        else:
-            marks = [] if (export, runtime) in CI_SLICE else [pytest.mark.slow]
+        job = EXTRA_JOBS.get(runtime)
+        chosen = EXTRA_SLICES[job] if job else CI_SLICE
+        marks = [getattr(pytest.mark, job)] if job else []
+        if (export, runtime) not in chosen:
+            marks.append(pytest.mark.slow)
         reason = known_failure(export, runtime)
         if reason:
             marks.append(pytest.mark.xfail(strict=True, reason=reason))
@@ -146,8 +151,11 @@ def _torchvision_float16_error(layer, inputs, expected, scale) -> float:
 
 def test_ci_slice_covers_every_value_of_every_dimension():
     """The CI slice reaches every exporter, lowering, opset, dtype, variant, geometry, shape kind and
-    runtime that the full matrix has (but LiteRT's, whose slice reaches every value of its own cases)."""
-    for cases, chosen in (([c for c in CASES if c[1] != "tflite"], CI_SLICE), (TFLITE_CASES, TFLITE_SLICE)):
+    runtime that the full matrix has (but the extra jobs' runtimes, whose slices reach every value of their
+    own cases)."""
+    slices = [([c for c in CASES if c[1] not in EXTRA_JOBS], CI_SLICE),
+              *((EXTRA_CASES[job], chosen) for job, chosen in EXTRA_SLICES.items())]
+    for cases, chosen in slices:
         for field in ("exporter", "lowering", "opset", "dtype", "variant", "geometry", "shapes"):
             assert {getattr(e, field) for e, _ in cases} == {getattr(e, field) for e, _ in chosen}, field
         assert {r for _, r in cases} == {r for _, r in chosen}
