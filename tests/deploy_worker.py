@@ -146,7 +146,7 @@ def nncf_quantize(model: pathlib.Path, calibration: pathlib.Path, excluded: path
     name = onnx_model.graph.input[0].name
     names = [line for line in excluded.read_text().splitlines() if line]
     quantized = nncf.quantize(onnx_model, nncf.Dataset(samples, lambda sample: {name: sample}),
-                              subset_size=len(samples), ignored_scope=nncf.IgnoredScope(names=names, validate=False),
+                              subset_size=len(samples), ignored_scope=nncf.IgnoredScope(names=names),
                               advanced_parameters=nncf.AdvancedQuantizationParameters(
                                   overflow_fix=nncf.OverflowFix(overflow_fix)))
     onnx.save(quantized, str(output))
