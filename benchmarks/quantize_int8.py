@@ -18,7 +18,6 @@ import argparse
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_ROOT / "tests"))
 sys.path.insert(0, str(_ROOT / "examples"))
 from blocks import DeployBlock, export  # noqa: E402
-from runtimes import DEPLOY_PYTHON  # noqa: E402
+from runtimes import nncf_int8  # noqa: E402
 
 THREADS = 1  # the machine is shared: one thread per session keeps them from thrashing
 #: (quantizer, with nodes_to_exclude, 7-bit weights: onnxruntime's reduce_range, NNCF's overflow_fix="enable")
@@ -59,21 +58,6 @@ def ort_int8(model: onnx.ModelProto, calibration: list[np.ndarray], excluded: li
                         quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=seven_bit, nodes_to_exclude=excluded)
         return onnx.load(path)
-
-
-def nncf_int8(model: onnx.ModelProto, calibration: list[np.ndarray], excluded: list[str],
-              seven_bit: bool) -> onnx.ModelProto:
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = [os.path.join(tmp, name) for name in ("model.onnx", "calibration.npz", "excluded.txt", "int8.onnx")]
-        onnx.save(model, paths[0])
-        np.savez(paths[1], **{f"{i:04d}": sample for i, sample in enumerate(calibration)})
-        pathlib.Path(paths[2]).write_text("\n".join(excluded))
-        done = subprocess.run([DEPLOY_PYTHON, str(_ROOT / "tests" / "deploy_worker.py"), "nncf", *paths,
-                               "enable" if seven_bit else "first_layer_only"],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(done.stderr[-3000:])
-        return onnx.load(paths[3])
 
 
 def relative_error(int8: onnx.ModelProto, float_model: onnx.ModelProto, inputs: list[np.ndarray]) -> float:
@@ -151,7 +135,8 @@ def main() -> int:
                     continue
                 label = f"{quantizer:4s} {'dcn' if excludes else 'plain':5s} {'7-bit' if seven_bit else '8-bit'}"
                 try:
-                    int8 = (nncf_int8(model, calibration, excluded if excludes else [], seven_bit)
+                    int8 = (nncf_int8(model, calibration, excluded if excludes else [],
+                                      "enable" if seven_bit else "first_layer_only")
                             if quantizer == "nncf" else ort_int8(model, calibration, excluded if excludes else [],
                                                                  seven_bit))
                 except RuntimeError as failure:

@@ -164,6 +164,26 @@ def run_worker(runtime: str, model: onnx.ModelProto, inputs: Inputs) -> np.ndarr
         return np.load(output)
 
 
+def nncf_int8(model: onnx.ModelProto, calibration: Inputs, excluded: Sequence[str],
+              overflow_fix: str = "enable") -> onnx.ModelProto:
+    """NNCF's int8 ``model`` (ONNX backend, ``overflow_fix`` "enable": 7-bit weights everywhere, or its default
+    "first_layer_only"), calibrated on ``calibration`` (values of the first input), the nodes named in
+    ``excluded`` left float; in the deploy venv (``deploy_worker.py nncf``)."""
+    if not os.path.exists(DEPLOY_PYTHON):
+        import pytest
+
+        pytest.fail(f"no venv at {DEPLOY_PYTHON} for NNCF: run `bash .ci/deploy`")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [os.path.join(tmp, name) for name in ("model.onnx", "calibration.npz", "excluded.txt", "int8.onnx")]
+        onnx.save(model, paths[0])
+        np.savez(paths[1], **{f"{i:04d}": np.asarray(value) for i, value in enumerate(calibration)})
+        pathlib.Path(paths[2]).write_text("\n".join(excluded))
+        done = subprocess.run([DEPLOY_PYTHON, str(_DEPLOY_WORKER), "nncf", *paths, overflow_fix], capture_output=True,
+                              text=True, timeout=_WORKER_TIMEOUT)
+        assert done.returncode == 0, f"NNCF failed:\n{done.stderr[-3000:]}"
+        return onnx.load(paths[3])
+
+
 RUNNERS = {
     "onnxruntime": run_onnxruntime,
     "reference": run_reference,

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pathlib
-import subprocess
 import tempfile
 
 import numpy as np
@@ -21,7 +19,7 @@ import pytest
 import dcn_onnxscript
 from blocks import TAPS, DeployBlock, export
 from dcn_onnxscript.quantization import SAMPLERS, nodes_to_exclude, quantize_static
-from runtimes import DEPLOY_PYTHON, run_onnxruntime
+from runtimes import nncf_int8, run_onnxruntime
 
 SHAPE = (1, 3, 32, 32)
 CALIBRATION, EVALUATION = 16, 3
@@ -55,16 +53,21 @@ def _images(count: int, seed: int) -> list[np.ndarray]:
 
 
 def _layers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    """The Conv/MatMul nodes with an initializer weight, by name."""
-    weights = {i.name for i in model.graph.initializer}
-    return {n.name: n for n in model.graph.node if n.op_type in ("Conv", "MatMul") and n.input[1] in weights}
+    """The Conv/MatMul nodes whose weights no graph input reaches (initializers, or computed from them), by
+    name."""
+    from_inputs = {i.name for i in model.graph.input}
+    for node in model.graph.node:  # graph order is topological
+        if from_inputs.intersection(node.input):
+            from_inputs.update(node.output)
+    return {n.name: n for n in model.graph.node if n.op_type in ("Conv", "MatMul") and n.input[1] not in from_inputs}
 
 
 def _predictor_path(model: onnx.ModelProto) -> set[str]:
     """Names of the nodes on a path from the offset/mask predictor's output (the Conv of 3K output channels)
     to a sampler's positions (any input of a sampler but the image), the predictor excluded."""
     weights = {i.name: i for i in model.graph.initializer}
-    predictor = next(n for n in model.graph.node if n.op_type == "Conv" and weights[n.input[1]].dims[0] == 3 * TAPS)
+    predictor = next(n for n in model.graph.node if n.op_type == "Conv" and n.input[1] in weights
+                     and weights[n.input[1]].dims[0] == 3 * TAPS)
     reached, after = set(predictor.output), set()
     for node in model.graph.node:  # graph order is topological
         if reached.intersection(node.input) and node.op_type != "Shape":
@@ -143,26 +146,13 @@ def test_onnxruntime_int8_within_native_error(name):
     assert error <= FACTOR * native, f"int8 error {error:.3f} > {FACTOR} x native DeformConv's {native:.3f}"
 
 
-def _nncf_int8(model: onnx.ModelProto) -> onnx.ModelProto:
-    """NNCF (ONNX backend, 7-bit weights everywhere) with ``nodes_to_exclude`` as the ignored scope, in the
-    deploy venv (``tests/deploy_worker.py nncf``)."""
-    if not os.path.exists(DEPLOY_PYTHON):
-        pytest.fail(f"no venv at {DEPLOY_PYTHON} for NNCF: run `bash .ci/deploy`")
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = [os.path.join(tmp, name) for name in ("model.onnx", "calibration.npz", "excluded.txt", "int8.onnx")]
-        onnx.save(model, paths[0])
-        np.savez(paths[1], **{f"{i:04d}": image for i, image in enumerate(_images(CALIBRATION, seed=0))})
-        pathlib.Path(paths[2]).write_text("\n".join(nodes_to_exclude(model)))
-        worker = pathlib.Path(__file__).resolve().parent / "deploy_worker.py"
-        done = subprocess.run([DEPLOY_PYTHON, str(worker), "nncf", *paths, "enable"], capture_output=True, text=True,
-                              timeout=600)
-        assert done.returncode == 0, f"NNCF failed:\n{done.stderr[-3000:]}"
-        return onnx.load(paths[3])
-
-
 @pytest.mark.deploy
 @pytest.mark.parametrize("name", ["dynamo-default", "torchscript-17"])
 def test_nncf_int8_within_native_error(name):
+    """NNCF (ONNX backend, 7-bit weights) with ``nodes_to_exclude`` as its ignored scope: within FACTOR x the
+    native DeformConv model's error under the same NNCF settings."""
     model, native = exported(name), exported("native")
-    error, native_error = _error(_nncf_int8(model), model), _error(_nncf_int8(native), native)
+    images = _images(CALIBRATION, seed=0)
+    int8, native_int8 = nncf_int8(model, images, nodes_to_exclude(model)), nncf_int8(native, images, [])
+    error, native_error = _error(int8, model), _error(native_int8, native)
     assert error <= FACTOR * native_error, f"int8 error {error:.3f} > {FACTOR} x native's {native_error:.3f}"
