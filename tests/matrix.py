@@ -108,6 +108,10 @@ def valid(export: Export, runtime: str) -> bool:
         return not export.dynamic  # tract cannot unify concrete input facts with the exporter's symbolic value_info
     if runtime == "tflite":
         return not export.dynamic and export.dtype == "float32"  # what onnx2tf converts
+    if runtime == "ncnn":
+        return not export.dynamic and export.dtype == "float32"  # pnnx converts float32, ncnn has no batch
+    if runtime in ("opencv_classic", "opencv_new", "tvm", "openvino_ep", "tinygrad"):
+        return export.dtype == "float32"  # the type these deployments run
     return True
 
 
@@ -265,4 +269,25 @@ def known_failure(export: Export, runtime: str) -> Optional[str]:
     if runtime == "tflite" and written == "gather":
         return ("LiteRT takes the grid_sample lowering only: onnx2tf turns the gather lowering's int64 index "
                 "arithmetic into select-TensorFlow ops (FlexCumsum, FlexRelu) or fails on it (README)")
+    return _deploy_failure(export, runtime, written == "gather")
+
+
+def _deploy_failure(export: Export, runtime: str, writes_gather: bool) -> Optional[str]:
+    """:func:`known_failure` of the deployment runtimes (float32 exports)."""
+    if runtime == "tinygrad" and not writes_gather:
+        return "tinygrad's ONNX runner has no GridSample (tool; tests/tools/test_deploy.py)"
+    if runtime == "openvino_ep" and not writes_gather and export.opset >= 20:
+        return ("onnxruntime-openvino 1.24's OpenVINO 2025.4 knows GridSample-20's mode only as 'bilinear', not "
+                "'linear' (tool; tests/tools/test_deploy.py)")
+    if runtime == "openvino_ep" and writes_gather:
+        return "the OpenVINO EP does not take the gather lowering's Equal -> Cast(DOUBLE) -> CumSum (graph)"
+    if runtime == "opencv_classic":
+        return ("OpenCV's classic engine segfaults on the CumSum of a constant (static exports) and cannot parse the "
+                "Transpose after the 2K-channel Gather (dynamic) (graph)")
+    if runtime == "opencv_new" and export.exporter == "torchscript":
+        return ("OpenCV's new engine: a Cast to DOUBLE of a Shape meets a float64 Sub, 'inputs should have equal "
+                "types' (graph)")
+    if runtime == "ncnn":
+        return ("pnnx writes Abs/Less/Greater/Equal -> Where as torch.lt/gt/eq/where, and Cast as Tensor.to, which "
+                "ncnn lacks (graph)")
     return None

@@ -8,6 +8,7 @@ import os
 import pathlib
 import re
 import subprocess
+import sys
 import tempfile
 from typing import Optional, Sequence
 
@@ -131,19 +132,77 @@ def run_tflite(model: onnx.ModelProto, inputs: Inputs) -> np.ndarray:
     return result if distance[0] <= distance[1] else channels_last
 
 
+#: The Pythons of the deployment venvs that ``.ci/deploy`` builds: ncnn + pnnx, tinygrad, Apache TVM and NNCF
+#: in one; onnxruntime-openvino (which replaces onnxruntime) in the other.
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEPLOY_PYTHON = os.environ.get("DCN_DEPLOY_PYTHON", str(_ROOT / ".venv-deploy" / "bin" / "python"))
+OVEP_PYTHON = os.environ.get("DCN_OVEP_PYTHON", str(_ROOT / ".venv-ovep" / "bin" / "python"))
+_DEPLOY_WORKER = pathlib.Path(__file__).resolve().parent / "deploy_worker.py"
+#: runtime of ``deploy_worker.py`` -> the Python that has it. OpenCV is in the test venv, but runs in a
+#: process of its own too: its classic engine segfaults on some graphs.
+WORKER_PYTHONS = {"opencv_classic": sys.executable, "opencv_new": sys.executable, "tvm": DEPLOY_PYTHON,
+                  "ncnn": DEPLOY_PYTHON, "tinygrad": DEPLOY_PYTHON, "openvino_ep": OVEP_PYTHON}
+#: How long one worker may take (TVM compiles the model, pnnx converts it).
+_WORKER_TIMEOUT = 600
+
+
+def run_worker(runtime: str, model: onnx.ModelProto, inputs: Inputs) -> np.ndarray:
+    """``runtime`` (a key of :data:`WORKER_PYTHONS`) in a process of its own (``deploy_worker.py``); a
+    crash (segfault, abort) is an ``AssertionError`` naming the exit status."""
+    python = WORKER_PYTHONS[runtime]
+    if not os.path.exists(python):
+        import pytest
+
+        pytest.fail(f"no venv at {python} for {runtime}: run `bash .ci/deploy`")
+    with tempfile.TemporaryDirectory() as tmp:
+        path, feeds, output = (os.path.join(tmp, name) for name in ("model.onnx", "inputs.npz", "output.npy"))
+        onnx.save(model, path)
+        np.savez(feeds, **{value.name: np.asarray(array) for value, array in zip(model.graph.input, inputs)})
+        done = subprocess.run([python, str(_DEPLOY_WORKER), runtime, path, feeds, output], capture_output=True,
+                              text=True, timeout=_WORKER_TIMEOUT)
+        assert done.returncode == 0, f"{runtime} failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
+        return np.load(output)
+
+
+def nncf_int8(model: onnx.ModelProto, calibration: Inputs, excluded: Sequence[str],
+              overflow_fix: str = "enable") -> onnx.ModelProto:
+    """NNCF's int8 ``model`` (ONNX backend, ``overflow_fix`` "enable": 7-bit weights everywhere, or its default
+    "first_layer_only"), calibrated on ``calibration`` (values of the first input), the nodes named in
+    ``excluded`` left float; in the deploy venv (``deploy_worker.py nncf``)."""
+    if not os.path.exists(DEPLOY_PYTHON):
+        import pytest
+
+        pytest.fail(f"no venv at {DEPLOY_PYTHON} for NNCF: run `bash .ci/deploy`")
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [os.path.join(tmp, name) for name in ("model.onnx", "calibration.npz", "excluded.txt", "int8.onnx")]
+        onnx.save(model, paths[0])
+        np.savez(paths[1], **{f"{i:04d}": np.asarray(value) for i, value in enumerate(calibration)})
+        pathlib.Path(paths[2]).write_text("\n".join(excluded))
+        done = subprocess.run([DEPLOY_PYTHON, str(_DEPLOY_WORKER), "nncf", *paths, overflow_fix], capture_output=True,
+                              text=True, timeout=_WORKER_TIMEOUT)
+        assert done.returncode == 0, f"NNCF failed:\n{done.stderr[-3000:]}"
+        return onnx.load(paths[3])
+
+
 RUNNERS = {
     "onnxruntime": run_onnxruntime,
     "reference": run_reference,
     "openvino": run_openvino,
     "tract": run_tract,
     "tflite": run_tflite,
+    **{runtime: functools.partial(run_worker, runtime) for runtime in WORKER_PYTHONS},
 }
 
 #: runtime -> runner; "openvino" compares in f32, "openvino_default" runs OpenVINO's own default precision
 #: (bf16 on this AMX CPU); "tract" runs static models with concrete input facts, "tract_symbolic" loads
 #: dynamic models as they are; "tflite" converts static float32 models with onnx2tf and runs LiteRT (in
-#: its own venv: marked ``tflite``, run by ``.ci/tflite``, not by the default command).
-MATRIX_RUNTIMES = ("onnxruntime", "openvino", "openvino_default", "tract", "tract_symbolic", "reference", "tflite")
+#: its own venv: marked ``tflite``, run by ``.ci/tflite``, not by the default command); "opencv_classic" and
+#: "opencv_new" are OpenCV DNN's two engines (test venv); "tvm", "ncnn", "tinygrad" and "openvino_ep" run in
+#: the venvs of ``.ci/deploy`` (marked ``deploy``).
+MATRIX_RUNTIMES = ("onnxruntime", "openvino", "openvino_default", "tract", "tract_symbolic", "reference", "tflite",
+                   "opencv_classic", "opencv_new", "tvm", "ncnn", "openvino_ep", "tinygrad")
+#: runtime -> the pytest mark of the extra job that runs it in its own venv (not the default command).
+EXTRA_JOBS = {"tflite": "tflite", "tvm": "deploy", "ncnn": "deploy", "openvino_ep": "deploy", "tinygrad": "deploy"}
 
 def run_runtime(runtime: str, model: onnx.ModelProto, inputs: Inputs) -> np.ndarray:
     """The matrix's runners by name (see :data:`MATRIX_RUNTIMES`)."""

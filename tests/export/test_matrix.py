@@ -42,13 +42,18 @@ from matrix import (
     model_inputs,
     pairwise_slice,
 )
-from runtimes import run_runtime
+from runtimes import EXTRA_JOBS, run_runtime
 
 CASES = all_matrix_cases()
-#: The LiteRT cases run in their own venv (``.ci/tflite``: ``-m "tflite and not slow"`` takes their slice).
-TFLITE_CASES = [case for case in CASES if case[1] == "tflite"]
-CI_SLICE = pairwise_slice([case for case in CASES if case[1] != "tflite" and case[0].context != "resnet50"])
-TFLITE_SLICE = pairwise_slice(TFLITE_CASES, paired=("exporter", "lowering", "variant", "geometry"))
+CI_SLICE = pairwise_slice([case for case in CASES if case[1] not in EXTRA_JOBS and case[0].context != "resnet50"])
+#: The cases of runtimes in venvs of their own, by job: LiteRT (``.ci/tflite``) and the deployment runtimes
+#: (``.ci/deploy``); ``-m "tflite and not slow"`` / ``-m "deploy and not slow"`` takes a job's slice.
+EXTRA_CASES = {job: [case for case in CASES if EXTRA_JOBS.get(case[1]) == job] for job in set(EXTRA_JOBS.values())}
+EXTRA_SLICES = {
+    "tflite": pairwise_slice(EXTRA_CASES["tflite"], paired=("exporter", "lowering", "variant", "geometry")),
+    "deploy": pairwise_slice(EXTRA_CASES["deploy"], paired=("runtime", "exporter", "context", "lowering", "shapes",
+                                                             "geometry")),
+}
 #: float64 compares at 1e-9 relative; OpenVINO computes float64 models in float32, and the grid_sample
 #: lowering samples float64 layers in float32 (onnxruntime has no float64 GridSample before opset 20).
 F64_TOLERANCE = {("openvino", "auto"): 1e-4, ("openvino", "gather"): 1e-4, ("openvino", "grid_sample"): 1e-4}
@@ -71,12 +76,13 @@ def _params(slow: bool):
     """The matrix's cases as parameters, the slow ones only when ``slow`` (collecting every case of the
     matrix takes long; they are all deselected by the default marker expression anyway)."""
     for export, runtime in CASES:
-        if not slow and (export, runtime) not in CI_SLICE and (export, runtime) not in TFLITE_SLICE:
+        job = EXTRA_JOBS.get(runtime)
+        chosen = EXTRA_SLICES[job] if job else CI_SLICE
+        if not slow and (export, runtime) not in chosen:
             continue
-        if runtime == "tflite":
-            marks = [pytest.mark.tflite] + ([] if (export, runtime) in TFLITE_SLICE else [pytest.mark.slow])
-        else:
-            marks = [] if (export, runtime) in CI_SLICE else [pytest.mark.slow]
+        marks = [getattr(pytest.mark, job)] if job else []
+        if (export, runtime) not in chosen:
+            marks.append(pytest.mark.slow)
         reason = known_failure(export, runtime)
         if reason:
             marks.append(pytest.mark.xfail(strict=True, reason=reason))
@@ -187,10 +193,11 @@ def _float16_error(module, inputs, expected, scale) -> float:
 
 def test_ci_slice_covers_every_value_of_every_dimension():
     """The CI slice reaches every exporter, context, lowering, opset, dtype, variant, geometry, shape
-    spelling and runtime that the full matrix has (but the ResNet-50's, which are all slow, and LiteRT's,
-    whose slice reaches every value of its own cases)."""
-    ci_cases = [c for c in CASES if c[1] != "tflite" and c[0].context != "resnet50"]
-    for cases, chosen in ((ci_cases, CI_SLICE), (TFLITE_CASES, TFLITE_SLICE)):
+    spelling and runtime that the full matrix has (but the ResNet-50's, which are all slow, and the extra
+    jobs' runtimes, whose slices reach every value of their own cases)."""
+    slices = [([c for c in CASES if c[1] not in EXTRA_JOBS and c[0].context != "resnet50"], CI_SLICE),
+              *((EXTRA_CASES[job], chosen) for job, chosen in EXTRA_SLICES.items())]
+    for cases, chosen in slices:
         for field in ("exporter", "context", "lowering", "opset", "dtype", "variant", "geometry", "shapes"):
             assert {getattr(e, field) for e, _ in cases} == {getattr(e, field) for e, _ in chosen}, field
         assert {r for _, r in cases} == {r for _, r in chosen}

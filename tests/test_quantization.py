@@ -1,0 +1,158 @@
+"""dcn_onnxscript.quantization: the sampling path found by structure in every export path, and int8 models
+within 1.5x of the error of the same block with native ``DeformConv`` (left float by the quantizer).
+
+The block (tests/blocks.py): Conv -> offset/mask predictor -> DCNv2 -> ReLU. int8 error: max |int8 - float|
+/ max |float| of each model's own float output, the worst of a few random inputs; 16 random calibration
+inputs. onnxruntime runs here; NNCF runs in the venv of ``.ci/deploy`` (marked ``deploy``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+
+import numpy as np
+import onnx
+import pytest
+
+import dcn_onnxscript
+from blocks import TAPS, DeployBlock, export
+from dcn_onnxscript.quantization import SAMPLERS, nodes_to_exclude, quantize_static
+from runtimes import nncf_int8, run_onnxruntime
+
+SHAPE = (1, 3, 32, 32)
+CALIBRATION, EVALUATION = 16, 3
+#: Our int8 error may be this many times the native DeformConv model's.
+FACTOR = 1.5
+#: Export paths whose structure the finder must read: both lowerings, both exporters, the rewriter.
+STRUCTURES = ["dynamo-default", "dynamo-default-dynamic", "dynamo-17", "torchscript-13", "torchscript-17",
+              "rewritten"]
+FAST = {"dynamo-default", "torchscript-13", "rewritten"}
+
+
+@functools.cache
+def block() -> DeployBlock:
+    return DeployBlock().eval()
+
+
+@functools.cache
+def _exported(name: str) -> bytes:
+    if name == "rewritten":
+        return dcn_onnxscript.rewrite_model(onnx.load_from_string(_exported("native"))).SerializeToString()
+    return export(block(), name, SHAPE).SerializeToString()
+
+
+def exported(name: str) -> onnx.ModelProto:
+    return onnx.load_from_string(_exported(name))
+
+
+def _images(count: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(SHAPE).astype(np.float32) for _ in range(count)]
+
+
+def _layers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """The Conv/MatMul nodes whose weights no graph input reaches (initializers, or computed from them), by
+    name."""
+    from_inputs = {i.name for i in model.graph.input}
+    for node in model.graph.node:  # graph order is topological
+        if from_inputs.intersection(node.input):
+            from_inputs.update(node.output)
+    return {n.name: n for n in model.graph.node if n.op_type in ("Conv", "MatMul") and n.input[1] not in from_inputs}
+
+
+def _predictor_path(model: onnx.ModelProto) -> set[str]:
+    """Names of the nodes on a path from the offset/mask predictor's output (the Conv of 3K output channels)
+    to a sampler's positions (any input of a sampler but the image), the predictor excluded."""
+    weights = {i.name: i for i in model.graph.initializer}
+    predictor = next(n for n in model.graph.node if n.op_type == "Conv" and n.input[1] in weights
+                     and weights[n.input[1]].dims[0] == 3 * TAPS)
+    reached, after = set(predictor.output), set()
+    for node in model.graph.node:  # graph order is topological
+        if reached.intersection(node.input) and node.op_type != "Shape":
+            reached.update(node.output)
+            after.add(node.name)
+    needed = {name for n in model.graph.node if n.op_type in SAMPLERS for name in n.input[1:]}
+    before = set()
+    for node in reversed(model.graph.node):
+        if needed.intersection(node.output):
+            needed.update(node.input)
+            before.add(node.name)
+    return after & before
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n in FAST else [pytest.mark.slow]) for n in STRUCTURES])
+def test_nodes_to_exclude_keeps_the_sampling_path_and_leaves_the_gemms(name):
+    """Excluded: every sampler and every node from the predictor's output to the sampling positions. Not
+    excluded: every Conv/MatMul with constant weights (the stem, the predictor, the per-tap GEMMs)."""
+    model = exported(name)
+    excluded = set(nodes_to_exclude(model))
+    samplers = {n.name for n in model.graph.node if n.op_type in SAMPLERS}
+    assert samplers and samplers <= excluded
+    path = _predictor_path(model)
+    assert path and path <= excluded, sorted(path - excluded)
+    layers = _layers(model)
+    assert not excluded & set(layers), sorted(excluded & set(layers))
+    assert len(layers) >= 3  # stem, predictor and at least one GEMM of the deformable layer
+
+
+def test_nodes_to_exclude_refuses_samples_without_a_gemm():
+    """A sampler whose samples reach the output without weights is no lowering: a clear error, not a guess."""
+    model = exported("dynamo-default")
+    del model.graph.output[:]
+    gemm = next(n for n in model.graph.node if n.op_type == "Conv" and n.input[0] != model.graph.input[0].name
+                and n.name not in nodes_to_exclude(exported("dynamo-default")) and "predictor" not in n.input[1])
+    model.graph.output.append(onnx.helper.make_tensor_value_info(gemm.input[0], onnx.TensorProto.FLOAT, None))
+    with pytest.raises(ValueError, match="reach the graph's output"):
+        nodes_to_exclude(model)
+
+
+def _error(int8: onnx.ModelProto, model: onnx.ModelProto) -> float:
+    errors = []
+    for image in _images(EVALUATION, seed=1):
+        expected = run_onnxruntime(model, [image])
+        errors.append(float(np.abs(run_onnxruntime(int8, [image]) - expected).max() / np.abs(expected).max()))
+    return max(errors)
+
+
+def _ort_int8(model: onnx.ModelProto) -> onnx.ModelProto:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "int8.onnx")
+        name = model.graph.input[0].name
+        quantize_static(model, path, [{name: image} for image in _images(CALIBRATION, seed=0)])
+        return onnx.load(path)
+
+
+@functools.cache
+def _native_ort_error() -> float:
+    native = exported("native")
+    return _error(_ort_int8(native), native)
+
+
+@pytest.mark.parametrize("name", ["dynamo-default", "torchscript-17"])
+def test_onnxruntime_int8_within_native_error(name):
+    """``quantize_static`` (QDQ, per-channel, 7-bit weights; sampling path float): the per-tap GEMMs are
+    int8 (their activations and weights come through DequantizeLinear), and the error is within FACTOR x
+    the native DeformConv model's."""
+    model = exported(name)
+    int8 = _ort_int8(model)
+    dequantized = {n.output[0] for n in int8.graph.node if n.op_type == "DequantizeLinear"}
+    gemms = [n for n in int8.graph.node if n.op_type in ("Conv", "MatMul") and n.input[0] in dequantized]
+    assert len(gemms) == len([n for n in int8.graph.node if n.op_type in ("Conv", "MatMul")
+                              and n.name in _layers(model)])
+    assert all(n.input[1] in dequantized for n in gemms)
+    error, native = _error(int8, model), _native_ort_error()
+    assert error <= FACTOR * native, f"int8 error {error:.3f} > {FACTOR} x native DeformConv's {native:.3f}"
+
+
+@pytest.mark.deploy
+@pytest.mark.parametrize("name", ["dynamo-default", "torchscript-17"])
+def test_nncf_int8_within_native_error(name):
+    """NNCF (ONNX backend, 7-bit weights) with ``nodes_to_exclude`` as its ignored scope: within FACTOR x the
+    native DeformConv model's error under the same NNCF settings."""
+    model, native = exported(name), exported("native")
+    images = _images(CALIBRATION, seed=0)
+    int8, native_int8 = nncf_int8(model, images, nodes_to_exclude(model)), nncf_int8(native, images, [])
+    error, native_error = _error(int8, model), _error(native_int8, native)
+    assert error <= FACTOR * native_error, f"int8 error {error:.3f} > {FACTOR} x native's {native_error:.3f}"

@@ -1,0 +1,128 @@
+"""Faults of deployment runtimes and tools, each as the smallest ONNX graph that shows it, run as a strict
+xfail (a release that fixes it flips the case to XPASS, which fails) beside a control graph that passes, so
+that the fault is pinned to one pattern. docs/deploy.md has the texts.
+
+Tool faults that no graph change can fix:
+- onnxruntime-openvino 1.24 (OpenVINO 2025.4 inside): GridSample-20's mode "linear" is refused; "bilinear"
+  (GridSample-16) is taken. At opset 20 "bilinear" is not a valid mode, so an opset-20 graph cannot avoid it.
+- tinygrad 0.14's ONNX runner has no GridSample at all.
+- onnx_tool 1.0.1's shape inference of a GridSample whose image comes from a Conv adds a tuple to a list.
+
+One the lowerings avoid (by folding constants where shapes are static), kept as a lint of the pattern:
+- OpenCV's classic DNN engine segfaults on the CumSum of a constant.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from runtimes import run_onnxruntime, run_runtime
+
+#: The IR version of the reproductions: the oldest runtimes here (onnxruntime-openvino 1.24, pnnx's
+#: onnxruntime) refuse onnx 1.23's default.
+IR_VERSION = 8
+IMAGE, GRID = (1, 2, 4, 5), (1, 3, 3, 2)
+
+
+def _model(nodes, inputs, outputs, initializers=(), opset: int = 17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "repro", inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def conv_then_grid_sample(opset: int) -> onnx.ModelProto:
+    """x (1, 2, 4, 5) -> 1x1 Conv -> GridSample (bilinear: "bilinear" before opset 20, "linear" from 20) at grid
+    (1, 3, 3, 2) -> y (1, 2, 3, 3)."""
+    mode = "linear" if opset >= 20 else "bilinear"
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("GridSample", ["c", "grid"], ["y"], mode=mode, align_corners=0)]
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [2, 2, 1, 1], np.eye(2, dtype=np.float32).ravel())
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, IMAGE),
+                          helper.make_tensor_value_info("grid", TensorProto.FLOAT, GRID)],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])], [weight], opset=opset)
+
+
+def grid_sample_inputs() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(IMAGE).astype(np.float32), rng.uniform(-1.2, 1.2, GRID).astype(np.float32)]
+
+
+def cumsum_of_constant(constant: bool) -> onnx.ModelProto:
+    """x (1, 3) + CumSum(t, axis 1), t the ones of a ``ConstantOfShape`` of a constant shape (``constant``),
+    or x itself."""
+    ones = helper.make_node("ConstantOfShape", ["shape"], ["t"],
+                            value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))
+    nodes = [ones] if constant else [helper.make_node("Identity", ["x"], ["t"])]
+    nodes += [helper.make_node("CumSum", ["t", "axis"], ["steps"]), helper.make_node("Add", ["x", "steps"], ["y"])]
+    initializers = [helper.make_tensor("axis", TensorProto.INT64, [], [1])]
+    if constant:
+        initializers.append(helper.make_tensor("shape", TensorProto.INT64, [2], [1, 3]))
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], initializers)
+
+
+def _assert_runs_as_onnxruntime(runtime: str, model: onnx.ModelProto, inputs: list[np.ndarray]) -> None:
+    expected = run_onnxruntime(model, inputs)
+    np.testing.assert_allclose(run_runtime(runtime, model, inputs), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.deploy
+@pytest.mark.parametrize("opset", [
+    16,
+    pytest.param(20, marks=pytest.mark.xfail(strict=True, reason="OpenVINO EP: 'linear' is not a member of enum "
+                                                                    "op::v9::GridSample::InterpolationMode")),
+])
+def test_openvino_ep_takes_grid_sample(opset):
+    """The OpenVINO EP (CPU fallback disabled) takes GridSample-16 ("bilinear") but refuses GridSample-20's
+    name for the same mode ("linear"). (A model of a GridSample alone is left to the CPU EP either way: the
+    Conv gives the provider a subgraph it takes.)"""
+    _assert_runs_as_onnxruntime("openvino_ep", conv_then_grid_sample(opset), grid_sample_inputs())
+
+
+@pytest.mark.deploy
+@pytest.mark.xfail(strict=True, reason="tinygrad 0.14: op='GridSample' is not supported")
+def test_tinygrad_runs_grid_sample():
+    _assert_runs_as_onnxruntime("tinygrad", conv_then_grid_sample(16), grid_sample_inputs())
+
+
+@pytest.mark.parametrize("after_conv", [
+    False,
+    pytest.param(True, marks=pytest.mark.xfail(strict=True, raises=TypeError,
+                                               reason="onnx_tool 1.0.1: GridSample's shape is a Conv's shape "
+                                                      "(a tuple) + the grid's (a list)")),
+])
+def test_onnx_tool_profiles_grid_sample(after_conv):
+    """onnx_tool's ``model_profile`` of a GridSample whose image is a graph input works; of one whose image
+    a Conv computes, it fails in shape inference (its GridSample node reads ``shape`` where the others call
+    ``get_shape()``)."""
+    onnx_tool = pytest.importorskip("onnx_tool")
+    model = conv_then_grid_sample(20)
+    if not after_conv:
+        del model.graph.node[0]
+        model.graph.node[0].input[0] = "x"
+        del model.graph.initializer[:]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        onnx.save(model, path)
+        onnx_tool.model_profile(path, save_profile=os.path.join(tmp, "profile.csv"))
+
+
+@pytest.mark.parametrize("runtime, constant", [
+    ("opencv_new", True),
+    ("opencv_classic", False),
+    pytest.param("opencv_classic", True, marks=pytest.mark.xfail(strict=True, reason="OpenCV classic engine: "
+                                                                 "segfault on the CumSum of a constant")),
+])
+def test_opencv_runs_cumsum(runtime, constant):
+    """OpenCV DNN runs x + CumSum(x), and its new engine x + CumSum(ones), but the classic engine segfaults
+    when the CumSum's input is a constant (the lowerings fold such constants where shapes are static)."""
+    pytest.importorskip("cv2")
+    x = np.arange(3, dtype=np.float32).reshape(1, 3)
+    _assert_runs_as_onnxruntime(runtime, cumsum_of_constant(constant), [x])
