@@ -22,7 +22,7 @@ import torch
 from onnxscript.values import Opset, TracedOnnxFunction
 
 from dcn_onnxscript.export import _internals
-from dcn_onnxscript.lowering import emitter, table
+from dcn_onnxscript.lowering import table
 
 #: ``impl`` of torch's own translation (ONNX ``DeformConv``, which needs opset 19).
 NATIVE = "native"
@@ -84,7 +84,7 @@ def register(impl: str = table.DEFAULT) -> None:
     ``impl``, the TorchScript exporter (``dynamo=False``) with "auto". Idempotent."""
     _internals.set_translation(_TRANSLATIONS[_checked_impl(impl)])
     _internals.wrap_convert_version(_convert_version)
-    torch.onnx.register_custom_op_symbolic(_internals.QUALIFIED_NAME, _symbolic, emitter.MIN_OPSET)
+    torch.onnx.register_custom_op_symbolic(_internals.QUALIFIED_NAME, _symbolic, table.MIN_OPSET)
 
 
 def unregister() -> None:
@@ -92,7 +92,7 @@ def unregister() -> None:
     and the TorchScript exporter's own behaviour (no symbolic). Idempotent."""
     _internals.restore_translation()
     _internals.unwrap_convert_version()
-    torch.onnx.unregister_custom_op_symbolic(_internals.QUALIFIED_NAME, emitter.MIN_OPSET)
+    torch.onnx.unregister_custom_op_symbolic(_internals.QUALIFIED_NAME, table.MIN_OPSET)
 
 
 def is_registered() -> bool:

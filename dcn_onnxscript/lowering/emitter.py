@@ -18,9 +18,6 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import onnx_ir as ir
 
-#: The lowest ONNX opset the emitters write (Min/Max on INT64 and GatherND come at 12).
-MIN_OPSET = 12
-
 
 class Emitter:
     """Writes ONNX nodes of one opset; ``op.Add(a, b)`` and ``op.Gather(a, b, axis=0)`` return the output

@@ -3,37 +3,50 @@ command line, bench) reads names, builders and minimum opsets from here.
 
 The default, "auto", is a choice by opset and dtype, not a lowering of its own: "grid_sample" (leanest and
 fastest, :mod:`.grid_sample`) where the opset has ``GridSample`` (16), "gather" (:mod:`.gather`) below and
-for float64 layers, which it computes in float64 (grid_sample computes in float32)."""
+for float64 layers, which it computes in float64 (grid_sample computes in float32).
+
+This module imports nothing heavy: the command lines read their choices from it for ``--help``; a
+lowering's module (numpy, onnx_ir) is imported when it first builds a layer.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+import importlib
+from typing import TYPE_CHECKING, Any, Optional
 
-import onnx
+if TYPE_CHECKING:
+    from dcn_onnxscript.lowering.emitter import Emitter
+    from dcn_onnxscript.lowering.layer import Layer
 
-from dcn_onnxscript.lowering import emitter, gather, grid_sample
-from dcn_onnxscript.lowering.layer import Layer
-
-Build = Callable[..., Any]
+#: The lowest ONNX opset the lowerings write (Min/Max on INT64 and GatherND come at 12).
+MIN_OPSET = 12
+#: ``GridSample`` first appears in opset 16.
+GRID_SAMPLE_OPSET = 16
+#: ONNX's DOUBLE (``onnx.TensorProto.DOUBLE``): "auto" lowers float64 layers with gather.
+_DOUBLE = 11
 
 
 @dataclasses.dataclass(frozen=True)
 class Lowering:
-    """A way to write deform_conv2d in standard ONNX ops: ``build(op, layer, X, W, offset, B, mask)``."""
+    """A way to write deform_conv2d in standard ONNX ops: the function ``deform_conv2d`` of ``module``,
+    called as ``build(op, layer, X, W, offset, B, mask)``."""
 
     name: str
-    build: Build
+    module: str
     min_opset: int
     summary: str
+
+    def build(self, op: Emitter, layer: Layer, X, W, offset, B=None, mask=None) -> Any:
+        return importlib.import_module(self.module).deform_conv2d(op, layer, X, W, offset, B, mask)
 
 
 LOWERINGS: dict[str, Lowering] = {
     lowering.name: lowering
     for lowering in (
-        Lowering("gather", gather.deform_conv2d, emitter.MIN_OPSET,
-                 "index arithmetic + GatherND + MatMul; every runtime"),
-        Lowering("grid_sample", grid_sample.deform_conv2d, grid_sample.MIN_OPSET,
+        Lowering("gather", "dcn_onnxscript.lowering.gather", MIN_OPSET,
+                 "index arithmetic + Gather + MatMul per tap; every runtime"),
+        Lowering("grid_sample", "dcn_onnxscript.lowering.grid_sample", GRID_SAMPLE_OPSET,
                  "one GridSample + 1x1 Conv per kernel tap, summed; opset >= 16"),
     )
 }
@@ -49,7 +62,7 @@ def resolve(name: str, opset: int, dtype: Optional[int] = None) -> str:
     the one that fits them."""
     if name != AUTO:
         return name
-    if opset >= LOWERINGS["grid_sample"].min_opset and dtype != onnx.TensorProto.DOUBLE:
+    if opset >= LOWERINGS["grid_sample"].min_opset and dtype != _DOUBLE:
         return "grid_sample"
     return "gather"
 
@@ -60,7 +73,7 @@ def lowering(name: str, opset: Optional[int] = None) -> Lowering:
     if name not in NAMES:
         raise ValueError(f"impl must be one of {list(NAMES)}, got {name!r}")
     if name == AUTO:
-        name = resolve(name, opset if opset is not None else emitter.MIN_OPSET)
+        name = resolve(name, opset if opset is not None else MIN_OPSET)
     found = LOWERINGS[name]
     if opset is not None and opset < found.min_opset:
         raise ValueError(f"impl={name!r} needs opset >= {found.min_opset}, got opset {opset}; impl='gather' "
@@ -68,6 +81,6 @@ def lowering(name: str, opset: Optional[int] = None) -> Lowering:
     return found
 
 
-def build(name: str, op: emitter.Emitter, layer: Layer, X, W, offset, B=None, mask=None):
+def build(name: str, op: Emitter, layer: Layer, X, W, offset, B=None, mask=None):
     """Write layer ``layer`` with lowering ``name`` (resolved at ``op.opset``) through ``op``; returns Y."""
     return lowering(resolve(name, op.opset, layer.dtype), op.opset).build(op, layer, X, W, offset, B, mask)

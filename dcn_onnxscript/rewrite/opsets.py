@@ -52,10 +52,10 @@ import onnx_ir as ir
 import onnxscript.optimizer
 from onnx_ir.passes.common import InlinePass, ShapeInferencePass
 
-from dcn_onnxscript.lowering import emitter
+from dcn_onnxscript.lowering import table
 
 #: The lowest opset the lowerings are written for.
-MIN_OPSET = emitter.MIN_OPSET
+MIN_OPSET = table.MIN_OPSET
 #: The opset torch.onnx's dynamo exporter builds exports at 18 or below at (it converts afterwards).
 BUILD_OPSET = 18
 #: Nodes of this domain are kept from ``convert`` and put into the default domain after it.

@@ -39,8 +39,7 @@ def test_demo_exports_runs_and_reports(tmp_path) -> None:
 HELP = {
     "demo": (("torch", "onnxruntime"), table.NAMES),
     "bench": (("torch", "onnxruntime"), (*catalog.CASES, *catalog.SKIPPABLE)),
-    # the rewrite command's module imports onnxruntime for --check (dcn_onnxscript.rewrite.cli)
-    "rewrite": (("torch",), table.NAMES),
+    "rewrite": (("torch", "onnxruntime", "onnx_ir"), table.NAMES),
 }
 _PARSE_HELP = """
 import json, sys
