@@ -1,10 +1,11 @@
-"""onnxruntime's CUDA execution provider: the portable lowerings against native DeformConv, float32 and
-float16, on the single layers L1–L3 of ``python -m dcn_onnxscript bench`` and the DCNv2 ResNet-50.
+"""onnxruntime's CUDA execution provider: every export path of ``python -m dcn_onnxscript bench`` (the
+lowerings at torch's default opset, dynamo at opset 17, TorchScript at 17 and 13, the standalone function)
+against native DeformConv, float32 and float16, on the single layers L1–L3 and the DCNv2 ResNet-50.
 
 Needs a CUDA GPU and onnxruntime-gpu; prints one table (median ms of ``--repeat`` runs after warm-up,
 I/O bound to the device so that copies are not timed, and the max |difference| from native). Run:
 
-    python benchmarks/cuda_ep.py [--repeat 50] [--layers L1 L2 L3] [--no-resnet]
+    python benchmarks/cuda_ep.py [--repeat 50] [--layers L1 L2 L3] [--no-resnet] [--rows ...]
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ import numpy as np
 import onnxruntime
 import torch
 
-import dcn_onnxscript
-from dcn_onnxscript.export import dynamo
-from dcn_onnxscript.tools.bench import cases, catalog
+from dcn_onnxscript.tools.bench import cases, catalog, exports
 
-IMPLS = ("gather", "grid_sample", "native")
-PORTABLE_OPSET = 20
+#: The bench's export paths timed here (its peers need their checkouts), native last: the ratios' base.
+ROWS = ("grid_sample", "gather", "dynamo-17", "torchscript-17", "torchscript-13", "function", catalog.NATIVE)
 #: The bench's layer cases, without its smoke-test one.
 LAYERS = [name for name in catalog.LAYERS if name != "tiny"]
 
@@ -43,11 +42,10 @@ def resnet_case(dtype: torch.dtype):
     return model, (cases.image(224, seed=0).to(dtype),)
 
 
-def export(model, args, impl: str, path: pathlib.Path) -> None:
-    # Explicit opsets (as bench's): torch's default differs between releases, and grid_sample needs 16+.
-    opset = dynamo.NATIVE_MIN_OPSET if impl == "native" else PORTABLE_OPSET
-    torch.onnx.export(model, args, str(path), dynamo=True, opset_version=opset, verbose=False,
-                      custom_translation_table=dcn_onnxscript.translation_table(impl))
+def export(name: str, model, inputs, row: str, file: pathlib.Path) -> None:
+    """Export ``model`` along the bench's path ``row`` (static shapes) to ``file``."""
+    case = cases.Case(name, model, inputs, dynamic=False, paths={row: catalog.PATHS[row]})
+    exports.export(catalog.PATHS[row], case, file, argparse.Namespace(fork=None))
 
 
 def time_session(path: pathlib.Path, feeds: dict, repeat: int, provider: str):
@@ -75,6 +73,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--layers", nargs="*", default=LAYERS)
     parser.add_argument("--no-resnet", action="store_true")
+    parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=ROWS,
+                        help="export paths (native, the ratios' base, always runs)")
     parser.add_argument("--provider", default="CUDAExecutionProvider", help="(CPUExecutionProvider: a dry run)")
     args = parser.parse_args()
     if hasattr(onnxruntime, "preload_dlls"):
@@ -84,28 +84,29 @@ def main() -> int:
     cases = [(name, dtype) for name in args.layers for dtype in (torch.float32, torch.float16)]
     if not args.no_resnet:
         cases += [("resnet50", torch.float32), ("resnet50", torch.float16)]
-    print(f"{'case':10} {'dtype':8} {'impl':12} {'ms':>9} {'x native':>9} {'max|diff|':>10}")
+    rows = [row for row in ROWS if row in args.rows or row == catalog.NATIVE]
+    print(f"{'case':10} {'dtype':8} {'row':15} {'ms':>9} {'x native':>9} {'max|diff|':>10}")
     with tempfile.TemporaryDirectory() as folder:
         for name, dtype in cases:
             model, inputs = resnet_case(dtype) if name == "resnet50" else layer_case(name, dtype)
             results = {}
-            for impl in IMPLS:
-                path = pathlib.Path(folder) / f"{name}_{impl}_{dtype}.onnx"
+            for row in rows:
+                path = pathlib.Path(folder) / f"{name}_{row}_{dtype}.onnx"
                 try:
-                    export(model, inputs, impl, path)
+                    export(name, model, inputs, row, path)
                     names = [i.name for i in onnxruntime.InferenceSession(str(path)).get_inputs()]
-                    results[impl] = time_session(path, {n: a.numpy() for n, a in zip(names, inputs)},
-                                                 args.repeat, args.provider)
+                    results[row] = time_session(path, {n: a.numpy() for n, a in zip(names, inputs)},
+                                                args.repeat, args.provider)
                 except Exception as error:  # noqa: BLE001  (report and go on)
-                    results[impl] = (float("nan"), None)
-                    print(f"{name:10} {str(dtype)[6:]:8} {impl:12} failed: {str(error).splitlines()[0][:120]}")
-            native_ms, native_out = results["native"]
-            for impl, (ms, out) in results.items():
+                    results[row] = (float("nan"), None)
+                    print(f"{name:10} {str(dtype)[6:]:8} {row:15} failed: {str(error).splitlines()[0][:120]}")
+            native_ms, native_out = results[catalog.NATIVE]
+            for row, (ms, out) in results.items():
                 if out is None:
                     continue
                 diff = float(np.abs(out.astype(np.float64) - native_out.astype(np.float64)).max()) \
                     if native_out is not None else float("nan")
-                print(f"{name:10} {str(dtype)[6:]:8} {impl:12} {ms:9.3f} {ms / native_ms:9.2f} {diff:10.2e}",
+                print(f"{name:10} {str(dtype)[6:]:8} {row:15} {ms:9.3f} {ms / native_ms:9.2f} {diff:10.2e}",
                       flush=True)
     return 0
 
