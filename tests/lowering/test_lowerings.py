@@ -21,9 +21,9 @@ from dcn_onnxscript.lowering.layer import Layer
 from helpers import HOSTILE, SweepCase, assert_close, lowering_model, sweep_layer, torchvision_reference
 from runtimes import run_onnxruntime, run_reference
 
-#: Nodes one deformable layer may add (Constant nodes excluded: exporters and the rewriter keep constants
-#: as initializers).
-NODE_BUDGET = 60
+#: Nodes one deformable layer may add, per lowering (Constant nodes excluded: exporters and the rewriter keep
+#: constants as initializers). gather writes four nodes per tap (Gather, blend, Reshape, Gemm).
+NODE_BUDGET = {"gather": 120, "grid_sample": 60}
 
 
 @st.composite
@@ -117,7 +117,7 @@ def test_one_layer_stays_within_the_node_budget(lowering: str, dtype: int, shape
     unfolded = 0
     if weights == "inputs" and lowering == "grid_sample":
         unfolded = 2 + (2 if dtype == onnx.TensorProto.FLOAT16 else 0)
-    budget = NODE_BUDGET + unfolded
+    budget = NODE_BUDGET[lowering] + unfolded
     assert sum(nodes.values()) <= budget, nodes
     assert "DeformConv" not in nodes
 
