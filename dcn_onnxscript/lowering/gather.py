@@ -204,12 +204,11 @@ def gather_tables(op: Emitter, layer: Layer, X: Value) -> list[Value]:
     return [op.Reshape(op.Transpose(x, perm=[0, 2, 3, 1]), shape) for x in slices]
 
 
-def samples(op: Emitter, layer: Layer, table: Value, rows: Value, weights: Value) -> Value:
-    """x(p)·Δm_k of one tap for one slice, (N·P, Cs): its four neighbours gathered by ``rows`` (1, N·P, 4)
-    from ``table`` (N·H·W, Cs), blended by ``weights`` (1, N·P, 1, 4) in one batched (1 x 4)·(4 x Cs)
-    ``MatMul``, which reads them once."""
-    neighbours_ = op.Gather(table, rows, axis=0)  # (1, N·P, 4, Cs)
-    return op.Reshape(op.MatMul(weights, neighbours_), _int64([-1, layer.slice_channels]))
+def samples(op: Emitter, table: Value, rows: Value, weights: Value) -> Value:
+    """x(p)·Δm_k of one tap for one slice, (1, N·P, 1, Cs): its four neighbours gathered by ``rows``
+    (1, N·P, 4) from ``table`` (N·H·W, Cs), blended by ``weights`` (1, N·P, 1, 4) in one batched
+    (1 x 4)·(4 x Cs) ``MatMul``, which reads them once."""
+    return op.MatMul(weights, op.Gather(table, rows, axis=0))
 
 
 def tap_weights(op: Emitter, layer: Layer, W: Value) -> list[list[Value]]:
@@ -243,8 +242,8 @@ def group_biases(op: Emitter, layer: Layer, B: Optional[Value]) -> list[Optional
 
 
 def output(op: Emitter, layer: Layer, sums: list[Value], offset_shape: Optional[Value]) -> Value:
-    """Y (N, O, Ho, Wo) from the R conv groups' sums (N·P, O/R); Ho and Wo from ``offset``."""
-    Y = sums[0] if len(sums) == 1 else op.Concat(*sums, axis=1)  # (N·P, O)
+    """Y (N, O, Ho, Wo) from the R conv groups' sums (1, N·P, 1, O/R); Ho and Wo from ``offset``."""
+    Y = sums[0] if len(sums) == 1 else op.Concat(*sums, axis=3)  # (1, N·P, 1, O)
     if None in layer.output_size:
         Ho_Wo = op.Gather(offset_shape, _int64([2, 3]))
         shape = op.Concat(_int64([-1]), Ho_Wo, _int64([layer.out_channels]), axis=0)
@@ -256,29 +255,33 @@ def output(op: Emitter, layer: Layer, sums: list[Value], offset_shape: Optional[
 def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, B: Optional[Value] = None,
                   mask: Optional[Value] = None) -> Value:
     """Y (N, O, Ho, Wo) of ``X`` (N, C, H, W), ``W`` (O, C/R, kH, kW), ``offset`` (N, 2·G·K, Ho, Wo), optional
-    ``B`` (O) and ``mask`` (N, G·K, Ho, Wo) (``None``: DCNv1): Σ over slices and taps of Gemm(samples, w_k)."""
+    ``B`` (O) and ``mask`` (N, G·K, Ho, Wo) (``None``: DCNv1): the sum over slices and taps of samples · w_k."""
     x_shape, offset_shape = input_shapes(op, layer, X, offset)
     low, frac = neighbours(op, layer, offsets(op, layer, offset), output_grid(op, layer, offset_shape))
     clamped, inside = in_image(op, low, last_pixel(op, layer, x_shape))
     weights = per_row(op, layer, corner_weights(op, layer, frac, inside, mask, offset_shape), [1, _CORNERS])
     rows = per_row(op, layer, corner_rows(op, layer, clamped, x_shape, offset_shape), [_CORNERS])
-    tables, w_k = gather_tables(op, layer, X), tap_weights(op, layer, W)
+    tables, w_k, biases = gather_tables(op, layer, X), tap_weights(op, layer, W), group_biases(op, layer, B)
     K, J, per_offset_group = layer.taps, layer.slices // layer.groups, layer.slices // layer.offset_groups
-
-    def tap_samples(s: int, k: int) -> Value:
-        m = s // per_offset_group * K + k
-        return samples(op, layer, tables[s], rows[m], weights[m])
-
     steps = [(s, k) for s in range(layer.slices) for k in range(K)]
-    sums = group_biases(op, layer, B)
-    upcoming = tap_samples(*steps[0])
-    for i, (s, k) in enumerate(steps):
-        current = upcoming
-        # The next tap's samples are written before this tap's Gemm: onnxruntime orders nodes by a reverse
+
+    def product(step: int) -> Value:
+        """Samples · w_k of one (slice, tap): (1, N·P, 1, O/R)."""
+        s, k = steps[step]
+        m = s // per_offset_group * K + k
+        return op.MatMul(samples(op, tables[s], rows[m], weights[m]), w_k[s][k])
+
+    sums: list[Optional[Value]] = [None] * layer.groups
+    upcoming = product(0)
+    for step, (s, _) in enumerate(steps):
+        current, r = upcoming, s // J
+        # The next product is written before this one is added: onnxruntime orders nodes by a reverse
         # depth-first walk from the output that enters the input written last first, so this order makes it
-        # finish each tap before it gathers the next (written after, it gathers every tap first: 9 samples
-        # alive at once). Runtimes that execute in graph order hold one tap's samples more.
-        upcoming = tap_samples(*steps[i + 1]) if i + 1 < len(steps) else None
-        r = s // J
-        sums[r] = op.Gemm(current, w_k[s][k], *([] if sums[r] is None else [sums[r]]))
+        # finish each tap before it gathers the next (written after, it gathers every tap first: all K
+        # products alive at once). Runtimes that execute in graph order hold one product more.
+        upcoming = product(step + 1) if step + 1 < len(steps) else None
+        if sums[r] is not None:
+            sums[r] = op.Add(sums[r], current)
+        else:
+            sums[r] = current if biases[r] is None else op.Add(current, biases[r])
     return output(op, layer, sums, offset_shape)
