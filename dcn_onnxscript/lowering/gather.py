@@ -127,12 +127,11 @@ def neighbours(op: Emitter, layer: Layer, delta: Value, grid: tuple[Value, Value
 
 
 def last_pixel(op: Emitter, layer: Layer, x_shape: Optional[Value]) -> Value:
-    """(H - 1, W - 1, H - 1, W - 1) of X (N, C, H, W) as INT64 (1, 1, 4, 1), for the neighbour axis."""
+    """(H - 1, W - 1, H - 1, W - 1) of X (N, C, H, W) as INT64 (4, 1), for the neighbour axis."""
     H, W = layer.input_size
     if H is not None and W is not None:
-        return _int64([H - 1, W - 1] * 2).reshape(1, 1, 4, 1)
-    sizes = op.Gather(x_shape, _int64([2, 3, 2, 3]))
-    return op.Reshape(op.Sub(sizes, _int64(1)), _int64([1, 1, 4, 1]))
+        return _int64([H - 1, W - 1] * 2).reshape(4, 1)
+    return op.Sub(op.Gather(x_shape, _int64([[2], [3], [2], [3]])), _int64(1))
 
 
 def in_image(op: Emitter, low: Value, last: Value) -> tuple[Value, Value]:
@@ -155,16 +154,23 @@ def corner_weights(op: Emitter, layer: Layer, frac: Value, inside: Value, mask: 
         weights = op.Cast(weights, to=layer.dtype)
     if mask is None:
         return weights
-    return op.Mul(weights, op.Reshape(mask, _mask_shape(op, layer, offset_shape)))
+    return op.Mul(weights, mask_per_sample(op, layer, mask, offset_shape))
 
 
-def _mask_shape(op: Emitter, layer: Layer, offset_shape: Optional[Value]) -> Value:
-    """(N, M, 1, P) with N, Ho and Wo from ``offset`` (the mask's own symbols would need proving equal)."""
+def mask_per_sample(op: Emitter, layer: Layer, mask: Value, offset_shape: Optional[Value]) -> Value:
+    """Δm of ``mask`` (N, M, Ho, Wo) as (N, M, 1, P), with N, Ho and Wo from ``offset``. With dynamic sizes the
+    mask is read through a ``Gather`` of its flat values at 0 … N·M·P - 1 laid out in offset's sizes: a
+    ``Reshape`` would make tract prove that the mask's own symbols (``torch.export.Dim.AUTO`` gives each input
+    its own) equal offset's, which it cannot."""
     M, (Ho, Wo) = _rows(layer), layer.output_size
     if layer.batch is not None and Ho is not None and Wo is not None:
-        return _int64([layer.batch, M, 1, Ho * Wo])
+        return op.Reshape(mask, _int64([layer.batch, M, 1, Ho * Wo]))
+    batch = op.Gather(offset_shape, _int64([0]))
     positions = op.Mul(op.Gather(offset_shape, _int64([2])), op.Gather(offset_shape, _int64([3])))
-    return op.Concat(op.Gather(offset_shape, _int64([0])), _int64([M, 1]), positions, axis=0)
+    count = op.Reshape(op.Mul(op.Mul(batch, positions), _int64(M)), _int64([]))  # as products: tract sizes Range
+    flat = op.Range(_int64(0), count, _int64(1))
+    shape = op.Concat(batch, _int64([M, 1]), positions, axis=0)
+    return op.Gather(op.Reshape(mask, _int64([-1])), op.Reshape(flat, shape), axis=0)
 
 
 def corner_rows(op: Emitter, layer: Layer, clamped: Value, x_shape: Optional[Value],
@@ -173,16 +179,12 @@ def corner_rows(op: Emitter, layer: Layer, clamped: Value, x_shape: Optional[Val
     (N, M, 4, P) of :func:`in_image`."""
     H, W = layer.input_size
     y, x = op.Gather(clamped, _CORNER_Y, axis=2), op.Gather(clamped, _CORNER_X, axis=2)
-    width = _counted(op, x_shape, 3, W)
-    rows = op.Add(op.Mul(y, width), x)
-    if layer.batch == 1:
-        return rows
-    if layer.batch is not None and H is not None and W is not None:
-        return op.Add(rows, _int64(np.arange(layer.batch) * H * W).reshape(-1, 1, 1, 1))
-    # counted along offset's batch axis (X's batch is a size tract would have to prove equal)
-    image = op.Range(_int64(0), _size(op, offset_shape, 0, layer.batch), _int64(1))
-    pixels = op.Mul(_counted(op, x_shape, 2, H), width)
-    return op.Add(rows, op.Reshape(op.Mul(image, pixels), _int64([-1, 1, 1, 1])))
+    if layer.batch is not None and layer.batch > 1 and H is not None:
+        y = op.Add(y, _int64(np.arange(layer.batch) * H).reshape(-1, 1, 1, 1))
+    elif layer.batch != 1:  # n counted along offset's batch axis: X's batch is a symbol tract would have to match
+        image = op.Range(_int64(0), _size(op, offset_shape, 0, layer.batch), _int64(1))
+        y = op.Add(y, op.Reshape(op.Mul(image, _counted(op, x_shape, 2, H)), _int64([-1, 1, 1, 1])))
+    return op.Add(op.Mul(y, _counted(op, x_shape, 3, W)), x)
 
 
 def per_row(op: Emitter, layer: Layer, t: Value, sample_shape: Sequence[int]) -> list[Value]:
