@@ -1,14 +1,21 @@
 """The "gather" lowering: per kernel tap, one ``Gather`` of the four neighbours of every sample, a
-``MatMul`` that blends them, and a ``Gemm`` that adds the tap's product into Y.
+``MatMul`` that blends them, a ``MatMul`` by the tap's weights and an ``Add`` into Y.
 
     y(p_0) = Σ_k w_k · x(p_0 + p_k + Δp_k) · Δm_k
 
-The sum over taps is the equation's own Σ_k, accumulated: the ``Gemm`` of tap k takes the running Y as its
-C input, so no im2col columns exist, only one tap's samples (N·Ho·Wo, C) and the four neighbours they are
-blended from. First a *plan* for all taps at once, small next to the samples (C times smaller): the sample
-positions p = p_0 + p_k + Δp_k, their neighbours along each axis clamped into the image, the four
-neighbours' rows in the gather table and their bilinear weights times Δm_k. Then per tap: gather, blend,
-multiply by that tap's weights and accumulate. Steps, one function each, in that order below.
+The sum over taps is the equation's own Σ_k, accumulated, so no im2col columns (N·Ho·Wo, C·K) exist: at
+most one tap's samples (N·Ho·Wo, C/S) and the four neighbours they are blended from. First a *plan* for
+all taps at once, C/4 times smaller than one tap's neighbours: the sample positions p = p_0 + p_k + Δp_k,
+their neighbours along each axis clamped into the image, the four neighbours' rows in the gather table and
+their bilinear weights times Δm_k. Then per tap (and channel slice): gather, blend, multiply, add. Steps,
+one function each, in that order below. A 3x3 layer takes 73 nodes with static sizes, 109 with dynamic ones
+(weights folded; ``Constant`` nodes not counted).
+
+Why one ``Gather`` of the four neighbours and a batched (1 x 4)·(4 x C/S) ``MatMul`` per tap: measured on
+onnxruntime against a ``Mul`` + ``ReduceSum`` blend (with the neighbours' axis first or last) and against
+chunks of channels, it was the fastest and the leanest; four ``Gather`` nodes per tap would not fit the
+node budget. Its cost over native ``DeformConv`` is the traffic of the gathered neighbours (four times the
+samples), which the native kernel keeps in registers.
 
 Sizes come from one place each: H and W from X, Ho and Wo from ``offset``, and the batch only ever as an
 axis of ``offset``'s (a runtime never has to prove two inputs' symbolic sizes equal); where ``Layer``
