@@ -23,7 +23,7 @@ from helpers import HOSTILE, SweepCase, assert_close, lowering_model, sweep_laye
 from runtimes import run_onnxruntime, run_reference
 
 #: Nodes one deformable layer may add, per lowering (Constant nodes excluded: exporters and the rewriter keep
-#: constants as initializers). gather writes four nodes per tap (Gather, blend, Reshape, Gemm).
+#: constants as initializers). gather writes four nodes per tap (Gather, blend, MatMul by w_k, Add).
 NODE_BUDGET = {"gather": 120, "grid_sample": 60}
 
 
@@ -197,8 +197,8 @@ def test_gather_writes_patterns_every_converter_reads(dtype: int, shapes: str, c
     """What converters choke on is absent: DOUBLE values in a float16/float32 model (OpenCV's new engine,
     the OpenVINO execution provider), ``CumSum`` (OpenCV's classic engine, LiteRT), ``Shape`` with start/end
     (onnx_tool), ``Abs``/``Less`` guards (ncnn), ``Cast(to=FLOAT)`` in a float32 model (onnxconverter-common's
-    float16 conversion keeps its ``to``), values of rank 5 or more (onnx2tf; weights given as graph values of
-    a grouped layer excepted: exporters fold them)."""
+    float16 conversion keeps its ``to``), values of rank 5 or more (onnx2tf), with W folded as exporters have
+    it."""
     layer = _static_layer(case, dtype) if shapes == "static" else sweep_layer(case, dtype)
     arrays = case.arrays(np.random.default_rng(0))
     model = lowering_model("gather", layer, static_shapes={n: list(v.shape) for n, v in arrays.items()},
@@ -237,8 +237,8 @@ def test_gather_holds_one_taps_neighbours_at_most(case: SweepCase):
 
 def test_gather_reads_each_size_from_one_input():
     """tract loads a layer whose inputs carry distinct symbols (``torch.export.Dim.AUTO`` per input): N, Ho and
-    Wo are read from offset, H and W from X, and the mask is reshaped with offset's sizes, so tract never has
-    to prove two inputs' symbols equal; the output is typed with offset's symbols and runs right."""
+    Wo are read from offset, H and W from X, and the mask is read in offset's sizes, so tract never has to
+    prove two inputs' symbols equal; the output is typed with offset's symbols and runs right."""
     tract = pytest.importorskip("tract")
     case = SweepCase(2, 4, 4, 6, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, True, True, 2.0)
     layer = sweep_layer(case)
