@@ -48,7 +48,7 @@ from dcn_onnxscript.lowering.layer import Layer
 
 Value = Any
 
-_INT64 = onnx.TensorProto.INT64
+_INT64, _INT32 = onnx.TensorProto.INT64, onnx.TensorProto.INT32
 #: Offsets are cut to ±2^24 (exact in float32 and bfloat16, beyond any image side): a sample moved there has
 #: no neighbour in the image, and ⌊Δp⌋ casts to INT64 exactly.
 _FAR = 2.0**24
@@ -93,16 +93,20 @@ def _rows(layer: Layer) -> int:
 # ------------------------------------------------------------------------------------------------ the plan
 
 
-def output_grid(op: Emitter, layer: Layer, offset_shape: Optional[Value]) -> tuple[Value, Value]:
-    """p_0 + p_k of every sample, INT64, as a rows part (1, 2M, Ho, 1) and a columns part (1, 2M, 1, Wo) whose
-    broadcast sum it is; channel 2m + a holds coordinate a (0: y, 1: x) of plan row m, as ``offset`` (N, 2M,
-    Ho, Wo) does. Output position (o_y, o_x) samples tap k at o·stride - pad + p_k."""
+def output_grid(op: Emitter, layer: Layer, offset_shape: Optional[Value]) -> list[Value]:
+    """p_0 + p_k of every sample, INT64, as the parts whose broadcast sum it is: one constant (1, 2M, Ho, Wo)
+    when the output size is static (a sum of two constants is one that converters might fold wrongly:
+    onnx2tf merges the two Adds and lays the result out as an image), else a rows part (1, 2M, Ho, 1) and a
+    columns part (1, 2M, 1, Wo). Channel 2m + a holds coordinate a (0: y, 1: x) of plan row m, as ``offset``
+    (N, 2M, Ho, Wo) does. Output position (o_y, o_x) samples tap k at o·stride - pad + p_k."""
     M = _rows(layer)
     p_k = layer.kernel_grid() - np.reshape(layer.padding, (2, 1))  # (2, K)
     first = np.tile(p_k.T, (layer.offset_groups, 1)).reshape(1, 2 * M, 1, 1)  # (g, k, a) order
     is_y = np.tile([1, 0], M).reshape(1, 2 * M, 1, 1)
     (Ho, Wo), (s_y, s_x) = layer.output_size, layer.stride
     steps_y, steps_x = _int64(is_y * s_y), _int64((1 - is_y) * s_x)
+    if Ho is not None and Wo is not None:
+        return [_int64(np.arange(Ho).reshape(-1, 1) * steps_y + first + np.arange(Wo) * steps_x)]
     if Ho is not None:
         rows = _int64(np.arange(Ho).reshape(-1, 1) * steps_y + first)
     else:
@@ -112,7 +116,7 @@ def output_grid(op: Emitter, layer: Layer, offset_shape: Optional[Value]) -> tup
         cols = _int64(np.arange(Wo) * steps_x)
     else:
         cols = op.Mul(op.Range(_int64(0), _size(op, offset_shape, 3, None), _int64(1)), steps_x)
-    return rows, cols
+    return [rows, cols]
 
 
 def offsets(op: Emitter, layer: Layer, offset: Value) -> Value:
@@ -122,13 +126,14 @@ def offsets(op: Emitter, layer: Layer, offset: Value) -> Value:
     return op.Where(op.Greater(delta, near), op.Min(delta, layer.coordinates(_FAR)), near)
 
 
-def neighbours(op: Emitter, layer: Layer, delta: Value, grid: tuple[Value, Value]) -> tuple[Value, Value]:
+def neighbours(op: Emitter, layer: Layer, delta: Value, grid: list[Value]) -> tuple[Value, Value]:
     """``(low, frac)``: the low neighbour ⌊p⌋ = ⌊Δp⌋ + p_0 + p_k along each axis, INT64 (N, M, 2, P), and
     how far the sample lies past it, p - ⌊p⌋ = Δp - ⌊Δp⌋ in [0, 1] of the coordinate type (N, M, 2, P)."""
     whole = op.Floor(delta)
     frac = op.Sub(delta, whole)
-    rows, cols = grid
-    low = op.Add(op.Add(op.Cast(whole, to=_INT64), rows), cols)
+    low = op.Cast(whole, to=_INT64)
+    for part in grid:
+        low = op.Add(low, part)
     per_axis = _int64([0, _rows(layer), 2, -1])
     return op.Reshape(low, per_axis), op.Reshape(frac, per_axis)
 
@@ -182,7 +187,7 @@ def mask_per_sample(op: Emitter, layer: Layer, mask: Value, offset_shape: Option
 
 def corner_rows(op: Emitter, layer: Layer, clamped: Value, x_shape: Optional[Value],
                 offset_shape: Optional[Value]) -> Value:
-    """The gather table rows (n·H + y)·W + x of the four neighbours, INT64 (N, M, 4, P), from ``clamped``
+    """The gather table rows (n·H + y)·W + x of the four neighbours, INT32 (N, M, 4, P), from ``clamped``
     (N, M, 4, P) of :func:`in_image`."""
     H, W = layer.input_size
     y, x = op.Gather(clamped, _CORNER_Y, axis=2), op.Gather(clamped, _CORNER_X, axis=2)
@@ -191,7 +196,9 @@ def corner_rows(op: Emitter, layer: Layer, clamped: Value, x_shape: Optional[Val
     elif layer.batch != 1:  # n counted along offset's batch axis: X's batch is a symbol tract would have to match
         image = op.Range(_int64(0), _size(op, offset_shape, 0, layer.batch), _int64(1))
         y = op.Add(y, op.Reshape(op.Mul(image, _counted(op, x_shape, 2, H)), _int64([-1, 1, 1, 1])))
-    return op.Add(op.Mul(y, _counted(op, x_shape, 3, W)), x)
+    # INT32 from here on: LiteRT's Split takes no INT64 (onnx2tf would write a select-TensorFlow op for it),
+    # and every gather index fits: rows < N·H·W, while a table of 2^31 rows would hold 8 GiB per channel.
+    return op.Cast(op.Add(op.Mul(y, _counted(op, x_shape, 3, W)), x), to=_INT32)
 
 
 def per_row(op: Emitter, layer: Layer, t: Value, sample_shape: Sequence[int]) -> list[Value]:
