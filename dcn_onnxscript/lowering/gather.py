@@ -1,31 +1,46 @@
-"""The "gather" lowering: bilinear sampling by index arithmetic and one ``GatherND``, then one ``MatMul``.
+"""The "gather" lowering: per kernel tap, one ``Gather`` of the four neighbours of every sample, a
+``MatMul`` that blends them, a ``MatMul`` by the tap's weights and an ``Add`` into Y.
 
     y(p_0) = Σ_k w_k · x(p_0 + p_k + Δp_k) · Δm_k
 
-Steps, one function each: the gather table (X channels last), the sample positions p = p_0 + p_k + Δp_k,
-their neighbours along each axis, clamped into the image, the four neighbours' table indices and bilinear
-weights (zero outside the image, times Δm_k), the gather and blend of the neighbours into im2col columns,
-and the grouped matmul with the weights. Only standard ops whose form is the same from opset 12 on (no
-``Pad``, which ONNX's version converter cannot take below opset 18): under 60 nodes per layer, whatever the
-static or dynamic sizes. The four neighbours are blended by one batched (1 x 4)·(4 x Cs) ``MatMul``, which
-writes the columns once (a ``Mul`` + ``ReduceSum`` blend would hold four times the columns twice).
+The sum over taps is the equation's own Σ_k, accumulated, so no im2col columns (N·Ho·Wo, C·K) exist: at
+most one tap's samples (N·Ho·Wo, C/S) and the four neighbours they are blended from. First a *plan* for
+all taps at once, C/4 times smaller than one tap's neighbours: the sample positions p = p_0 + p_k + Δp_k,
+their neighbours along each axis clamped into the image, the four neighbours' rows in the gather table and
+their bilinear weights times Δm_k. Then per tap (and channel slice): gather, blend, multiply, add. Steps,
+one function each, in that order below. A 3x3 layer takes 73 nodes with static sizes, 110 with dynamic ones
+(weights folded; ``Constant`` nodes not counted).
 
-Why it is safe for every input: positions are cut to [-1, 2^24] in floating point (NaN and -Inf go to
--1), and the neighbours' indices are clamped into the image by integer ops, so no value of the offsets, no
-dtype and no precision a runtime picks for the float math can make the gather read out of bounds; a
-neighbour the integer clamp moved gets weight zero.
+Why one ``Gather`` of the four neighbours and a batched (1 x 4)·(4 x C/S) ``MatMul`` per tap: measured on
+onnxruntime against a ``Mul`` + ``ReduceSum`` blend (with the neighbours' axis first or last) and against
+chunks of channels, it was the fastest and the leanest; four ``Gather`` nodes per tap would not fit the
+node budget. Its cost over native ``DeformConv`` is the traffic of the gathered neighbours (four times the
+samples), which the native kernel keeps in registers.
+
+Sizes come from one place each: H and W from X, Ho and Wo from ``offset``, and the batch only ever as an
+axis of ``offset``'s (a runtime never has to prove two inputs' symbolic sizes equal); where ``Layer``
+knows a size it is written as a constant. Every tensor has rank 4 or less (onnx2tf reads rank 5 as a
+volume), except W's reshape in a grouped layer whose weights are graph values (folded by exporters).
+
+Why it is safe for every input: Δp is cut to [-2^24, 2^24] in floating point (NaN and -Inf go to -2^24),
+and every neighbour's row and column are clamped into the image by integer ops after the float math, so no
+offset, dtype or precision a runtime picks for the float math can make the gather read out of bounds; a
+neighbour the integer clamp moved gets weight zero. p_0 + p_k is an integer: it is added to ⌊Δp⌋ in INT64,
+so no shape is ever cast to a float type (no DOUBLE in float32 models, no ``Cast(to=FLOAT)`` that
+onnxconverter-common's float16 conversion would retype) and no ``CumSum`` counts positions.
 
 Notation: N batch, C/O channels in/out, K = kH·kW taps, G offset groups, R conv groups, S = lcm(G, R)
-channel slices of Cs = C/S channels, J = S/R slices per conv group, P = Ho·Wo output positions. Per-sample
-tensors share the *sample layout* (N, P, K·S, c, 1) for R = 1, or (N, R, P, K·J, c, 1), with c = 2 for
-(y, x), 4 for the neighbours and 1 for the mask; the column order is tap-major (k·J + j).
+channel slices of Cs = C/S channels, J = S/R slices per conv group; M = G·K plan rows (offset group g, tap k
+at m = g·K + k, in ``offset``'s channel order), P = Ho·Wo output positions. The plan's tensors are
+(N, M, c, P): c = 2 for (y, x), 4 for the neighbours.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
+import onnx
 
 from dcn_onnxscript.lowering import sampling
 from dcn_onnxscript.lowering.emitter import Emitter
@@ -33,195 +48,256 @@ from dcn_onnxscript.lowering.layer import Layer
 
 Value = Any
 
-
-def _sample_axes(layer: Layer) -> list[int]:
-    """The sample layout's axes between N and c, with -1 for P: [P, K·S] or [R, P, K·J]."""
-    R, J = layer.groups, layer.slices // layer.groups
-    return [-1, layer.taps * J] if R == 1 else [R, -1, layer.taps * J]
-
-
-def _broadcast_shape(layer: Layer, c: int, axes: Optional[list[int]] = None) -> np.ndarray:
-    """A shape (1, 1…, c, 1) of the sample layout's rank, with ``axes`` (default all 1) before c."""
-    axes = axes if axes is not None else [1] * len(_sample_axes(layer))
-    return np.array([1, *axes, c, 1])
-
-
-def sample_layout(op: Emitter, layer: Layer, t: Value, per_tap: int) -> Value:
-    """``t`` (N, G·K·per_tap, Ho, Wo), channels ordered (g, k, per_tap) like offset and mask, in the sample
-    layout (N, …, per_tap, 1); a slice's values are those of its offset group."""
-    G, K, R, S = layer.offset_groups, layer.taps, layer.groups, layer.slices
-    if S == 1:
-        t = op.Reshape(t, np.array([0, K, per_tap, -1, 1]))  # (N, K, c, P, 1)
-        return op.Transpose(t, perm=[0, 3, 1, 2, 4])  # (N, P, K, c, 1)
-    t = op.Reshape(t, np.array([0, G, K, per_tap, -1]))  # (N, G, K, c, P)
-    if S != G:
-        t = op.Gather(t, np.arange(S, dtype=np.int64) // (S // G), axis=1)  # (N, S, K, c, P)
-    if R == 1:
-        t = op.Transpose(t, perm=[0, 4, 2, 1, 3])  # (N, P, K, S, c)
-    else:
-        t = op.Reshape(t, np.array([0, R, S // R, K, per_tap, -1]))  # (N, R, J, K, c, P)
-        t = op.Transpose(t, perm=[0, 1, 5, 3, 2, 4])  # (N, R, P, K, J, c)
-    return op.Reshape(t, np.array([0, *_sample_axes(layer), per_tap, 1]))
-
-
-def positions(op: Emitter, layer: Layer, offset: Value, Ho_Wo: Value) -> Value:
-    """p = p_0 + p_k + Δp_k in the sample layout (N, …, 2, 1) of the coordinate type, (y, x) on axis -2."""
-    J = layer.slices // layer.groups
-    p0 = sampling.output_grid(op, layer, Ho_Wo, _broadcast_shape(layer, 1, _p_axes(layer)), axis=-2)
-    pk = np.repeat(sampling.first_tap(layer, shift=0.0), J, axis=1).T  # (K·J, 2), tap-major
-    base = op.Add(p0, pk.reshape(_broadcast_shape(layer, 2, _k_axes(layer))))
-    return op.Add(sampling.as_coordinates(op, layer, sample_layout(op, layer, offset, 2)), base)
-
-
-def _p_axes(layer: Layer) -> list[int]:
-    return [1 if a != -1 else -1 for a in _sample_axes(layer)][:-1] + [1]
-
-
-def _k_axes(layer: Layer) -> list[int]:
-    return [1] * (len(_sample_axes(layer)) - 1) + [_sample_axes(layer)[-1]]
-
-
-def last_pixel(op: Emitter, layer: Layer, X: Value) -> Value:
-    """(H - 1, W - 1, H - 1, W - 1) of ``X`` (N, C, H, W) as INT64 (1, 4, 1…, 1), for the (low y, low x,
-    high y, high x) neighbours. The subtraction runs in float64: tract keeps integers computed from shapes
-    symbolic and then cannot gather with indices clamped by them; float64, not float32, because
-    onnxconverter-common's float16 conversion retypes float32 values but not a cast's target type."""
-    sizes = op.Cast(op.Gather(op.Shape(X), np.array([2, 3, 2, 3])), to=11)  # 11: DOUBLE
-    last = op.Cast(op.Sub(sizes, np.array(1.0)), to=7)  # 7: INT64
-    return op.Reshape(last, _broadcast_shape(layer, 4))
-
-
-#: Larger than any image side: sample positions beyond it (+Inf, huge offsets) are cut to it before the
-#: integer cast, and then lie outside the image like any position past its last pixel.
+_INT64, _INT32 = onnx.TensorProto.INT64, onnx.TensorProto.INT32
+#: Offsets are cut to ±2^24 (exact in float32 and bfloat16, beyond any image side): a sample moved there has
+#: no neighbour in the image, and ⌊Δp⌋ casts to INT64 exactly.
 _FAR = 2.0**24
-
-
-def neighbours(op: Emitter, layer: Layer, p: Value):
-    """The neighbours of every sample along each axis, and how far the sample lies past the first.
-
-    ``p`` (N, …, 2, 1). A sample at or below -1 along an axis (NaN and -Inf included) is moved to -1, one
-    beyond +2^24 to 2^24: there neither neighbour is in the image. Returns ``(low_high, frac)``: INT64
-    (N, …, 4, 1), the (y, x) of the low neighbours then of the high ones (low + 1), and frac = p - low
-    (N, …, 2, 1) in [0, 1] of the coordinate type.
-    """
-    minus_one = layer.coordinates(-1)
-    p = op.Where(op.Greater(p, minus_one), op.Min(p, layer.coordinates(_FAR)), minus_one)
-    low = op.Floor(p)
-    frac = op.Sub(p, low)
-    low = op.Cast(low, to=7)  # 7: INT64
-    return op.Concat(low, op.Add(low, np.array(1, dtype=np.int64)), axis=-2), frac
-
-
-def in_image(op: Emitter, low_high: Value, last: Value):
-    """``low_high`` (N, …, 4, 1) clamped into the image (``last`` from :func:`last_pixel`) by integer ops, so
-    that no gather index can be out of bounds whatever the float math before did, and whether each
-    coordinate was inside already (BOOL): a neighbour outside the image counts zero."""
-    clamped = op.Min(op.Max(low_high, np.array(0, dtype=np.int64)), last)
-    return clamped, op.Equal(clamped, low_high)
-
-
-#: The (y, x) of the four neighbours top-left, top-right, bottom-left, bottom-right, as indices into
-#: (low y, low x, high y, high x).
+#: The (y, x) of the four neighbours top-left, top-right, bottom-left, bottom-right, as indices into the
+#: neighbour axis (low y, low x, high y, high x) of :func:`in_image`.
 _CORNER_Y, _CORNER_X = np.array([0, 0, 2, 2]), np.array([1, 3, 1, 3])
+#: Neighbours per sample.
+_CORNERS = 4
 
 
-def corner_indices(op: Emitter, layer: Layer, clamped: Value) -> Value:
-    """``GatherND`` indices of the four neighbours into the gather table of :func:`gather_table`: INT64
-    (N, …, 4, 3), the triples (n, y, x·S + s) for image n and slice s. (The image index is part of the
-    index, not ``batch_dims``: MNN's GatherND gets batch_dims=1 wrong for more than one image. It is
-    counted along the batch axis, not from the shape: tract cannot match a length read from a shape with
-    the batch dimension.)"""
-    y, x = op.Gather(clamped, _CORNER_Y, axis=-2), op.Gather(clamped, _CORNER_X, axis=-2)
-    ones = op.Cast(op.Equal(y, y), to=11)  # 11: DOUBLE (tract cannot sum its symbolic integers)
-    image = op.Cast(op.CumSum(ones, np.array(0), exclusive=1), to=7)  # 0, 1, … along the batch axis
-    S = layer.slices
-    if S > 1:
-        J = S // layer.groups
-        columns = np.arange(layer.taps * J) % J
-        if layer.groups > 1:
-            columns = np.arange(layer.groups).reshape(-1, 1) * J + columns.reshape(1, -1)
-        slice_of_column = columns.reshape(_broadcast_shape(layer, 1, _slice_axes(layer))).astype(np.int64)
-        x = op.Add(op.Mul(x, np.array(S, dtype=np.int64)), slice_of_column)
-    return op.Concat(image, y, x, axis=-1)
+def _int64(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
 
 
-def _slice_axes(layer: Layer) -> list[int]:
-    axes = [1] * len(_sample_axes(layer))
-    axes[-1] = _sample_axes(layer)[-1]
-    if layer.groups > 1:
-        axes[0] = layer.groups
-    return axes
+def _size(op: Emitter, shape: Optional[Value], axis: int, known: Optional[int]) -> Value:
+    """INT64 scalar: size ``axis`` of an input whose ``Shape`` is ``shape``, a constant when ``known``."""
+    return _int64(known) if known is not None else op.Gather(shape, _int64(axis))
 
 
-def corner_weights(op: Emitter, layer: Layer, frac: Value, inside: Value, mask: Optional[Value]) -> Value:
-    """Bilinear weights of the four neighbours, zero for a neighbour outside the image (``inside``
-    (N, …, 4, 1) from :func:`in_image`), times Δm_k: (N, …, 4, 1) in the layer's dtype."""
-    halves = op.Concat(op.Sub(layer.coordinates(1), frac), frac, axis=-2)  # 1-fy, 1-fx, fy, fx
+def _counted(op: Emitter, shape: Optional[Value], axis: int, known: Optional[int]) -> Value:
+    """Like :func:`_size`, but a dynamic size is counted at run time (the sum of that many ones) rather than
+    read from the shape: tract keeps sizes read from shapes as symbols, and its decluttering fails on index
+    data multiplied by one ("TooEarly")."""
+    if known is not None:
+        return _int64(known)
+    return op.ReduceSum(op.ConstantOfShape(op.Gather(shape, _int64([axis])), value=_int64([1])), keepdims=0)
+
+
+def input_shapes(op: Emitter, layer: Layer, X: Value, offset: Value) -> tuple[Optional[Value], Optional[Value]]:
+    """``Shape`` of X and of ``offset``, each written once and only if a size it holds is not static: H and W
+    are read from X, N, Ho and Wo from ``offset``."""
+    x_shape = op.Shape(X) if None in layer.input_size else None
+    offset_shape = op.Shape(offset) if layer.batch is None or None in layer.output_size else None
+    return x_shape, offset_shape
+
+
+def _rows(layer: Layer) -> int:
+    """M = G·K."""
+    return layer.offset_groups * layer.taps
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+
+
+def output_grid(op: Emitter, layer: Layer, offset_shape: Optional[Value]) -> list[Value]:
+    """p_0 + p_k of every sample, INT64, as the parts whose broadcast sum it is: one constant (1, 2M, Ho, Wo)
+    when the output size is static (a sum of two constants is one that converters might fold wrongly:
+    onnx2tf merges the two Adds and lays the result out as an image), else a rows part (1, 2M, Ho, 1) and a
+    columns part (1, 2M, 1, Wo). Channel 2m + a holds coordinate a (0: y, 1: x) of plan row m, as ``offset``
+    (N, 2M, Ho, Wo) does. Output position (o_y, o_x) samples tap k at o·stride - pad + p_k."""
+    M = _rows(layer)
+    p_k = layer.kernel_grid() - np.reshape(layer.padding, (2, 1))  # (2, K)
+    first = np.tile(p_k.T, (layer.offset_groups, 1)).reshape(1, 2 * M, 1, 1)  # (g, k, a) order
+    is_y = np.tile([1, 0], M).reshape(1, 2 * M, 1, 1)
+    (Ho, Wo), (s_y, s_x) = layer.output_size, layer.stride
+    steps_y, steps_x = _int64(is_y * s_y), _int64((1 - is_y) * s_x)
+    if Ho is not None and Wo is not None:
+        return [_int64(np.arange(Ho).reshape(-1, 1) * steps_y + first + np.arange(Wo) * steps_x)]
+    if Ho is not None:
+        rows = _int64(np.arange(Ho).reshape(-1, 1) * steps_y + first)
+    else:
+        o_y = op.Reshape(op.Range(_int64(0), _size(op, offset_shape, 2, None), _int64(1)), _int64([-1, 1]))
+        rows = op.Add(op.Mul(o_y, steps_y), _int64(first))
+    if Wo is not None:
+        cols = _int64(np.arange(Wo) * steps_x)
+    else:
+        cols = op.Mul(op.Range(_int64(0), _size(op, offset_shape, 3, None), _int64(1)), steps_x)
+    return [rows, cols]
+
+
+def offsets(op: Emitter, layer: Layer, offset: Value) -> Value:
+    """Δp: ``offset`` (N, 2M, Ho, Wo) in the coordinate type, cut to [-2^24, 2^24], NaN to -2^24."""
+    delta = sampling.as_coordinates(op, layer, offset)
+    near = layer.coordinates(-_FAR)
+    return op.Where(op.Greater(delta, near), op.Min(delta, layer.coordinates(_FAR)), near)
+
+
+def neighbours(op: Emitter, layer: Layer, delta: Value, grid: list[Value]) -> tuple[Value, Value]:
+    """``(low, frac)``: the low neighbour ⌊p⌋ = ⌊Δp⌋ + p_0 + p_k along each axis, INT64 (N, M, 2, P), and
+    how far the sample lies past it, p - ⌊p⌋ = Δp - ⌊Δp⌋ in [0, 1] of the coordinate type (N, M, 2, P)."""
+    whole = op.Floor(delta)
+    frac = op.Sub(delta, whole)
+    low = op.Cast(whole, to=_INT64)
+    for part in grid:
+        low = op.Add(low, part)
+    per_axis = _int64([0, _rows(layer), 2, -1])
+    return op.Reshape(low, per_axis), op.Reshape(frac, per_axis)
+
+
+def last_pixel(op: Emitter, layer: Layer, x_shape: Optional[Value]) -> Value:
+    """(H - 1, W - 1, H - 1, W - 1) of X (N, C, H, W) as INT64 (4, 1), for the neighbour axis."""
+    H, W = layer.input_size
+    if H is not None and W is not None:
+        return _int64([H - 1, W - 1] * 2).reshape(4, 1)
+    return op.Sub(op.Gather(x_shape, _int64([[2], [3], [2], [3]])), _int64(1))
+
+
+def in_image(op: Emitter, low: Value, last: Value) -> tuple[Value, Value]:
+    """The low and high neighbours (N, M, 4, P) (low y, low x, high y, high x) of ``low`` (N, M, 2, P),
+    clamped into the image (``last`` from :func:`last_pixel`) by integer ops, so that no table row can be
+    out of bounds whatever the float math before did; and whether each was inside already (BOOL)."""
+    both = op.Concat(low, op.Add(low, _int64(1)), axis=2)
+    clamped = op.Min(op.Max(both, _int64(0)), last)
+    return clamped, op.Equal(clamped, both)
+
+
+def corner_weights(op: Emitter, layer: Layer, frac: Value, inside: Value, mask: Optional[Value],
+                   offset_shape: Optional[Value]) -> Value:
+    """Bilinear weights of the four neighbours (N, M, 4, P) in the layer's dtype, zero for a neighbour
+    outside the image, times Δm_k (``mask`` (N, M, Ho, Wo), read with ``offset``'s sizes)."""
+    halves = op.Concat(op.Sub(layer.coordinates(1), frac), frac, axis=2)  # 1-fy, 1-fx, fy, fx
     halves = op.Where(inside, halves, layer.coordinates(0))
-    weights = op.Mul(op.Gather(halves, _CORNER_Y, axis=-2), op.Gather(halves, _CORNER_X, axis=-2))
+    weights = op.Mul(op.Gather(halves, _CORNER_Y, axis=2), op.Gather(halves, _CORNER_X, axis=2))
     if layer.coordinate_dtype != layer.dtype:
         weights = op.Cast(weights, to=layer.dtype)
-    return weights if mask is None else op.Mul(weights, sample_layout(op, layer, mask, 1))
+    if mask is None:
+        return weights
+    return op.Mul(weights, mask_per_sample(op, layer, mask, offset_shape))
 
 
-def gather_table(op: Emitter, layer: Layer, X: Value) -> Value:
-    """``X`` (N, C, H, W) as rows of Cs channels: (N, H, W·S, Cs), entry [n, y, x·S + s] = slice s of image
-    n at pixel (y, x)."""
-    channels_last = op.Transpose(X, perm=[0, 2, 3, 1])
-    if layer.slices == 1:
-        return channels_last
-    return op.Reshape(channels_last, np.array([0, 0, -1, layer.slice_channels]))
+def mask_per_sample(op: Emitter, layer: Layer, mask: Value, offset_shape: Optional[Value]) -> Value:
+    """Δm of ``mask`` (N, M, Ho, Wo) as (N, M, 1, P), with N, Ho and Wo from ``offset``. With dynamic sizes the
+    mask is read through a ``Gather`` of its flat values at 0 … N·M·P - 1 laid out in offset's sizes: a
+    ``Reshape`` would make tract prove that the mask's own symbols (``torch.export.Dim.AUTO`` gives each input
+    its own) equal offset's, which it cannot."""
+    M, (Ho, Wo) = _rows(layer), layer.output_size
+    if layer.batch is not None and Ho is not None and Wo is not None:
+        return op.Reshape(mask, _int64([layer.batch, M, 1, Ho * Wo]))
+    batch = op.Gather(offset_shape, _int64([0]))
+    positions = op.Mul(op.Gather(offset_shape, _int64([2])), op.Gather(offset_shape, _int64([3])))
+    count = op.Reshape(op.Mul(op.Mul(batch, positions), _int64(M)), _int64([]))  # as products: tract sizes Range
+    flat = op.Range(_int64(0), count, _int64(1))
+    shape = op.Concat(batch, _int64([M, 1]), positions, axis=0)
+    return op.Gather(op.Reshape(mask, _int64([-1])), op.Reshape(flat, shape), axis=0)
 
 
-def columns(op: Emitter, layer: Layer, table: Value, indices: Value, weights: Value) -> Value:
-    """The sampled im2col columns Σ_corners weight · x(corner): (N, P, K·S·Cs) or (N, R, P, K·J·Cs)."""
-    neighbours = op.GatherND(table, indices)  # (N, …, 4, Cs)
-    rows = op.Reshape(weights, np.array([0, *_sample_axes(layer), 1, 4]))  # (N, …, 1, 4)
-    blended = op.MatMul(rows, neighbours)  # (N, …, 1, Cs): one (1 x 4)·(4 x Cs) product per sample
-    return op.Reshape(blended, np.array([0] * len(_sample_axes(layer)) + [-1]))
+def corner_rows(op: Emitter, layer: Layer, clamped: Value, x_shape: Optional[Value],
+                offset_shape: Optional[Value]) -> Value:
+    """The gather table rows (n·H + y)·W + x of the four neighbours, INT32 (N, M, 4, P), from ``clamped``
+    (N, M, 4, P) of :func:`in_image`."""
+    H, W = layer.input_size
+    y, x = op.Gather(clamped, _CORNER_Y, axis=2), op.Gather(clamped, _CORNER_X, axis=2)
+    if layer.batch is not None and layer.batch > 1 and H is not None:
+        y = op.Add(y, _int64(np.arange(layer.batch) * H).reshape(-1, 1, 1, 1))
+    elif layer.batch != 1:  # n counted along offset's batch axis: X's batch is a symbol tract would have to match
+        image = op.Range(_int64(0), _size(op, offset_shape, 0, layer.batch), _int64(1))
+        y = op.Add(y, op.Reshape(op.Mul(image, _counted(op, x_shape, 2, H)), _int64([-1, 1, 1, 1])))
+    # INT32 from here on: LiteRT's Split takes no INT64 (onnx2tf would write a select-TensorFlow op for it),
+    # and every gather index fits: rows < N·H·W, while a table of 2^31 rows would hold 8 GiB per channel.
+    return op.Cast(op.Add(op.Mul(y, _counted(op, x_shape, 3, W)), x), to=_INT32)
 
 
-def weight_matrix(op: Emitter, layer: Layer, W: Value) -> Value:
-    """``W`` (O, C/R, kH, kW) as the columns' right operand: (K·S·Cs, O) or (R, K·J·Cs, O/R), rows in the
-    columns' (k, j, cs) order; folded into a constant when ``W`` is known."""
+def per_row(op: Emitter, layer: Layer, t: Value, sample_shape: Sequence[int]) -> list[Value]:
+    """``t`` (N, M, 4, P) as M values (1, N·P, *sample_shape), one per plan row: what one tap's ``Gather``
+    and blend take, the neighbours on the last axis."""
+    M = _rows(layer)
+    t = op.Reshape(op.Transpose(t, perm=[1, 0, 3, 2]), _int64([M, -1, *sample_shape]))  # (M, N·P, …, 4)
+    return op.split(t, M, M, axis=0)
+
+
+# ------------------------------------------------------------------------------------------------ the taps
+
+
+def gather_tables(op: Emitter, layer: Layer, X: Value) -> list[Value]:
+    """``X`` (N, C, H, W) as S gather tables (N·H·W, Cs), slice s's channels at row (n·H + y)·W + x."""
+    S = layer.slices
+    slices = [X] if S == 1 else op.split(X, S, layer.in_channels, axis=1)
+    shape = _int64([-1, layer.slice_channels])
+    return [op.Reshape(op.Transpose(x, perm=[0, 2, 3, 1]), shape) for x in slices]
+
+
+def samples(op: Emitter, table: Value, rows: Value, weights: Value) -> Value:
+    """x(p)·Δm_k of one tap for one slice, (1, N·P, 1, Cs): its four neighbours gathered by ``rows``
+    (1, N·P, 4) from ``table`` (N·H·W, Cs), blended by ``weights`` (1, N·P, 1, 4) in one batched
+    (1 x 4)·(4 x Cs) ``MatMul``, which reads them once."""
+    return op.MatMul(weights, op.Gather(table, rows, axis=0))
+
+
+def tap_weights(op: Emitter, layer: Layer, W: Value) -> list[list[Value]]:
+    """w_k of every slice s and tap k, ``[s][k]``: (Cs, O/R), the rows of W (O, C/R, kH, kW) that multiply
+    slice s's channels into its conv group's outputs; folded into constants when ``W`` is known."""
     R, S, K, O = layer.groups, layer.slices, layer.taps, layer.out_channels
     J, Cs = S // R, layer.slice_channels
+    split, perm = [R, O // R, J, Cs, K], (0, 2, 4, 3, 1)  # -> (R, J, K, Cs, O/R): s = r·J + j
     known = op.known(W)
-    if R == 1 and S == 1:
-        perm, split, shape = (2, 3, 1, 0), None, [K * Cs, O]  # (kH, kW, C, O)
-    elif R == 1:
-        perm, split, shape = (3, 1, 2, 0), [O, S, Cs, K], [K * S * Cs, O]  # (K, S, Cs, O)
-    else:
-        perm, split, shape = (0, 4, 2, 3, 1), [R, O // R, J, Cs, K], [R, K * J * Cs, O // R]  # (R, K, J, Cs, O/R)
     if known is not None:
-        split_known = known if split is None else known.reshape(split)
-        return np.ascontiguousarray(split_known.transpose(perm)).reshape(shape)
-    by_tap = op.Transpose(W if split is None else op.Reshape(W, np.array(split)), perm=list(perm))
-    return op.Reshape(by_tap, np.array(shape))
+        per_step = known.reshape(split).transpose(perm).reshape(S, K, Cs, O // R)
+        return [[np.ascontiguousarray(per_step[s, k]) for k in range(K)] for s in range(S)]
+    if S == 1:  # rank 3: (O, C, K) -> (K, C, O)
+        split, perm = [O, Cs, K], (2, 1, 0)
+    per_step = op.Reshape(op.Transpose(op.Reshape(W, _int64(split)), perm=list(perm)), _int64([S * K, Cs, O // R]))
+    return [[op.Gather(per_step, _int64(s * K + k), axis=0) for k in range(K)] for s in range(S)]
 
 
-def bias_per_channel(op: Emitter, B: Value) -> Value:
-    """``B`` (O) as (1, O, 1, 1); folded into a constant when ``B`` is known."""
+def group_biases(op: Emitter, layer: Layer, B: Optional[Value]) -> list[Optional[Value]]:
+    """B (O) as R values (O/R), one per conv group; folded when known; ``None`` each without a bias."""
+    R = layer.groups
+    if B is None:
+        return [None] * R
     known = op.known(B)
-    return known.reshape(1, -1, 1, 1) if known is not None else op.Reshape(B, np.array([1, -1, 1, 1]))
+    if known is not None:
+        return list(np.split(known, R))
+    if R == 1:
+        return [B]
+    per_group = op.Reshape(B, _int64([R, -1]))
+    return [op.Gather(per_group, _int64(r), axis=0) for r in range(R)]
 
 
-def output(op: Emitter, layer: Layer, product: Value, Ho_Wo: Value, B: Optional[Value]) -> Value:
-    """``product`` (N, P, O) or (N, R, P, O/R) as Y (N, O, Ho, Wo), plus the bias ``B`` (O) if given."""
-    perm = [0, 2, 1] if layer.groups == 1 else [0, 1, 3, 2]
-    shape = op.Concat(np.array([-1, layer.out_channels], dtype=np.int64), Ho_Wo, axis=0)
-    Y = op.Reshape(op.Transpose(product, perm=perm), shape)
-    return Y if B is None else op.Add(Y, bias_per_channel(op, B))
+def output(op: Emitter, layer: Layer, sums: list[Value], offset_shape: Optional[Value]) -> Value:
+    """Y (N, O, Ho, Wo) from the R conv groups' sums (1, N·P, 1, O/R); Ho and Wo from ``offset``."""
+    Y = sums[0] if len(sums) == 1 else op.Concat(*sums, axis=3)  # (1, N·P, 1, O)
+    if None in layer.output_size:
+        Ho_Wo = op.Gather(offset_shape, _int64([2, 3]))
+        shape = op.Concat(_int64([-1]), Ho_Wo, _int64([layer.out_channels]), axis=0)
+    else:
+        shape = _int64([-1, *layer.output_size, layer.out_channels])
+    return op.Transpose(op.Reshape(Y, shape), perm=[0, 3, 1, 2])
 
 
 def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, B: Optional[Value] = None,
                   mask: Optional[Value] = None) -> Value:
     """Y (N, O, Ho, Wo) of ``X`` (N, C, H, W), ``W`` (O, C/R, kH, kW), ``offset`` (N, 2·G·K, Ho, Wo), optional
-    ``B`` (O) and ``mask`` (N, G·K, Ho, Wo) (``None``: DCNv1)."""
-    Ho_Wo = sampling.output_size(op, offset)
-    low_high, frac = neighbours(op, layer, positions(op, layer, offset, Ho_Wo))
-    clamped, inside = in_image(op, low_high, last_pixel(op, layer, X))
-    weights = corner_weights(op, layer, frac, inside, mask)
-    indices = corner_indices(op, layer, clamped)
-    product = op.MatMul(columns(op, layer, gather_table(op, layer, X), indices, weights), weight_matrix(op, layer, W))
-    return output(op, layer, product, Ho_Wo, B)
+    ``B`` (O) and ``mask`` (N, G·K, Ho, Wo) (``None``: DCNv1): the sum over slices and taps of samples · w_k."""
+    x_shape, offset_shape = input_shapes(op, layer, X, offset)
+    low, frac = neighbours(op, layer, offsets(op, layer, offset), output_grid(op, layer, offset_shape))
+    clamped, inside = in_image(op, low, last_pixel(op, layer, x_shape))
+    weights = per_row(op, layer, corner_weights(op, layer, frac, inside, mask, offset_shape), [1, _CORNERS])
+    rows = per_row(op, layer, corner_rows(op, layer, clamped, x_shape, offset_shape), [_CORNERS])
+    tables, w_k, biases = gather_tables(op, layer, X), tap_weights(op, layer, W), group_biases(op, layer, B)
+    K, J, per_offset_group = layer.taps, layer.slices // layer.groups, layer.slices // layer.offset_groups
+    steps = [(s, k) for s in range(layer.slices) for k in range(K)]
+
+    def product(step: int) -> Value:
+        """Samples · w_k of one (slice, tap): (1, N·P, 1, O/R)."""
+        s, k = steps[step]
+        m = s // per_offset_group * K + k
+        return op.MatMul(samples(op, tables[s], rows[m], weights[m]), w_k[s][k])
+
+    sums: list[Optional[Value]] = [None] * layer.groups
+    upcoming = product(0)
+    for step, (s, _) in enumerate(steps):
+        current, r = upcoming, s // J
+        # The next product is written before this one is added: onnxruntime orders nodes by a reverse
+        # depth-first walk from the output that enters the input written last first, so this order makes it
+        # finish each tap before it gathers the next (written after, it gathers every tap first: all K
+        # products alive at once). Runtimes that execute in graph order hold one product more.
+        upcoming = product(step + 1) if step + 1 < len(steps) else None
+        if sums[r] is not None:
+            sums[r] = op.Add(sums[r], current)
+        else:
+            sums[r] = current if biases[r] is None else op.Add(current, biases[r])
+    return output(op, layer, sums, offset_shape)

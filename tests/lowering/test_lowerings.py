@@ -6,6 +6,7 @@ hostile offsets, and the node budget of one layer."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import re
 import tempfile
@@ -21,9 +22,9 @@ from dcn_onnxscript.lowering.layer import Layer
 from helpers import HOSTILE, SweepCase, assert_close, lowering_model, sweep_layer, torchvision_reference
 from runtimes import run_onnxruntime, run_reference
 
-#: Nodes one deformable layer may add (Constant nodes excluded: exporters and the rewriter keep constants
-#: as initializers).
-NODE_BUDGET = 60
+#: Nodes one deformable layer may add, per lowering (Constant nodes excluded: exporters and the rewriter keep
+#: constants as initializers). gather writes four nodes per tap (Gather, blend, MatMul by w_k, Add).
+NODE_BUDGET = {"gather": 120, "grid_sample": 60}
 
 
 @st.composite
@@ -105,7 +106,7 @@ def test_one_layer_stays_within_the_node_budget(lowering: str, dtype: int, shape
     """A DCNv2 layer with bias (3x3, one group), dynamic or static sizes: at most NODE_BUDGET nodes with W and
     B initializers, as exported and rewritten models have them (folded). With W and B graph inputs (not
     folded) a layer may spend on top what folding saves: grid_sample's per-tap kernels (W reshaped and
-    split) and, for float16, the casts of W and B to float32."""
+    split) and, for float16, the casts of W and B to float32; gather's per-tap weight matrices."""
     layer = Layer(kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1,
                   in_channels=64, out_channels=64, dtype=dtype)
     static = {"X": [1, 64, 32, 32], "W": [64, 64, 3, 3], "offset": [1, 18, 32, 32], "B": [64], "mask": [1, 9, 32, 32]}
@@ -117,7 +118,9 @@ def test_one_layer_stays_within_the_node_budget(lowering: str, dtype: int, shape
     unfolded = 0
     if weights == "inputs" and lowering == "grid_sample":
         unfolded = 2 + (2 if dtype == onnx.TensorProto.FLOAT16 else 0)
-    budget = NODE_BUDGET + unfolded
+    if weights == "inputs" and lowering == "gather":
+        unfolded = 3 + layer.taps  # W reshaped, transposed and reshaped, then one Gather per tap
+    budget = NODE_BUDGET[lowering] + unfolded
     assert sum(nodes.values()) <= budget, nodes
     assert "DeformConv" not in nodes
 
@@ -156,3 +159,98 @@ def test_grid_sample_keeps_every_tensor_at_rank_4_or_less(case: SweepCase):
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField("shape")}
     assert len(ranks) == len(values), "a value without an inferred shape"
     assert max(ranks.values()) <= 4, {name: rank for name, rank in ranks.items() if rank > 4}
+
+
+# ------------------------------------------------------------------------------------------------ gather
+
+
+def _static_layer(case: SweepCase, dtype: int = onnx.TensorProto.FLOAT) -> Layer:
+    """The case's layer with every size known, as exporters and the rewriter fill it from static shapes."""
+    return dataclasses.replace(sweep_layer(case, dtype), batch=case.batch, input_size=(case.height, case.width),
+                               output_size=case.output_size)
+
+
+def _inferred_values(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    return [*inferred.graph.value_info, *inferred.graph.output]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(case=sweep_cases(), opset_step=st.integers(0, 11), seed=st.integers(0, 2**16))
+def test_gather_with_static_sizes_writes_constants_and_matches_torchvision(case: SweepCase, opset_step: int, seed: int):
+    """Sizes known at build time become constants: no Shape, Range or ConstantOfShape is left (OpenCV's classic
+    engine crashes on shape arithmetic over constants), and the result is torchvision's."""
+    arrays = case.arrays(np.random.default_rng(seed))
+    shapes = {name: list(value.shape) for name, value in arrays.items()}
+    opset = table.LOWERINGS["gather"].min_opset + opset_step
+    model = lowering_model("gather", _static_layer(case), opset, static_shapes=shapes)
+    onnx.checker.check_model(model, full_check=True)
+    assert not {n.op_type for n in model.graph.node} & {"Shape", "Range", "ConstantOfShape", "CumSum"}
+    assert_close(run_onnxruntime(model, _feeds(case, arrays)), _reference(case, arrays))
+
+
+@pytest.mark.parametrize("dtype", [onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE])
+@pytest.mark.parametrize("shapes", ["dynamic", "static"])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(case=sweep_cases())
+def test_gather_writes_patterns_every_converter_reads(dtype: int, shapes: str, case: SweepCase):
+    """What converters choke on is absent: DOUBLE values in a float16/float32 model (OpenCV's new engine,
+    the OpenVINO execution provider), ``CumSum`` (OpenCV's classic engine, LiteRT), ``Shape`` with start/end
+    (onnx_tool), ``Abs``/``Less`` guards (ncnn), ``Cast(to=FLOAT)`` in a float32 model (onnxconverter-common's
+    float16 conversion keeps its ``to``), values of rank 5 or more (onnx2tf), with W folded as exporters have
+    it."""
+    layer = _static_layer(case, dtype) if shapes == "static" else sweep_layer(case, dtype)
+    arrays = case.arrays(np.random.default_rng(0))
+    model = lowering_model("gather", layer, static_shapes={n: list(v.shape) for n, v in arrays.items()},
+                           constants={"W": arrays["W"].astype(onnx.helper.tensor_dtype_to_np_dtype(dtype))})
+    nodes = list(model.graph.node)
+    assert not {n.op_type for n in nodes} & {"CumSum", "Abs", "Less"}
+    assert not [n for n in nodes if n.op_type == "Shape" and n.attribute]
+    casts = {a.i for n in nodes if n.op_type == "Cast" for a in n.attribute}
+    if dtype != onnx.TensorProto.DOUBLE:
+        assert onnx.TensorProto.DOUBLE not in casts
+    if dtype == onnx.TensorProto.FLOAT:
+        assert onnx.TensorProto.FLOAT not in casts
+    values = _inferred_values(model)
+    assert not [v.name for v in values if v.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+                and dtype != onnx.TensorProto.DOUBLE]
+    assert max(len(v.type.tensor_type.shape.dim) for v in values) <= 4
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(case=sweep_cases())
+def test_gather_holds_one_taps_neighbours_at_most(case: SweepCase):
+    """No value is as large as the im2col columns (N·Ho·Wo·C·K): the largest holds the four neighbours of one
+    tap's samples for one channel slice (4·N·Ho·Wo·C/S), the plan of all taps (4·N·G·K·Ho·Wo), or is X, W or
+    Y in another layout."""
+    arrays = case.arrays(np.random.default_rng(0))
+    model = lowering_model("gather", _static_layer(case), static_shapes={n: list(v.shape) for n, v in arrays.items()})
+    layer = _static_layer(case)
+    positions = case.batch * int(np.prod(case.output_size))
+    bound = max(4 * positions * max(layer.slice_channels, layer.offset_groups * layer.taps),
+                *(arrays[name].size for name in ("X", "W")), positions * case.out_channels)
+    constants = {name for n in model.graph.node if n.op_type == "Constant" for name in n.output}
+    sizes = {v.name: int(np.prod([d.dim_value for d in v.type.tensor_type.shape.dim]))
+             for v in _inferred_values(model) if v.name not in constants}
+    assert max(sizes.values()) <= bound, max(sizes.items(), key=lambda item: item[1])
+
+
+def test_gather_reads_each_size_from_one_input():
+    """tract loads a layer whose inputs carry distinct symbols (``torch.export.Dim.AUTO`` per input): N, Ho and
+    Wo are read from offset, H and W from X, and the mask is read in offset's sizes, so tract never has to
+    prove two inputs' symbols equal; the output is typed with offset's symbols and runs right."""
+    tract = pytest.importorskip("tract")
+    case = SweepCase(2, 4, 4, 6, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, True, True, 2.0)
+    layer = sweep_layer(case)
+    shapes = {"X": ["nx", 4, "h", "w"], "W": [4, 4, 3, 3], "offset": ["no", 36, "ho", "wo"], "B": [4],
+              "mask": ["nm", 18, "hm", "wm"]}
+    model = lowering_model("gather", layer, opset=18, static_shapes=shapes)
+    arrays = case.arrays(np.random.default_rng(3))
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "layer.onnx")
+        onnx.save(model, path)
+        typed = tract.onnx().load(path).into_model()
+        fact = str(typed.output_fact(0))
+        actual = typed.into_runnable().run([arrays[n] for n in ("X", "W", "offset", "B", "mask")])[0].to_numpy()
+    assert fact.split(",")[:4] == ["no", "4", "ho", "wo"], fact
+    assert_close(actual, _reference(case, arrays))
