@@ -6,6 +6,7 @@ hostile offsets, and the node budget of one layer."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import re
 import tempfile
@@ -19,11 +20,16 @@ from hypothesis import strategies as st
 from dcn_onnxscript.lowering import table
 from dcn_onnxscript.lowering.layer import Layer
 from helpers import HOSTILE, SweepCase, assert_close, lowering_model, sweep_layer, torchvision_reference
-from runtimes import run_onnxruntime, run_reference
+from runtimes import run_onnxruntime, run_reference, run_runtime, run_tract
 
 #: Nodes one deformable layer may add (Constant nodes excluded: exporters and the rewriter keep constants
 #: as initializers).
 NODE_BUDGET = 60
+#: What a dynamic grid_sample layer spends on top of NODE_BUDGET to read each size from one input: X's N cut
+#: into offset and mask (a Slice of X's Shape, two Slices), H, W and Ho, Wo sliced from Shapes (onnx_tool
+#: ignores Shape's start), the (y, x) swap as Split + Concat (converters misread a Gather of the channels):
+#: 63 nodes (float16 64). A static grid_sample layer folds its grid into constants: 45 (float16 49).
+GRID_SAMPLE_DYNAMIC_SIZES = 4
 
 
 @st.composite
@@ -46,6 +52,20 @@ def sweep_cases(draw) -> SweepCase:
     return case
 
 
+def _with_static_sizes(layer: Layer, shapes: dict) -> Layer:
+    """``layer`` with the sizes the exporters fill in from static shapes: N, (H, W) of X, (Ho, Wo) of offset."""
+    (n, _, h, w), (ho, wo) = shapes["X"], shapes["offset"][2:]
+    return dataclasses.replace(layer, batch=n, input_size=(h, w), output_size=(ho, wo))
+
+
+def _shaped_model(lowering: str, layer: Layer, arrays: dict, static: bool, opset: int = 18) -> onnx.ModelProto:
+    """The layer's model with dynamic shapes, or with the arrays' static shapes and sizes in ``layer``."""
+    if not static:
+        return lowering_model(lowering, layer, opset)
+    shapes = {name: list(value.shape) for name, value in arrays.items()}
+    return lowering_model(lowering, _with_static_sizes(layer, shapes), opset, static_shapes=shapes)
+
+
 def _feeds(case: SweepCase, arrays: dict) -> list[np.ndarray]:
     return [arrays[n] for n in ("X", "W", "offset", "B", "mask")
             if n in ("X", "W", "offset") or (n == "B" and case.use_bias) or (n == "mask" and case.use_mask)]
@@ -58,13 +78,15 @@ def _reference(case: SweepCase, arrays: dict) -> np.ndarray:
 
 @pytest.mark.parametrize("lowering", sorted(table.LOWERINGS))
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
-@given(case=sweep_cases(), opset_step=st.integers(0, 16), seed=st.integers(0, 2**16))
-def test_random_layers_match_torchvision(lowering: str, case: SweepCase, opset_step: int, seed: int):
+@given(case=sweep_cases(), opset_step=st.integers(0, 16), seed=st.integers(0, 2**16), static=st.booleans())
+def test_random_layers_match_torchvision(lowering: str, case: SweepCase, opset_step: int, seed: int, static: bool):
+    """Dynamic shapes, or static shapes with the sizes in the Layer (as exporters give them: grid_sample then
+    folds its grid into constants)."""
     low = table.LOWERINGS[lowering].min_opset
     opset = min(low + opset_step, onnx.defs.onnx_opset_version())
-    model = lowering_model(lowering, sweep_layer(case), opset)
-    onnx.checker.check_model(model, full_check=True)
     arrays = case.arrays(np.random.default_rng(seed))
+    model = _shaped_model(lowering, sweep_layer(case), arrays, static, opset)
+    onnx.checker.check_model(model, full_check=True)
     expected = _reference(case, arrays)
     assert_close(run_onnxruntime(model, _feeds(case, arrays)), expected)
     if lowering == "gather" or opset >= 20:  # onnx.reference names GridSample-16's mode only from 20 on
@@ -73,15 +95,16 @@ def test_random_layers_match_torchvision(lowering: str, case: SweepCase, opset_s
 
 @pytest.mark.parametrize("lowering", sorted(table.LOWERINGS))
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-def test_hostile_offsets_never_read_out_of_bounds(lowering: str, dtype):
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_hostile_offsets_never_read_out_of_bounds(lowering: str, dtype, static: bool):
     """NaN, ±Inf and huge offsets at 20 % of the entries: the runtime neither crashes nor returns
     non-finite values where torchvision's are finite, in every dtype (float16 computes positions in
-    float32; every gather index is clamped by integer ops)."""
+    float32; every gather index is clamped by integer ops), with dynamic and static shapes."""
     case = SweepCase(2, 4, 6, 9, 7, (3, 3), (1, 1), (1, 1), (1, 1), 2, 2, True, True, 3.0)
     elem_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    model = lowering_model(lowering, sweep_layer(case, elem_type))
     rng = np.random.default_rng(7)
     arrays = case.arrays(rng)
+    model = _shaped_model(lowering, sweep_layer(case, elem_type), arrays, static)
     where = rng.random(arrays["offset"].shape) < 0.2
     arrays["offset"][where] = rng.choice(HOSTILE, size=int(where.sum()))
     arrays = {k: v.astype(dtype) for k, v in arrays.items()}
@@ -102,13 +125,15 @@ def _nodes(model: onnx.ModelProto) -> collections.Counter:
 @pytest.mark.parametrize("shapes", ["dynamic", "static"])
 @pytest.mark.parametrize("weights", ["initializers", "inputs"])
 def test_one_layer_stays_within_the_node_budget(lowering: str, dtype: int, shapes: str, weights: str):
-    """A DCNv2 layer with bias (3x3, one group), dynamic or static sizes: at most NODE_BUDGET nodes with W and
-    B initializers, as exported and rewritten models have them (folded). With W and B graph inputs (not
-    folded) a layer may spend on top what folding saves: grid_sample's per-tap kernels (W reshaped and
-    split) and, for float16, the casts of W and B to float32."""
+    """A DCNv2 layer with bias (3x3, one group), dynamic or static sizes (in the Layer too, as exporters give
+    them): at most NODE_BUDGET nodes with W and B initializers, as exported and rewritten models have them
+    (folded). With W and B graph inputs (not folded) a layer may spend on top what folding saves:
+    grid_sample's per-tap kernels (W reshaped and split) and, for float16, the casts of W and B to float32."""
     layer = Layer(kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1,
                   in_channels=64, out_channels=64, dtype=dtype)
     static = {"X": [1, 64, 32, 32], "W": [64, 64, 3, 3], "offset": [1, 18, 32, 32], "B": [64], "mask": [1, 9, 32, 32]}
+    if shapes == "static":
+        layer = _with_static_sizes(layer, static)
     np_dtype = onnx.helper.tensor_dtype_to_np_dtype(dtype)
     folded = {"W": np.ones((64, 64, 3, 3), np_dtype), "B": np.ones(64, np_dtype)}
     constants = folded if weights == "initializers" else None
@@ -117,7 +142,8 @@ def test_one_layer_stays_within_the_node_budget(lowering: str, dtype: int, shape
     unfolded = 0
     if weights == "inputs" and lowering == "grid_sample":
         unfolded = 2 + (2 if dtype == onnx.TensorProto.FLOAT16 else 0)
-    budget = NODE_BUDGET + unfolded
+    sizes = GRID_SAMPLE_DYNAMIC_SIZES if lowering == "grid_sample" and shapes == "dynamic" else 0
+    budget = NODE_BUDGET + unfolded + sizes
     assert sum(nodes.values()) <= budget, nodes
     assert "DeformConv" not in nodes
 
@@ -142,17 +168,76 @@ def test_tract_derives_the_output_sizes_exactly(lowering: str):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
-@given(case=sweep_cases())
-def test_grid_sample_keeps_every_tensor_at_rank_4_or_less(case: SweepCase):
+@given(case=sweep_cases(), static=st.booleans())
+def test_grid_sample_keeps_every_tensor_at_rank_4_or_less(case: SweepCase, static: bool):
     """onnx2tf reads a rank-5 tensor as a volume (NCDHW) and moves an axis it takes for channels to the end,
     which broke the conversion to LiteRT: the lowering LiteRT takes keeps every value at rank 4 or less (the
-    matrix's tflite cases convert and run it)."""
+    matrix's tflite cases convert and run it), with static sizes (folded) and dynamic ones."""
     arrays = case.arrays(np.random.default_rng(0))
-    shapes = {name: list(value.shape) for name, value in arrays.items()}
-    model = lowering_model("grid_sample", sweep_layer(case), static_shapes=shapes)
+    model = _shaped_model("grid_sample", sweep_layer(case), arrays, static)
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     values = [*inferred.graph.value_info, *inferred.graph.output]
     assert len(values) >= len([n for n in model.graph.node if n.op_type != "Constant"])
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField("shape")}
     assert len(ranks) == len(values), "a value without an inferred shape"
     assert max(ranks.values()) <= 4, {name: rank for name, rank in ranks.items() if rank > 4}
+
+
+#: Every input's sizes named apart, as torch.export's Dim.AUTO names them (x: s77, offset: s98, ...).
+def _unrelated_symbols(case: SweepCase) -> dict:
+    arrays = case.arrays(np.random.default_rng(0))
+    return {name: [f"{name}_{axis}" if axis != 1 else size for axis, size in enumerate(array.shape)]
+            if name in ("X", "offset", "mask") else list(array.shape) for name, array in arrays.items()}
+
+
+@pytest.mark.parametrize("offset_groups", [1, 2])
+@pytest.mark.parametrize("use_mask", [True, False], ids=["dcnv2", "dcnv1"])
+def test_grid_sample_loads_in_tract_with_unrelated_symbols_per_input(offset_groups: int, use_mask: bool):
+    """X, offset and mask with sizes of their own symbols (torch.export's Dim.AUTO): the grid's batch and
+    the mask's sizes are read from X and offset, so tract types the layer without proving two symbols equal
+    (it cannot: "Impossible to unify 2·s77 with 2·s98" at GridSample), with plain symbols for the output,
+    and runs it like torchvision."""
+    pytest.importorskip("tract")
+    case = SweepCase(2, 4, 6, 9, 7, (3, 3), (1, 1), (1, 1), (1, 1), 2, offset_groups, use_mask, True, 3.0)
+    model = lowering_model("grid_sample", sweep_layer(case), opset=18, static_shapes=_unrelated_symbols(case))
+    arrays = case.arrays(np.random.default_rng(3))
+    assert_close(run_tract(model, _feeds(case, arrays), concrete=False), _reference(case, arrays))
+
+
+def _hostile_taps(case: SweepCase, arrays: dict, rng: np.random.Generator) -> tuple[dict, dict]:
+    """``arrays`` with NaN, ±Inf or a huge value in one coordinate of about 20 % of the (tap, position)
+    pairs, and the arrays on which torchvision computes what those taps must give: nothing (mask and offset
+    zero there)."""
+    attacked, contributes_nothing = dict(arrays), dict(arrays)
+    n, taps, ho, wo = arrays["mask"].shape
+    hit = rng.random((n, taps, ho, wo)) < 0.2
+    values = rng.choice(HOSTILE, size=(n, taps, ho, wo))
+    which = rng.integers(0, 2, size=(n, taps, ho, wo))  # the y or the x of the pair
+    offset = arrays["offset"].reshape(n, taps, 2, ho, wo).copy()
+    for coordinate in (0, 1):
+        offset[:, :, coordinate][hit & (which == coordinate)] = values[hit & (which == coordinate)]
+    attacked["offset"] = offset.reshape(arrays["offset"].shape)
+    zeroed = arrays["offset"].reshape(n, taps, 2, ho, wo).copy()
+    zeroed[np.broadcast_to(hit[:, :, None], zeroed.shape)] = 0.0
+    contributes_nothing["offset"] = zeroed.reshape(arrays["offset"].shape)
+    contributes_nothing["mask"] = np.where(hit, 0.0, arrays["mask"]).astype(arrays["mask"].dtype)
+    return attacked, contributes_nothing
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "reference", "openvino", "tract"])
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_grid_sample_non_finite_and_huge_offsets_contribute_zero(runtime: str, static: bool):
+    """A tap whose offset is NaN, ±Inf or huge contributes exactly nothing on every runtime: the guard moves
+    its grid value outside the image before ``GridSample`` (without it, onnxruntime's ``GridSample`` returns
+    finite non-zero values for NaN and onnx.reference's fails on them; a ``Clip`` keeps NaN on both)."""
+    case = SweepCase(2, 4, 6, 9, 7, (3, 3), (1, 1), (1, 1), (1, 1), 2, 2, True, True, 3.0)
+    rng = np.random.default_rng(11)
+    arrays = case.arrays(rng)
+    attacked, contributes_nothing = _hostile_taps(case, arrays, rng)
+    if static or runtime != "tract":
+        model = _shaped_model("grid_sample", sweep_layer(case), arrays, static, opset=20)
+        actual = run_runtime(runtime, model, _feeds(case, attacked))
+    else:  # tract loads symbolic sizes, not symbolic channels
+        model = lowering_model("grid_sample", sweep_layer(case), 20, static_shapes=_unrelated_symbols(case))
+        actual = run_tract(model, _feeds(case, attacked), concrete=False)
+    assert_close(actual, _reference(case, contributes_nothing))
