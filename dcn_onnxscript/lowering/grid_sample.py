@@ -18,8 +18,9 @@ Sizes have one source each: N, H and W are read from X, Ho and Wo from ``offset`
 are cut to those sizes (a ``Slice`` that keeps every element of a valid call), so that a runtime that types
 the graph symbolically (tract) never has to prove that two inputs' batch or grid sizes are equal. Sizes the
 :class:`~dcn_onnxscript.lowering.layer.Layer` knows (static shapes) are written as constants instead: a
-static layer's grid is Δp times one constant plus another, and has no ``Shape``, ``ConstantOfShape`` or
-``CumSum`` left (OpenCV's ONNX importer crashes on a ``CumSum`` of a constant).
+static layer's grid is (Δp + a constant) times a constant, with no ``Shape``, ``ConstantOfShape`` or
+``CumSum`` left (OpenCV's ONNX importer crashes on a ``CumSum`` of a constant), and a layer with only its
+batch dynamic keeps just the two ``Slice``s.
 
 The graph's patterns are ones that converters read (OpenCV, ncnn through pnnx, onnx_tool, onnx2tf, MNN):
 ``GridSample`` wants (x, y) and the offsets hold (y, x), so the offset channels are split one by one and
@@ -32,7 +33,8 @@ Why it is safe for every input: a grid value that is not finite or lies 4 or mor
 centre (NaN, ±Inf and huge offsets included) is replaced by 4, where both neighbours lie outside the image:
 ``GridSample`` reads zero there and never sees a value it could turn into an out-of-range integer. The test
 is a comparison and a ``Where``: ``Clip`` and ``Min``/``Max`` keep NaN on onnxruntime and onnx.reference, whose
-``GridSample`` then returns a non-zero value or fails.
+``GridSample`` then returns a non-zero value or fails. (ncnn has neither a comparison nor a select: there the
+guard must become ``Clip(-4, 4)``, which gives up the zero contribution of NaN offsets.)
 
 Float16 and bfloat16 layers sample, weigh and sum in float32 (sampling positions of float16 would be off by
 up to 1/32 pixel at 64 pixels), and float64 ones too if asked for (onnxruntime has no float64 ``GridSample``
@@ -88,8 +90,8 @@ def _sizes(op: Emitter, shape: Value, start: int, end: int) -> Value:
 
 
 def with_batch_of_x(op: Emitter, layer: Layer, X_shape: Optional[Value], value: Value) -> Value:
-    """``value`` (N, …) cut to the N of ``X_shape`` (X's ``Shape``) where N is dynamic: a ``Slice`` that keeps
-    every row of a valid call and gives the offsets, and so the grid, X's batch size."""
+    """``value`` (N', …) cut to the N of ``X_shape`` (X's ``Shape``) where the batch is dynamic: a ``Slice`` that
+    keeps every row of a valid call (N' = N) and makes N, not N', the batch of everything computed from it."""
     if not _dynamic(layer.batch):
         return value
     return op.Slice(value, np.array([0]), _sizes(op, X_shape, 0, 1), np.array([0]))

@@ -58,12 +58,22 @@ def _with_static_sizes(layer: Layer, shapes: dict) -> Layer:
     return dataclasses.replace(layer, batch=n, input_size=(h, w), output_size=(ho, wo))
 
 
-def _shaped_model(lowering: str, layer: Layer, arrays: dict, static: bool, opset: int = 18) -> onnx.ModelProto:
-    """The layer's model with dynamic shapes, or with the arrays' static shapes and sizes in ``layer``."""
-    if not static:
+#: How a test model's shapes are given: every size symbolic, every size static (and in the Layer, as
+#: exporters give them), or only the batch symbolic (the common export with a dynamic batch).
+SHAPES = ("dynamic", "static", "dynamic_batch")
+
+
+def _shaped_model(lowering: str, layer: Layer, arrays: dict, shapes: str, opset: int = 18) -> onnx.ModelProto:
+    """The layer's model with the arrays' shapes given as ``shapes`` (one of SHAPES)."""
+    if shapes == "dynamic":
         return lowering_model(lowering, layer, opset)
-    shapes = {name: list(value.shape) for name, value in arrays.items()}
-    return lowering_model(lowering, _with_static_sizes(layer, shapes), opset, static_shapes=shapes)
+    static = {name: list(value.shape) for name, value in arrays.items()}
+    layer = _with_static_sizes(layer, static)
+    if shapes == "dynamic_batch":
+        static = {name: ["N", *shape[1:]] if name in ("X", "offset", "mask") else shape
+                  for name, shape in static.items()}
+        layer = dataclasses.replace(layer, batch=None)
+    return lowering_model(lowering, layer, opset, static_shapes=static)
 
 
 def _feeds(case: SweepCase, arrays: dict) -> list[np.ndarray]:
@@ -78,14 +88,14 @@ def _reference(case: SweepCase, arrays: dict) -> np.ndarray:
 
 @pytest.mark.parametrize("lowering", sorted(table.LOWERINGS))
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
-@given(case=sweep_cases(), opset_step=st.integers(0, 16), seed=st.integers(0, 2**16), static=st.booleans())
-def test_random_layers_match_torchvision(lowering: str, case: SweepCase, opset_step: int, seed: int, static: bool):
-    """Dynamic shapes, or static shapes with the sizes in the Layer (as exporters give them: grid_sample then
-    folds its grid into constants)."""
+@given(case=sweep_cases(), opset_step=st.integers(0, 16), seed=st.integers(0, 2**16), shapes=st.sampled_from(SHAPES))
+def test_random_layers_match_torchvision(lowering: str, case: SweepCase, opset_step: int, seed: int, shapes: str):
+    """Dynamic shapes, static ones with the sizes in the Layer (as exporters give them: grid_sample then
+    folds its grid into constants), or only the batch dynamic."""
     low = table.LOWERINGS[lowering].min_opset
     opset = min(low + opset_step, onnx.defs.onnx_opset_version())
     arrays = case.arrays(np.random.default_rng(seed))
-    model = _shaped_model(lowering, sweep_layer(case), arrays, static, opset)
+    model = _shaped_model(lowering, sweep_layer(case), arrays, shapes, opset)
     onnx.checker.check_model(model, full_check=True)
     expected = _reference(case, arrays)
     assert_close(run_onnxruntime(model, _feeds(case, arrays)), expected)
@@ -95,16 +105,16 @@ def test_random_layers_match_torchvision(lowering: str, case: SweepCase, opset_s
 
 @pytest.mark.parametrize("lowering", sorted(table.LOWERINGS))
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
-def test_hostile_offsets_never_read_out_of_bounds(lowering: str, dtype, static: bool):
+@pytest.mark.parametrize("shapes", SHAPES)
+def test_hostile_offsets_never_read_out_of_bounds(lowering: str, dtype, shapes: str):
     """NaN, ±Inf and huge offsets at 20 % of the entries: the runtime neither crashes nor returns
     non-finite values where torchvision's are finite, in every dtype (float16 computes positions in
-    float32; every gather index is clamped by integer ops), with dynamic and static shapes."""
+    float32; every gather index is clamped by integer ops), with dynamic, static and batch-only dynamic shapes."""
     case = SweepCase(2, 4, 6, 9, 7, (3, 3), (1, 1), (1, 1), (1, 1), 2, 2, True, True, 3.0)
     elem_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     rng = np.random.default_rng(7)
     arrays = case.arrays(rng)
-    model = _shaped_model(lowering, sweep_layer(case, elem_type), arrays, static)
+    model = _shaped_model(lowering, sweep_layer(case, elem_type), arrays, shapes)
     where = rng.random(arrays["offset"].shape) < 0.2
     arrays["offset"][where] = rng.choice(HOSTILE, size=int(where.sum()))
     arrays = {k: v.astype(dtype) for k, v in arrays.items()}
@@ -168,13 +178,13 @@ def test_tract_derives_the_output_sizes_exactly(lowering: str):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
-@given(case=sweep_cases(), static=st.booleans())
-def test_grid_sample_keeps_every_tensor_at_rank_4_or_less(case: SweepCase, static: bool):
+@given(case=sweep_cases(), shapes=st.sampled_from(SHAPES))
+def test_grid_sample_keeps_every_tensor_at_rank_4_or_less(case: SweepCase, shapes: str):
     """onnx2tf reads a rank-5 tensor as a volume (NCDHW) and moves an axis it takes for channels to the end,
     which broke the conversion to LiteRT: the lowering LiteRT takes keeps every value at rank 4 or less (the
     matrix's tflite cases convert and run it), with static sizes (folded) and dynamic ones."""
     arrays = case.arrays(np.random.default_rng(0))
-    model = _shaped_model("grid_sample", sweep_layer(case), arrays, static)
+    model = _shaped_model("grid_sample", sweep_layer(case), arrays, shapes)
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     values = [*inferred.graph.value_info, *inferred.graph.output]
     assert len(values) >= len([n for n in model.graph.node if n.op_type != "Constant"])
@@ -225,8 +235,8 @@ def _hostile_taps(case: SweepCase, arrays: dict, rng: np.random.Generator) -> tu
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "reference", "openvino", "tract"])
-@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
-def test_grid_sample_non_finite_and_huge_offsets_contribute_zero(runtime: str, static: bool):
+@pytest.mark.parametrize("shapes", SHAPES)
+def test_grid_sample_non_finite_and_huge_offsets_contribute_zero(runtime: str, shapes: str):
     """A tap whose offset is NaN, ±Inf or huge contributes exactly nothing on every runtime: the guard moves
     its grid value outside the image before ``GridSample`` (without it, onnxruntime's ``GridSample`` returns
     finite non-zero values for NaN and onnx.reference's fails on them; a ``Clip`` keeps NaN on both)."""
@@ -234,10 +244,11 @@ def test_grid_sample_non_finite_and_huge_offsets_contribute_zero(runtime: str, s
     rng = np.random.default_rng(11)
     arrays = case.arrays(rng)
     attacked, contributes_nothing = _hostile_taps(case, arrays, rng)
-    if static or runtime != "tract":
-        model = _shaped_model("grid_sample", sweep_layer(case), arrays, static, opset=20)
-        actual = run_runtime(runtime, model, _feeds(case, attacked))
-    else:  # tract loads symbolic sizes, not symbolic channels
+    if shapes == "dynamic" and runtime == "tract":  # tract loads symbolic sizes, not symbolic channels
         model = lowering_model("grid_sample", sweep_layer(case), 20, static_shapes=_unrelated_symbols(case))
         actual = run_tract(model, _feeds(case, attacked), concrete=False)
+    else:
+        model = _shaped_model("grid_sample", sweep_layer(case), arrays, shapes, opset=20)
+        actual = run_runtime("tract_symbolic" if runtime == "tract" and shapes != "static" else runtime, model,
+                             _feeds(case, attacked))
     assert_close(actual, _reference(case, contributes_nothing))
