@@ -15,8 +15,8 @@ positions are computed once for all taps and split; the layer's kernel, strides,
 groups are unrolled at build time, so only N, H, W, Ho and Wo are left to the graph.
 
 Sizes have one source each: N, H and W are read from X, Ho and Wo from ``offset``; ``offset`` and the mask
-are cut to those sizes (a ``Slice`` that keeps every element of a valid call), so that a runtime that types
-the graph symbolically (tract) never has to prove that two inputs' batch or grid sizes are equal. Sizes the
+are cut to those sizes (:mod:`~dcn_onnxscript.lowering.sampling`), so that a runtime that types the graph
+symbolically (tract) never has to prove that two inputs' batch or grid sizes are equal. Sizes the
 :class:`~dcn_onnxscript.lowering.layer.Layer` knows (static shapes) are written as constants instead: a
 static layer's grid is (Δp + a constant) times a constant, with no ``Shape``, ``ConstantOfShape`` or
 ``CumSum`` left (OpenCV's ONNX importer crashes on a ``CumSum`` of a constant), and a layer with only its
@@ -84,19 +84,6 @@ def _dynamic(*sizes: Optional[int]) -> bool:
     return None in sizes
 
 
-def _sizes(op: Emitter, shape: Value, start: int, end: int) -> Value:
-    """Dimensions start … end - 1 of ``shape`` (a ``Shape`` output), INT64 (end - start,)."""
-    return op.Slice(shape, np.array([start]), np.array([end]))
-
-
-def with_batch_of_x(op: Emitter, layer: Layer, X_shape: Optional[Value], value: Value) -> Value:
-    """``value`` (N', …) cut to the N of ``X_shape`` (X's ``Shape``) where the batch is dynamic: a ``Slice`` that
-    keeps every row of a valid call (N' = N) and makes N, not N', the batch of everything computed from it."""
-    if not _dynamic(layer.batch):
-        return value
-    return op.Slice(value, np.array([0]), _sizes(op, X_shape, 0, 1), np.array([0]))
-
-
 def tap_offsets(op: Emitter, layer: Layer, offset: Value) -> Value:
     """Δp of ``offset`` (N, 2·G·K, Ho, Wo), (Δy, Δx) per tap, as (N·G, 2K, Ho, Wo), (Δx, Δy) per tap, in the
     coordinate type: ``GridSample``'s order, by a ``Split`` into channels and a ``Concat`` that swaps each pair."""
@@ -119,7 +106,7 @@ def output_positions(op: Emitter, layer: Layer, offset_shape: Optional[Value]) -
         cols, rows = np.arange(1, Wo + 1), np.arange(1, Ho + 1).reshape(-1, 1)
         return layer.coordinates(np.where(is_x, sx * cols, sy * rows))
     step = sx if sx == sy else 1
-    ones = op.ConstantOfShape(_sizes(op, offset_shape, 2, 4), value=layer.coordinates([step]))  # (Ho, Wo)
+    ones = op.ConstantOfShape(sampling.dims(op, offset_shape, 2, 4), value=layer.coordinates([step]))  # (Ho, Wo)
     p0 = op.Where(is_x, op.CumSum(ones, np.array(1)), op.CumSum(ones, np.array(0)))
     return p0 if sx == sy else op.Mul(p0, layer.coordinates(_per_channel(layer, [sx, sy])))
 
@@ -135,7 +122,7 @@ def half_sizes(op: Emitter, layer: Layer, X_shape: Optional[Value]) -> Folded:
     if layer.coordinate_dtype != _SAMPLED or layer.dtype != _SAMPLED:
         sizes = op.Gather(X_shape, _per_channel(layer, np.array([3, 2], dtype=np.int64)))
         return op.Mul(op.Cast(sizes, to=layer.coordinate_dtype), layer.coordinates(0.5))
-    halves = op.ConstantOfShape(_sizes(op, X_shape, 2, 4), value=layer.coordinates([0.5]))  # (H, W)
+    halves = op.ConstantOfShape(sampling.dims(op, X_shape, 2, 4), value=layer.coordinates([0.5]))  # (H, W)
     widths, heights = op.ReduceSum(halves, np.array([1]), keepdims=0), op.ReduceSum(halves, np.array([0]), keepdims=0)
     first_and_last = _per_channel(layer, np.array([0, -1], dtype=np.int64))  # W/2 starts, H/2 ends (H + W,)
     return op.Gather(op.Concat(widths, heights, axis=0), first_and_last)
@@ -177,7 +164,7 @@ def tap_masks(op: Emitter, layer: Layer, offset_shape: Optional[Value], mask: Op
     if mask is None:
         return [None] * K
     if offset_shape is not None:
-        mask = op.Slice(mask, np.zeros(4, dtype=np.int64), offset_shape, np.arange(4, dtype=np.int64))
+        mask = sampling.cut_to(op, mask, offset_shape)
     if layer.offset_groups > 1:
         mask = op.Reshape(mask, np.array([-1, K, 0, 0], dtype=np.int64))
     return op.split(_sampled(op, layer, mask), K, K, axis=1)
@@ -217,7 +204,7 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
     """Y (N, O, Ho, Wo) of ``X`` (N, C, H, W), ``W`` (O, C/R, kH, kW), ``offset`` (N, 2·G·K, Ho, Wo), optional
     ``B`` (O) and ``mask`` (N, G·K, Ho, Wo) (``None``: DCNv1): Σ_k Conv1x1(W_k, samples of tap k)."""
     X_shape = op.Shape(X) if _dynamic(layer.batch, *layer.input_size) else None
-    offset = with_batch_of_x(op, layer, X_shape, offset)
+    offset = sampling.with_batch_of(op, layer, X_shape, offset)
     offset_shape = op.Shape(offset) if _dynamic(layer.batch, *layer.output_size) else None
     delta = tap_offsets(op, layer, offset)
     images = sampled_images(op, layer, X)
