@@ -193,6 +193,19 @@ def test_grid_sample_keeps_every_tensor_at_rank_4_or_less(case: SweepCase, shape
     assert max(ranks.values()) <= 4, {name: rank for name, rank in ranks.items() if rank > 4}
 
 
+@pytest.mark.parametrize("dtype", [onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16])
+def test_grid_sample_static_layer_writes_its_grid_as_constants(dtype: int):
+    """A layer with static sizes computes no sizes and gathers no channels: OpenCV's classic ONNX importer (the
+    only engine of OpenCV 4.x) crashed on the ``CumSum`` of a constant that static exports kept of the grid's
+    ``ConstantOfShape`` -> ``CumSum``, and pnnx turns a ``Gather`` of the offset's channels into a one-channel
+    crop (for ncnn)."""
+    case = SweepCase(2, 6, 4, 9, 8, (2, 3), (2, 1), (2, 0), (2, 1), 2, 3, True, True, 2.0)
+    arrays = case.arrays(np.random.default_rng(0))
+    model = _shaped_model("grid_sample", sweep_layer(case, dtype), arrays, "static")
+    written = set(_nodes(model))
+    assert not written & {"Shape", "ConstantOfShape", "CumSum", "Range", "Gather"}, written
+
+
 #: Every input's sizes named apart, as torch.export's Dim.AUTO names them (x: s77, offset: s98, ...).
 def _unrelated_symbols(case: SweepCase) -> dict:
     arrays = case.arrays(np.random.default_rng(0))
