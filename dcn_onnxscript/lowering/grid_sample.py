@@ -9,25 +9,45 @@ sum holds Y, so no more than one tap's samples (N, C, Ho, Wo) are ever alive: 1/
 native kernel holds the im2col columns of a batch, and each tap's product is a full-sized GEMM. Offset
 groups G sample X as N·G images of C/G channels.
 
-Steps, one function each: the grid of every tap, the samples of one tap, the weights of one tap, and the
-sum. The positions are computed once for all taps and split; the layer's kernel, strides, pads, dilations
-and groups are unrolled at build time, so only N, H, W, Ho and Wo are left to the graph.
+Steps, one function each: the offsets Δp, the output positions p_0, the half image sizes, the grid of
+every tap, the images, the masks, the samples of one tap, the weights of one tap, and the sum. The
+positions are computed once for all taps and split; the layer's kernel, strides, pads, dilations and
+groups are unrolled at build time, so only N, H, W, Ho and Wo are left to the graph.
+
+Sizes have one source each: N, H and W are read from X, Ho and Wo from ``offset``; ``offset`` and the mask
+are cut to those sizes (:mod:`~dcn_onnxscript.lowering.sampling`), so that a runtime that types the graph
+symbolically (tract) never has to prove that two inputs' batch or grid sizes are equal. Sizes the
+:class:`~dcn_onnxscript.lowering.layer.Layer` knows (static shapes) are written as constants instead: a
+static layer's grid is (Δp + a constant) times a constant, with no ``Shape``, ``ConstantOfShape`` or
+``CumSum`` left (OpenCV's ONNX importer crashes on a ``CumSum`` of a constant), and a layer with only its
+batch dynamic keeps just the two ``Slice``s.
+
+The graph's patterns are ones that converters read (OpenCV, ncnn through pnnx, onnx_tool, onnx2tf, MNN):
+``GridSample`` wants (x, y) and the offsets hold (y, x), so the offset channels are split one by one and
+concatenated pairwise swapped (a ``Gather`` of the channels is what pnnx turns into a one-channel crop and
+OpenCV cannot follow; sampling X with its spatial axes swapped instead costs a copy of X: 1.5x native
+peak memory on the bench's L2 layer); sizes come from ``Shape`` + ``Slice`` (onnx_tool ignores ``Shape``'s
+start); every tensor has rank 4 or less (onnx2tf reads rank 5 as a volume).
 
 Why it is safe for every input: a grid value that is not finite or lies 4 or more image sizes from the
 centre (NaN, ±Inf and huge offsets included) is replaced by 4, where both neighbours lie outside the image:
-``GridSample`` reads zero there and never sees a value it could turn into an out-of-range integer.
+``GridSample`` reads zero there and never sees a value it could turn into an out-of-range integer. The test
+is a comparison and a ``Where``: ``Clip`` and ``Min``/``Max`` keep NaN on onnxruntime and onnx.reference, whose
+``GridSample`` then returns a non-zero value or fails. (ncnn has neither a comparison nor a select: there the
+guard must become ``Clip(-4, 4)``, which gives up the zero contribution of NaN offsets.)
 
 Float16 and bfloat16 layers sample, weigh and sum in float32 (sampling positions of float16 would be off by
 up to 1/32 pixel at 64 pixels), and float64 ones too if asked for (onnxruntime has no float64 ``GridSample``
 before opset 20 and no float64 ``Conv``): their positions stay float64 until they become the grid. The
 default ("auto") therefore lowers float64 layers with "gather", which computes in float64 throughout.
 
-Notation as in :mod:`dcn_onnxscript.lowering.gather`; P = Ho·Wo.
+Notation as in :mod:`dcn_onnxscript.lowering.gather`. Δp holds (Δx, Δy) of tap k at channels 2k and 2k + 1
+(the offset's order swapped), and so do the per-channel constants below, shaped (2K, 1, 1).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -36,13 +56,15 @@ from dcn_onnxscript.lowering.emitter import Emitter
 from dcn_onnxscript.lowering.layer import Layer
 
 Value = Any
+#: A graph value, or a numpy array where the layer's static sizes fix it.
+Folded = Union[Value, np.ndarray]
 
-#: ``GridSample`` first appears in opset 16.
-MIN_OPSET = 16
 #: The type ``GridSample`` and the convolutions run in: FLOAT.
 _SAMPLED = 1
 #: Grid values at or beyond this distance from the image centre (in half image sizes) are moved to it.
 _FAR = 4.0
+#: NCHW -> NHWC: the grid's layout, (x, y) pairs last.
+_CHANNELS_LAST = [0, 2, 3, 1]
 
 
 def _sampled(op: Emitter, layer: Layer, value: Value) -> Value:
@@ -50,67 +72,100 @@ def _sampled(op: Emitter, layer: Layer, value: Value) -> Value:
     return value if layer.dtype == _SAMPLED else op.Cast(value, to=_SAMPLED)
 
 
-def _every_tap(layer: Layer, pair) -> np.ndarray:
-    """``pair`` (x-value, y-value) repeated for every tap: the pattern of the grids' last axis (2K)."""
-    return np.tile(np.asarray(pair), layer.taps)
+def _per_channel(layer: Layer, pair) -> np.ndarray:
+    """``pair`` (x-value, y-value) at the x and y channel of every tap, shaped (2K, 1, 1) to broadcast against
+    (…, 2K, Ho, Wo)."""
+    return np.tile(np.asarray(pair), layer.taps).reshape(-1, 1, 1)
+
+
+def _dynamic(*sizes: Optional[int]) -> bool:
+    return None in sizes
 
 
 def tap_offsets(op: Emitter, layer: Layer, offset: Value) -> Value:
-    """Δp of ``offset`` (N, 2·G·K, Ho, Wo) as (N·G, Ho, Wo, 2K) in the coordinate type, (x, y) of tap k at
-    2k, 2k+1 of the last axis: ``GridSample``'s order."""
-    G, K = layer.offset_groups, layer.taps
-    if G > 1:
-        offset = op.Reshape(offset, np.array([-1, 2 * K, 0, 0]))  # (N·G, 2K, Ho, Wo)
-    x_then_y = np.arange(2 * K, dtype=np.int64).reshape(K, 2)[:, ::-1].reshape(-1)
-    delta = op.Transpose(op.Gather(offset, np.ascontiguousarray(x_then_y), axis=1), perm=[0, 2, 3, 1])
-    return sampling.as_coordinates(op, layer, delta)
+    """Δp of ``offset`` (N, 2·G·K, Ho, Wo), (Δy, Δx) per tap, as (N·G, 2K, Ho, Wo), (Δx, Δy) per tap, in the
+    coordinate type: ``GridSample``'s order, by a ``Split`` into channels and a ``Concat`` that swaps each pair."""
+    two_k = 2 * layer.taps
+    if layer.offset_groups > 1:
+        offset = op.Reshape(offset, np.array([-1, two_k, 0, 0], dtype=np.int64))
+    channels = op.split(offset, two_k, two_k, axis=1)
+    swapped = op.Concat(*[channels[c ^ 1] for c in range(two_k)], axis=1)  # c ^ 1: the other one of its pair
+    return sampling.as_coordinates(op, layer, swapped)
 
 
-def pixel_centres(op: Emitter, layer: Layer, delta: Value) -> tuple[Value, np.ndarray]:
-    """p_0 + p_k + 1/2 in pixels for ``delta`` (N·G, Ho, Wo, 2K), as two terms to add, (x, y) of every tap on
-    the last axis: the output positions' part (Ho, Wo, 2K), s·(o + 1), and the taps' constant part
-    (1, 1, 2K), d·k - pad - s + 1/2. (Output position o samples tap k at s·o - pad + d·k; the 1/2 moves
-    pixel indices to pixel centres.) The first part has no batch axis: tract cannot tell that min(N, 1) is 1."""
-    sy, sx = layer.stride
+def output_positions(op: Emitter, layer: Layer, offset_shape: Optional[Value]) -> Folded:
+    """p_0 counted from 1, s·(o + 1), at the x and y channel of every tap: (2K, Ho, Wo) of the coordinate
+    type, the columns at the x channels and the rows at the y channels (callers add p_k, the pads and the 1
+    back: :func:`sampling.first_tap`). A constant when (Ho, Wo) are static, else built on ``offset_shape``,
+    the ``Shape`` of the offset."""
+    (sy, sx), (Ho, Wo) = layer.stride, layer.output_size
+    is_x = _per_channel(layer, [True, False])
+    if not _dynamic(Ho, Wo):
+        cols, rows = np.arange(1, Wo + 1), np.arange(1, Ho + 1).reshape(-1, 1)
+        return layer.coordinates(np.where(is_x, sx * cols, sy * rows))
     step = sx if sx == sy else 1
-    steps = op.ConstantOfShape(op.Shape(delta, start=1), value=layer.coordinates([step]))  # (Ho, Wo, 2K)
-    is_x = _every_tap(layer, [True, False]).reshape(1, 1, -1)
-    o = op.Where(is_x, op.CumSum(steps, np.array(1)), op.CumSum(steps, np.array(0)))  # step·(o + 1), (x, y)
-    if sx != sy:
-        o = op.Mul(o, layer.coordinates(_every_tap(layer, [sx, sy])))
-    first = sampling.first_tap(layer, shift=0.5)[::-1].T  # (K, 2) (x, y)
-    return o, np.ascontiguousarray(first).reshape(1, 1, 2 * layer.taps)
+    ones = op.ConstantOfShape(sampling.dims(op, offset_shape, 2, 4), value=layer.coordinates([step]))  # (Ho, Wo)
+    p0 = op.Where(is_x, op.CumSum(ones, np.array(1)), op.CumSum(ones, np.array(0)))
+    return p0 if sx == sy else op.Mul(p0, layer.coordinates(_per_channel(layer, [sx, sy])))
 
 
-def pixel_scale(op: Emitter, layer: Layer, X: Value) -> Value:
-    """(2/W, 2/H) of ``X`` (N, C, H, W) for every tap, (2K), in the coordinate type: a pixel's width in grid
-    units. A float32 layer gets W/2 and H/2 by summing halves instead of casting: onnxconverter-common's
-    float16 conversion retypes a ``Cast(to=FLOAT)``'s output but keeps its ``to`` (its issue 320), which a
-    float32 model must therefore not have; other dtypes cast."""
+def half_sizes(op: Emitter, layer: Layer, X_shape: Optional[Value]) -> Folded:
+    """(W/2, H/2) of X at the x and y channel of every tap, (2K, 1, 1) of the coordinate type: a constant
+    when (H, W) are static, else from X's ``Shape`` ``X_shape``. A float32 layer sums halves instead of
+    casting the sizes: onnxconverter-common's float16 conversion retypes a ``Cast(to=FLOAT)``'s output but
+    keeps its ``to`` (its issue 320), which a float32 model must therefore not have; other dtypes cast."""
+    H, W = layer.input_size
+    if not _dynamic(H, W):
+        return layer.coordinates(_per_channel(layer, [W / 2, H / 2]))
     if layer.coordinate_dtype != _SAMPLED or layer.dtype != _SAMPLED:
-        size = op.Cast(op.Gather(op.Shape(X), _every_tap(layer, np.array([3, 2], dtype=np.int64))),
-                       to=layer.coordinate_dtype)
-        return op.Div(layer.coordinates(2), size)
-    halves = op.ConstantOfShape(op.Shape(X, start=2), value=layer.coordinates([0.5]))  # (H, W)
+        sizes = op.Gather(X_shape, _per_channel(layer, np.array([3, 2], dtype=np.int64)))
+        return op.Mul(op.Cast(sizes, to=layer.coordinate_dtype), layer.coordinates(0.5))
+    halves = op.ConstantOfShape(sampling.dims(op, X_shape, 2, 4), value=layer.coordinates([0.5]))  # (H, W)
     widths, heights = op.ReduceSum(halves, np.array([1]), keepdims=0), op.ReduceSum(halves, np.array([0]), keepdims=0)
-    first_and_last = _every_tap(layer, np.array([0, -1], dtype=np.int64))
-    return op.Reciprocal(op.Gather(op.Concat(widths, heights, axis=0), first_and_last))
+    first_and_last = _per_channel(layer, np.array([0, -1], dtype=np.int64))  # W/2 starts, H/2 ends (H + W,)
+    return op.Gather(op.Concat(widths, heights, axis=0), first_and_last)
 
 
-def grids(op: Emitter, layer: Layer, X: Value, offset: Value) -> list[Value]:
+def grids(op: Emitter, layer: Layer, delta: Value, p0: Folded, halves: Folded) -> list[Value]:
     """``GridSample``'s grid of every tap: K values (N·G, Ho, Wo, 2), (x, y) in align_corners=0 units
-    g = (p + 1/2)·2/size - 1 of X (N, C, H, W). Every tensor on the way has rank 4 (onnx2tf reads rank 5 as
-    a volume and transposes it)."""
-    delta = tap_offsets(op, layer, offset)
-    scale = pixel_scale(op, layer, X)
-    p = op.Add(delta, op.Add(*pixel_centres(op, layer, delta)))  # p + 1/2 (not Sum: MNN's gets broadcasts wrong)
-    g = op.Sub(op.Mul(p, scale), layer.coordinates(1))
+    g = (p + 1/2 - S/2) / (S/2) of X (S = W for x, H for y), from ``delta`` Δp (N·G, 2K, Ho, Wo), ``p0``
+    (:func:`output_positions`) and ``halves`` (:func:`half_sizes`). Every tensor on the way has rank 4 or
+    less (onnx2tf reads rank 5 as a volume and transposes it)."""
+    first = sampling.first_tap(layer, shift=0.5)[::-1].T.reshape(-1, 1, 1)  # p_k - pad - s + 1/2, (x, y)
+    if isinstance(halves, np.ndarray):
+        centres = first - halves
+        base = p0 + centres if isinstance(p0, np.ndarray) else op.Add(p0, centres)
+        g = op.Mul(op.Add(delta, base), layer.coordinates(1 / halves))
+    else:  # one Div of the grid instead of a Reciprocal and a Mul: one node less, no slower
+        g = op.Div(op.Add(delta, op.Add(p0, op.Sub(first, halves))), halves)
     g = op.Where(op.Less(op.Abs(g), layer.coordinates(_FAR)), g, layer.coordinates(_FAR))
     if layer.coordinate_dtype != _SAMPLED:
         g = op.Cast(g, to=_SAMPLED)
     # split on the literal 2K axis: every part has exactly the sizes (N·G, Ho, Wo, 2) (a split of a symbolic
     # size such as K·Wo gets rounded sizes in tract, which then pile up layer after layer)
-    return op.split(g, layer.taps, 2 * layer.taps, axis=3)
+    return op.split(op.Transpose(g, perm=_CHANNELS_LAST), layer.taps, 2 * layer.taps, axis=3)
+
+
+def sampled_images(op: Emitter, layer: Layer, X: Value) -> Value:
+    """``X`` (N, C, H, W) as N·G images (N·G, C/G, H, W) float32."""
+    images = _sampled(op, layer, X)
+    if layer.offset_groups == 1:
+        return images
+    return op.Reshape(images, np.array([-1, layer.in_channels // layer.offset_groups, 0, 0], dtype=np.int64))
+
+
+def tap_masks(op: Emitter, layer: Layer, offset_shape: Optional[Value], mask: Optional[Value]) -> list:
+    """Δm of ``mask`` (N, G·K, Ho, Wo) as K values (N·G, 1, Ho, Wo) float32, or K ``None`` without a mask
+    (DCNv1). With dynamic sizes the mask is cut to (N, Ho, Wo) of ``offset_shape``, the ``Shape`` of the
+    offset that carries X's batch (its 2·G·K channels cut the mask's G·K to themselves)."""
+    K = layer.taps
+    if mask is None:
+        return [None] * K
+    if offset_shape is not None:
+        mask = sampling.cut_to(op, mask, offset_shape)
+    if layer.offset_groups > 1:
+        mask = op.Reshape(mask, np.array([-1, K, 0, 0], dtype=np.int64))
+    return op.split(_sampled(op, layer, mask), K, K, axis=1)
 
 
 def tap_samples(op: Emitter, layer: Layer, images: Value, grid: Value, mask: Optional[Value]) -> Value:
@@ -146,16 +201,15 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
                   mask: Optional[Value] = None) -> Value:
     """Y (N, O, Ho, Wo) of ``X`` (N, C, H, W), ``W`` (O, C/R, kH, kW), ``offset`` (N, 2·G·K, Ho, Wo), optional
     ``B`` (O) and ``mask`` (N, G·K, Ho, Wo) (``None``: DCNv1): Σ_k Conv1x1(W_k, samples of tap k)."""
-    G, K = layer.offset_groups, layer.taps
-    images = _sampled(op, layer, X)
-    if G > 1:
-        images = op.Reshape(images, np.array([-1, layer.in_channels // G, 0, 0], dtype=np.int64))
-    masks = [None] * K
-    if mask is not None:
-        per_group = mask if G == 1 else op.Reshape(mask, np.array([-1, K, 0, 0], dtype=np.int64))
-        masks = op.split(_sampled(op, layer, per_group), K, K, axis=1)  # (N·G, 1, Ho, Wo) each
+    X_shape = op.Shape(X) if _dynamic(layer.batch, *layer.input_size) else None
+    offset = sampling.with_batch_of(op, layer, X_shape, offset)
+    offset_shape = op.Shape(offset) if _dynamic(layer.batch, *layer.output_size) else None
+    delta = tap_offsets(op, layer, offset)
+    images = sampled_images(op, layer, X)
+    p0, halves = output_positions(op, layer, offset_shape), half_sizes(op, layer, X_shape)
     Y = None
-    for grid, tap_mask, weights in zip(grids(op, layer, X, offset), masks, tap_weights(op, layer, W)):
+    for grid, tap_mask, weights in zip(grids(op, layer, delta, p0, halves), tap_masks(op, layer, offset_shape, mask),
+                                       tap_weights(op, layer, W)):
         first_tap_bias = [_bias(op, layer, B)] if Y is None and B is not None else []
         product = op.Conv(tap_samples(op, layer, images, grid, tap_mask), weights, *first_tap_bias,
                           group=layer.groups)

@@ -5,11 +5,17 @@
 Each function writes a few nodes through an :class:`~dcn_onnxscript.lowering.emitter.Emitter` ``op``.
 Positions are computed in the layer's coordinate type (float32, or float64 for float64 layers), whatever
 the type of the model: a float16 model samples at float32 positions.
+
+Sizes have one source each: N, H and W are X's, Ho and Wo the offset's. Inputs whose sizes must equal those
+(the offset's batch, the mask's batch and grid) are cut to them (:func:`with_batch_of`, :func:`cut_to`): a
+``Slice`` that keeps every element of a valid call, after which a runtime that types the graph symbolically
+(tract) no longer has to prove two inputs' symbols equal, which it cannot (torch.export's ``Dim.AUTO``
+names every input's sizes apart).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -19,9 +25,29 @@ from dcn_onnxscript.lowering.layer import Layer
 Value = Any
 
 
+def dims(op: Emitter, shape: Value, start: int, end: int) -> Value:
+    """Dimensions start … end - 1 of ``shape``, a ``Shape`` output: INT64 (end - start,). A ``Slice`` of the
+    whole ``Shape`` rather than ``Shape(start=, end=)``, which onnx_tool ignores."""
+    return op.Slice(shape, np.array([start]), np.array([end]))
+
+
 def output_size(op: Emitter, offset: Value) -> Value:
     """(Ho, Wo) of ``offset`` (N, 2·G·K, Ho, Wo): INT64 (2,)."""
-    return op.Slice(op.Shape(offset), np.array([2]), np.array([4]))
+    return dims(op, op.Shape(offset), 2, 4)
+
+
+def with_batch_of(op: Emitter, layer: Layer, X_shape: Optional[Value], value: Value) -> Value:
+    """``value`` (N', …) cut to the batch N of ``X_shape`` (X's ``Shape``) where the layer's batch is dynamic
+    (``value`` itself where it is static): N, not N', is then the batch of everything computed from it."""
+    if layer.batch is not None:
+        return value
+    return op.Slice(value, np.array([0]), dims(op, X_shape, 0, 1), np.array([0]))
+
+
+def cut_to(op: Emitter, value: Value, shape: Value) -> Value:
+    """``value`` of rank 4 cut to ``shape`` (INT64 (4,), each size at least ``value``'s own where a dimension is
+    to be kept whole): its sizes then are those of ``shape``'s source."""
+    return op.Slice(value, np.zeros(4, dtype=np.int64), shape, np.arange(4, dtype=np.int64))
 
 
 def output_grid(op: Emitter, layer: Layer, Ho_Wo: Value, shape: np.ndarray, axis: int) -> Value:

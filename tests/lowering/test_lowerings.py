@@ -20,11 +20,16 @@ from hypothesis import strategies as st
 from dcn_onnxscript.lowering import table
 from dcn_onnxscript.lowering.layer import Layer
 from helpers import HOSTILE, SweepCase, assert_close, lowering_model, sweep_layer, torchvision_reference
-from runtimes import run_onnxruntime, run_reference
+from runtimes import run_onnxruntime, run_reference, run_runtime, run_tract
 
 #: Nodes one deformable layer may add, per lowering (Constant nodes excluded: exporters and the rewriter keep
 #: constants as initializers). gather writes four nodes per tap (Gather, blend, MatMul by w_k, Add).
 NODE_BUDGET = {"gather": 120, "grid_sample": 60}
+#: What a dynamic grid_sample layer spends on top of NODE_BUDGET to read each size from one input: X's N cut
+#: into offset and mask (a Slice of X's Shape, two Slices), H, W and Ho, Wo sliced from Shapes (onnx_tool
+#: ignores Shape's start), the (y, x) swap as Split + Concat (converters misread a Gather of the channels):
+#: 63 nodes (float16 64). A static grid_sample layer folds its grid into constants: 45 (float16 49).
+GRID_SAMPLE_DYNAMIC_SIZES = 4
 
 
 @st.composite
@@ -47,6 +52,30 @@ def sweep_cases(draw) -> SweepCase:
     return case
 
 
+def _with_static_sizes(layer: Layer, shapes: dict) -> Layer:
+    """``layer`` with the sizes the exporters fill in from static shapes: N, (H, W) of X, (Ho, Wo) of offset."""
+    (n, _, h, w), (ho, wo) = shapes["X"], shapes["offset"][2:]
+    return dataclasses.replace(layer, batch=n, input_size=(h, w), output_size=(ho, wo))
+
+
+#: How a test model's shapes are given: every size symbolic, every size static (and in the Layer, as
+#: exporters give them), or only the batch symbolic (the common export with a dynamic batch).
+SHAPES = ("dynamic", "static", "dynamic_batch")
+
+
+def _shaped_model(lowering: str, layer: Layer, arrays: dict, shapes: str, opset: int = 18) -> onnx.ModelProto:
+    """The layer's model with the arrays' shapes given as ``shapes`` (one of SHAPES)."""
+    if shapes == "dynamic":
+        return lowering_model(lowering, layer, opset)
+    static = {name: list(value.shape) for name, value in arrays.items()}
+    layer = _with_static_sizes(layer, static)
+    if shapes == "dynamic_batch":
+        static = {name: ["N", *shape[1:]] if name in ("X", "offset", "mask") else shape
+                  for name, shape in static.items()}
+        layer = dataclasses.replace(layer, batch=None)
+    return lowering_model(lowering, layer, opset, static_shapes=static)
+
+
 def _feeds(case: SweepCase, arrays: dict) -> list[np.ndarray]:
     return [arrays[n] for n in ("X", "W", "offset", "B", "mask")
             if n in ("X", "W", "offset") or (n == "B" and case.use_bias) or (n == "mask" and case.use_mask)]
@@ -59,13 +88,15 @@ def _reference(case: SweepCase, arrays: dict) -> np.ndarray:
 
 @pytest.mark.parametrize("lowering", sorted(table.LOWERINGS))
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
-@given(case=sweep_cases(), opset_step=st.integers(0, 16), seed=st.integers(0, 2**16))
-def test_random_layers_match_torchvision(lowering: str, case: SweepCase, opset_step: int, seed: int):
+@given(case=sweep_cases(), opset_step=st.integers(0, 16), seed=st.integers(0, 2**16), shapes=st.sampled_from(SHAPES))
+def test_random_layers_match_torchvision(lowering: str, case: SweepCase, opset_step: int, seed: int, shapes: str):
+    """Dynamic shapes, static ones with the sizes in the Layer (as exporters give them: grid_sample then
+    folds its grid into constants), or only the batch dynamic."""
     low = table.LOWERINGS[lowering].min_opset
     opset = min(low + opset_step, onnx.defs.onnx_opset_version())
-    model = lowering_model(lowering, sweep_layer(case), opset)
-    onnx.checker.check_model(model, full_check=True)
     arrays = case.arrays(np.random.default_rng(seed))
+    model = _shaped_model(lowering, sweep_layer(case), arrays, shapes, opset)
+    onnx.checker.check_model(model, full_check=True)
     expected = _reference(case, arrays)
     assert_close(run_onnxruntime(model, _feeds(case, arrays)), expected)
     if lowering == "gather" or opset >= 20:  # onnx.reference names GridSample-16's mode only from 20 on
@@ -74,15 +105,16 @@ def test_random_layers_match_torchvision(lowering: str, case: SweepCase, opset_s
 
 @pytest.mark.parametrize("lowering", sorted(table.LOWERINGS))
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-def test_hostile_offsets_never_read_out_of_bounds(lowering: str, dtype):
+@pytest.mark.parametrize("shapes", SHAPES)
+def test_hostile_offsets_never_read_out_of_bounds(lowering: str, dtype, shapes: str):
     """NaN, ±Inf and huge offsets at 20 % of the entries: the runtime neither crashes nor returns
     non-finite values where torchvision's are finite, in every dtype (float16 computes positions in
-    float32; every gather index is clamped by integer ops)."""
+    float32; every gather index is clamped by integer ops), with dynamic, static and batch-only dynamic shapes."""
     case = SweepCase(2, 4, 6, 9, 7, (3, 3), (1, 1), (1, 1), (1, 1), 2, 2, True, True, 3.0)
     elem_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    model = lowering_model(lowering, sweep_layer(case, elem_type))
     rng = np.random.default_rng(7)
     arrays = case.arrays(rng)
+    model = _shaped_model(lowering, sweep_layer(case, elem_type), arrays, shapes)
     where = rng.random(arrays["offset"].shape) < 0.2
     arrays["offset"][where] = rng.choice(HOSTILE, size=int(where.sum()))
     arrays = {k: v.astype(dtype) for k, v in arrays.items()}
@@ -103,13 +135,16 @@ def _nodes(model: onnx.ModelProto) -> collections.Counter:
 @pytest.mark.parametrize("shapes", ["dynamic", "static"])
 @pytest.mark.parametrize("weights", ["initializers", "inputs"])
 def test_one_layer_stays_within_the_node_budget(lowering: str, dtype: int, shapes: str, weights: str):
-    """A DCNv2 layer with bias (3x3, one group), dynamic or static sizes: at most NODE_BUDGET nodes with W and
-    B initializers, as exported and rewritten models have them (folded). With W and B graph inputs (not
-    folded) a layer may spend on top what folding saves: grid_sample's per-tap kernels (W reshaped and
-    split) and, for float16, the casts of W and B to float32; gather's per-tap weight matrices."""
+    """A DCNv2 layer with bias (3x3, one group), dynamic or static sizes (in the Layer too, as exporters give
+    them): at most NODE_BUDGET nodes with W and B initializers, as exported and rewritten models have them
+    (folded). With W and B graph inputs (not folded) a layer may spend on top what folding saves:
+    grid_sample's per-tap kernels (W reshaped and split) and, for float16, the casts of W and B to float32;
+    gather's per-tap weight matrices."""
     layer = Layer(kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1,
                   in_channels=64, out_channels=64, dtype=dtype)
     static = {"X": [1, 64, 32, 32], "W": [64, 64, 3, 3], "offset": [1, 18, 32, 32], "B": [64], "mask": [1, 9, 32, 32]}
+    if shapes == "static":
+        layer = _with_static_sizes(layer, static)
     np_dtype = onnx.helper.tensor_dtype_to_np_dtype(dtype)
     folded = {"W": np.ones((64, 64, 3, 3), np_dtype), "B": np.ones(64, np_dtype)}
     constants = folded if weights == "initializers" else None
@@ -120,7 +155,8 @@ def test_one_layer_stays_within_the_node_budget(lowering: str, dtype: int, shape
         unfolded = 2 + (2 if dtype == onnx.TensorProto.FLOAT16 else 0)
     if weights == "inputs" and lowering == "gather":
         unfolded = 3 + layer.taps  # W reshaped, transposed and reshaped, then one Gather per tap
-    budget = NODE_BUDGET[lowering] + unfolded
+    sizes = GRID_SAMPLE_DYNAMIC_SIZES if lowering == "grid_sample" and shapes == "dynamic" else 0
+    budget = NODE_BUDGET[lowering] + unfolded + sizes
     assert sum(nodes.values()) <= budget, nodes
     assert "DeformConv" not in nodes
 
@@ -145,14 +181,13 @@ def test_tract_derives_the_output_sizes_exactly(lowering: str):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
-@given(case=sweep_cases())
-def test_grid_sample_keeps_every_tensor_at_rank_4_or_less(case: SweepCase):
+@given(case=sweep_cases(), shapes=st.sampled_from(SHAPES))
+def test_grid_sample_keeps_every_tensor_at_rank_4_or_less(case: SweepCase, shapes: str):
     """onnx2tf reads a rank-5 tensor as a volume (NCDHW) and moves an axis it takes for channels to the end,
     which broke the conversion to LiteRT: the lowering LiteRT takes keeps every value at rank 4 or less (the
-    matrix's tflite cases convert and run it)."""
+    matrix's tflite cases convert and run it), with static sizes (folded) and dynamic ones."""
     arrays = case.arrays(np.random.default_rng(0))
-    shapes = {name: list(value.shape) for name, value in arrays.items()}
-    model = lowering_model("grid_sample", sweep_layer(case), static_shapes=shapes)
+    model = _shaped_model("grid_sample", sweep_layer(case), arrays, shapes)
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     values = [*inferred.graph.value_info, *inferred.graph.output]
     assert len(values) >= len([n for n in model.graph.node if n.op_type != "Constant"])
@@ -254,3 +289,80 @@ def test_gather_reads_each_size_from_one_input():
         actual = typed.into_runnable().run([arrays[n] for n in ("X", "W", "offset", "B", "mask")])[0].to_numpy()
     assert fact.split(",")[:4] == ["no", "4", "ho", "wo"], fact
     assert_close(actual, _reference(case, arrays))
+
+
+# ------------------------------------------------------------------------------------------- grid_sample
+
+
+@pytest.mark.parametrize("dtype", [onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16])
+def test_grid_sample_static_layer_writes_its_grid_as_constants(dtype: int):
+    """A layer with static sizes computes no sizes and gathers no channels: OpenCV's classic ONNX importer (the
+    only engine of OpenCV 4.x) crashed on the ``CumSum`` of a constant that static exports kept of the grid's
+    ``ConstantOfShape`` -> ``CumSum``, and pnnx turns a ``Gather`` of the offset's channels into a one-channel
+    crop (for ncnn)."""
+    case = SweepCase(2, 6, 4, 9, 8, (2, 3), (2, 1), (2, 0), (2, 1), 2, 3, True, True, 2.0)
+    arrays = case.arrays(np.random.default_rng(0))
+    model = _shaped_model("grid_sample", sweep_layer(case, dtype), arrays, "static")
+    written = set(_nodes(model))
+    assert not written & {"Shape", "ConstantOfShape", "CumSum", "Range", "Gather"}, written
+
+
+#: Every input's sizes named apart, as torch.export's Dim.AUTO names them (x: s77, offset: s98, ...).
+def _unrelated_symbols(case: SweepCase) -> dict:
+    arrays = case.arrays(np.random.default_rng(0))
+    return {name: [f"{name}_{axis}" if axis != 1 else size for axis, size in enumerate(array.shape)]
+            if name in ("X", "offset", "mask") else list(array.shape) for name, array in arrays.items()}
+
+
+@pytest.mark.parametrize("offset_groups", [1, 2])
+@pytest.mark.parametrize("use_mask", [True, False], ids=["dcnv2", "dcnv1"])
+def test_grid_sample_loads_in_tract_with_unrelated_symbols_per_input(offset_groups: int, use_mask: bool):
+    """X, offset and mask with sizes of their own symbols (torch.export's Dim.AUTO): the grid's batch and
+    the mask's sizes are read from X and offset, so tract types the layer without proving two symbols equal
+    (it cannot: "Impossible to unify 2·s77 with 2·s98" at GridSample), with plain symbols for the output,
+    and runs it like torchvision."""
+    pytest.importorskip("tract")
+    case = SweepCase(2, 4, 6, 9, 7, (3, 3), (1, 1), (1, 1), (1, 1), 2, offset_groups, use_mask, True, 3.0)
+    model = lowering_model("grid_sample", sweep_layer(case), opset=18, static_shapes=_unrelated_symbols(case))
+    arrays = case.arrays(np.random.default_rng(3))
+    assert_close(run_tract(model, _feeds(case, arrays), concrete=False), _reference(case, arrays))
+
+
+def _hostile_taps(case: SweepCase, arrays: dict, rng: np.random.Generator) -> tuple[dict, dict]:
+    """``arrays`` with NaN, ±Inf or a huge value in one coordinate of about 20 % of the (tap, position)
+    pairs, and the arrays on which torchvision computes what those taps must give: nothing (mask and offset
+    zero there)."""
+    attacked, contributes_nothing = dict(arrays), dict(arrays)
+    n, taps, ho, wo = arrays["mask"].shape
+    hit = rng.random((n, taps, ho, wo)) < 0.2
+    values = rng.choice(HOSTILE, size=(n, taps, ho, wo))
+    which = rng.integers(0, 2, size=(n, taps, ho, wo))  # the y or the x of the pair
+    offset = arrays["offset"].reshape(n, taps, 2, ho, wo).copy()
+    for coordinate in (0, 1):
+        offset[:, :, coordinate][hit & (which == coordinate)] = values[hit & (which == coordinate)]
+    attacked["offset"] = offset.reshape(arrays["offset"].shape)
+    zeroed = arrays["offset"].reshape(n, taps, 2, ho, wo).copy()
+    zeroed[np.broadcast_to(hit[:, :, None], zeroed.shape)] = 0.0
+    contributes_nothing["offset"] = zeroed.reshape(arrays["offset"].shape)
+    contributes_nothing["mask"] = np.where(hit, 0.0, arrays["mask"]).astype(arrays["mask"].dtype)
+    return attacked, contributes_nothing
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "reference", "openvino", "tract"])
+@pytest.mark.parametrize("shapes", SHAPES)
+def test_grid_sample_non_finite_and_huge_offsets_contribute_zero(runtime: str, shapes: str):
+    """A tap whose offset is NaN, ±Inf or huge contributes exactly nothing on every runtime: the guard moves
+    its grid value outside the image before ``GridSample`` (without it, onnxruntime's ``GridSample`` returns
+    finite non-zero values for NaN and onnx.reference's fails on them; a ``Clip`` keeps NaN on both)."""
+    case = SweepCase(2, 4, 6, 9, 7, (3, 3), (1, 1), (1, 1), (1, 1), 2, 2, True, True, 3.0)
+    rng = np.random.default_rng(11)
+    arrays = case.arrays(rng)
+    attacked, contributes_nothing = _hostile_taps(case, arrays, rng)
+    if shapes == "dynamic" and runtime == "tract":  # tract loads symbolic sizes, not symbolic channels
+        model = lowering_model("grid_sample", sweep_layer(case), 20, static_shapes=_unrelated_symbols(case))
+        actual = run_tract(model, _feeds(case, attacked), concrete=False)
+    else:
+        model = _shaped_model("grid_sample", sweep_layer(case), arrays, shapes, opset=20)
+        actual = run_runtime("tract_symbolic" if runtime == "tract" and shapes != "static" else runtime, model,
+                             _feeds(case, attacked))
+    assert_close(actual, _reference(case, contributes_nothing))
