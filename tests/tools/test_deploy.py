@@ -8,6 +8,9 @@ Tool faults that no graph change can fix:
 - tinygrad 0.14's ONNX runner has no GridSample at all.
 - onnx_tool 1.0.1's shape inference of a GridSample whose image comes from a Conv adds a tuple to a list.
 
+- OpenCV's classic DNN importer evaluates ``Shape`` while it reads a model, and refuses an input of
+  dynamic size: dynamic exports (whose sizes are read with ``Shape``) need static shapes there.
+
 One the lowerings avoid (by folding constants where shapes are static), kept as a lint of the pattern:
 - OpenCV's classic DNN engine segfaults on the CumSum of a constant.
 """
@@ -68,6 +71,17 @@ def cumsum_of_constant(constant: bool) -> onnx.ModelProto:
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], initializers)
 
 
+def plus_shape(dynamic: bool) -> onnx.ModelProto:
+    """x (N, 3, H, 4) + x's shape as floats (four values, along the last axis): N and H named
+    (``dynamic``) or 1 and 4."""
+    dims = ["n", 3, "h", 4] if dynamic else [1, 3, 4, 4]
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Cast", ["shape"], ["sizes"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["x", "sizes"], ["y"])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)], opset=13)
+
+
 def _assert_runs_as_onnxruntime(runtime: str, model: onnx.ModelProto, inputs: list[np.ndarray]) -> None:
     expected = run_onnxruntime(model, inputs)
     np.testing.assert_allclose(run_runtime(runtime, model, inputs), expected, rtol=1e-5, atol=1e-5)
@@ -126,3 +140,16 @@ def test_opencv_runs_cumsum(runtime, constant):
     pytest.importorskip("cv2")
     x = np.arange(3, dtype=np.float32).reshape(1, 3)
     _assert_runs_as_onnxruntime(runtime, cumsum_of_constant(constant), [x])
+
+
+@pytest.mark.parametrize("dynamic", [
+    False,
+    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason="OpenCV classic engine: Shape of an input of "
+                                                                   "dynamic size, '!isDynamicShape'")),
+])
+def test_opencv_classic_reads_the_shape_of_an_input(dynamic):
+    """OpenCV's classic engine computes ``Shape`` when it reads the model: of an input with fixed sizes it
+    works, of one with named (dynamic) sizes it fails to read the model."""
+    pytest.importorskip("cv2")
+    x = np.ones((1, 3, 4, 4), dtype=np.float32)
+    _assert_runs_as_onnxruntime("opencv_classic", plus_shape(dynamic), [x])
