@@ -21,7 +21,7 @@ import onnx.defs
 import onnx_ir as ir
 import torch  # noqa: F401  (torch before onnxscript's torch_lib)
 from onnx.defs import OpSchema
-from onnxscript import version_converter
+from onnxscript import optimizer, version_converter
 from onnxscript.values import Op, Opset
 
 from dcn_onnxscript.export import _internals
@@ -82,6 +82,11 @@ def _is_zero(value) -> bool:
     return tensor is not None and not tensor.numpy().any()
 
 
+#: The first opset whose Reshape has the ``allowzero`` attribute (14).
+RESHAPE_ALLOWZERO_OPSET = min(version for version in range(1, onnx.defs.onnx_opset_version() + 1)
+                              if "allowzero" in onnx.defs.get_schema("Reshape", version).attributes)
+
+
 def convert_version(model: ir.Model, target_version: int, original: Callable[[ir.Model, int], ir.Model]) -> ir.Model:
     """The exporter's conversion step (``original(model, target_version)`` is torch's): a model without
     placeholders goes to ``original`` unchanged; otherwise they are lowered at ``target_version`` and the
@@ -91,6 +96,11 @@ def convert_version(model: ir.Model, target_version: int, original: Callable[[ir
     # torch imports the opsets its nodes use: a model of placeholders alone imports no ONNX opset yet
     model.opset_imports.setdefault("", target_version)
     current = opsets.default_opset(model)
+    if target_version < RESHAPE_ALLOWZERO_OPSET <= current:
+        # torch optimizes after this step, and onnxscript's optimizer writes Reshape(allowzero=1) whatever the
+        # opset (invalid below 14): optimized here first, at the exporter's opset, the model leaves it nothing
+        # to rewrite after the conversion.
+        optimizer.optimize(model)
 
     def convert(m: ir.Model, target: int) -> ir.Model:
         if target > current:

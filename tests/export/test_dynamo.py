@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dcn_onnxscript
-from helpers import Case, DeformConvLayer, assert_close, export_dynamo, layer_reference, make_inputs
+from helpers import Case, DeformBlock, DeformConvLayer, assert_close, default_opset, export_dynamo, layer_reference, make_inputs
 from matrix import GEOMETRIES
 from runtimes import run_onnxruntime
 
@@ -149,3 +149,35 @@ def test_default_export_folds_the_per_tap_kernels_into_initializers(geometry: st
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     assert len(convs) == 9 and all(n.input[1] in initializers for n in convs)
     assert not any(n.op_type == "Split" and n.input[0] in initializers for n in model.graph.node)
+
+
+class _ClassifierHead(torch.nn.Module):
+    """A :class:`DeformBlock` pooled to 1×1, flattened (a ``view``) and classified by a Linear: (N, 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = DeformBlock(Case())
+        self.classify = torch.nn.Linear(Case().out_channels, 4)
+
+    def forward(self, x):
+        pooled = torch.nn.functional.adaptive_avg_pool2d(self.block(x), 1)
+        return self.classify(torch.flatten(pooled, 1))
+
+
+@pytest.mark.parametrize("opset", [12, 13])
+def test_dynamic_whole_model_below_opset_14_is_valid(opset: int) -> None:
+    """torch optimizes after converting, and onnxscript's optimizer would make the flatten of a dynamic
+    batch a Reshape with ``allowzero`` (an opset-14 attribute): the model must state and keep the requested
+    opset, pass the full check and run like eager at another batch and size."""
+    torch.manual_seed(0)
+    model = _ClassifierHead().eval()
+    auto = torch.export.Dim.AUTO
+    program = torch.onnx.export(model, (torch.randn(2, 3, 12, 10),), dynamo=True, opset_version=opset,
+                                dynamic_shapes=({0: auto, 2: auto, 3: auto},), verbose=False)
+    exported = program.model_proto
+    assert default_opset(exported) == opset
+    onnx.checker.check_model(exported, full_check=True)
+    x = torch.randn(3, 3, 9, 14)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert_close(run_onnxruntime(exported, [x.numpy()]), expected)

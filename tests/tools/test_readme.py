@@ -64,3 +64,9 @@ def test_readme_rewrite_output_is_what_rewrite_prints(tmp_path) -> None:
                             timeout=600, env={**os.environ, "PATH": path})
     assert result.returncode == 0, result.stderr[-3000:]
     _same_output(_shown_after("# a model holding ONNX's native DeformConv"), result.stdout)
+
+
+def test_ci_runs_the_test_command_of_the_readme() -> None:
+    """The second command of Getting started is the one CI runs."""
+    commands = re.search(r"## Getting started\n+```bash\n(.*?)```", README, flags=re.DOTALL).group(1).splitlines()
+    assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
