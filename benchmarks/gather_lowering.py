@@ -28,18 +28,20 @@ import warnings
 
 import numpy as np
 import onnx
+import onnxruntime
 import torch
 
 import dcn_onnxscript
 from dcn_onnxscript.rewrite import rewrite_model
-from dcn_onnxscript.tools import bench
+from dcn_onnxscript.tools.bench import cases, catalog, measuring
 
 NATIVE, GATHER, GATHER_DYNAMIC = "native", "gather", "gather (dynamic sizes)"
 
 
-def export_native(layer: bench.Layer, seed: int, dynamic: bool) -> onnx.ModelProto:
+def export_native(layer: catalog.Layer, seed: int, dynamic: bool) -> onnx.ModelProto:
     """torch's export of the bench's layer module with native ``DeformConv`` (opset 19)."""
-    module, inputs = bench.build_layer_module(layer, seed), bench.layer_inputs(layer, seed)
+    torch.manual_seed(seed)
+    module, inputs = cases.LayerModule(layer.channels).eval(), cases.layer_inputs(layer, seed)
     shapes = None
     if dynamic:
         n, h, w = torch.export.Dim("n"), torch.export.Dim("h", min=4), torch.export.Dim("w", min=4)
@@ -51,7 +53,7 @@ def export_native(layer: bench.Layer, seed: int, dynamic: bool) -> onnx.ModelPro
     return program.model_proto
 
 
-def models(layer: bench.Layer, seed: int, dynamic: bool) -> dict[str, onnx.ModelProto]:
+def models(layer: catalog.Layer, seed: int, dynamic: bool) -> dict[str, onnx.ModelProto]:
     native = export_native(layer, seed, dynamic=False)
     result = {NATIVE: native, GATHER: rewrite_model(native, impl="gather")}
     if dynamic:
@@ -69,22 +71,23 @@ def peak_mb(path: pathlib.Path, inputs: pathlib.Path) -> float:
 def memory_worker(path: str, inputs: str) -> None:
     arrays = np.load(inputs)
     feeds = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
-    print(json.dumps({"peak_mb": bench.measure_own_peak(lambda: bench.onnx_runner(pathlib.Path(path), feeds, 0))}))
+    peak = measuring.measure_own_peak(lambda: measuring.onnx_runner(pathlib.Path(path), feeds, 0))
+    print(json.dumps({"peak_mb": peak}))
 
 
 def measure(name: str, args: argparse.Namespace, folder: pathlib.Path) -> list[str]:
-    layer = bench.LAYERS[name]
-    inputs = [t.numpy() for t in bench.layer_inputs(layer, args.seed)]
+    layer = catalog.LAYERS[name]
+    inputs = [t.numpy() for t in cases.layer_inputs(layer, args.seed)]
     np.savez(folder / f"{name}.npz", *inputs)
     paths, nodes = {}, {}
     for kind, model in models(layer, args.seed, args.dynamic).items():
         paths[kind] = folder / f"{name}_{kind.split()[0]}{'_dynamic' if 'dynamic' in kind else ''}.onnx"
         onnx.save(model, str(paths[kind]))
         nodes[kind] = sum(node.op_type != "Constant" for node in model.graph.node)
-    run = {kind: bench.onnx_runner(path, inputs, args.threads) for kind, path in paths.items()}
+    run = {kind: measuring.onnx_runner(path, inputs, args.threads) for kind, path in paths.items()}
     reference = run[NATIVE]()
     errors = {kind: float(np.abs(function() - reference).max()) for kind, function in run.items()}
-    seconds = bench.interleaved_medians(run, args.repeat)
+    seconds = measuring.interleaved_medians(run, args.repeat)
     peaks = {kind: peak_mb(path, folder / f"{name}.npz") for kind, path in paths.items()} if args.memory else {}
     rows = []
     for kind in paths:
@@ -96,7 +99,7 @@ def measure(name: str, args: argparse.Namespace, folder: pathlib.Path) -> list[s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", nargs="+", default=["L1", "L2", "L3"], choices=list(bench.LAYERS))
+    parser.add_argument("--layers", nargs="+", default=["L1", "L2", "L3"], choices=list(catalog.LAYERS))
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -114,7 +117,7 @@ def main() -> int:
         for name in args.layers:
             lines += measure(name, args, pathlib.Path(folder))
             print(lines[-1], file=sys.stderr, flush=True)
-    print(f"onnxruntime {bench.onnxruntime.__version__}, {args.threads} threads, median of {args.repeat} "
+    print(f"onnxruntime {onnxruntime.__version__}, {args.threads} threads, median of {args.repeat} "
           "interleaved rounds\n")
     print("\n".join(lines))
     return 0
