@@ -42,7 +42,11 @@ before opset 20 and no float64 ``Conv``): their positions stay float64 until the
 default ("auto") therefore lowers float64 layers with "gather", which computes in float64 throughout.
 
 Notation as in :mod:`dcn_onnxscript.lowering.gather`. Δp holds (Δx, Δy) of tap k at channels 2k and 2k + 1
-(the offset's order swapped), and so do the per-channel constants below, shaped (2K, 1, 1).
+(the offset's order swapped), and so do the per-channel constants below, shaped (1, 2K, 1, 1): rank 4 like
+the tensors they meet, because onnx2tf moves the second axis of every constant of rank 3 or more last as if
+it were NCHW, and then that of the NCHW tensor it broadcasts against again: the folded grid (2K, Ho, Wo)
+became (1, Wo, Ho, 2K) against the offsets' (1, Ho, Wo, 2K) (transposed positions: wrong at Ho = Wo, a
+conversion error otherwise).
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ _SAMPLED = 1
 _FAR = 4.0
 #: NCHW -> NHWC: the grid's layout, (x, y) pairs last.
 _CHANNELS_LAST = [0, 2, 3, 1]
+#: The shape of a per-channel constant, (1, 2K, 1, 1): rank 4 (onnx2tf, see the module's docstring).
+_PER_CHANNEL = (1, -1, 1, 1)
 
 
 def _sampled(op: Emitter, layer: Layer, value: Value) -> Value:
@@ -73,9 +79,9 @@ def _sampled(op: Emitter, layer: Layer, value: Value) -> Value:
 
 
 def _per_channel(layer: Layer, pair) -> np.ndarray:
-    """``pair`` (x-value, y-value) at the x and y channel of every tap, shaped (2K, 1, 1) to broadcast against
-    (…, 2K, Ho, Wo)."""
-    return np.tile(np.asarray(pair), layer.taps).reshape(-1, 1, 1)
+    """``pair`` (x-value, y-value) at the x and y channel of every tap, shaped (1, 2K, 1, 1) to broadcast
+    against (N·G, 2K, Ho, Wo)."""
+    return np.tile(np.asarray(pair), layer.taps).reshape(_PER_CHANNEL)
 
 
 def _dynamic(*sizes: Optional[int]) -> bool:
@@ -94,7 +100,7 @@ def tap_offsets(op: Emitter, layer: Layer, offset: Value) -> Value:
 
 
 def output_positions(op: Emitter, layer: Layer, offset_shape: Optional[Value]) -> Folded:
-    """p_0 counted from 1, s·(o + 1), at the x and y channel of every tap: (2K, Ho, Wo) of the coordinate
+    """p_0 counted from 1, s·(o + 1), at the x and y channel of every tap: (1, 2K, Ho, Wo) of the coordinate
     type, the columns at the x channels and the rows at the y channels (callers add p_k, the pads and the 1
     back: :func:`sampling.first_tap`). A constant when (Ho, Wo) are static, else built on ``offset_shape``,
     the ``Shape`` of the offset."""
@@ -110,7 +116,7 @@ def output_positions(op: Emitter, layer: Layer, offset_shape: Optional[Value]) -
 
 
 def half_sizes(op: Emitter, layer: Layer, X_shape: Optional[Value]) -> Folded:
-    """(W/2, H/2) of X at the x and y channel of every tap, (2K, 1, 1) of the coordinate type: a constant
+    """(W/2, H/2) of X at the x and y channel of every tap, (1, 2K, 1, 1) of the coordinate type: a constant
     when (H, W) are static, else from X's ``Shape`` ``X_shape``. A float32 layer sums halves instead of
     casting the sizes: onnxconverter-common's float16 conversion retypes a ``Cast(to=FLOAT)``'s output but
     keeps its ``to`` (its issue 320), which a float32 model must therefore not have; other dtypes cast."""
@@ -131,7 +137,7 @@ def grids(op: Emitter, layer: Layer, delta: Value, p0: Folded, halves: Folded) -
     g = (p + 1/2 - S/2) / (S/2) of X (S = W for x, H for y), from ``delta`` Δp (N·G, 2K, Ho, Wo), ``p0``
     (:func:`output_positions`) and ``halves`` (:func:`half_sizes`). Every tensor on the way has rank 4 or
     less (onnx2tf reads rank 5 as a volume and transposes it)."""
-    first = sampling.first_tap(layer, shift=0.5)[::-1].T.reshape(-1, 1, 1)  # p_k - pad - s + 1/2, (x, y)
+    first = sampling.first_tap(layer, shift=0.5)[::-1].T.reshape(_PER_CHANNEL)  # p_k - pad - s + 1/2, (x, y)
     if isinstance(halves, np.ndarray):
         centres = first - halves
         base = p0 + centres if isinstance(p0, np.ndarray) else op.Add(p0, centres)

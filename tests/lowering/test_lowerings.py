@@ -196,6 +196,44 @@ def test_grid_sample_keeps_every_tensor_at_rank_4_or_less(case: SweepCase, shape
     assert max(ranks.values()) <= 4, {name: rank for name, rank in ranks.items() if rank > 4}
 
 
+#: Nodes that broadcast their inputs against each other (the ones the lowerings write).
+_BROADCASTING = {"Add", "Sub", "Mul", "Div", "Where", "Less", "Greater", "Equal", "Max", "Min", "Pow"}
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The model's constant values by name: its initializers and its ``Constant`` nodes' outputs."""
+    arrays = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    arrays.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+                   if n.op_type == "Constant" and n.attribute[0].name == "value"})
+    return arrays
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(case=sweep_cases(), shapes=st.sampled_from(SHAPES))
+def test_grid_sample_broadcasts_constants_at_the_rank_of_the_result(case: SweepCase, shapes: str):
+    """Every constant of more than one element that an elementwise node broadcasts has the rank of the node's
+    result. onnx2tf (channels last) moves the second axis of every constant of rank 3 or more last, taking
+    it for NCHW, and then again when it broadcasts a lower-rank constant against an NCHW tensor: the static
+    grid p_0 + p_k folded as (2K, Ho, Wo) became (1, Wo, Ho, 2K) against the offsets' (1, Ho, Wo, 2K), which
+    failed the conversion ("Dimensions must be equal") where Ho != Wo and transposed the positions (LiteRT's
+    output wrong) where Ho = Wo; as (1, 2K, Ho, Wo) it converts and matches (the matrix's tflite cases)."""
+    arrays = case.arrays(np.random.default_rng(0))
+    model = _shaped_model("grid_sample", sweep_layer(case), arrays, shapes)
+    constants = _constants(model)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in _inferred_values(model)}
+    checked, misfits = 0, []
+    for node in model.graph.node:
+        if node.op_type not in _BROADCASTING:
+            continue
+        for name in node.input:
+            if name in constants and constants[name].size > 1:
+                checked += 1
+                if constants[name].ndim != ranks[node.output[0]]:
+                    misfits.append((node.op_type, constants[name].shape, ranks[node.output[0]]))
+    assert checked, "no broadcast constant: the test checks nothing"
+    assert not misfits, misfits
+
+
 # ------------------------------------------------------------------------------------------------ gather
 
 
