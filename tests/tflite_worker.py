@@ -33,6 +33,8 @@ def convert(model: pathlib.Path, tflite: pathlib.Path) -> None:
 
 def as_fed(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """``value`` (NCHW) in the layout of the converted model's input ``shape``: NHWC unless it takes NCHW."""
+    if value.ndim == 4 and value.shape == value.transpose(0, 2, 3, 1).shape:
+        raise SystemExit(f"an input of shape {value.shape} reads the same in NCHW and NHWC: choose other sizes")
     if value.ndim == 4 and tuple(shape) == value.transpose(0, 2, 3, 1).shape:
         return np.ascontiguousarray(value.transpose(0, 2, 3, 1))
     if tuple(shape) != value.shape:

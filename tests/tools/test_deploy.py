@@ -5,7 +5,7 @@ that the fault is pinned to one pattern. docs/deploy.md has the texts.
 Tool faults that no graph change can fix:
 - onnxruntime-openvino 1.24 (OpenVINO 2025.4 inside): GridSample-20's mode "linear" is refused; "bilinear"
   (GridSample-16) is taken. At opset 20 "bilinear" is not a valid mode, so an opset-20 graph cannot avoid it.
-- tinygrad 0.14's ONNX runner has no GridSample at all.
+- tinygrad 0.14's ONNX runner has no GridSample at all, and its Gather fails on constant indices of rank 2.
 - onnx_tool 1.0.1's shape inference of a GridSample whose image comes from a Conv adds a tuple to a list.
 
 - OpenCV's classic DNN importer evaluates ``Shape`` while it reads a model, and refuses an input of
@@ -153,3 +153,24 @@ def test_opencv_classic_reads_the_shape_of_an_input(dynamic):
     pytest.importorskip("cv2")
     x = np.ones((1, 3, 4, 4), dtype=np.float32)
     _assert_runs_as_onnxruntime("opencv_classic", plus_shape(dynamic), [x])
+
+
+def gather_rows(indices: np.ndarray) -> onnx.ModelProto:
+    """x (3, 4) -> Gather(x, ``indices``, axis 0), the indices an initializer."""
+    nodes = [helper.make_node("Gather", ["x", "indices"], ["y"], axis=0)]
+    constant = helper.make_tensor("indices", TensorProto.INT64, indices.shape, indices.ravel())
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [*indices.shape, 4])], [constant])
+
+
+@pytest.mark.deploy
+@pytest.mark.parametrize("indices", [
+    np.array([0, 2, 1]),
+    pytest.param(np.array([[0, 2], [1, 0]]), marks=pytest.mark.xfail(
+        strict=True, reason="tinygrad 0.14: '<' not supported between instances of 'list' and 'int'")),
+], ids=["rank1", "rank2"])
+def test_tinygrad_gathers_with_constant_indices(indices):
+    """tinygrad's fast path for constant Gather indices reads them as a flat list: rank 1 works, rank 2
+    fails."""
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    _assert_runs_as_onnxruntime("tinygrad", gather_rows(indices), [x])
