@@ -284,8 +284,9 @@ def _deploy_failure(export: Export, runtime: str, writes_gather: bool) -> Option
     if runtime == "tinygrad" and not writes_gather:
         return "tinygrad's ONNX runner has no GridSample (tool; tests/tools/test_deploy.py)"
     if runtime == "tinygrad" and export.dynamic:
-        return ("tinygrad 0.14's Gather fails on indices it holds as constants of rank 2, \"'<' not supported between "
-                "'list' and 'int'\", which the dynamic gather lowering's become there (tool; tests/tools/test_deploy.py)")
+        return ("tinygrad 0.14's Gather fails on indices it holds as constants of rank 2, \"'<' not supported "
+                "between 'list' and 'int'\", which the dynamic gather lowering's become there (tool; "
+                "tests/tools/test_deploy.py)")
     if runtime == "openvino_ep" and not writes_gather and export.opset >= 20:
         return ("onnxruntime-openvino 1.24's OpenVINO 2025.4 knows GridSample-20's mode only as 'bilinear', not "
                 "'linear' (tool; tests/tools/test_deploy.py)")

@@ -56,12 +56,23 @@ class GraphEmitter(Emitter):
         return torch.from_numpy(np.array(array))
 
     def _from_weights(self, value: Any) -> bool:
-        """Whether a TorchScript value is computed from :attr:`weights` and constants alone."""
-        if any(value is weight for weight in self.weights):
-            return True
-        node = value.node()
-        return node.kind() in _CONSTANTS or (node.kind().startswith("onnx::") and
-                                              all(self._from_weights(v) for v in node.inputs()))
+        """Whether a TorchScript value is computed from :attr:`weights` and constants alone: a walk up its
+        producers (iterative, each value once: a value computed from the image reaches back through the whole
+        network, deeper than Python's recursion limit in a ResNet-50)."""
+        weights = {weight.unique() for weight in self.weights}
+        pending, seen = [value], set()
+        while pending:
+            value = pending.pop()
+            if value.unique() in seen or value.unique() in weights:
+                continue
+            seen.add(value.unique())
+            node = value.node()
+            if node.kind() in _CONSTANTS:
+                continue
+            if not node.kind().startswith("onnx::"):
+                return False
+            pending.extend(node.inputs())
+        return True
 
 
 #: Node kinds of constants in a TorchScript graph.

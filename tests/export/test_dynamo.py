@@ -8,7 +8,16 @@ import pytest
 import torch
 
 import dcn_onnxscript
-from helpers import Case, DeformBlock, DeformConvLayer, assert_close, default_opset, export_dynamo, layer_reference, make_inputs
+from helpers import (
+    Case,
+    DeformBlock,
+    DeformConvLayer,
+    assert_close,
+    default_opset,
+    export_dynamo,
+    layer_reference,
+    make_inputs,
+)
 from matrix import GEOMETRIES
 from runtimes import run_onnxruntime
 

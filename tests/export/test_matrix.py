@@ -4,18 +4,19 @@ exported model against PyTorch.
 
 Every valid combination is generated (:func:`matrix.all_matrix_cases`). The default run (CI) takes a
 pairwise-covering slice: every pair of values of two of the dimensions of ``CI_PAIRED`` occurs in it at
-least once, every value of the others too (the ResNet-50 cases excepted: they are all slow). The rest is marked ``slow`` and, under a marker expression
-that deselects slow tests (the default's), not even collected: ``python -m pytest -m slow
-tests/export/test_matrix.py`` runs all of it.
+least once, every value of the others too (the ResNet-50 cases excepted: they are all slow). The rest is
+marked ``slow`` and, under a marker expression that deselects slow tests (the default's), not even
+collected: ``python -m pytest -m slow tests/export/test_matrix.py`` runs all of it.
 
 Per case: no ``DeformConv`` is left, ``onnx.checker`` (full check) passes, the model states the requested
 opset, the output keeps the dtype, and the runtime's output matches float64 PyTorch (torchvision's kernel
 for the layer, the eager model otherwise) at the export's size and, for dynamic models, at other sizes;
 the layer's inputs have hostile offsets (NaN, ±Inf, huge) mixed in — a crash of any runtime fails the
-case. float16 runs 8 random inputs up to 64×64 (smaller on the slow float16 runtimes) and must stay within 1.5× the error of PyTorch's own
-float16 CPU result (torchvision's kernel for the layer); bfloat16 is checked for export and checker only
-(onnxruntime's CPU provider has no bfloat16 kernels). OpenVINO runs at f32 ("openvino") and at its
-default precision ("openvino_default", bf16 on this CPU: no crash, finite, within bf16's error).
+case. float16 runs 8 random inputs up to 64×64 (smaller on the slow float16 runtimes) and must stay within
+1.5× the error of PyTorch's own float16 CPU result (torchvision's kernel for the layer); bfloat16 is checked
+for export and checker only (onnxruntime's CPU provider has no bfloat16 kernels). OpenVINO runs at f32
+("openvino") and at its default precision ("openvino_default", bf16 on CPUs with bf16 support: no crash,
+finite, within bf16's error).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import dcn_onnxscript
-from helpers import Case, DeformConvLayer, make_inputs
+from helpers import Case, DeformConvLayer, assert_close, make_inputs
+from runtimes import run_onnxruntime
 
 CASE = Case(in_channels=4, out_channels=6, stride=(2, 1), groups=2, offset_groups=2)
 
@@ -35,3 +36,36 @@ def test_unregister_removes_the_torchscript_symbolic():
             export_torchscript(CASE, 17)
     finally:
         dcn_onnxscript.register()
+
+
+class _DeepThenDeform(torch.nn.Module):
+    """``depth`` elementwise layers on x and on the offset (as deep as a ResNet-50's graph before its last
+    deformable layer, whose offsets a convolution computes), then the deformable layer of ``case``."""
+
+    def __init__(self, case: Case, depth: int) -> None:
+        super().__init__()
+        self.layer, self.depth = DeformConvLayer(case), depth
+
+    def forward(self, x, offset, mask):
+        for _ in range(self.depth):
+            x, offset = torch.relu(x) * 1.0001, offset * 1.0001
+        return self.layer(x, offset, mask)
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_a_layer_deep_in_a_network_exports(opset: int):
+    """The symbolic looks up whether a value comes from the weights alone; a value computed from the image
+    must not be followed back through the whole network one Python frame per node (a RecursionError on the
+    DCNv2 ResNet-50 below opset 16)."""
+    case = Case()
+    model = _DeepThenDeform(case, depth=1200).eval()
+    inputs = tuple(torch.from_numpy(a) for a in make_inputs(case))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, inputs, buffer, dynamo=False, opset_version=opset, input_names=["x", "offset", "mask"])
+    exported = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(exported, full_check=True)
+    with torch.no_grad():
+        expected = model(*inputs).numpy()
+    assert_close(run_onnxruntime(exported, [a.numpy() for a in inputs]), expected)
