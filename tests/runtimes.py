@@ -50,11 +50,13 @@ def run_openvino(model: onnx.ModelProto, inputs: Inputs, precision: Optional[str
     return np.asarray(result[compiled.output(0)])
 
 
-def run_tract(model: onnx.ModelProto, inputs: Inputs, concrete: bool = True) -> np.ndarray:
+def run_tract(model: onnx.ModelProto, inputs: Inputs, concrete: bool = True, plain_sizes: bool = True) -> np.ndarray:
     """tract, with every input's shape and type fixed to the given arrays' (``concrete``), or loaded as it
     is, symbolic dimensions and all. A symbolic model must type with output sizes that are plain symbols
-    or numbers: an expression (a rounded split, a broadcast of two spellings of one size) grows with every
-    layer a network stacks, until tract takes minutes to load it."""
+    or numbers (``plain_sizes``: a deformable layer's output has its offset's sizes): an expression (a
+    rounded split, a broadcast of two spellings of one size) grows with every layer a network stacks, until
+    tract takes minutes to load it. (In a whole model a strided convolution's output sizes are expressions
+    of the image's: ``plain_sizes=False`` there.)"""
     import tract
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,7 +68,7 @@ def run_tract(model: onnx.ModelProto, inputs: Inputs, concrete: bool = True) -> 
             fact = f"{','.join(map(str, value.shape))},{_tract_dtype(value.dtype)}"
             inference_model.set_input_fact(i, fact)
         typed = inference_model.into_model()
-        if not concrete:
+        if not concrete and plain_sizes:
             sizes = str(typed.output_fact(0)).split(",")[:-1]
             assert all(re.fullmatch(r"<?\w+>?", size) for size in sizes), f"tract output fact {typed.output_fact(0)}"
         return typed.into_runnable().run([np.asarray(v) for v in inputs])[0].to_numpy()
@@ -204,10 +206,11 @@ MATRIX_RUNTIMES = ("onnxruntime", "openvino", "openvino_default", "tract", "trac
 #: runtime -> the pytest mark of the extra job that runs it in its own venv (not the default command).
 EXTRA_JOBS = {"tflite": "tflite", "tvm": "deploy", "ncnn": "deploy", "openvino_ep": "deploy", "tinygrad": "deploy"}
 
-def run_runtime(runtime: str, model: onnx.ModelProto, inputs: Inputs) -> np.ndarray:
-    """The matrix's runners by name (see :data:`MATRIX_RUNTIMES`)."""
+def run_runtime(runtime: str, model: onnx.ModelProto, inputs: Inputs, whole_model: bool = False) -> np.ndarray:
+    """The matrix's runners by name (see :data:`MATRIX_RUNTIMES`); ``whole_model``: a network around the
+    deformable layer, whose output sizes tract may derive as expressions of the input's."""
     if runtime == "openvino_default":
         return run_openvino(model, inputs, precision=None)
     if runtime == "tract_symbolic":
-        return run_tract(model, inputs, concrete=False)
+        return run_tract(model, inputs, concrete=False, plain_sizes=not whole_model)
     return RUNNERS[runtime](model, inputs)

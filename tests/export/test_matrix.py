@@ -159,7 +159,7 @@ def _check_float(export: Export, module, model, runtime: str) -> None:
     largest = 64 if export.context == "resnet50" else 12
     for index, (batch, size) in enumerate(_sizes(export, 2, largest, seed=5)):
         inputs = _inputs(export, batch, size, seed=10 + index, attack=index == 1)
-        actual = run_runtime(runtime, model, inputs)
+        actual = run_runtime(runtime, model, inputs, whole_model=export.context != "layer")
         assert actual.dtype == DTYPES[export.dtype]
         expected = _reference(export, module64, inputs)
         if runtime == "openvino_default":
@@ -180,7 +180,7 @@ def _check_float16(export: Export, module, model, runtime: str) -> None:
     for index, (batch, size) in enumerate(_sizes(export, F16_INPUTS, largest, seed=7)):
         attack = index == F16_INPUTS - 1 and export.context == "layer"
         inputs = _inputs(export, batch, size, seed=100 + index, attack=attack)
-        actual = run_runtime(runtime, model, inputs)
+        actual = run_runtime(runtime, model, inputs, whole_model=export.context != "layer")
         assert actual.dtype == np.float16
         expected = _reference(export, module64, inputs)
         finite = np.isfinite(expected)
