@@ -275,7 +275,7 @@ def known_failure(export: Export, runtime: str) -> Optional[str]:
                 "'the OP name does not match' (tool)")
     if runtime == "tflite" and written == "gather":
         return ("LiteRT takes the grid_sample lowering only: onnx2tf turns the gather lowering's int64 index "
-                "arithmetic into select-TensorFlow ops (FlexCumsum, FlexRelu) or fails on it (README)")
+                "arithmetic into select-TensorFlow ops (FlexCumsum, FlexRelu) or fails on it (docs/deploy.md)")
     return _deploy_failure(export, runtime, written == "gather")
 
 

@@ -13,7 +13,7 @@ runs on MNN's own runtime (``MNN.nn``) in a subprocess (a converter or runtime a
 down). float32 results must be within 1e-4 of the output scale; the float16 conversion must be within
 1.5x torchvision's own float16 error on the same input, plus a small floor. Tools that are not
 installed are skipped. Cases that fail on today's graph are strict xfails: they flip to XPASS (and fail)
-once the graph stops triggering them. docs/toolchain-notes.md explains each.
+once the graph stops triggering them. docs/known-issues.md explains each.
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ TOOLS = {
     "onnx_tool": tool_onnx_tool,
 }
 
-# Failing on today's graph, with whose fault and why (docs/toolchain-notes.md has the details): none. The
+# Failing on today's graph, with whose fault and why (docs/known-issues.md has the details): none. The
 # float16 converter's Cast problem and MNN's GatherND batch_dims=1 problem are kept out of the graph
 # (test_no_cast_to_float, and the image index inside the GatherND indices).
 KNOWN_FAILURES: dict = {
