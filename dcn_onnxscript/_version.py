@@ -1,3 +1,3 @@
 """The package version (read by pyproject.toml and ``python -m dcn_onnxscript --version``)."""
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"

@@ -60,8 +60,9 @@ def tvm(path: pathlib.Path, feeds: Feeds) -> np.ndarray:
 
 
 def ncnn(path: pathlib.Path, feeds: Feeds) -> np.ndarray:
-    """ncnn through pnnx (``pnnx MODEL.onnx inputshape=...``, the converter ncnn recommends), run in float32
-    (no fp16/bf16 storage or arithmetic). ncnn has no batch axis: batch-1 inputs only."""
+    """ncnn through pnnx (``pnnx MODEL.onnx inputshape=... fp16=0``, the converter ncnn recommends; without
+    ``fp16=0`` it stores the weights as float16), run in float32 (no fp16/bf16 storage or arithmetic). ncnn
+    has no batch axis: batch-1 inputs only."""
     import importlib.util
 
     import ncnn as ncnn_
@@ -76,7 +77,7 @@ def ncnn(path: pathlib.Path, feeds: Feeds) -> np.ndarray:
     with tempfile.TemporaryDirectory() as folder:
         onnx_path = pathlib.Path(folder) / "model.onnx"
         onnx_path.write_bytes(path.read_bytes())
-        done = subprocess.run([str(converter), str(onnx_path), f"inputshape={shapes}"], capture_output=True,
+        done = subprocess.run([str(converter), str(onnx_path), f"inputshape={shapes}", "fp16=0"], capture_output=True,
                               text=True, cwd=folder, timeout=600)
         param, weights = onnx_path.with_suffix(".ncnn.param"), onnx_path.with_suffix(".ncnn.bin")
         if done.returncode != 0 or not param.exists():

@@ -283,20 +283,14 @@ def _deploy_failure(export: Export, runtime: str, writes_gather: bool) -> Option
     """:func:`known_failure` of the deployment runtimes (float32 exports)."""
     if runtime == "tinygrad" and not writes_gather:
         return "tinygrad's ONNX runner has no GridSample (tool; tests/tools/test_deploy.py)"
-    if runtime == "tinygrad" and export.dynamic:
-        return ("tinygrad 0.14's Gather fails on indices it holds as constants of rank 2, \"'<' not supported "
-                "between 'list' and 'int'\", which the dynamic gather lowering's become there (tool; "
-                "tests/tools/test_deploy.py)")
     if runtime == "openvino_ep" and not writes_gather and export.opset >= 20:
         return ("onnxruntime-openvino 1.24's OpenVINO 2025.4 knows GridSample-20's mode only as 'bilinear', not "
                 "'linear' (tool; tests/tools/test_deploy.py)")
-    if runtime == "openvino_ep" and writes_gather and export.dynamic:
-        return ("the OpenVINO EP leaves nodes of the dynamic gather lowering to the CPU EP, 'assigned to the default "
-                "CPU EP' (which nodes is not yet known)")
     if runtime == "opencv_classic" and export.dynamic:
         return ("OpenCV's classic importer evaluates Shape when it reads the model and refuses an input of dynamic "
                 "size: 'Shape ... !isDynamicShape' (tool; tests/tools/test_deploy.py; export with static shapes)")
-    if runtime == "ncnn":
-        return ("pnnx writes Abs/Less/Greater/Equal -> Where as torch.lt/gt/eq/where, and Cast as Tensor.to, which "
-                "ncnn lacks (graph)")
+    if runtime == "ncnn" and writes_gather:
+        return ("the gather lowering indexes with integer ops (Greater/Equal -> Where, Cast to INT64), which pnnx "
+                "writes as torch.gt/eq/where and Tensor.to and ncnn lacks: ncnn takes grid_sample exports (opset "
+                ">= 16; docs/deploy.md)")
     return None

@@ -14,6 +14,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 import onnx
+import onnx_ir as ir
+
+from dcn_onnxscript.rewrite import targets
 
 Inputs = Sequence[np.ndarray]
 
@@ -213,4 +216,8 @@ def run_runtime(runtime: str, model: onnx.ModelProto, inputs: Inputs, whole_mode
         return run_openvino(model, inputs, precision=None)
     if runtime == "tract_symbolic":
         return run_tract(model, inputs, concrete=False, plain_sizes=not whole_model)
+    if runtime == "ncnn":  # the documented recipe: `rewrite --for ncnn`, then pnnx
+        retargeted = ir.from_proto(model)
+        targets.for_target(retargeted, "ncnn")
+        model = ir.to_proto(retargeted)
     return RUNNERS[runtime](model, inputs)

@@ -42,12 +42,23 @@ class Emitter:
         return self._node(op_type, inputs, attributes, outputs)
 
     def split(self, value: Any, parts: int, size: int, axis: int) -> list:
-        """``value``, of static ``size`` along ``axis``, cut into ``parts`` equal parts: one ``Split`` (with the
-        ``num_outputs`` attribute from opset 18 on; before, its count of outputs says it)."""
+        """``value``, of static ``size`` along ``axis``, cut into ``parts`` equal parts: one ``Split`` with the
+        sizes of its parts written out (an input from opset 13, an attribute before). Neither ``num_outputs``
+        (opset 18) nor the count of outputs alone: pnnx reads both as a split of unknown sizes and writes an
+        ncnn ``Slice`` without slices, which crashes ncnn."""
         if parts == 1:
             return [value]
-        attributes = {"axis": axis, **({"num_outputs": parts} if self.opset >= 18 else {})}
-        return list(self.emit("Split", [value], attributes, parts))
+        sizes = [size // parts] * parts
+        if self.opset >= 13:
+            return list(self.emit("Split", [value, np.array(sizes, dtype=np.int64)], {"axis": axis}, parts))
+        return list(self.emit("Split", [value], {"axis": axis, "split": sizes}, parts))
+
+    def squeeze(self, value: Any) -> Any:
+        """``value`` of shape (1,) as a scalar: a ``Squeeze`` (its axes an input from opset 13, an attribute
+        before), not a ``Reshape`` to (), which the OpenVINO execution provider leaves to the CPU."""
+        if self.opset >= 13:
+            return self.emit("Squeeze", [value, np.array([0], dtype=np.int64)], {})
+        return self.emit("Squeeze", [value], {"axes": [0]})
 
     def known(self, value: Any) -> Optional[np.ndarray]:
         """``value``'s contents when they are known at build time (an initializer or a constant), else

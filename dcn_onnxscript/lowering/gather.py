@@ -78,12 +78,13 @@ def _size(op: Emitter, shape: Optional[Value], axis: int, known: Optional[int]) 
 
 
 def _counted(op: Emitter, shape: Optional[Value], axis: int, known: Optional[int]) -> Value:
-    """Like :func:`_size`, but a dynamic size is counted at run time (the sum of that many ones) rather than
-    read from the shape: tract keeps sizes read from shapes as symbols, and its decluttering fails on index
-    data multiplied by one ("TooEarly")."""
+    """INT64 (1,): size ``axis`` like :func:`_size`, but a dynamic size is counted at run time (the sum of
+    that many ones) rather than read from the shape: tract keeps sizes read from shapes as symbols, and its
+    decluttering fails on index data multiplied by one ("TooEarly"). Of shape (1,), not a scalar: the
+    OpenVINO execution provider leaves a ``ReduceSum`` or ``Reshape`` with a rank-0 output to the CPU."""
     if known is not None:
-        return _int64(known)
-    return op.ReduceSum(op.ConstantOfShape(op.Gather(shape, _int64([axis])), value=_int64([1])), keepdims=0)
+        return _int64([known])
+    return op.ReduceSum(op.ConstantOfShape(op.Gather(shape, _int64([axis])), value=_int64([1])), keepdims=1)
 
 
 def input_shapes(op: Emitter, layer: Layer, X: Value, offset: Value) -> tuple[Optional[Value], Optional[Value]]:
@@ -152,7 +153,8 @@ def last_pixel(op: Emitter, layer: Layer, x_shape: Optional[Value]) -> Value:
     H, W = layer.input_size
     if H is not None and W is not None:
         return _int64([H - 1, W - 1] * 2).reshape(4, 1)
-    return op.Sub(op.Gather(x_shape, _int64([[2], [3], [2], [3]])), _int64(1))
+    # indices of rank 1 and a Reshape: tinygrad's Gather fails on constant indices of rank 2
+    return op.Reshape(op.Sub(op.Gather(x_shape, _int64([2, 3, 2, 3])), _int64(1)), _int64([4, 1]))
 
 
 def in_image(op: Emitter, low: Value, last: Value) -> tuple[Value, Value]:
@@ -188,7 +190,7 @@ def mask_per_sample(op: Emitter, layer: Layer, mask: Value, offset_shape: Option
         return op.Reshape(mask, _int64([layer.batch, M, 1, Ho * Wo]))
     batch = op.Gather(offset_shape, _int64([0]))
     positions = op.Mul(op.Gather(offset_shape, _int64([2])), op.Gather(offset_shape, _int64([3])))
-    count = op.Reshape(op.Mul(op.Mul(batch, positions), _int64(M)), _int64([]))  # as products: tract sizes Range
+    count = op.squeeze(op.Mul(op.Mul(batch, positions), _int64(M)))  # as products: tract sizes Range
     flat = op.Range(_int64(0), count, _int64(1))
     shape = op.Concat(batch, _int64([M, 1]), positions, axis=0)
     return op.Gather(op.Reshape(mask, _int64([-1])), op.Reshape(flat, shape), axis=0)

@@ -16,6 +16,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime
 
+from dcn_onnxscript.rewrite import targets
 from dcn_onnxscript.rewrite.rewriter import (
     Progress,
     RewriteError,
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         progress = _print_progress if _count_nodes(model) >= LARGE_MODEL_NODES else None
         external = _needs_external_data(model)  # before an opset conversion loads the data into memory
         result = rewrite(model, impl=args.impl, opset=args.opset, progress=progress)
+        retargeted = targets.for_target(result.model, args.target) if args.target else 0
         with _staged(output, result.model, external, progress) as staged:
             if args.check:
                 if progress:
@@ -45,12 +47,14 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:  # RewriteError is a ValueError
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
+    for_target = f"; {retargeted} pattern(s) written for {args.target}" if args.target else ""
     if not result.counts:
-        print(f"nothing to rewrite: {args.input} holds no DeformConv or mmcv deformable convolution; wrote an "
-              f"unchanged copy (opset {_onnx_opset(result.model)}) -> {output}")
+        done = for_target[2:] if args.target else "wrote an unchanged copy"
+        print(f"nothing to rewrite: {args.input} holds no DeformConv or mmcv deformable convolution; {done} "
+              f"(opset {_onnx_opset(result.model)}) -> {output}")
         return 0
     written = ", ".join(sorted(result.lowerings)) or args.impl
-    print(f"{result.summary()} (impl {written}, opset {_onnx_opset(result.model)}) -> {output}")
+    print(f"{result.summary()} (impl {written}, opset {_onnx_opset(result.model)}){for_target} -> {output}")
     return 0
 
 

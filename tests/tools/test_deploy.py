@@ -5,14 +5,21 @@ that the fault is pinned to one pattern. docs/deploy.md has the texts.
 Tool faults that no graph change can fix:
 - onnxruntime-openvino 1.24 (OpenVINO 2025.4 inside): GridSample-20's mode "linear" is refused; "bilinear"
   (GridSample-16) is taken. At opset 20 "bilinear" is not a valid mode, so an opset-20 graph cannot avoid it.
-- tinygrad 0.14's ONNX runner has no GridSample at all, and its Gather fails on constant indices of rank 2.
+- tinygrad 0.14's ONNX runner has no GridSample at all, and its Gather fails on constant indices of rank 2
+  (which the gather lowering no longer writes).
 - onnx_tool 1.0.1's shape inference of a GridSample whose image comes from a Conv adds a tuple to a list.
 
 - OpenCV's classic DNN importer evaluates ``Shape`` while it reads a model, and refuses an input of
   dynamic size: dynamic exports (whose sizes are read with ``Shape``) need static shapes there.
 
-One the lowerings avoid (by folding constants where shapes are static), kept as a lint of the pattern:
-- OpenCV's classic DNN engine segfaults on the CumSum of a constant.
+Ones the lowerings avoid, kept as lints of the pattern:
+- OpenCV's classic DNN engine segfaults on the CumSum of a constant (the lowerings fold such constants where
+  shapes are static).
+- The OpenVINO EP leaves a ReduceSum or Reshape whose result has rank 0 to the CPU EP (the lowerings keep
+  such sizes at shape (1,), or Squeeze them).
+- pnnx turns a Split whose part sizes are not written out into an ncnn Slice without slices, on which ncnn
+  crashes (the lowerings write the sizes); ncnn has no select (``rewrite --for ncnn`` writes the lowering's
+  one comparison as a Clip).
 """
 
 from __future__ import annotations
@@ -174,3 +181,83 @@ def test_tinygrad_gathers_with_constant_indices(indices):
     fails."""
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     _assert_runs_as_onnxruntime("tinygrad", gather_rows(indices), [x])
+
+
+def size_plus_one(rank_0: bool) -> onnx.ModelProto:
+    """x (N, 3) -> N counted as the ReduceSum of N ones, of shape () (``rank_0``) or (1,), plus one."""
+    shape = [1] if not rank_0 else []
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "first"], ["n"]),
+             helper.make_node("ConstantOfShape", ["n"], ["ones"],
+                              value=helper.make_tensor("one", TensorProto.INT64, [1], [1])),
+             helper.make_node("ReduceSum", ["ones"], ["count"], keepdims=0 if rank_0 else 1),
+             helper.make_node("Add", ["count", "plus"], ["y"])]
+    initializers = [helper.make_tensor("first", TensorProto.INT64, [1], [0]),
+                    helper.make_tensor("plus", TensorProto.INT64, shape, [1])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                  [helper.make_tensor_value_info("y", TensorProto.INT64, shape)], initializers, opset=13)
+
+
+@pytest.mark.deploy
+@pytest.mark.parametrize("rank_0", [
+    False,
+    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason="OpenVINO EP: a ReduceSum of rank-0 result "
+                                                                    "is 'assigned to the default CPU EP'")),
+])
+def test_openvino_ep_takes_a_counted_size(rank_0):
+    """The OpenVINO EP (CPU fallback disabled) takes a ReduceSum whose result has shape (1,), but leaves one
+    whose result is a scalar to the CPU EP (a Reshape to () too)."""
+    _assert_runs_as_onnxruntime("openvino_ep", size_plus_one(rank_0), [np.zeros((5, 3), dtype=np.float32)])
+
+
+def channels_reversed(sizes_written: bool) -> onnx.ModelProto:
+    """x (1, 4, 3, 5) -> an identity 1x1 Conv (from which pnnx learns that axis 0 is the batch) -> Split into
+    its 4 channels (the sizes an input, or only the count of outputs) -> Concat in reverse order."""
+    parts = [f"c{i}" for i in range(4)]
+    split_inputs = ["features", "sizes"] if sizes_written else ["features"]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["features"]),
+             helper.make_node("Split", split_inputs, parts, axis=1),
+             helper.make_node("Concat", parts[::-1], ["y"], axis=1)]
+    initializers = [helper.make_tensor("w", TensorProto.FLOAT, [4, 4, 1, 1], np.eye(4, dtype=np.float32).ravel())]
+    if sizes_written:
+        initializers.append(helper.make_tensor("sizes", TensorProto.INT64, [4], [1] * 4))
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 5])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3, 5])], initializers)
+
+
+@pytest.mark.deploy
+@pytest.mark.parametrize("sizes_written", [
+    True,
+    pytest.param(False, marks=pytest.mark.xfail(strict=True, raises=AssertionError,
+                                                reason="pnnx: an ncnn Slice without slices; ncnn crashes")),
+])
+def test_ncnn_splits_channels(sizes_written):
+    """pnnx converts a Split whose part sizes are an input; one whose sizes only its count of outputs gives
+    becomes an ncnn ``Slice`` without slices, and ncnn crashes on it."""
+    x = np.arange(60, dtype=np.float32).reshape(1, 4, 3, 5)
+    _assert_runs_as_onnxruntime("ncnn", channels_reversed(sizes_written), [x])
+
+
+def at_most_two(select: bool) -> onnx.ModelProto:
+    """x (1, 2, 3, 4) at most 2: ``Where(x < 2, x, 2)`` (``select``) or ``Clip(x, max=2)``."""
+    if select:
+        nodes = [helper.make_node("Less", ["x", "two"], ["inside"]),
+                 helper.make_node("Where", ["inside", "x", "two"], ["y"])]
+        initializers = [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])]
+    else:
+        nodes = [helper.make_node("Clip", ["x", "", "two"], ["y"])]
+        initializers = [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 4])], initializers)
+
+
+@pytest.mark.deploy
+@pytest.mark.parametrize("select", [
+    False,
+    pytest.param(True, marks=pytest.mark.xfail(strict=True, raises=AssertionError,
+                                               reason="ncnn: layer torch.lt not exists or registered")),
+])
+def test_ncnn_bounds_a_value(select):
+    """ncnn bounds a value with a Clip, but has no comparison or select for ``Where(x < 2, x, 2)``."""
+    x = np.linspace(-3, 5, 24, dtype=np.float32).reshape(1, 2, 3, 4)
+    _assert_runs_as_onnxruntime("ncnn", at_most_two(select), [x])

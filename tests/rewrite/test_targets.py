@@ -1,0 +1,104 @@
+"""Tests of :mod:`dcn_onnxscript.rewrite.targets`: the ncnn patterns on random layers of every opset that has
+``GridSample``, written by the lowering and by both exporters, checked and run on onnxruntime against the
+model they came from; the command line's ``--for``. ncnn itself runs in ``.ci/deploy`` (the matrix's
+``ncnn`` runtime applies the same rewrite before pnnx)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+import torch
+
+import dcn_onnxscript  # noqa: F401  (registers the translation)
+from dcn_onnxscript.__main__ import main
+from dcn_onnxscript.rewrite import targets
+from helpers import Case, DeformConvLayer, lowering_model, make_inputs, random_case, sweep_layer
+from runtimes import run_onnxruntime
+
+#: Non-finite and huge offsets on which the guard and its ``Clip`` agree (NaN is where they differ).
+FAR_OFFSETS = [np.inf, -np.inf, 1e30, -1e30, 3e38, -3e38, 1e4, -1e4]
+
+
+def _op_types(model: ir.Model) -> list[str]:
+    return [node.op_type for node in model.graph]
+
+
+def _far_offsets(offset: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``offset`` with about 20 % of its values infinite or far outside the image."""
+    chosen = rng.random(offset.shape) < 0.2
+    return np.where(chosen, rng.choice(FAR_OFFSETS, size=offset.shape), offset).astype(offset.dtype)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_ncnn_writes_the_guard_as_clip_and_computes_the_same(seed: int):
+    """On a random layer at a random opset from 16 (static or dynamic sizes), ``--for ncnn`` replaces the
+    one guard by one ``Clip`` and gives onnxruntime's result of the model it came from, bit for bit, with
+    infinite and far offsets mixed in."""
+    rng = np.random.default_rng(seed)
+    case, opset = random_case(rng), int(rng.integers(16, 24))
+    arrays = case.arrays(rng)
+    layer, static = sweep_layer(case), None
+    if seed % 2:  # static sizes, as the exporters fill them in from static shapes
+        static = {name: list(value.shape) for name, value in arrays.items()}
+        layer = dataclasses.replace(layer, batch=case.batch, input_size=(case.height, case.width),
+                                    output_size=case.output_size)
+    original = lowering_model("grid_sample", layer, opset=opset, static_shapes=static, constants={"W": arrays["W"]})
+    model = ir.from_proto(original)
+    assert targets.for_target(model, "ncnn") == 1
+    written = _op_types(model)
+    assert not {"Less", "Abs"} & set(written)
+    assert written.count("Where") == [n.op_type for n in original.graph.node].count("Where") - 1
+    assert written.count("Clip") == 1
+    if static:  # what ncnn gets: no select left (a dynamic layer's output positions pick rows or columns)
+        assert "Where" not in written
+    rewritten = ir.to_proto(model)
+    onnx.checker.check_model(rewritten, full_check=True)
+    arrays["offset"] = _far_offsets(arrays["offset"], rng)
+    names = [i.name for i in original.graph.input]
+    feeds = [arrays[name] for name in names]
+    np.testing.assert_array_equal(run_onnxruntime(rewritten, feeds), run_onnxruntime(original, feeds))
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_ncnn_finds_the_guard_in_both_exporters_models(dynamo: bool):
+    """Each exporter writes the guard's constant its own way (TorchScript: one ``Constant`` per use): one
+    guard per layer is found either way."""
+    case = Case(offset_groups=2)
+    module = DeformConvLayer(case).eval()
+    inputs = tuple(torch.from_numpy(a) for a in make_inputs(case))
+    buffer = io.BytesIO()
+    torch.onnx.export(module, inputs, buffer, dynamo=dynamo, opset_version=17, external_data=False)
+    model = ir.from_proto(onnx.load_from_string(buffer.getvalue()))
+    assert targets.for_target(model, "ncnn") == 1
+    assert "Where" not in _op_types(model)
+
+
+def test_ncnn_leaves_the_gather_lowering_alone():
+    """The gather lowering's comparisons are its index arithmetic, not the guard: nothing is replaced."""
+    case = random_case(np.random.default_rng(0))
+    original = lowering_model("gather", sweep_layer(case), opset=13)
+    model = ir.from_proto(original)
+    assert targets.for_target(model, "ncnn") == 0
+    assert _op_types(model) == [node.op_type for node in original.graph.node]
+
+
+def test_unknown_target_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown target 'tensorrt'; choose from ncnn"):
+        targets.for_target(ir.from_proto(lowering_model("grid_sample", sweep_layer(random_case(
+            np.random.default_rng(0))))), "tensorrt")
+
+
+def test_command_line_for_ncnn(tmp_path, capsys):
+    """``rewrite IN OUT --for ncnn`` on an exported model says what it wrote, and the file holds the Clip."""
+    case = Case()
+    inputs = tuple(torch.from_numpy(a) for a in make_inputs(case))
+    torch.onnx.export(DeformConvLayer(case).eval(), inputs, tmp_path / "layer.onnx", dynamo=False,
+                      opset_version=17)
+    assert main(["rewrite", str(tmp_path / "layer.onnx"), str(tmp_path / "ncnn.onnx"), "--for", "ncnn"]) == 0
+    assert "1 pattern(s) written for ncnn" in capsys.readouterr().out
+    assert "Clip" in {node.op_type for node in onnx.load(tmp_path / "ncnn.onnx").graph.node}
