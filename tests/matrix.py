@@ -270,12 +270,9 @@ def known_failure(export: Export, runtime: str) -> Optional[str]:
     if export.context != "layer" and export.dtype == "bfloat16":
         return ("torch.onnx's optimizer folds BatchNorm into the Conv before it with float32 weights in a bfloat16 "
                 "model: 'W has inconsistent type' (torch, with or without this package)")
-    if runtime == "tflite" and export.exporter == "torchscript" and export.case.groups > 1:
+    if runtime == "tflite" and export.exporter == "torchscript" and export.case.groups > 1 and written == "grid_sample":
         return ("onnx2tf cannot name the grouped Conv of a TorchScript export, whose node names start with '/': "
                 "'the OP name does not match' (tool)")
-    if runtime == "tflite" and written == "gather":
-        return ("LiteRT takes the grid_sample lowering only: onnx2tf turns the gather lowering's int64 index "
-                "arithmetic into select-TensorFlow ops (FlexCumsum, FlexRelu) or fails on it (docs/deploy.md)")
     return _deploy_failure(export, runtime, written == "gather")
 
 

@@ -20,15 +20,33 @@ import tempfile
 
 import numpy as np
 
+#: Where onnx2tf looks, in the working directory, for its sample images before it downloads them.
+SAMPLE_IMAGES = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
 
 def convert(model: pathlib.Path, tflite: pathlib.Path) -> None:
     """onnx2tf's float32 TFLite file of ``model``, written to ``tflite``."""
+    import onnx
     import onnx2tf
 
     with tempfile.TemporaryDirectory() as folder:
+        _offline_sample_images(onnx.load(str(model), load_external_data=False), pathlib.Path(folder))
         onnx2tf.convert(input_onnx_file_path=str(model), output_folder_path=folder, non_verbose=True,
                         copy_onnx_input_output_names_to_tflite=True)
         (pathlib.Path(folder) / f"{model.stem}_float32.tflite").replace(tflite)
+
+
+def _offline_sample_images(model, folder: pathlib.Path) -> None:
+    """When every input is an image of 3 channels, onnx2tf runs the model once on sample images, which it
+    downloads unless a file of theirs is in the working directory: write random ones of the first input's
+    size there (NHWC) and work there, so that conversion needs no network."""
+    import os
+
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    if len(dims) == 4 and dims[1] == 3 and all(dims):
+        images = np.random.default_rng(0).random((20, dims[2], dims[3], 3), dtype=np.float32)
+        np.save(folder / SAMPLE_IMAGES, images)
+    os.chdir(folder)
 
 
 def as_fed(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

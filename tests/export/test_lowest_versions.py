@@ -3,7 +3,7 @@ exactly those, ``.ci/lowest-constraints.txt``); it runs in the main suite too.
 
 Only public API: ``import dcn_onnxscript`` then ``torch.onnx.export`` of a torchvision ``DeformConv2d``
 through the dynamo exporter (default opset, opset 12, and grid_sample at opset 20) and the TorchScript one
-(opset 13); the ONNX model must hold
+(opset 13), and the ncnn rewrite of an export; the ONNX model must hold
 no ``DeformConv``, pass the full checker and match torchvision on onnxruntime.
 """
 
@@ -75,3 +75,22 @@ def test_export_matches_torchvision_on_onnxruntime(tmp_path, dynamo, opset, impl
     with torch.no_grad():
         expected = layer(*inputs).numpy()
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_rewrite_for_ncnn_keeps_the_result(tmp_path):
+    """``rewrite --for ncnn`` (onnxscript's pattern rewriter) on a grid_sample export: the guard becomes a
+    ``Clip`` and onnxruntime's result stays."""
+    from dcn_onnxscript.__main__ import main
+
+    layer, inputs = _layer_and_inputs(bias=True)
+    path = tmp_path / "deform_conv2d.onnx"
+    _export(layer, inputs, path, dynamo=True, opset=20, impl="grid_sample")
+    assert main(["rewrite", str(path), str(tmp_path / "ncnn.onnx"), "--for", "ncnn"]) == 0
+    rewritten = onnx.load(str(tmp_path / "ncnn.onnx"))
+    assert "Clip" in _op_types(rewritten) and "Less" not in _op_types(rewritten)
+    onnx.checker.check_model(rewritten, full_check=True)
+    outputs = []
+    for model_path in (path, tmp_path / "ncnn.onnx"):
+        session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)})[0])
+    np.testing.assert_array_equal(outputs[1], outputs[0])
