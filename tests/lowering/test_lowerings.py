@@ -220,7 +220,8 @@ def test_grid_sample_broadcasts_constants_at_the_rank_of_the_result(case: SweepC
     arrays = case.arrays(np.random.default_rng(0))
     model = _shaped_model("grid_sample", sweep_layer(case), arrays, shapes)
     constants = _constants(model)
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in _inferred_values(model)}
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in _inferred_values(model)
+             if v.type.tensor_type.HasField("shape")}  # (no shape: rank unknown)
     checked, misfits = 0, []
     for node in model.graph.node:
         if node.op_type not in _BROADCASTING:
@@ -404,3 +405,30 @@ def test_grid_sample_non_finite_and_huge_offsets_contribute_zero(runtime: str, s
         actual = run_runtime("tract_symbolic" if runtime == "tract" and shapes != "static" else runtime, model,
                              _feeds(case, attacked))
     assert_close(actual, _reference(case, contributes_nothing))
+
+
+@pytest.mark.parametrize("lowering", ["gather", "grid_sample"])
+@pytest.mark.parametrize("shapes", ["dynamic", "static"])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(case=sweep_cases(), opset_step=st.integers(0, 11))
+def test_splits_write_their_sizes_and_no_result_is_a_reduced_scalar(lowering: str, shapes: str, case: SweepCase,
+                                                                     opset_step: int):
+    """Every ``Split`` writes its part sizes (an input from opset 13, an attribute at 12): pnnx reads one
+    without them (``num_outputs``, or its count of outputs alone) as a split of unknown sizes and writes an ncnn
+    ``Slice`` that crashes ncnn. No ``ReduceSum`` or ``Reshape`` has a rank-0 result: the OpenVINO execution
+    provider leaves such nodes to the CPU."""
+    opset = min(table.LOWERINGS[lowering].min_opset + opset_step, 23)
+    arrays = case.arrays(np.random.default_rng(0))
+    layer = _static_layer(case) if shapes == "static" else sweep_layer(case)
+    static = {name: list(value.shape) for name, value in arrays.items()} if shapes == "static" else None
+    model = lowering_model(lowering, layer, opset=opset, static_shapes=static, constants={"W": arrays["W"]})
+    for node in model.graph.node:
+        if node.op_type == "Split":
+            attributes = {a.name for a in node.attribute}
+            assert "num_outputs" not in attributes
+            assert (len(node.input) == 2 and node.input[1]) if opset >= 13 else "split" in attributes, node
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in _inferred_values(model)
+             if v.type.tensor_type.HasField("shape")}  # (no shape: rank unknown)
+    scalars = [n.name or n.op_type for n in model.graph.node
+               if n.op_type in ("ReduceSum", "Reshape") and ranks.get(n.output[0]) == 0]
+    assert not scalars
