@@ -47,14 +47,14 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:  # RewriteError is a ValueError
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
-    for_target = f"; {retargeted} pattern(s) written for {args.target}" if args.target else ""
+    for_target = f"{retargeted} pattern(s) written for {args.target}" if args.target else None
     if not result.counts:
-        done = for_target[2:] if args.target else "wrote an unchanged copy"
-        print(f"nothing to rewrite: {args.input} holds no DeformConv or mmcv deformable convolution; {done} "
-              f"(opset {_onnx_opset(result.model)}) -> {output}")
+        print(f"nothing to rewrite: {args.input} holds no DeformConv or mmcv deformable convolution; "
+              f"{for_target or 'wrote an unchanged copy'} (opset {_onnx_opset(result.model)}) -> {output}")
         return 0
     written = ", ".join(sorted(result.lowerings)) or args.impl
-    print(f"{result.summary()} (impl {written}, opset {_onnx_opset(result.model)}){for_target} -> {output}")
+    also = f"; {for_target}" if for_target else ""
+    print(f"{result.summary()} (impl {written}, opset {_onnx_opset(result.model)}){also} -> {output}")
     return 0
 
 

@@ -240,15 +240,12 @@ def test_ncnn_splits_channels(sizes_written):
 
 def at_most_two(select: bool) -> onnx.ModelProto:
     """x (1, 2, 3, 4) at most 2: ``Where(x < 2, x, 2)`` (``select``) or ``Clip(x, max=2)``."""
-    if select:
-        nodes = [helper.make_node("Less", ["x", "two"], ["inside"]),
-                 helper.make_node("Where", ["inside", "x", "two"], ["y"])]
-        initializers = [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])]
-    else:
-        nodes = [helper.make_node("Clip", ["x", "", "two"], ["y"])]
-        initializers = [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])]
+    nodes = [helper.make_node("Less", ["x", "two"], ["inside"]),
+             helper.make_node("Where", ["inside", "x", "two"], ["y"])] if select else \
+        [helper.make_node("Clip", ["x", "", "two"], ["y"])]
     return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 4])],
-                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 4])], initializers)
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 4])],
+                  [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])])
 
 
 @pytest.mark.deploy
