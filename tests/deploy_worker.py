@@ -31,12 +31,13 @@ def _first_output(model: onnx.ModelProto) -> str:
     return model.graph.output[0].name
 
 
-def opencv(path: pathlib.Path, feeds: Feeds, engine: str) -> np.ndarray:
-    """OpenCV DNN (``cv2.dnn.readNetFromONNX``) with ``engine`` "classic" (OpenCV 4.x's only engine) or "new"
-    (OpenCV 5's graph engine), default CPU backend, float32."""
+def opencv(path: pathlib.Path, feeds: Feeds) -> np.ndarray:
+    """OpenCV DNN (``cv2.dnn.readNetFromONNX``) with the installed release's default engine (OpenCV 5.1: its
+    graph engine, ``ENGINE_AUTO`` -> ``ENGINE_OPENCV``; 4.x: its only importer), default CPU backend, float32.
+    The engine is the one a user gets: no engine constant is named, as they differ between releases."""
     import cv2
 
-    net = cv2.dnn.readNetFromONNX(str(path), {"classic": cv2.dnn.ENGINE_CLASSIC, "new": cv2.dnn.ENGINE_NEW}[engine])
+    net = cv2.dnn.readNetFromONNX(str(path))
     for name, value in feeds.items():
         net.setInput(value, name)
     return np.asarray(net.forward(_first_output(onnx.load(str(path), load_external_data=False))))
@@ -124,8 +125,7 @@ def tinygrad(path: pathlib.Path, feeds: Feeds) -> np.ndarray:
 
 
 RUNNERS: dict[str, Callable[[pathlib.Path, Feeds], np.ndarray]] = {
-    "opencv_classic": lambda path, feeds: opencv(path, feeds, "classic"),
-    "opencv_new": lambda path, feeds: opencv(path, feeds, "new"),
+    "opencv": opencv,
     "tvm": tvm,
     "ncnn": ncnn,
     "openvino_ep": openvino_ep,

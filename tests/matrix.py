@@ -7,13 +7,14 @@ import dataclasses
 import io
 import itertools
 import warnings
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import onnx
 import torch
 
 import dcn_onnxscript
+from faults import Fault, Limitation
 from helpers import Case, DeformBlock, DeformConvLayer, dcn_resnet50_module, make_inputs
 from runtimes import MATRIX_RUNTIMES
 
@@ -111,7 +112,7 @@ def valid(export: Export, runtime: str) -> bool:
         return not export.dynamic and export.dtype == "float32"  # what onnx2tf converts
     if runtime == "ncnn":
         return not export.dynamic and export.dtype == "float32"  # pnnx converts float32, ncnn has no batch
-    if runtime in ("opencv_classic", "opencv_new", "tvm", "openvino_ep", "tinygrad"):
+    if runtime in ("opencv", "tvm", "openvino_ep", "tinygrad"):
         return export.dtype == "float32"  # the type these deployments run
     return True
 
@@ -258,40 +259,41 @@ def lowering_written(export: Export) -> str:
     return "grid_sample" if export.opset >= 16 and export.dtype != "float64" else "gather"
 
 
-def known_failure(export: Export, runtime: str) -> Optional[str]:
-    """Why a valid combination fails for a reason outside this package or a documented limitation (it is
-    run as a strict xfail, so that a fix shows up), or ``None``."""
+#: The requirements files of the extra venvs (.ci/), which pin the releases their runtimes' faults were seen in.
+DEPLOY, OVEP, TFLITE = "deploy-requirements.txt", "deploy-ovep-requirements.txt", "tflite-requirements.txt"
+
+
+def known_failure(export: Export, runtime: str) -> Optional[Union[Fault, Limitation]]:
+    """Why a valid combination fails for a reason outside this package (a :class:`~faults.Fault`, with the
+    versions where it was seen) or a documented limitation, or ``None``. Run as an xfail: strict where the
+    fault was seen, so that a fix shows up."""
     written = lowering_written(export)
     if runtime == "reference" and written == "grid_sample" and export.opset < 20:
-        return ("onnx.reference implements only GridSample-20's mode names (linear, cubic); GridSample-16 "
-                "names the mode 'bilinear' (tool)")
+        return Fault("onnx", "1.23.2", "onnx.reference implements only GridSample-20's mode names (linear, "
+                     "cubic); GridSample-16 names the mode 'bilinear'")
     if runtime == "onnxruntime" and export.context != "layer" and export.dtype == "float64":
-        return "onnxruntime's CPU provider has no float64 Conv kernel (the block's own convolutions) (runtime)"
-    if export.context != "layer" and export.dtype == "bfloat16":
-        return ("torch.onnx's optimizer folds BatchNorm into the Conv before it with float32 weights in a bfloat16 "
-                "model: 'W has inconsistent type' (torch, with or without this package)")
+        return Fault("onnxruntime", "1.32.0", "the CPU provider has no float64 Conv kernel (the block's own "
+                     "convolutions)")
     if runtime == "tflite" and export.exporter == "torchscript" and export.case.groups > 1 and written == "grid_sample":
-        return ("onnx2tf cannot name the grouped Conv of a TorchScript export, whose node names start with '/': "
-                "'the OP name does not match' (tool)")
+        return Fault("onnx2tf", "1.29.24", "cannot name the grouped Conv of a TorchScript export, whose node names "
+                     "start with '/': 'the OP name does not match'", TFLITE)
     return _deploy_failure(export, runtime, written == "gather")
 
 
-def _deploy_failure(export: Export, runtime: str, writes_gather: bool) -> Optional[str]:
+def _deploy_failure(export: Export, runtime: str, writes_gather: bool) -> Optional[Union[Fault, Limitation]]:
     """:func:`known_failure` of the deployment runtimes (float32 exports)."""
     if runtime == "tvm" and writes_gather and export.dynamic:
-        return ("TVM 0.27's Relax frontend: 'Reshape expects the input tensor to have known shape when there is some "
-                "dimension length to infer': broadcasting the dynamic gather plan's positions (a Range) leaves it "
-                "without a shape; writing the shape out fails too ('the given one is relax.TensorType') (since 0.5.0)")
+        return Fault("apache-tvm", "0.27.0.post1", "the Relax frontend: 'Reshape expects the input tensor to have "
+                     "known shape when there is some dimension length to infer': broadcasting the dynamic gather "
+                     "plan's positions (a Range) leaves it without a shape; writing the shape out fails too ('the "
+                     "given one is relax.TensorType')", DEPLOY)
     if runtime == "tinygrad" and not writes_gather:
-        return "tinygrad's ONNX runner has no GridSample (tool; tests/tools/test_deploy.py)"
+        return Fault("tinygrad", "0.14.0", "the ONNX runner has no GridSample (tests/tools/test_deploy.py)", DEPLOY)
     if runtime == "openvino_ep" and not writes_gather and export.opset >= 20:
-        return ("onnxruntime-openvino 1.24's OpenVINO 2025.4 knows GridSample-20's mode only as 'bilinear', not "
-                "'linear' (tool; tests/tools/test_deploy.py)")
-    if runtime == "opencv_classic" and export.dynamic:
-        return ("OpenCV's classic importer evaluates Shape when it reads the model and refuses an input of dynamic "
-                "size: 'Shape ... !isDynamicShape' (tool; tests/tools/test_deploy.py; export with static shapes)")
+        return Fault("onnxruntime-openvino", "1.24.1", "its OpenVINO 2025.4 knows GridSample-20's mode only as "
+                     "'bilinear', not 'linear' (tests/tools/test_deploy.py)", OVEP)
     if runtime == "ncnn" and writes_gather:
-        return ("the gather lowering indexes with integer ops (Greater/Equal -> Where, Cast to INT64), which pnnx "
-                "writes as torch.gt/eq/where and Tensor.to and ncnn lacks: ncnn takes grid_sample exports (opset "
-                ">= 16; docs/deploy.md)")
+        return Limitation("the gather lowering indexes with integer ops (Greater/Equal -> Where, Cast to INT64), "
+                          "which pnnx writes as torch.gt/eq/where and Tensor.to and ncnn lacks: ncnn takes "
+                          "grid_sample exports (opset >= 16; docs/deploy.md)")
     return None

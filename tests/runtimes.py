@@ -143,9 +143,9 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEPLOY_PYTHON = os.environ.get("DCN_DEPLOY_PYTHON", str(_ROOT / ".venv-deploy" / "bin" / "python"))
 OVEP_PYTHON = os.environ.get("DCN_OVEP_PYTHON", str(_ROOT / ".venv-ovep" / "bin" / "python"))
 _DEPLOY_WORKER = pathlib.Path(__file__).resolve().parent / "deploy_worker.py"
-#: runtime of ``deploy_worker.py`` -> the Python that has it. OpenCV is in the test venv, but runs in a
-#: process of its own too: its classic engine segfaults on some graphs.
-WORKER_PYTHONS = {"opencv_classic": sys.executable, "opencv_new": sys.executable, "tvm": DEPLOY_PYTHON,
+#: runtime of ``deploy_worker.py`` -> the Python that has it. OpenCV 5 is in the test venv, but runs in a
+#: process of its own too: a runtime that aborts on a graph takes only that process down.
+WORKER_PYTHONS = {"opencv": sys.executable, "tvm": DEPLOY_PYTHON,
                   "ncnn": DEPLOY_PYTHON, "tinygrad": DEPLOY_PYTHON, "openvino_ep": OVEP_PYTHON}
 #: How long one worker may take (TVM compiles the model, pnnx converts it).
 _WORKER_TIMEOUT = 600
@@ -201,11 +201,11 @@ RUNNERS = {
 #: runtime -> runner; "openvino" compares in f32, "openvino_default" runs OpenVINO's own default precision
 #: (bf16 on this AMX CPU); "tract" runs static models with concrete input facts, "tract_symbolic" loads
 #: dynamic models as they are; "tflite" converts static float32 models with onnx2tf and runs LiteRT (in
-#: its own venv: marked ``tflite``, run by ``.ci/tflite``, not by the default command); "opencv_classic" and
-#: "opencv_new" are OpenCV DNN's two engines (test venv); "tvm", "ncnn", "tinygrad" and "openvino_ep" run in
+#: its own venv: marked ``tflite``, run by ``.ci/tflite``, not by the default command); "opencv" is
+#: OpenCV DNN 5.x with its default engine (test venv); "tvm", "ncnn", "tinygrad" and "openvino_ep" run in
 #: the venvs of ``.ci/deploy`` (marked ``deploy``).
 MATRIX_RUNTIMES = ("onnxruntime", "openvino", "openvino_default", "tract", "tract_symbolic", "reference", "tflite",
-                   "opencv_classic", "opencv_new", "tvm", "ncnn", "openvino_ep", "tinygrad")
+                   "opencv", "tvm", "ncnn", "openvino_ep", "tinygrad")
 #: runtime -> the pytest mark of the extra job that runs it in its own venv (not the default command).
 EXTRA_JOBS = {"tflite": "tflite", "tvm": "deploy", "ncnn": "deploy", "openvino_ep": "deploy", "tinygrad": "deploy"}
 

@@ -94,9 +94,9 @@ def _params(slow: bool):
         marks = [getattr(pytest.mark, job)] if job else []
         if (export, runtime) not in chosen:
             marks.append(pytest.mark.slow)
-        reason = known_failure(export, runtime)
-        if reason:
-            marks.append(pytest.mark.xfail(strict=True, reason=reason))
+        failure = known_failure(export, runtime)
+        if failure:
+            marks.append(failure.mark())
         yield pytest.param(export, runtime, id=f"{export.id()}-{runtime}", marks=marks)
 
 

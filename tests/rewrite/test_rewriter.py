@@ -503,3 +503,35 @@ def test_folded_weights_leave_no_dead_initializer_behind(impl):
     assert {i.name for i in rewritten.graph.initializer} - read == {"unrelated"}
     assert_close(run_onnxruntime(rewritten, list(feeds.values())), run_onnxruntime(model, list(feeds.values())),
                  rtol=1e-5)
+
+
+
+def _unary(nodes: list) -> onnx.ModelProto:
+    """x (2, 64) -> ``nodes`` -> y (float32)."""
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 64])],
+                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 64])])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)])
+
+
+#: Stand-ins for a rewritten model whose original computes |x|: each equals |x| where x > 0 and differs where
+#: x < 0, by a finite value, by NaN or by +Inf.
+_UNLIKE_ABS = {
+    "finite": [oh.make_node("Relu", ["x"], ["y"])],
+    "NaN": [oh.make_node("Sqrt", ["x"], ["r"]), oh.make_node("Mul", ["r", "r"], ["y"])],
+    "Inf": [oh.make_node("Abs", ["x"], ["a"]), oh.make_node("Sign", ["x"], ["s"]), oh.make_node("Relu", ["s"], ["d"]),
+            oh.make_node("Div", ["a", "d"], ["y"])],
+}
+
+
+@pytest.mark.parametrize("difference", list(_UNLIKE_ABS))
+def test_check_fails_where_the_rewritten_output_is_not_finite_and_the_original_is(tmp_path, difference):
+    """--check compares on random inputs: a rewritten output that is NaN or infinite where the original's is
+    finite fails as a finite difference does (NaN is not skipped); the original against itself passes."""
+    from dcn_onnxscript.rewrite.command import _check
+
+    onnx.save(_unary([oh.make_node("Abs", ["x"], ["y"])]), tmp_path / "original.onnx")
+    onnx.save(_unary(_UNLIKE_ABS[difference]), tmp_path / "rewritten.onnx")
+    with pytest.raises(RewriteError, match="outputs differ"):
+        _check(tmp_path / "original.onnx", tmp_path / "rewritten.onnx", tolerance=1e-4, seed=0)
+    report = _check(tmp_path / "original.onnx", tmp_path / "original.onnx", tolerance=1e-4, seed=0)
+    assert report[-1].startswith("check: onnxruntime, original vs rewritten")

@@ -1,6 +1,7 @@
-"""Faults of deployment runtimes and tools, each as the smallest ONNX graph that shows it, run as a strict
-xfail (a release that fixes it flips the case to XPASS, which fails) beside a control graph that passes, so
-that the fault is pinned to one pattern. docs/deploy.md has the texts.
+"""Faults of deployment runtimes and tools, each as the smallest ONNX graph that shows it, run as an xfail
+that is strict for the releases where the fault was seen (``faults.Fault``: a release that fixes it flips the
+case to XPASS, which fails) beside a control graph that passes, so that the fault is pinned to one pattern.
+docs/deploy.md has the texts.
 
 Tool faults that no graph change can fix:
 - onnxruntime-openvino 1.24 (OpenVINO 2025.4 inside): GridSample-20's mode "linear" is refused; "bilinear"
@@ -9,11 +10,11 @@ Tool faults that no graph change can fix:
   (which the gather lowering no longer writes).
 - onnx_tool 1.0.1's shape inference of a GridSample whose image comes from a Conv adds a tuple to a list.
 
-- OpenCV's classic DNN importer evaluates ``Shape`` while it reads a model, and refuses an input of
-  dynamic size: dynamic exports (whose sizes are read with ``Shape``) need static shapes there.
+- OpenCV 4.x's DNN importer (OpenCV 5.0's "classic engine") evaluates ``Shape`` while it reads a model, and
+  refuses an input of dynamic size: dynamic exports (whose sizes are read with ``Shape``) need static shapes there.
 
 Ones the lowerings avoid, kept as lints of the pattern:
-- OpenCV's classic DNN engine segfaults on the CumSum of a constant (the lowerings fold such constants where
+- OpenCV 4.x's DNN importer segfaults on the CumSum of a constant (the lowerings fold such constants where
   shapes are static).
 - The OpenVINO EP leaves a ReduceSum or Reshape whose result has rank 0 to the CPU EP (the lowerings keep
   such sizes at shape (1,), or Squeeze them).
@@ -32,6 +33,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from faults import Fault
+from matrix import DEPLOY, OVEP
 from runtimes import run_onnxruntime, run_runtime
 
 #: The IR version of the reproductions: the oldest runtimes here (onnxruntime-openvino 1.24, pnnx's
@@ -97,8 +100,8 @@ def _assert_runs_as_onnxruntime(runtime: str, model: onnx.ModelProto, inputs: li
 @pytest.mark.deploy
 @pytest.mark.parametrize("opset", [
     16,
-    pytest.param(20, marks=pytest.mark.xfail(strict=True, reason="OpenVINO EP: 'linear' is not a member of enum "
-                                                                    "op::v9::GridSample::InterpolationMode")),
+    pytest.param(20, marks=Fault("onnxruntime-openvino", "1.24.1", "'linear' is not a member of enum "
+                                 "op::v9::GridSample::InterpolationMode", OVEP).mark()),
 ])
 def test_openvino_ep_takes_grid_sample(opset):
     """The OpenVINO EP (CPU fallback disabled) takes GridSample-16 ("bilinear") but refuses GridSample-20's
@@ -108,16 +111,15 @@ def test_openvino_ep_takes_grid_sample(opset):
 
 
 @pytest.mark.deploy
-@pytest.mark.xfail(strict=True, reason="tinygrad 0.14: op='GridSample' is not supported")
+@Fault("tinygrad", "0.14.0", "op='GridSample' is not supported", DEPLOY).mark()
 def test_tinygrad_runs_grid_sample():
     _assert_runs_as_onnxruntime("tinygrad", conv_then_grid_sample(16), grid_sample_inputs())
 
 
 @pytest.mark.parametrize("after_conv", [
     False,
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, raises=TypeError,
-                                               reason="onnx_tool 1.0.1: GridSample's shape is a Conv's shape "
-                                                      "(a tuple) + the grid's (a list)")),
+    pytest.param(True, marks=Fault("onnx-tool", "1.0.1", "GridSample's shape is a Conv's shape (a tuple) + the "
+                                   "grid's (a list)").mark(raises=TypeError)),
 ])
 def test_onnx_tool_profiles_grid_sample(after_conv):
     """onnx_tool's ``model_profile`` of a GridSample whose image is a graph input works; of one whose image
@@ -135,31 +137,37 @@ def test_onnx_tool_profiles_grid_sample(after_conv):
         onnx_tool.model_profile(path, save_profile=os.path.join(tmp, "profile.csv"))
 
 
+#: OpenCV 4.x's venv of .ci/deploy: its only importer is what OpenCV 5.0 called the classic engine.
+OPENCV4 = "deploy-opencv4-requirements.txt"
+
+
 @pytest.mark.parametrize("runtime, constant", [
-    ("opencv_new", True),
-    ("opencv_classic", False),
-    pytest.param("opencv_classic", True, marks=pytest.mark.xfail(strict=True, reason="OpenCV classic engine: "
-                                                                 "segfault on the CumSum of a constant")),
+    ("opencv", True),
+    ("opencv", False),
+    pytest.param("opencv4", False, marks=pytest.mark.deploy),
+    pytest.param("opencv4", True, marks=[pytest.mark.deploy, Fault(
+        "opencv-python-headless", "4.14.0.94", "segfault on the CumSum of a constant", OPENCV4).mark()]),
 ])
 def test_opencv_runs_cumsum(runtime, constant):
-    """OpenCV DNN runs x + CumSum(x), and its new engine x + CumSum(ones), but the classic engine segfaults
+    """OpenCV DNN runs x + CumSum(x), and OpenCV 5 x + CumSum(ones), but OpenCV 4.x's importer segfaults
     when the CumSum's input is a constant (the lowerings fold such constants where shapes are static)."""
-    pytest.importorskip("cv2")
+    if runtime == "opencv":
+        pytest.importorskip("cv2")
     x = np.arange(3, dtype=np.float32).reshape(1, 3)
     _assert_runs_as_onnxruntime(runtime, cumsum_of_constant(constant), [x])
 
 
+@pytest.mark.deploy
 @pytest.mark.parametrize("dynamic", [
     False,
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason="OpenCV classic engine: Shape of an input of "
-                                                                   "dynamic size, '!isDynamicShape'")),
+    pytest.param(True, marks=Fault("opencv-python-headless", "4.14.0.94", "Shape of an input of dynamic size, "
+                                   "'!isDynamicShape'", OPENCV4).mark()),
 ])
-def test_opencv_classic_reads_the_shape_of_an_input(dynamic):
-    """OpenCV's classic engine computes ``Shape`` when it reads the model: of an input with fixed sizes it
+def test_opencv4_reads_the_shape_of_an_input(dynamic):
+    """OpenCV 4.x's importer computes ``Shape`` when it reads the model: of an input with fixed sizes it
     works, of one with named (dynamic) sizes it fails to read the model."""
-    pytest.importorskip("cv2")
     x = np.ones((1, 3, 4, 4), dtype=np.float32)
-    _assert_runs_as_onnxruntime("opencv_classic", plus_shape(dynamic), [x])
+    _assert_runs_as_onnxruntime("opencv4", plus_shape(dynamic), [x])
 
 
 def gather_rows(indices: np.ndarray) -> onnx.ModelProto:
@@ -173,8 +181,8 @@ def gather_rows(indices: np.ndarray) -> onnx.ModelProto:
 @pytest.mark.deploy
 @pytest.mark.parametrize("indices", [
     np.array([0, 2, 1]),
-    pytest.param(np.array([[0, 2], [1, 0]]), marks=pytest.mark.xfail(
-        strict=True, reason="tinygrad 0.14: '<' not supported between instances of 'list' and 'int'")),
+    pytest.param(np.array([[0, 2], [1, 0]]), marks=Fault(
+        "tinygrad", "0.14.0", "'<' not supported between instances of 'list' and 'int'", DEPLOY).mark()),
 ], ids=["rank1", "rank2"])
 def test_tinygrad_gathers_with_constant_indices(indices):
     """tinygrad's fast path for constant Gather indices reads them as a flat list: rank 1 works, rank 2
@@ -201,8 +209,8 @@ def size_plus_one(rank_0: bool) -> onnx.ModelProto:
 @pytest.mark.deploy
 @pytest.mark.parametrize("rank_0", [
     False,
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason="OpenVINO EP: a ReduceSum of rank-0 result "
-                                                                    "is 'assigned to the default CPU EP'")),
+    pytest.param(True, marks=Fault("onnxruntime-openvino", "1.24.1", "a ReduceSum of rank-0 result is 'assigned "
+                                   "to the default CPU EP'", OVEP).mark()),
 ])
 def test_openvino_ep_takes_a_counted_size(rank_0):
     """The OpenVINO EP (CPU fallback disabled) takes a ReduceSum whose result has shape (1,), but leaves one
@@ -228,8 +236,8 @@ def channels_reversed(sizes_written: bool) -> onnx.ModelProto:
 @pytest.mark.deploy
 @pytest.mark.parametrize("sizes_written", [
     True,
-    pytest.param(False, marks=pytest.mark.xfail(strict=True, raises=AssertionError,
-                                                reason="pnnx: an ncnn Slice without slices; ncnn crashes")),
+    pytest.param(False, marks=Fault("pnnx", "20261020", "an ncnn Slice without slices; ncnn crashes",
+                                    DEPLOY).mark(raises=AssertionError)),
 ])
 def test_ncnn_splits_channels(sizes_written):
     """pnnx converts a Split whose part sizes are an input; one whose sizes only its count of outputs gives
@@ -251,8 +259,8 @@ def at_most_two(select: bool) -> onnx.ModelProto:
 @pytest.mark.deploy
 @pytest.mark.parametrize("select", [
     False,
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, raises=AssertionError,
-                                               reason="ncnn: layer torch.lt not exists or registered")),
+    pytest.param(True, marks=Fault("ncnn", "1.0.20261020", "layer torch.lt not exists or registered",
+                                   DEPLOY).mark(raises=AssertionError)),
 ])
 def test_ncnn_bounds_a_value(select):
     """ncnn bounds a value with a Clip, but has no comparison or select for ``Where(x < 2, x, 2)``."""

@@ -12,8 +12,9 @@ ours. ONNX outputs pass ``onnx.checker.check_model(full_check=True)`` and run on
 runs on MNN's own runtime (``MNN.nn``) in a subprocess (a converter or runtime abort cannot take pytest
 down). float32 results must be within 1e-4 of the output scale; the float16 conversion must be within
 1.5x torchvision's own float16 error on the same input, plus a small floor. Tools that are not
-installed are skipped. Cases that fail on today's graph are strict xfails: they flip to XPASS (and fail)
-once the graph stops triggering them. docs/known-issues.md explains each.
+installed are skipped. Cases that fail on today's graph are xfails of the tool's fault, strict for the releases
+where it was seen (``faults.Fault``): there they flip to XPASS (and fail) once the graph stops triggering them.
+docs/known-issues.md explains each.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 import torchvision
 
 import dcn_onnxscript  # noqa: F401  (registers the portable translation)
+from faults import Fault
 
 EXPORT_SHAPE = (1, 3, 16, 16)
 NEW_SHAPE = (2, 3, 20, 12)  # a dynamic model's run size: other batch, height and width than the export's
@@ -249,8 +251,8 @@ TOOLS = {
 # float16 converter's Cast problem and MNN's GatherND batch_dims=1 problem are kept out of the graph
 # (test_no_cast_to_float, and the image index inside the GatherND indices).
 KNOWN_FAILURES: dict = {
-    ("onnx_tool", shapes): "onnx_tool 1.0.1: shape inference of a GridSample whose image a Conv computes adds a "
-                           "tuple to a list (tool; tests/tools/test_deploy.py)"
+    ("onnx_tool", shapes): Fault("onnx-tool", "1.0.1", "shape inference of a GridSample whose image a Conv "
+                                 "computes adds a tuple to a list (tests/tools/test_deploy.py)")
     for shapes in ("static", "dynamic")
 }
 # Cases over ~5 s, deselected by default. None today; the previous graph's onnxslim-dynamic took 6-27 s
@@ -263,7 +265,7 @@ def _cases():
         for shapes in ("static", "dynamic"):
             marks = []
             if (tool, shapes) in KNOWN_FAILURES:
-                marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[tool, shapes]))
+                marks.append(KNOWN_FAILURES[tool, shapes].mark())
             if (tool, shapes) in SLOW:
                 marks.append(pytest.mark.slow)
             yield pytest.param(tool, shapes, marks=marks, id=f"{tool}-{shapes}")
