@@ -67,6 +67,7 @@ def test_readme_rewrite_output_is_what_rewrite_prints(tmp_path) -> None:
 
 
 def test_ci_runs_the_test_command_of_the_readme() -> None:
-    """The second command of Getting started is the one CI runs."""
-    commands = re.search(r"## Getting started\n+```bash\n(.*?)```", README, flags=re.DOTALL).group(1).splitlines()
-    assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
+    """The second command of Running the tests is the one CI runs, after the first's install."""
+    commands = re.search(r"## Running the tests\n+```bash\n(.*?)```", README, flags=re.DOTALL).group(1).splitlines()
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert commands[1] in ci and commands[0].endswith(ci[ci.index(commands[1]) - 2])
