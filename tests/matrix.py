@@ -111,7 +111,7 @@ def valid(export: Export, runtime: str) -> bool:
         return not export.dynamic and export.dtype == "float32"  # what onnx2tf converts
     if runtime == "ncnn":
         return not export.dynamic and export.dtype == "float32"  # pnnx converts float32, ncnn has no batch
-    if runtime in ("opencv_classic", "opencv_new", "tvm", "openvino_ep", "tinygrad"):
+    if runtime in ("opencv_classic", "opencv_new", "opencv4", "tvm", "openvino_ep", "tinygrad"):
         return export.dtype == "float32"  # the type these deployments run
     return True
 
@@ -276,6 +276,17 @@ def known_failure(export: Export, runtime: str) -> Optional[str]:
     return _deploy_failure(export, runtime, written == "gather")
 
 
+#: Why OpenCV 4.x (4.14.0) refuses dynamic-size exports, by exporter: `rewrite --for opencv4` rewrites static
+#: sizes only, and the importer fails before any GridSample is reached.
+_OPENCV4_DYNAMIC = {
+    "dynamo": ("OpenCV 4.14's importer cannot read the BOOL constants of a dynamic export (the Where conditions "
+               "of the positions and masks): 'Unsupported data type: BOOL in function getMatFromTensor' (tool; "
+               "export with static shapes)"),
+    "torchscript": ("OpenCV 4.14's importer evaluates Shape when it reads the model and refuses an input of dynamic "
+                    "size: 'parseShape ... !isDynamicShape' (tool; export with static shapes)"),
+}
+
+
 def _deploy_failure(export: Export, runtime: str, writes_gather: bool) -> Optional[str]:
     """:func:`known_failure` of the deployment runtimes (float32 exports)."""
     if runtime == "tvm" and writes_gather and export.dynamic:
@@ -290,6 +301,8 @@ def _deploy_failure(export: Export, runtime: str, writes_gather: bool) -> Option
     if runtime == "opencv_classic" and export.dynamic:
         return ("OpenCV's classic importer evaluates Shape when it reads the model and refuses an input of dynamic "
                 "size: 'Shape ... !isDynamicShape' (tool; tests/tools/test_deploy.py; export with static shapes)")
+    if runtime == "opencv4" and export.dynamic:
+        return _OPENCV4_DYNAMIC[export.exporter]
     if runtime == "ncnn" and writes_gather:
         return ("the gather lowering indexes with integer ops (Greater/Equal -> Where, Cast to INT64), which pnnx "
                 "writes as torch.gt/eq/where and Tensor.to and ncnn lacks: ncnn takes grid_sample exports (opset "

@@ -11,6 +11,8 @@ Tool faults that no graph change can fix:
 
 - OpenCV's classic DNN importer evaluates ``Shape`` while it reads a model, and refuses an input of
   dynamic size: dynamic exports (whose sizes are read with ``Shape``) need static shapes there.
+- OpenCV 4.x (4.14.0, the newest 4.x) has no GridSample layer: ``rewrite --for opencv4`` writes each
+  GridSample of static sizes as a Gather of its four neighbours, which it runs.
 
 Ones the lowerings avoid, kept as lints of the pattern:
 - OpenCV's classic DNN engine segfaults on the CumSum of a constant (the lowerings fold such constants where
@@ -29,10 +31,12 @@ import tempfile
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
-from runtimes import run_onnxruntime, run_runtime
+from dcn_onnxscript.rewrite import targets
+from runtimes import run_onnxruntime, run_runtime, run_worker
 
 #: The IR version of the reproductions: the oldest runtimes here (onnxruntime-openvino 1.24, pnnx's
 #: onnxruntime) refuse onnx 1.23's default.
@@ -258,3 +262,25 @@ def test_ncnn_bounds_a_value(select):
     """ncnn bounds a value with a Clip, but has no comparison or select for ``Where(x < 2, x, 2)``."""
     x = np.linspace(-3, 5, 24, dtype=np.float32).reshape(1, 2, 3, 4)
     _assert_runs_as_onnxruntime("ncnn", at_most_two(select), [x])
+
+
+@pytest.mark.deploy
+@pytest.mark.parametrize("opset", [16, 20])
+@pytest.mark.parametrize("for_opencv4", [
+    True,
+    pytest.param(False, marks=pytest.mark.xfail(strict=True, raises=AssertionError,
+                                                reason="OpenCV 4.14: Can't create layer of type 'GridSample'")),
+])
+def test_opencv4_runs_grid_sample(opset, for_opencv4):
+    """OpenCV 4.x has no GridSample layer; after ``rewrite --for opencv4`` (a Gather of the four neighbours,
+    :func:`dcn_onnxscript.rewrite.targets.grid_samples_as_gather`) it matches onnxruntime, grid values far
+    outside the image included."""
+    model, inputs = conv_then_grid_sample(opset), grid_sample_inputs()
+    inputs[1].flat[:4] = [7.0, -1e30, 3.9, -4.0]  # outside the image: zero, as GridSample reads
+    expected = run_onnxruntime(model, inputs)
+    if for_opencv4:
+        retargeted = ir.from_proto(model)
+        assert targets.for_target(retargeted, "opencv4") == 1
+        model = ir.to_proto(retargeted)
+        assert "GridSample" not in {node.op_type for node in model.graph.node}
+    np.testing.assert_allclose(run_worker("opencv4", model, inputs), expected, rtol=1e-5, atol=1e-5)
