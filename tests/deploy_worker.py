@@ -43,6 +43,20 @@ def opencv(path: pathlib.Path, feeds: Feeds) -> np.ndarray:
     return np.asarray(net.forward(_first_output(onnx.load(str(path), load_external_data=False))))
 
 
+def opencv4(path: pathlib.Path, feeds: Feeds) -> np.ndarray:
+    """OpenCV 4.x DNN (``cv2.dnn.readNetFromONNX``, default CPU backend, float32) as users of the newest 4.x
+    release run it: in the venv ``.ci/deploy`` builds for it (``.ci/deploy-opencv4-requirements.txt``). The
+    engine is detected, not assumed: 4.x has one ONNX importer and ``readNetFromONNX`` takes no engine
+    argument, so an OpenCV that has ``cv2.dnn.ENGINE_*`` constants (5.x) is the wrong venv and is refused."""
+    import cv2
+
+    engines = sorted(name for name in dir(cv2.dnn) if name.startswith("ENGINE_"))
+    if not cv2.__version__.startswith("4.") or engines:
+        raise SystemExit(f"opencv4 needs OpenCV 4.x (one importer, no engine argument); this is OpenCV "
+                         f"{cv2.__version__} with engines {engines}")
+    return opencv(path, feeds)
+
+
 def tvm(path: pathlib.Path, feeds: Feeds) -> np.ndarray:
     """Apache TVM: the Relax ONNX frontend with the inputs' concrete shapes, compiled for ``llvm`` (CPU)."""
     import tvm as tvm_
@@ -126,6 +140,7 @@ def tinygrad(path: pathlib.Path, feeds: Feeds) -> np.ndarray:
 
 RUNNERS: dict[str, Callable[[pathlib.Path, Feeds], np.ndarray]] = {
     "opencv": opencv,
+    "opencv4": opencv4,
     "tvm": tvm,
     "ncnn": ncnn,
     "openvino_ep": openvino_ep,

@@ -112,7 +112,7 @@ def valid(export: Export, runtime: str) -> bool:
         return not export.dynamic and export.dtype == "float32"  # what onnx2tf converts
     if runtime == "ncnn":
         return not export.dynamic and export.dtype == "float32"  # pnnx converts float32, ncnn has no batch
-    if runtime in ("opencv", "tvm", "openvino_ep", "tinygrad"):
+    if runtime in ("opencv", "opencv4", "tvm", "openvino_ep", "tinygrad"):
         return export.dtype == "float32"  # the type these deployments run
     return True
 
@@ -261,6 +261,7 @@ def lowering_written(export: Export) -> str:
 
 #: The requirements files of the extra venvs (.ci/), which pin the releases their runtimes' faults were seen in.
 DEPLOY, OVEP, TFLITE = "deploy-requirements.txt", "deploy-ovep-requirements.txt", "tflite-requirements.txt"
+OPENCV4 = "deploy-opencv4-requirements.txt"
 
 
 def known_failure(export: Export, runtime: str) -> Optional[Union[Fault, Limitation]]:
@@ -280,6 +281,18 @@ def known_failure(export: Export, runtime: str) -> Optional[Union[Fault, Limitat
     return _deploy_failure(export, runtime, written == "gather")
 
 
+#: Why OpenCV 4.x (4.14.0) refuses dynamic-size exports, by exporter: `rewrite --for opencv4` rewrites static
+#: sizes only, and the importer fails before any GridSample is reached.
+_OPENCV4_DYNAMIC = {
+    "dynamo": Fault("opencv-python-headless", "4.14.0.94", "the importer cannot read the BOOL constants of a "
+                    "dynamic export (the Where conditions of the positions and masks): 'Unsupported data type: BOOL "
+                    "in function getMatFromTensor' (export with static shapes)", OPENCV4),
+    "torchscript": Fault("opencv-python-headless", "4.14.0.94", "the importer evaluates Shape when it reads the "
+                         "model and refuses an input of dynamic size: 'parseShape ... !isDynamicShape' (export with "
+                         "static shapes)", OPENCV4),
+}
+
+
 def _deploy_failure(export: Export, runtime: str, writes_gather: bool) -> Optional[Union[Fault, Limitation]]:
     """:func:`known_failure` of the deployment runtimes (float32 exports)."""
     if runtime == "tvm" and writes_gather and export.dynamic:
@@ -292,6 +305,8 @@ def _deploy_failure(export: Export, runtime: str, writes_gather: bool) -> Option
     if runtime == "openvino_ep" and not writes_gather and export.opset >= 20:
         return Fault("onnxruntime-openvino", "1.24.1", "its OpenVINO 2025.4 knows GridSample-20's mode only as "
                      "'bilinear', not 'linear' (tests/tools/test_deploy.py)", OVEP)
+    if runtime == "opencv4" and export.dynamic:
+        return _OPENCV4_DYNAMIC[export.exporter]
     if runtime == "ncnn" and writes_gather:
         return Limitation("the gather lowering indexes with integer ops (Greater/Equal -> Where, Cast to INT64), "
                           "which pnnx writes as torch.gt/eq/where and Tensor.to and ncnn lacks: ncnn takes "

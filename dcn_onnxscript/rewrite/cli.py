@@ -20,9 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "opset 16, gather below and for float64)")
     parser.add_argument("--opset", type=int, default=None,
                         help="convert the result to this ONNX opset (default: keep the model's)")
-    parser.add_argument("--for", dest="target", choices=("ncnn",), default=None,
+    # the names of targets.TARGETS, written out: --help imports no onnx_ir
+    parser.add_argument("--for", dest="target", choices=("ncnn", "opencv4"), default=None,
                         help="also write the lowerings' patterns that this deployment target reads (ncnn: the "
-                             "far-position guard as a Clip); for models exported by this package too")
+                             "far-position guard as a Clip; opencv4: each GridSample of static sizes as a "
+                             "Gather, for OpenCV 4.x, which has no GridSample); for models exported by this "
+                             "package too")
     parser.add_argument("--check", action="store_true",
                         help="run onnx.checker (full check) on the result and, where the original runs on "
                              "onnxruntime, compare both on random inputs")

@@ -15,6 +15,15 @@ offset still samples nothing.
 
 The gather lowering (opsets below 16, float64 layers) indexes with integer arithmetic, which ncnn lacks
 altogether; ncnn takes models exported at opset 16 or later in float32.
+
+OpenCV 4.x (``--for opencv4``; measured on 4.14.0, the newest 4.x) has no ``GridSample`` layer at all: its
+importer refuses every grid_sample export ("Can't create layer ... of type GridSample"). There every
+``GridSample`` (bilinear, zero padding, align_corners=0: what the grid_sample lowering writes) of static
+sizes becomes the gather lowering's way of sampling: the four neighbours' rows of a (M·H·W, C) table, one
+``Gather``, their bilinear weights (zero for a neighbour outside the image) and a batched ``MatMul`` that
+blends them. Grid values are moved to 4 (outside the image, as the lowering's guard does) where not within
+±4, so that no NaN or huge value reaches the integer ``Cast``. OpenCV 4.x refuses inputs of dynamic size in
+any case (its importer evaluates ``Shape`` when it reads the model), so only static sizes are rewritten.
 """
 
 from __future__ import annotations
@@ -23,10 +32,11 @@ from typing import Any, Optional
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
 from onnxscript.rewriter import pattern
 
 #: The targets :func:`for_target` knows.
-TARGETS = ("ncnn",)
+TARGETS = ("ncnn", "opencv4")
 
 
 def _far_guard(op: Any, g: Any, far: Any, moved_to: Any) -> Any:
@@ -65,10 +75,105 @@ def guards_as_clip(model: ir.Model) -> int:
     return GUARD_AS_CLIP.apply_to_model(model)
 
 
+def _grid_sample(op: Any, X: Any, grid: Any) -> Any:
+    """Any ``GridSample``; its output is bound as ``sampled`` (to read the node's attributes)."""
+    return op.GridSample(X, grid, _allow_other_attributes=True, _outputs=["sampled"])
+
+
+def _attribute(node: ir.Node, name: str, default: Any) -> Any:
+    attribute = node.attributes.get(name)
+    return default if attribute is None else attribute.value
+
+
+def _static(value: Any) -> Optional[tuple[int, ...]]:
+    """The sizes of ``value`` where all are known, else ``None``."""
+    shape = value.shape
+    return None if shape is None or not shape.is_static() else tuple(int(d) for d in shape)
+
+
+def _is_static_bilinear(context: Any, X: Any, grid: Any, sampled: Any, **_: Any) -> bool:
+    """A float32 ``GridSample`` of the grid_sample lowering's kind (bilinear, zero padding, align_corners=0) of
+    images X (M, C, H, W) and grid (M, Ho, Wo, 2) of known sizes, whose gather rows M·H·W float32 counts
+    exactly (below 2^24)."""
+    node = sampled.producer()
+    sizes, grid_sizes = _static(X), _static(grid)
+    return (_attribute(node, "mode", "bilinear") in ("bilinear", "linear")
+            and _attribute(node, "padding_mode", "zeros") == "zeros" and _attribute(node, "align_corners", 0) == 0
+            and X.dtype == ir.DataType.FLOAT and grid.dtype == ir.DataType.FLOAT
+            and sizes is not None and grid_sizes is not None and len(sizes) == 4 and len(grid_sizes) == 4
+            and grid_sizes[0] == sizes[0] and grid_sizes[3] == 2 and sizes[0] * sizes[2] * sizes[3] < 2**24)
+
+
+def _f32(op: Any, value: Any) -> Any:
+    """A float32 ``Constant`` of ``value`` (the rewriter's builder takes graph values only)."""
+    return op.Constant(value=ir.tensor(np.asarray(value, dtype=np.float32)))
+
+
+def _i64(op: Any, *values: int) -> Any:
+    """An int64 ``Constant`` of the 1-D ``values`` (a shape)."""
+    return op.Constant(value=ir.tensor(np.array(values, dtype=np.int64)))
+
+
+def _inside(op: Any, positions: Any, size: int) -> Any:
+    """1 where the integer-valued float ``positions`` lie in [0, size - 1], else 0 (no boolean tensor:
+    ``Clip(p + 1, 0, 1) · Clip(size - p, 0, 1)``)."""
+    zero, one = _f32(op, 0), _f32(op, 1)
+    above_first = op.Clip(op.Add(positions, one), zero, one)  # 1 from p = 0 on
+    below_end = op.Clip(op.Sub(_f32(op, size), positions), zero, one)  # 1 up to p = size - 1
+    return op.Mul(above_first, below_end)
+
+
+def _clamped(op: Any, positions: Any, size: int) -> Any:
+    """``positions`` clamped into [0, size - 1]."""
+    return op.Clip(positions, _f32(op, 0), _f32(op, size - 1))
+
+
+def _gathered(op: Any, X: Any, grid: Any, sampled: Any, **_: Any) -> Any:
+    """``GridSample(X, grid)`` (bilinear, zeros, align_corners=0) of X (M, C, H, W) and grid (M, Ho, Wo, 2),
+    (x, y) in [-1, 1] units, as one ``Gather`` of the four neighbours of every sample from a (M·H·W, C)
+    table and a batched (1 x 4)·(4 x C) ``MatMul``: (M, C, Ho, Wo)."""
+    M, C, H, W = _static(X)
+    _, Ho, Wo, _ = _static(grid)
+    P = Ho * Wo
+    positions = op.Reshape(grid, _i64(op, M, P, 2))
+    far = _f32(op, 4.0)  # 4 half sizes or more from the centre both neighbours lie outside: zero either way
+    positions = op.Where(op.Less(op.Abs(positions), far), positions, far)
+    gx, gy = op.Split(positions, _i64(op, 1, 1), axis=2, _outputs=2)  # (M, P, 1) each
+    x = op.Add(op.Mul(gx, _f32(op, W / 2)), _f32(op, W / 2 - 0.5))  # pixel coordinates (align_corners=0)
+    y = op.Add(op.Mul(gy, _f32(op, H / 2)), _f32(op, H / 2 - 0.5))
+    x0, y0 = op.Floor(x), op.Floor(y)
+    fx, fy = op.Sub(x, x0), op.Sub(y, y0)
+    x1, y1 = op.Add(x0, _f32(op, 1)), op.Add(y0, _f32(op, 1))
+    # the four neighbours (top left, top right, bottom left, bottom right) on a last axis: (M, P, 4)
+    xs, ys = op.Concat(x0, x1, x0, x1, axis=2), op.Concat(y0, y0, y1, y1, axis=2)
+    gx_, gy_ = op.Sub(_f32(op, 1), fx), op.Sub(_f32(op, 1), fy)
+    weights = op.Mul(op.Mul(op.Concat(gx_, fx, gx_, fx, axis=2), op.Concat(gy_, gy_, fy, fy, axis=2)),
+                     op.Mul(_inside(op, xs, W), _inside(op, ys, H)))
+    image_rows = _f32(op, np.arange(M).reshape(M, 1, 1) * H * W)  # the first row of image m in the table
+    rows = op.Add(op.Add(op.Mul(_clamped(op, ys, H), _f32(op, W)), _clamped(op, xs, W)), image_rows)
+    table = op.Reshape(op.Transpose(op.Reshape(X, _i64(op, M, C, H * W)), perm=[0, 2, 1]), _i64(op, M * H * W, C))
+    neighbours = op.Gather(table, op.Cast(rows, to=ir.DataType.INT64), axis=0)  # (M, P, 4, C)
+    blended = op.MatMul(op.Reshape(weights, _i64(op, M, P, 1, 4)), neighbours)  # (M, P, 1, C)
+    return op.Reshape(op.Transpose(op.Reshape(blended, _i64(op, M, P, C)), perm=[0, 2, 1]), _i64(op, M, C, Ho, Wo))
+
+
+#: ``GridSample`` (static sizes, the grid_sample lowering's attributes) -> ``Gather`` of the four neighbours.
+GRID_SAMPLE_AS_GATHER = pattern.RewriteRule(_grid_sample, _gathered, _is_static_bilinear)
+
+
+def grid_samples_as_gather(model: ir.Model) -> int:
+    """Replace every ``GridSample`` of static sizes in ``model`` by a gather of its neighbours (shapes inferred
+    first), in place; returns how many were replaced."""
+    ShapeInferencePass()(model)
+    return GRID_SAMPLE_AS_GATHER.apply_to_model(model)
+
+
 def for_target(model: ir.Model, target: str) -> int:
     """``model`` in the graph patterns of ``target`` (one of :data:`TARGETS`), in place; returns how many
     patterns were replaced."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
+    if target == "opencv4":
+        return grid_samples_as_gather(model)
     return guards_as_clip(model)
 

@@ -10,8 +10,10 @@ Tool faults that no graph change can fix:
   (which the gather lowering no longer writes).
 - onnx_tool 1.0.1's shape inference of a GridSample whose image comes from a Conv adds a tuple to a list.
 
-- OpenCV 4.x's DNN importer (OpenCV 5.0's "classic engine") evaluates ``Shape`` while it reads a model, and
-  refuses an input of dynamic size: dynamic exports (whose sizes are read with ``Shape``) need static shapes there.
+- OpenCV 4.x's DNN importer (OpenCV 5.0's "classic engine") refuses dynamic exports (the matrix's opencv4
+  cases: a BOOL constant, or ``Shape`` of an input of dynamic size): they need static shapes there.
+- OpenCV 4.x (4.14.0, the newest 4.x) has no GridSample layer: ``rewrite --for opencv4`` writes each
+  GridSample of static sizes as a Gather of its four neighbours, which it runs.
 
 Ones the lowerings avoid, kept as lints of the pattern:
 - OpenCV 4.x's DNN importer segfaults on the CumSum of a constant (the lowerings fold such constants where
@@ -30,12 +32,14 @@ import tempfile
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
+from dcn_onnxscript.rewrite import targets
 from faults import Fault
-from matrix import DEPLOY, OVEP
-from runtimes import run_onnxruntime, run_runtime
+from matrix import DEPLOY, OPENCV4, OVEP
+from runtimes import run_onnxruntime, run_runtime, run_worker
 
 #: The IR version of the reproductions: the oldest runtimes here (onnxruntime-openvino 1.24, pnnx's
 #: onnxruntime) refuse onnx 1.23's default.
@@ -79,17 +83,6 @@ def cumsum_of_constant(constant: bool) -> onnx.ModelProto:
         initializers.append(helper.make_tensor("shape", TensorProto.INT64, [2], [1, 3]))
     return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], initializers)
-
-
-def plus_shape(dynamic: bool) -> onnx.ModelProto:
-    """x (N, 3, H, 4) + x's shape as floats (four values, along the last axis): N and H named
-    (``dynamic``) or 1 and 4."""
-    dims = ["n", 3, "h", 4] if dynamic else [1, 3, 4, 4]
-    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
-             helper.make_node("Cast", ["shape"], ["sizes"], to=TensorProto.FLOAT),
-             helper.make_node("Add", ["x", "sizes"], ["y"])]
-    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
-                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)], opset=13)
 
 
 def _assert_runs_as_onnxruntime(runtime: str, model: onnx.ModelProto, inputs: list[np.ndarray]) -> None:
@@ -137,10 +130,6 @@ def test_onnx_tool_profiles_grid_sample(after_conv):
         onnx_tool.model_profile(path, save_profile=os.path.join(tmp, "profile.csv"))
 
 
-#: OpenCV 4.x's venv of .ci/deploy: its only importer is what OpenCV 5.0 called the classic engine.
-OPENCV4 = "deploy-opencv4-requirements.txt"
-
-
 @pytest.mark.parametrize("runtime, constant", [
     ("opencv", True),
     ("opencv", False),
@@ -155,19 +144,6 @@ def test_opencv_runs_cumsum(runtime, constant):
         pytest.importorskip("cv2")
     x = np.arange(3, dtype=np.float32).reshape(1, 3)
     _assert_runs_as_onnxruntime(runtime, cumsum_of_constant(constant), [x])
-
-
-@pytest.mark.deploy
-@pytest.mark.parametrize("dynamic", [
-    False,
-    pytest.param(True, marks=Fault("opencv-python-headless", "4.14.0.94", "Shape of an input of dynamic size, "
-                                   "'!isDynamicShape'", OPENCV4).mark()),
-])
-def test_opencv4_reads_the_shape_of_an_input(dynamic):
-    """OpenCV 4.x's importer computes ``Shape`` when it reads the model: of an input with fixed sizes it
-    works, of one with named (dynamic) sizes it fails to read the model."""
-    x = np.ones((1, 3, 4, 4), dtype=np.float32)
-    _assert_runs_as_onnxruntime("opencv4", plus_shape(dynamic), [x])
 
 
 def gather_rows(indices: np.ndarray) -> onnx.ModelProto:
@@ -266,3 +242,25 @@ def test_ncnn_bounds_a_value(select):
     """ncnn bounds a value with a Clip, but has no comparison or select for ``Where(x < 2, x, 2)``."""
     x = np.linspace(-3, 5, 24, dtype=np.float32).reshape(1, 2, 3, 4)
     _assert_runs_as_onnxruntime("ncnn", at_most_two(select), [x])
+
+
+@pytest.mark.deploy
+@pytest.mark.parametrize("opset", [16, 20])
+@pytest.mark.parametrize("for_opencv4", [
+    True,
+    pytest.param(False, marks=Fault("opencv-python-headless", "4.14.0.94", "Can't create layer of type "
+                                    "'GridSample'", OPENCV4).mark(raises=AssertionError)),
+])
+def test_opencv4_runs_grid_sample(opset, for_opencv4):
+    """OpenCV 4.x has no GridSample layer; after ``rewrite --for opencv4`` (a Gather of the four neighbours,
+    :func:`dcn_onnxscript.rewrite.targets.grid_samples_as_gather`) it matches onnxruntime, grid values far
+    outside the image included."""
+    model, inputs = conv_then_grid_sample(opset), grid_sample_inputs()
+    inputs[1].flat[:4] = [7.0, -1e30, 3.9, -4.0]  # outside the image: zero, as GridSample reads
+    expected = run_onnxruntime(model, inputs)
+    if for_opencv4:
+        retargeted = ir.from_proto(model)
+        assert targets.for_target(retargeted, "opencv4") == 1
+        model = ir.to_proto(retargeted)
+        assert "GridSample" not in {node.op_type for node in model.graph.node}
+    np.testing.assert_allclose(run_worker("opencv4", model, inputs), expected, rtol=1e-5, atol=1e-5)
