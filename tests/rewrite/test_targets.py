@@ -5,6 +5,7 @@ model they came from; the command line's ``--for``. ncnn itself runs in ``.ci/de
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import io
 
@@ -102,3 +103,38 @@ def test_command_line_for_ncnn(tmp_path, capsys):
     assert main(["rewrite", str(tmp_path / "layer.onnx"), str(tmp_path / "ncnn.onnx"), "--for", "ncnn"]) == 0
     assert "1 pattern(s) written for ncnn" in capsys.readouterr().out
     assert "Clip" in {node.op_type for node in onnx.load(tmp_path / "ncnn.onnx").graph.node}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_opencv4_writes_static_grid_samples_as_gathers_and_computes_the_same(seed: int):
+    """On a random static layer at a random opset from 16, ``--for opencv4`` leaves no ``GridSample`` and
+    matches onnxruntime's result of the model it came from, with hostile offsets (NaN, ±Inf, far) mixed in."""
+    rng = np.random.default_rng(seed)
+    case, opset = random_case(rng), int(rng.integers(16, 24))
+    arrays = case.arrays(rng)
+    static = {name: list(value.shape) for name, value in arrays.items()}
+    layer = dataclasses.replace(sweep_layer(case), batch=case.batch, input_size=(case.height, case.width),
+                                output_size=case.output_size)
+    original = lowering_model("grid_sample", layer, opset=opset, static_shapes=static, constants={"W": arrays["W"]})
+    model = ir.from_proto(original)
+    samplers = [node.op_type for node in original.graph.node].count("GridSample")
+    assert targets.for_target(model, "opencv4") == samplers > 0
+    rewritten = ir.to_proto(model)
+    assert "GridSample" not in {node.op_type for node in rewritten.graph.node}
+    onnx.checker.check_model(rewritten, full_check=True)
+    arrays["offset"] = _far_offsets(arrays["offset"], rng)
+    arrays["offset"].flat[::7] = np.nan
+    feeds = [arrays[i.name] for i in original.graph.input]
+    expected = run_onnxruntime(original, feeds)
+    np.testing.assert_allclose(run_onnxruntime(rewritten, feeds), expected, rtol=1e-5,
+                               atol=1e-5 * max(1.0, float(np.abs(expected).max())))
+
+
+def test_command_line_offers_every_target():
+    """``--for`` writes its choices out (its ``--help`` imports no onnx_ir): they are :data:`targets.TARGETS`."""
+    from dcn_onnxscript.rewrite import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    (action,) = [a for a in parser._actions if a.dest == "target"]
+    assert tuple(action.choices) == targets.TARGETS
