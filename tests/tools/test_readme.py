@@ -71,3 +71,34 @@ def test_ci_runs_the_test_command_of_the_readme() -> None:
     commands = re.search(r"## Running the tests\n+```bash\n(.*?)```", README, flags=re.DOTALL).group(1).splitlines()
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert commands[1] in ci and commands[0].endswith(ci[ci.index(commands[1]) - 2])
+
+
+def _layer_nodes(impl: str, dynamic: bool) -> int:
+    """Nodes but ``Constant`` of ``DeformConv2d(64, 64, 3, padding=1)`` at 32×32 exported by dynamo with
+    ``impl``, static or with ``Dim.AUTO`` batch, height and width: what README's table of lowerings counts."""
+    import warnings
+
+    import torch
+    from torchvision.ops import DeformConv2d
+
+    import dcn_onnxscript
+
+    torch.manual_seed(0)
+    layer = DeformConv2d(64, 64, 3, padding=1).eval()
+    args = (torch.randn(1, 64, 32, 32), torch.randn(1, 18, 32, 32), torch.rand(1, 9, 32, 32))
+    auto = torch.export.Dim.AUTO
+    shapes = ({0: auto, 2: auto, 3: auto},) * 3 if dynamic else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(layer, args, dynamo=True, dynamic_shapes=shapes, verbose=False,
+                                    custom_translation_table=dcn_onnxscript.translation_table(impl))
+    return sum(node.op_type != "Constant" for node in program.model_proto.graph.node)
+
+
+@pytest.mark.parametrize("impl", ["grid_sample", "gather"])
+def test_readme_node_counts_are_measured(impl: str) -> None:
+    """The table of lowerings shows the node counts an export writes today (static / dynamic)."""
+    row = re.search(rf"^\| `{impl}` \|.*\| (\d+) / (\d+) \|$", README, flags=re.MULTILINE)
+    assert row, f"README has no row for {impl} ending in 'static / dynamic' node counts"
+    shown = (int(row.group(1)), int(row.group(2)))
+    assert shown == (_layer_nodes(impl, False), _layer_nodes(impl, True))
