@@ -111,6 +111,8 @@ def valid(export: Export, runtime: str) -> bool:
         return not export.dynamic and export.dtype == "float32"  # what onnx2tf converts
     if runtime == "ncnn":
         return not export.dynamic and export.dtype == "float32"  # pnnx converts float32, ncnn has no batch
+    if runtime == "rknn":  # rknn-toolkit2 takes opsets up to 19 and builds a model at fixed input shapes
+        return not export.dynamic and export.dtype == "float32" and export.opset <= 19
     if runtime in ("opencv_classic", "opencv_new", "tvm", "openvino_ep", "tinygrad"):
         return export.dtype == "float32"  # the type these deployments run
     return True
@@ -294,4 +296,8 @@ def _deploy_failure(export: Export, runtime: str, writes_gather: bool) -> Option
         return ("the gather lowering indexes with integer ops (Greater/Equal -> Where, Cast to INT64), which pnnx "
                 "writes as torch.gt/eq/where and Tensor.to and ncnn lacks: ncnn takes grid_sample exports (opset "
                 ">= 16; docs/deploy.md)")
+    if runtime == "rknn" and writes_gather:
+        return ("rknn-toolkit2 2.5's RK3588 simulator sums the gather lowering's per-tap products wrongly (relative "
+                "error 0.4-0.55): each product (1, N·P, 1, O) reads out right, the Add chain over them does not, "
+                "and which Add goes wrong moves with the outputs requested (tool; docs/known-issues.md)")
     return None

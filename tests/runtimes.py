@@ -141,12 +141,14 @@ def run_tflite(model: onnx.ModelProto, inputs: Inputs) -> np.ndarray:
 #: in one; onnxruntime-openvino (which replaces onnxruntime) in the other.
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEPLOY_PYTHON = os.environ.get("DCN_DEPLOY_PYTHON", str(_ROOT / ".venv-deploy" / "bin" / "python"))
+RKNN_PYTHON = os.environ.get("DCN_RKNN_PYTHON", str(_ROOT / ".venv-rknn" / "bin" / "python"))
 OVEP_PYTHON = os.environ.get("DCN_OVEP_PYTHON", str(_ROOT / ".venv-ovep" / "bin" / "python"))
 _DEPLOY_WORKER = pathlib.Path(__file__).resolve().parent / "deploy_worker.py"
 #: runtime of ``deploy_worker.py`` -> the Python that has it. OpenCV is in the test venv, but runs in a
 #: process of its own too: its classic engine segfaults on some graphs.
 WORKER_PYTHONS = {"opencv_classic": sys.executable, "opencv_new": sys.executable, "tvm": DEPLOY_PYTHON,
-                  "ncnn": DEPLOY_PYTHON, "tinygrad": DEPLOY_PYTHON, "openvino_ep": OVEP_PYTHON}
+                  "ncnn": DEPLOY_PYTHON, "tinygrad": DEPLOY_PYTHON, "openvino_ep": OVEP_PYTHON,
+                  "rknn": RKNN_PYTHON}
 #: How long one worker may take (TVM compiles the model, pnnx converts it).
 _WORKER_TIMEOUT = 600
 
@@ -203,11 +205,13 @@ RUNNERS = {
 #: dynamic models as they are; "tflite" converts static float32 models with onnx2tf and runs LiteRT (in
 #: its own venv: marked ``tflite``, run by ``.ci/tflite``, not by the default command); "opencv_classic" and
 #: "opencv_new" are OpenCV DNN's two engines (test venv); "tvm", "ncnn", "tinygrad" and "openvino_ep" run in
-#: the venvs of ``.ci/deploy`` (marked ``deploy``).
+#: the venvs of ``.ci/deploy`` (marked ``deploy``), and so does "rknn", rknn-toolkit2's RK3588 simulator
+#: (float16 NPU arithmetic: compared at 1e-2).
 MATRIX_RUNTIMES = ("onnxruntime", "openvino", "openvino_default", "tract", "tract_symbolic", "reference", "tflite",
-                   "opencv_classic", "opencv_new", "tvm", "ncnn", "openvino_ep", "tinygrad")
+                   "opencv_classic", "opencv_new", "tvm", "ncnn", "openvino_ep", "tinygrad", "rknn")
 #: runtime -> the pytest mark of the extra job that runs it in its own venv (not the default command).
-EXTRA_JOBS = {"tflite": "tflite", "tvm": "deploy", "ncnn": "deploy", "openvino_ep": "deploy", "tinygrad": "deploy"}
+EXTRA_JOBS = {"tflite": "tflite", "tvm": "deploy", "ncnn": "deploy", "openvino_ep": "deploy", "tinygrad": "deploy",
+              "rknn": "deploy"}
 
 def run_runtime(runtime: str, model: onnx.ModelProto, inputs: Inputs, whole_model: bool = False) -> np.ndarray:
     """The matrix's runners by name (see :data:`MATRIX_RUNTIMES`); ``whole_model``: a network around the
