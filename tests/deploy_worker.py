@@ -9,7 +9,7 @@ output. Needs numpy and onnx besides the runtime; no torch. A runtime's refusal 
 error on stderr. The venvs: OpenCV runs in the test venv (``opencv-python-headless`` is in the ``test``
 extra), the others in the venvs that ``.ci/deploy`` builds (``.ci/deploy-requirements.txt``: ncnn and pnnx,
 tinygrad, Apache TVM, NNCF; ``.ci/deploy-ovep-requirements.txt``: onnxruntime-openvino, which replaces
-onnxruntime).
+onnxruntime; ``.ci/deploy-rknn-requirements.txt``: rknn-toolkit2, Python 3.11).
 """
 
 from __future__ import annotations
@@ -138,6 +138,31 @@ def tinygrad(path: pathlib.Path, feeds: Feeds) -> np.ndarray:
     return next(iter(outputs.values())).numpy()
 
 
+def rknn(path: pathlib.Path, feeds: Feeds) -> np.ndarray:
+    """rknn-toolkit2's simulator for the RK3588 NPU (``target_platform="rk3588"``, ``init_runtime()`` without
+    a target), not quantized: the toolkit builds the model at the feeds' shapes (it takes static shapes only),
+    and the NPU computes in float16. Inputs are fed as NCHW, as the ONNX model has them."""
+    from rknn.api import RKNN
+
+    model = onnx.load(str(path), load_external_data=False)
+    names = [i.name for i in model.graph.input if i.name in feeds]
+    toolkit = RKNN(verbose=False)
+    try:
+        toolkit.config(target_platform="rk3588")
+        steps = (("load_onnx", lambda: toolkit.load_onnx(str(path), inputs=names,
+                                                         input_size_list=[list(feeds[n].shape) for n in names])),
+                 ("build", lambda: toolkit.build(do_quantization=False)), ("init_runtime", toolkit.init_runtime))
+        for step, call in steps:
+            if call() != 0:
+                raise SystemExit(f"rknn {step} failed")
+        outputs = toolkit.inference(inputs=[feeds[n] for n in names], data_format=["nchw"] * len(names))
+        if outputs is None:
+            raise SystemExit("rknn inference failed")
+        return np.asarray(outputs[0])
+    finally:
+        toolkit.release()
+
+
 RUNNERS: dict[str, Callable[[pathlib.Path, Feeds], np.ndarray]] = {
     "opencv": opencv,
     "opencv4": opencv4,
@@ -145,6 +170,7 @@ RUNNERS: dict[str, Callable[[pathlib.Path, Feeds], np.ndarray]] = {
     "ncnn": ncnn,
     "openvino_ep": openvino_ep,
     "tinygrad": tinygrad,
+    "rknn": rknn,
 }
 
 

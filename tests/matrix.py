@@ -112,6 +112,8 @@ def valid(export: Export, runtime: str) -> bool:
         return not export.dynamic and export.dtype == "float32"  # what onnx2tf converts
     if runtime == "ncnn":
         return not export.dynamic and export.dtype == "float32"  # pnnx converts float32, ncnn has no batch
+    if runtime == "rknn":  # rknn-toolkit2 takes opsets up to 19 and builds a model at fixed input shapes
+        return not export.dynamic and export.dtype == "float32" and export.opset <= 19
     if runtime in ("opencv", "opencv4", "tvm", "openvino_ep", "tinygrad"):
         return export.dtype == "float32"  # the type these deployments run
     return True
@@ -261,7 +263,7 @@ def lowering_written(export: Export) -> str:
 
 #: The requirements files of the extra venvs (.ci/), which pin the releases their runtimes' faults were seen in.
 DEPLOY, OVEP, TFLITE = "deploy-requirements.txt", "deploy-ovep-requirements.txt", "tflite-requirements.txt"
-OPENCV4 = "deploy-opencv4-requirements.txt"
+OPENCV4, RKNN = "deploy-opencv4-requirements.txt", "deploy-rknn-requirements.txt"
 
 
 def known_failure(export: Export, runtime: str) -> Optional[Union[Fault, Limitation]]:
@@ -311,4 +313,9 @@ def _deploy_failure(export: Export, runtime: str, writes_gather: bool) -> Option
         return Limitation("the gather lowering indexes with integer ops (Greater/Equal -> Where, Cast to INT64), "
                           "which pnnx writes as torch.gt/eq/where and Tensor.to and ncnn lacks: ncnn takes "
                           "grid_sample exports (opset >= 16; docs/deploy.md)")
+    if runtime == "rknn" and writes_gather:
+        return Fault("rknn-toolkit2", "2.5.0", "the RK3588 simulator sums the gather lowering's per-tap products "
+                     "wrongly (relative error 0.4-0.55): each product (1, N·P, 1, O) reads out right, the Add chain "
+                     "over them does not, and which Add goes wrong moves with the outputs requested "
+                     "(docs/known-issues.md)", RKNN)
     return None

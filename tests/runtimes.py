@@ -141,6 +141,7 @@ def run_tflite(model: onnx.ModelProto, inputs: Inputs) -> np.ndarray:
 #: in one; onnxruntime-openvino (which replaces onnxruntime) in the other.
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEPLOY_PYTHON = os.environ.get("DCN_DEPLOY_PYTHON", str(_ROOT / ".venv-deploy" / "bin" / "python"))
+RKNN_PYTHON = os.environ.get("DCN_RKNN_PYTHON", str(_ROOT / ".venv-rknn" / "bin" / "python"))
 OVEP_PYTHON = os.environ.get("DCN_OVEP_PYTHON", str(_ROOT / ".venv-ovep" / "bin" / "python"))
 #: The venv of OpenCV 4.x (the newest 4.x release, as users run it) that ``.ci/deploy`` builds.
 OPENCV4_PYTHON = os.environ.get("DCN_OPENCV4_PYTHON", str(_ROOT / ".venv-opencv4" / "bin" / "python"))
@@ -149,7 +150,7 @@ _DEPLOY_WORKER = pathlib.Path(__file__).resolve().parent / "deploy_worker.py"
 #: process of its own too: a runtime that aborts on a graph takes only that process down.
 WORKER_PYTHONS = {"opencv": sys.executable, "tvm": DEPLOY_PYTHON,
                   "ncnn": DEPLOY_PYTHON, "tinygrad": DEPLOY_PYTHON, "openvino_ep": OVEP_PYTHON,
-                  "opencv4": OPENCV4_PYTHON}
+                  "opencv4": OPENCV4_PYTHON, "rknn": RKNN_PYTHON}
 #: How long one worker may take (TVM compiles the model, pnnx converts it).
 _WORKER_TIMEOUT = 600
 
@@ -205,13 +206,14 @@ RUNNERS = {
 #: (bf16 on this AMX CPU); "tract" runs static models with concrete input facts, "tract_symbolic" loads
 #: dynamic models as they are; "tflite" converts static float32 models with onnx2tf and runs LiteRT (in
 #: its own venv: marked ``tflite``, run by ``.ci/tflite``, not by the default command); "opencv" is
-#: OpenCV DNN 5.x with its default engine (test venv); "tvm", "ncnn", "tinygrad", "openvino_ep" and "opencv4"
-#: (OpenCV 4.x) run in the venvs of ``.ci/deploy`` (marked ``deploy``).
+#: OpenCV DNN 5.x with its default engine (test venv); "tvm", "ncnn", "tinygrad", "openvino_ep", "opencv4"
+#: (OpenCV 4.x) and "rknn" (rknn-toolkit2's RK3588 simulator, float16 NPU arithmetic: compared at 1e-2) run in
+#: the venvs of ``.ci/deploy`` (marked ``deploy``).
 MATRIX_RUNTIMES = ("onnxruntime", "openvino", "openvino_default", "tract", "tract_symbolic", "reference", "tflite",
-                   "opencv", "tvm", "ncnn", "openvino_ep", "tinygrad", "opencv4")
+                   "opencv", "tvm", "ncnn", "openvino_ep", "tinygrad", "opencv4", "rknn")
 #: runtime -> the pytest mark of the extra job that runs it in its own venv (not the default command).
 EXTRA_JOBS = {"tflite": "tflite", "tvm": "deploy", "ncnn": "deploy", "openvino_ep": "deploy", "tinygrad": "deploy",
-              "opencv4": "deploy"}
+              "opencv4": "deploy", "rknn": "deploy"}
 
 def run_runtime(runtime: str, model: onnx.ModelProto, inputs: Inputs, whole_model: bool = False) -> np.ndarray:
     """The matrix's runners by name (see :data:`MATRIX_RUNTIMES`); ``whole_model``: a network around the

@@ -138,6 +138,10 @@ def _sizes(export: Export, count: int, largest: int, seed: int):
             for _ in range(count)]
 
 
+#: RKNN's NPU (and its simulator) computes a float model in float16: measured 3.4e-3 on the deploy block.
+RKNN_TOLERANCE = 1e-2
+
+
 def _inputs(export: Export, batch: int, size, seed: int, attack: bool):
     inputs = model_inputs(export, seed, size=size, batch=batch)
     if attack and export.context == "layer":
@@ -169,7 +173,7 @@ def _check_float(export: Export, module, model, runtime: str) -> None:
             default = F64_GRID_SAMPLE if lowering_written(export) == "grid_sample" else 1e-9
             assert_close(actual, expected, rtol=F64_TOLERANCE.get((runtime, export.lowering), default))
         else:
-            assert_close(actual, expected, rtol=1e-4)
+            assert_close(actual, expected, rtol=RKNN_TOLERANCE if runtime == "rknn" else 1e-4)
 
 
 def _check_float16(export: Export, module, model, runtime: str) -> None:
