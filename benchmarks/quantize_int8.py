@@ -2,6 +2,13 @@
 ``DeformConv`` (which the quantizers leave float): relative error and latency, onnxruntime and NNCF.
 
     PYTHONPATH=$PWD python benchmarks/quantize_int8.py [--models block resnet50] [--nncf]
+    PYTHONPATH=$PWD python benchmarks/quantize_int8.py --generated
+
+``--generated``: the ratio table of docs/deploy.md instead: over the generated blocks of
+``tests/blocks.py`` (``INT8_BLOCKS``), both lowerings and both exporters (dynamo: grid_sample; TorchScript 17:
+grid_sample; TorchScript 13: gather), random and smooth image-like calibration, the error of
+``dcn_onnxscript.quantization.quantize_static`` (its defaults) on ours and on native ``DeformConv``, their
+ratio, and ours with the per-tap GEMMs left float too ("GEMMs float": what the sampling path alone costs).
 
 For every model: onnxruntime's ``quantize_static`` (QDQ, per-channel, ``--calibration`` random inputs) with
 nothing excluded ("plain") and with ``dcn_onnxscript.quantization.nodes_to_exclude`` ("dcn"), each with and
@@ -29,11 +36,12 @@ import onnxruntime
 from onnxruntime.quantization import QuantFormat, quantize_static
 
 from dcn_onnxscript.quantization import calibration_reader, nodes_to_exclude
+from dcn_onnxscript.quantization import quantize_static as dcn_quantize_static
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_ROOT / "tests"))
 sys.path.insert(0, str(_ROOT / "examples"))
-from blocks import DeployBlock, export  # noqa: E402
+from blocks import INT8_BLOCKS, DeployBlock, export, images  # noqa: E402
 from runtimes import nncf_int8  # noqa: E402
 
 THREADS = 1  # the machine is shared: one thread per session keeps them from thrashing
@@ -108,6 +116,46 @@ def resnet_models(shape) -> dict[str, onnx.ModelProto]:
 
 
 MODELS: dict[str, Callable] = {"block": block_models, "resnet50": resnet_models}
+#: The exports of the generated table: (name in tests/blocks.py, lowering).
+GENERATED_EXPORTS = [("dynamo-default", "grid_sample"), ("torchscript-17", "grid_sample"), ("torchscript-13", "gather")]
+
+
+def library_int8(model: onnx.ModelProto, calibration: list[np.ndarray], extra: list[str] = ()) -> onnx.ModelProto:
+    """``model`` through ``dcn_onnxscript.quantization.quantize_static`` with its defaults (``extra``: more
+    nodes left float)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "int8.onnx")
+        name = model.graph.input[0].name
+        dcn_quantize_static(model, path, [{name: x} for x in calibration], nodes_to_exclude=list(extra))
+        return onnx.load(path)
+
+
+def per_tap_gemms(model: onnx.ModelProto) -> list[str]:
+    """The Conv/MatMul nodes that read the sampling path's output: the per-tap GEMMs."""
+    excluded = set(nodes_to_exclude(model))
+    sampled = {name for node in model.graph.node if node.name in excluded for name in node.output}
+    return [n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul") and n.name not in excluded
+            and n.input[0] in sampled]
+
+
+def generated_table(calibration: int, inputs: int) -> None:
+    """Print one row per generated block, export and calibration kind: native's error, ours, the ratio."""
+    print("| block | input | lowering | exporter | calibration | native | ours | ratio | GEMMs float |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for channels, out_channels, seed, offset_scale, shape in INT8_BLOCKS:
+        module = DeployBlock(channels, seed, out_channels, offset_scale).eval()
+        native = export(module, "native", shape)
+        models = {name: export(module, name, shape) for name, _ in GENERATED_EXPORTS}
+        for kind in ("random", "smooth"):
+            calibrating, evaluating = images(kind, calibration, 0, shape), images(kind, inputs, 1, shape)
+            native_error = relative_error(library_int8(native, calibrating), native, evaluating)
+            for name, lowering in GENERATED_EXPORTS:
+                model = models[name]
+                error = relative_error(library_int8(model, calibrating), model, evaluating)
+                floats = relative_error(library_int8(model, calibrating, per_tap_gemms(model)), model, evaluating)
+                print(f"| {channels}->{out_channels} x{offset_scale:g} seed {seed} | {shape[2]}x{shape[3]} | "
+                      f"{lowering} | {name} | {kind} | {native_error:.4f} | {error:.4f} | "
+                      f"{error / native_error:.2f} | {floats:.4f} |", flush=True)
 
 
 def main() -> int:
@@ -119,7 +167,11 @@ def main() -> int:
     parser.add_argument("--inputs", type=int, default=4, help="evaluation inputs")
     parser.add_argument("--rounds", type=int, default=20, help="latency rounds")
     parser.add_argument("--nncf", action="store_true", help="NNCF too (needs the venv of .ci/deploy)")
+    parser.add_argument("--generated", action="store_true", help="the ratio table over the generated blocks")
     args = parser.parse_args()
+    if args.generated:
+        generated_table(args.calibration, args.inputs)
+        return 0
     for family in args.models:
         shape = tuple(args.shape or ((1, 3, 64, 64) if family == "block" else (1, 3, 224, 224)))
         rng = np.random.default_rng(0)

@@ -22,22 +22,47 @@ NATIVE_OPSET = 19
 
 
 class DeployBlock(torch.nn.Module):
-    """Conv 3->C, an offset/mask predictor Conv C->27 (offset 18, sigmoid mask 9), DCNv2 C->C 3x3, ReLU:
-    (N, 3, H, W) -> (N, C, H, W)."""
+    """Conv 3->C, an offset/mask predictor Conv C->27 (offset 18, sigmoid mask 9), DCNv2 C->C_out 3x3, ReLU:
+    (N, 3, H, W) -> (N, C_out, H, W). ``offset_scale`` multiplies the predictor's weights: 4 gives offsets of
+    a pixel or two, 1 sub-pixel ones."""
 
-    def __init__(self, channels: int = 8, seed: int = 0) -> None:
+    def __init__(self, channels: int = 8, seed: int = 0, out_channels: Optional[int] = None,
+                 offset_scale: float = 4.0) -> None:
         super().__init__()
         torch.manual_seed(seed)
         self.stem = torch.nn.Conv2d(3, channels, 3, padding=1)
         self.predictor = torch.nn.Conv2d(channels, 3 * TAPS, 3, padding=1)
-        self.dcn = torchvision.ops.DeformConv2d(channels, channels, 3, padding=1)
+        self.dcn = torchvision.ops.DeformConv2d(channels, out_channels or channels, 3, padding=1)
         with torch.no_grad():  # offsets of a pixel or two, so that samples land between and outside pixels
-            self.predictor.weight.mul_(4.0)
+            self.predictor.weight.mul_(offset_scale)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         x = self.stem(img)
         offset, mask = torch.split(self.predictor(x), [2 * TAPS, TAPS], dim=1)
         return torch.relu(self.dcn(x, offset, torch.sigmoid(mask)))
+
+
+#: Generated blocks for the int8 comparisons: (channels, out_channels, seed, offset_scale, input shape).
+INT8_BLOCKS = [(8, 8, 0, 4.0, (1, 3, 32, 32)), (16, 32, 1, 4.0, (1, 3, 48, 40)), (32, 16, 2, 1.0, (1, 3, 40, 48)),
+               (16, 16, 3, 8.0, (1, 3, 32, 40))]
+
+
+def images(kind: str, count: int, seed: int, shape) -> list[np.ndarray]:
+    """``count`` inputs of ``shape``: "random" (standard normal noise) or "smooth" (image-like: bicubic
+    upsampled low-frequency noise plus a random linear gradient per channel; no data set is downloaded)."""
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        return [rng.standard_normal(shape).astype(np.float32) for _ in range(count)]
+    return [_smooth(rng, shape) for _ in range(count)]
+
+
+def _smooth(rng: np.random.Generator, shape) -> np.ndarray:
+    n, c, h, w = shape
+    coarse = torch.from_numpy(rng.standard_normal((n, c, max(2, h // 8), max(2, w // 8))).astype(np.float32))
+    low = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False).numpy()
+    yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    gradient = rng.uniform(-1, 1, (n, c, 1, 1)) * yy + rng.uniform(-1, 1, (n, c, 1, 1)) * xx
+    return (low + gradient).astype(np.float32)
 
 
 #: name -> (exporter, opset (None: torch's default), dynamic shapes); "native" is torch's DeformConv.

@@ -2,8 +2,10 @@
 within 1.5x of the error of the same block with native ``DeformConv`` (left float by the quantizer).
 
 The block (tests/blocks.py): Conv -> offset/mask predictor -> DCNv2 -> ReLU. int8 error: max |int8 - float|
-/ max |float| of each model's own float output, the worst of a few random inputs; 16 random calibration
-inputs. onnxruntime runs here; NNCF runs in the venv of ``.ci/deploy`` (marked ``deploy``).
+/ max |float| of each model's own float output, the worst of a few inputs of the calibration's kind; 16
+calibration inputs, random or smooth image-like (``blocks.images``). The generated blocks of
+``blocks.INT8_BLOCKS`` (channels, offset sizes, input sizes) are marked slow.
+onnxruntime runs here; NNCF runs in the venv of ``.ci/deploy`` (marked ``deploy``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import onnx
 import pytest
 
 import dcn_onnxscript
-from blocks import TAPS, DeployBlock, export
+from blocks import INT8_BLOCKS, TAPS, DeployBlock, export, images
 from dcn_onnxscript.quantization import SAMPLERS, nodes_to_exclude, quantize_static
 from runtimes import nncf_int8, run_onnxruntime
 
@@ -47,9 +49,8 @@ def exported(name: str) -> onnx.ModelProto:
     return onnx.load_from_string(_exported(name))
 
 
-def _images(count: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal(SHAPE).astype(np.float32) for _ in range(count)]
+def _images(count: int, seed: int, kind: str = "random", shape=SHAPE) -> list[np.ndarray]:
+    return images(kind, count, seed, shape)
 
 
 def _layers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
@@ -108,42 +109,84 @@ def test_nodes_to_exclude_refuses_samples_without_a_gemm():
         nodes_to_exclude(model)
 
 
-def _error(int8: onnx.ModelProto, model: onnx.ModelProto) -> float:
+def _error(int8: onnx.ModelProto, model: onnx.ModelProto, kind: str = "random", shape=SHAPE) -> float:
     errors = []
-    for image in _images(EVALUATION, seed=1):
+    for image in _images(EVALUATION, 1, kind, shape):
         expected = run_onnxruntime(model, [image])
         errors.append(float(np.abs(run_onnxruntime(int8, [image]) - expected).max() / np.abs(expected).max()))
     return max(errors)
 
 
-def _ort_int8(model: onnx.ModelProto) -> onnx.ModelProto:
+def _ort_int8(model: onnx.ModelProto, kind: str = "random", shape=SHAPE) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "int8.onnx")
         name = model.graph.input[0].name
-        quantize_static(model, path, [{name: image} for image in _images(CALIBRATION, seed=0)])
+        quantize_static(model, path, [{name: image} for image in _images(CALIBRATION, 0, kind, shape)])
         return onnx.load(path)
 
 
 @functools.cache
-def _native_ort_error() -> float:
+def _native_ort_error(kind: str) -> float:
     native = exported("native")
-    return _error(_ort_int8(native), native)
+    return _error(_ort_int8(native, kind), native, kind)
 
 
-@pytest.mark.parametrize("name", ["dynamo-default", "torchscript-17"])
-def test_onnxruntime_int8_within_native_error(name):
+@pytest.mark.parametrize("kind", ["random", "smooth"])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n in FAST else [pytest.mark.slow])
+                                  for n in ("dynamo-default", "torchscript-13", "torchscript-17")])
+def test_onnxruntime_int8_within_native_error(name, kind):
     """``quantize_static`` (QDQ, per-channel, 7-bit weights; sampling path float): the per-tap GEMMs are
     int8 (their activations and weights come through DequantizeLinear), and the error is within FACTOR x
-    the native DeformConv model's."""
+    the native DeformConv model's, with random and with smooth image-like calibration; grid_sample (dynamo,
+    TorchScript 17) and gather (TorchScript 13)."""
     model = exported(name)
-    int8 = _ort_int8(model)
+    int8 = _ort_int8(model, kind)
     dequantized = {n.output[0] for n in int8.graph.node if n.op_type == "DequantizeLinear"}
     gemms = [n for n in int8.graph.node if n.op_type in ("Conv", "MatMul") and n.input[0] in dequantized]
     assert len(gemms) == len([n for n in int8.graph.node if n.op_type in ("Conv", "MatMul")
                               and n.name in _layers(model)])
     assert all(n.input[1] in dequantized for n in gemms)
-    error, native = _error(int8, model), _native_ort_error()
+    error, native = _error(int8, model, kind), _native_ort_error(kind)
     assert error <= FACTOR * native, f"int8 error {error:.3f} > {FACTOR} x native DeformConv's {native:.3f}"
+
+
+#: Generated blocks (and calibrations) where the bound does not hold: ours quantizes one layer more than
+#: native (the per-tap GEMMs' activations), and where native's own error is small that layer dominates.
+_OVER_BOUND = {((32, 16, 2, 1.0, (1, 3, 40, 48)), "smooth")}
+
+
+#: The generated case that runs by default (the rest are slow): 16 -> 32 channels at 48x40, the gather lowering.
+_FAST_GENERATED = (INT8_BLOCKS[1], "torchscript-13")
+
+
+def _generated_cases():
+    for block_args in INT8_BLOCKS:
+        for name in ("dynamo-default", "torchscript-13"):
+            for kind in ("random", "smooth"):
+                marks = [] if (block_args, name) == _FAST_GENERATED else [pytest.mark.slow]
+                if (block_args, kind) in _OVER_BOUND:
+                    marks.append(pytest.mark.xfail(strict=True, reason="per-tap activations: 2.1x (docs/deploy.md)"))
+                channels, out_channels, seed = block_args[:3]
+                yield pytest.param(block_args, name, kind, marks=marks,
+                                   id=f"{channels}-{out_channels}-s{seed}-{name}-{kind}")
+
+
+@functools.cache
+def _generated(block_args: tuple, name: str) -> bytes:
+    channels, out_channels, seed, offset_scale, shape = block_args
+    return export(DeployBlock(channels, seed, out_channels, offset_scale).eval(), name, shape).SerializeToString()
+
+
+@pytest.mark.parametrize("block_args,name,kind", list(_generated_cases()))
+def test_generated_blocks_int8_within_native_error(block_args, name, kind):
+    """Over ``blocks.INT8_BLOCKS``: ours within FACTOR x native's error, both lowerings, both calibrations
+    (but the block of ``_OVER_BOUND``: a strict xfail)."""
+    shape = block_args[-1]
+    model, native = onnx.load_from_string(_generated(block_args, name)), onnx.load_from_string(_generated(
+        block_args, "native"))
+    error = _error(_ort_int8(model, kind, shape), model, kind, shape)
+    native_error = _error(_ort_int8(native, kind, shape), native, kind, shape)
+    assert error <= FACTOR * native_error, f"int8 error {error:.3f} > {FACTOR} x native's {native_error:.3f}"
 
 
 @pytest.mark.deploy
@@ -152,7 +195,7 @@ def test_nncf_int8_within_native_error(name):
     """NNCF (ONNX backend, 7-bit weights) with ``nodes_to_exclude`` as its ignored scope: within FACTOR x the
     native DeformConv model's error under the same NNCF settings."""
     model, native = exported(name), exported("native")
-    images = _images(CALIBRATION, seed=0)
-    int8, native_int8 = nncf_int8(model, images, nodes_to_exclude(model)), nncf_int8(native, images, [])
+    calibration = _images(CALIBRATION, seed=0)
+    int8, native_int8 = nncf_int8(model, calibration, nodes_to_exclude(model)), nncf_int8(native, calibration, [])
     error, native_error = _error(int8, model), _error(native_int8, native)
     assert error <= FACTOR * native_error, f"int8 error {error:.3f} > {FACTOR} x native's {native_error:.3f}"
