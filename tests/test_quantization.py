@@ -21,6 +21,7 @@ import pytest
 import dcn_onnxscript
 from blocks import INT8_BLOCKS, TAPS, DeployBlock, export, images
 from dcn_onnxscript.quantization import SAMPLERS, nodes_to_exclude, quantize_static
+from faults import Limitation
 from runtimes import nncf_int8, run_onnxruntime
 
 SHAPE = (1, 3, 32, 32)
@@ -165,7 +166,7 @@ def _generated_cases():
             for kind in ("random", "smooth"):
                 marks = [] if (block_args, name) == _FAST_GENERATED else [pytest.mark.slow]
                 if (block_args, kind) in _OVER_BOUND:
-                    marks.append(pytest.mark.xfail(strict=True, reason="per-tap activations: 2.1x (docs/deploy.md)"))
+                    marks.append(Limitation("per-tap activations: 2.1x (docs/deploy.md)").mark())
                 channels, out_channels, seed = block_args[:3]
                 yield pytest.param(block_args, name, kind, marks=marks,
                                    id=f"{channels}-{out_channels}-s{seed}-{name}-{kind}")
