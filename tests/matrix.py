@@ -313,6 +313,10 @@ def _deploy_failure(export: Export, runtime: str, writes_gather: bool) -> Option
         return Limitation("the gather lowering indexes with integer ops (Greater/Equal -> Where, Cast to INT64), "
                           "which pnnx writes as torch.gt/eq/where and Tensor.to and ncnn lacks: ncnn takes "
                           "grid_sample exports (opset >= 16; docs/deploy.md)")
+    if runtime == "rknn" and not writes_gather and export.context == "layer":
+        return Fault("rknn-toolkit2", "2.5.0", "the RK3588 simulator samples offsets that are NaN, ±Inf or beyond "
+                     "float16's range (the layer's hostile inputs) as if they were finite (max error 1.66 at an "
+                     "output scale of 2.1; offsets up to 1e4 match within 4.7e-3) (docs/known-issues.md)", RKNN)
     if runtime == "rknn" and writes_gather:
         return Fault("rknn-toolkit2", "2.5.0", "the RK3588 simulator sums the gather lowering's per-tap products "
                      "wrongly (relative error 0.4-0.55): each product (1, N·P, 1, O) reads out right, the Add chain "
