@@ -203,6 +203,10 @@ def _bias(op: Emitter, layer: Layer, B: Value) -> Value:
     return known.astype(np.float32) if known is not None else _sampled(op, layer, B)
 
 
+#: The per-tap 1x1 ``Conv``'s attributes besides ``group``, all written out.
+_ONE_BY_ONE = {"kernel_shape": [1, 1], "strides": [1, 1], "dilations": [1, 1], "pads": [0, 0, 0, 0]}
+
+
 def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, B: Optional[Value] = None,
                   mask: Optional[Value] = None) -> Value:
     """Y (N, O, Ho, Wo) of ``X`` (N, C, H, W), ``W`` (O, C/R, kH, kW), ``offset`` (N, 2·G·K, Ho, Wo), optional
@@ -217,7 +221,8 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
     for grid, tap_mask, weights in zip(grids(op, layer, delta, p0, halves), tap_masks(op, layer, offset_shape, mask),
                                        tap_weights(op, layer, W)):
         first_tap_bias = [_bias(op, layer, B)] if Y is None and B is not None else []
+        # every attribute written: onnxruntime-web's WebGPU (JSEP) Conv applies no ONNX defaults
         product = op.Conv(tap_samples(op, layer, images, grid, tap_mask), weights, *first_tap_bias,
-                          group=layer.groups)
+                          group=layer.groups, **_ONE_BY_ONE)
         Y = product if Y is None else op.Add(Y, product)
     return Y if layer.dtype == _SAMPLED else op.Cast(Y, to=layer.dtype)

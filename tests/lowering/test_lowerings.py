@@ -220,6 +220,9 @@ def test_grid_sample_broadcasts_constants_at_the_rank_of_the_result(case: SweepC
     arrays = case.arrays(np.random.default_rng(0))
     model = _shaped_model("grid_sample", sweep_layer(case), arrays, shapes)
     constants = _constants(model)
+    for node in model.graph.node:  # onnxruntime-web's WebGPU (JSEP) Conv applies no ONNX defaults
+        if node.op_type == "Conv":
+            assert {"kernel_shape", "strides", "dilations", "pads"} <= {a.name for a in node.attribute}, node
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in _inferred_values(model)
              if v.type.tensor_type.HasField("shape")}  # (no shape: rank unknown)
     checked, misfits = 0, []
@@ -416,7 +419,8 @@ def test_splits_write_their_sizes_and_no_result_is_a_reduced_scalar(lowering: st
     """Every ``Split`` writes its part sizes (an input from opset 13, an attribute at 12): pnnx reads one
     without them (``num_outputs``, or its count of outputs alone) as a split of unknown sizes and writes an ncnn
     ``Slice`` that crashes ncnn. No ``ReduceSum`` or ``Reshape`` has a rank-0 result: the OpenVINO execution
-    provider leaves such nodes to the CPU."""
+    provider leaves such nodes to the CPU. Every ``Conv`` writes its attributes: onnxruntime-web's WebGPU (JSEP)
+    takes no defaults (``dilations should be 2D``)."""
     opset = min(table.LOWERINGS[lowering].min_opset + opset_step, 23)
     arrays = case.arrays(np.random.default_rng(0))
     layer = _static_layer(case) if shapes == "static" else sweep_layer(case)
@@ -427,6 +431,9 @@ def test_splits_write_their_sizes_and_no_result_is_a_reduced_scalar(lowering: st
             attributes = {a.name for a in node.attribute}
             assert "num_outputs" not in attributes
             assert (len(node.input) == 2 and node.input[1]) if opset >= 13 else "split" in attributes, node
+    for node in model.graph.node:  # onnxruntime-web's WebGPU (JSEP) Conv applies no ONNX defaults
+        if node.op_type == "Conv":
+            assert {"kernel_shape", "strides", "dilations", "pads"} <= {a.name for a in node.attribute}, node
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in _inferred_values(model)
              if v.type.tensor_type.HasField("shape")}  # (no shape: rank unknown)
     scalars = [n.name or n.op_type for n in model.graph.node
