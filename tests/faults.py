@@ -24,6 +24,9 @@ import pytest
 from packaging.version import Version
 
 _CI = pathlib.Path(__file__).resolve().parents[1] / ".ci"
+#: The requirements files of the extra venvs (in .ci/), which pin the releases their runtimes' faults were seen in.
+DEPLOY, OVEP, TFLITE = "deploy-requirements.txt", "deploy-ovep-requirements.txt", "tflite-requirements.txt"
+OPENCV4, RKNN = "deploy-opencv4-requirements.txt", "deploy-rknn-requirements.txt"
 
 
 def _normalised(name: str) -> str:

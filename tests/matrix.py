@@ -14,7 +14,7 @@ import onnx
 import torch
 
 import dcn_onnxscript
-from faults import Fault, Limitation
+from faults import DEPLOY, OPENCV4, OVEP, RKNN, TFLITE, Fault, Limitation
 from helpers import Case, DeformBlock, DeformConvLayer, dcn_resnet50_module, make_inputs
 from runtimes import MATRIX_RUNTIMES
 
@@ -259,11 +259,6 @@ def lowering_written(export: Export) -> str:
     if export.lowering != "auto":
         return export.lowering
     return "grid_sample" if export.opset >= 16 and export.dtype != "float64" else "gather"
-
-
-#: The requirements files of the extra venvs (.ci/), which pin the releases their runtimes' faults were seen in.
-DEPLOY, OVEP, TFLITE = "deploy-requirements.txt", "deploy-ovep-requirements.txt", "tflite-requirements.txt"
-OPENCV4, RKNN = "deploy-opencv4-requirements.txt", "deploy-rknn-requirements.txt"
 
 
 def known_failure(export: Export, runtime: str) -> Optional[Union[Fault, Limitation]]:

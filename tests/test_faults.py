@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 
-from faults import Fault, Limitation, installed_version
-from matrix import DEPLOY, OPENCV4
+from faults import DEPLOY, OPENCV4, Fault, Limitation, installed_version
 
 
 def _strict(mark) -> bool:

@@ -28,15 +28,12 @@ any case (its importer evaluates ``Shape`` when it reads the model), so only sta
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 from onnxscript.rewriter import pattern
-
-#: The targets :func:`for_target` knows.
-TARGETS = ("ncnn", "opencv4")
 
 
 def _far_guard(op: Any, g: Any, far: Any, moved_to: Any) -> Any:
@@ -168,12 +165,16 @@ def grid_samples_as_gather(model: ir.Model) -> int:
     return GRID_SAMPLE_AS_GATHER.apply_to_model(model)
 
 
+#: target -> what writes the model in its patterns (in place; returns how many were replaced).
+_PATTERNS: dict[str, Callable[[ir.Model], int]] = {"ncnn": guards_as_clip, "opencv4": grid_samples_as_gather}
+#: The targets :func:`for_target` knows.
+TARGETS = tuple(_PATTERNS)
+
+
 def for_target(model: ir.Model, target: str) -> int:
     """``model`` in the graph patterns of ``target`` (one of :data:`TARGETS`), in place; returns how many
     patterns were replaced."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
-    if target == "opencv4":
-        return grid_samples_as_gather(model)
-    return guards_as_clip(model)
+    return _PATTERNS[target](model)
 

@@ -37,8 +37,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from dcn_onnxscript.rewrite import targets
-from faults import Fault
-from matrix import DEPLOY, OPENCV4, OVEP
+from faults import DEPLOY, OPENCV4, OVEP, Fault
 from runtimes import run_onnxruntime, run_runtime, run_worker
 
 #: The IR version of the reproductions: the oldest runtimes here (onnxruntime-openvino 1.24, pnnx's
