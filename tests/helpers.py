@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
+import re
 from typing import Optional, Sequence
 
 import numpy as np
@@ -320,3 +321,23 @@ def sweep_layer(case: SweepCase, dtype: int = onnx.TensorProto.FLOAT):
     return Layer(kernel=case.kernel, stride=case.stride, padding=case.padding, dilation=case.dilation,
                  groups=case.groups, offset_groups=case.offset_groups, in_channels=case.channels,
                  out_channels=case.out_channels, dtype=dtype, bias=case.use_bias, mask=case.use_mask)
+
+
+#: A number in a shown output, compared by order of magnitude (errors move with the machine's BLAS).
+NUMBER = re.compile(r"\d+\.\d+e[-+]\d+")
+
+
+def readme_block(marker: str) -> str:
+    """The first ```text block after ``marker`` in README.md."""
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return re.search(r"```text\n(.*?)```", readme[readme.index(marker):], flags=re.DOTALL).group(1)
+
+
+def assert_same_output(shown: str, printed: str) -> None:
+    """Line by line equal, numbers like 1.3e-06 within a factor of 10."""
+    shown_lines, printed_lines = shown.strip().splitlines(), printed.strip().splitlines()
+    assert len(shown_lines) == len(printed_lines), printed
+    for want, got in zip(shown_lines, printed_lines):
+        assert NUMBER.sub("#", want) == NUMBER.sub("#", got), f"README shows {want!r}, the command prints {got!r}"
+        for a, b in zip(NUMBER.findall(want), NUMBER.findall(got)):
+            assert 0.1 <= float(a) / max(float(b), 1e-30) <= 10, (want, got)

@@ -12,6 +12,7 @@ import pytest
 
 from dcn_onnxscript.lowering import table
 from dcn_onnxscript.tools.bench import catalog
+from helpers import assert_same_output, readme_block
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -19,12 +20,17 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-def test_demo_exports_runs_and_reports(tmp_path) -> None:
+def test_demo_exports_runs_and_reports_what_readme_shows(tmp_path) -> None:
+    """One run of ``demo`` (an export, a check and a session) serves both the command's behaviour and README's
+    copy of its output; only the ``wrote`` line differs, as ``--output`` keeps the file."""
     output = tmp_path / "demo.onnx"
     result = run_cli("demo", "--output", str(output))
     assert result.returncode == 0, result.stderr
     lines = dict(line.split(None, 1) for line in result.stdout.splitlines() if line.strip())
     assert lines["wrote"].strip() == str(output)
+    shown = readme_block("`demo` exports")
+    kept = "\n".join(f"wrote        {output}" if line.startswith("wrote ") else line for line in shown.splitlines())
+    assert_same_output(kept, result.stdout)
     assert "DeformConv" not in lines["ops"] and "Gather" in lines["ops"]
     assert float(result.stdout.split("max |error|")[1].split()[0]) < 1e-4
     model = onnx.load(str(output))

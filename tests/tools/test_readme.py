@@ -1,5 +1,6 @@
 """Every ```python block of README.md and of the docs that hold runnable examples runs as written (each as a
-script of its own, in a temp folder), and what the README shows a command printing is what it prints."""
+script of its own, in a temp folder), and what the README shows a command printing is what it prints
+(``demo``'s output is checked by tests/tools/test_cli.py, which runs it anyway)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import sys
 
 import pytest
 
+from helpers import assert_same_output, readme_block
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 #: Documents whose ```python blocks are whole scripts (docs/known-issues.md: reproductions that assert the
@@ -18,8 +21,6 @@ README = (ROOT / "README.md").read_text()
 EXAMPLES = ("README.md", "docs/known-issues.md")
 BLOCKS = [(f"{name}:{i}", code) for name in EXAMPLES
           for i, code in enumerate(re.findall(r"```python\n(.*?)```", (ROOT / name).read_text(), flags=re.DOTALL))]
-#: A number in a shown output, compared by order of magnitude (errors move with the machine's BLAS).
-NUMBER = re.compile(r"\d+\.\d+e[-+]\d+")
 
 
 def test_readme_has_python_examples() -> None:
@@ -35,35 +36,13 @@ def test_documented_example_runs(code: str, tmp_path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def _shown_after(marker: str) -> str:
-    """The first ```text block after ``marker`` in the README."""
-    return re.search(r"```text\n(.*?)```", README[README.index(marker):], flags=re.DOTALL).group(1)
-
-
-def _same_output(shown: str, printed: str) -> None:
-    """Line by line equal, numbers like 1.3e-06 within a factor of 10."""
-    shown_lines, printed_lines = shown.strip().splitlines(), printed.strip().splitlines()
-    assert len(shown_lines) == len(printed_lines), printed
-    for want, got in zip(shown_lines, printed_lines):
-        assert NUMBER.sub("#", want) == NUMBER.sub("#", got), f"README shows {want!r}, the command prints {got!r}"
-        for a, b in zip(NUMBER.findall(want), NUMBER.findall(got)):
-            assert 0.1 <= float(a) / max(float(b), 1e-30) <= 10, (want, got)
-
-
-def test_readme_demo_output_is_what_demo_prints() -> None:
-    result = subprocess.run([sys.executable, "-m", "dcn_onnxscript", "demo"], capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    _same_output(_shown_after("`demo` exports"), result.stdout)
-
-
 def test_readme_rewrite_output_is_what_rewrite_prints(tmp_path) -> None:
     script = re.search(r"```bash\n(# a model holding ONNX's native DeformConv.*?)```", README, flags=re.DOTALL)
     path = f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # `python` is this one
     result = subprocess.run(["bash", "-c", script.group(1)], cwd=tmp_path, capture_output=True, text=True,
                             timeout=600, env={**os.environ, "PATH": path})
     assert result.returncode == 0, result.stderr[-3000:]
-    _same_output(_shown_after("# a model holding ONNX's native DeformConv"), result.stdout)
+    assert_same_output(readme_block("# a model holding ONNX's native DeformConv"), result.stdout)
 
 
 def test_ci_runs_the_test_command_of_the_readme() -> None:
