@@ -59,7 +59,7 @@ from dcn_onnxscript.lowering.emitter import TapeEmitter
 from dcn_onnxscript.lowering.layer import Layer
 from dcn_onnxscript.lowering.script.protos import SCRIPT_OPSET
 from dcn_onnxscript.lowering.validation import check_deform_conv2d_args, checked_layer, static_shape
-from dcn_onnxscript.rewrite import opsets, script_calls
+from dcn_onnxscript.rewrite import opsets, script_calls, seed
 
 Progress = Callable[[str], None]
 #: The domain of the placeholder ``DeformConv`` (DeformConv-19's inputs and attributes, plus the lowering's
@@ -97,6 +97,8 @@ class RewriteResult:
     model: ir.Model
     counts: collections.Counter
     lowerings: frozenset[str] = frozenset()
+    #: One line per region recognised but left as it was (:mod:`.seed`).
+    notes: tuple[str, ...] = ()
 
     def summary(self) -> str:
         """One line, e.g. ``rewrote 3 nodes: DeformConv x2, mmcv::MMCVDeformConv2d x1``."""
@@ -214,10 +216,13 @@ SOURCE_OPS: dict[tuple[str, str], Callable[[ir.Node], DeformConvCall]] = {
     ("mmdeploy", "MMCVModulatedDeformConv2d"): _read_mmcv_modulated,
     ("mmcv", "MMCVDeformConv2d"): _read_mmcv_deform,
     ("mmdeploy", "MMCVDeformConv2d"): _read_mmcv_deform,
+    (seed.SEED_DOMAIN, "DeformConv"): _read_deform_conv,
 }
 
 
 def _kind(node: ir.Node) -> str:
+    if node.domain == seed.SEED_DOMAIN:
+        return seed.SEED_KIND
     domain = "" if node.domain == "ai.onnx" else node.domain
     return f"{domain}::{node.op_type}" if domain else node.op_type
 
@@ -225,6 +230,8 @@ def _kind(node: ir.Node) -> str:
 def _describe(node: ir.Node) -> str:
     if node.domain == PENDING_DOMAIN:
         return f"torchvision::deform_conv2d (exported node {node.name!r})"
+    if node.domain == seed.SEED_DOMAIN:
+        return f"{seed.SEED_KIND}'s layer ending in Conv {node.name.removesuffix(seed.NODE_SUFFIX)!r}"
     return f"{_kind(node)} node {node.name!r}"
 
 
@@ -398,7 +405,12 @@ def rewrite(model: ir.Model, impl: str = table.DEFAULT, opset: Optional[int] = N
     """
     if impl not in table.NAMES:
         raise RewriteError(f"unknown implementation {impl!r}; choose from {', '.join(table.NAMES)}")
-    return _rewrite(model, _source_nodes(model), impl, opset, _onnx_converter, progress)
+    if progress:
+        progress("looking for deform_conv2d_onnx_exporter's layers")
+    _, notes = seed.replace_regions(model)
+    result = _rewrite(model, _source_nodes(model), impl, opset, _onnx_converter, progress)
+    result.notes = tuple(notes)
+    return result
 
 
 def pending_nodes(model: ir.Model) -> list[ir.Node]:
@@ -425,7 +437,7 @@ def _rewrite(model: ir.Model, nodes: list[ir.Node], impl: str, opset: Optional[i
     counts, lowerings = _replace_deform_convs(model, nodes, impl, opset if change else None, hidden=change,
                                               progress=progress)
     if counts:
-        _drop_unused_domains(model, {kind.split("::")[0] for kind in counts if "::" in kind})
+        _drop_unused_domains(model, {kind.split("::")[0] for kind in counts if "::" in kind} | {seed.SEED_DOMAIN})
     if change:
         try:
             model = opsets.convert_version(model, opset, convert)
