@@ -125,8 +125,11 @@ def _constant(value: Optional[ir.Value]) -> Optional[np.ndarray]:
 
 
 def _is_constant(value: Optional[ir.Value]) -> bool:
-    return value is None or value.const_value is not None or (
-        value.producer() is not None and value.producer().op_type == "Constant")
+    """Whether ``value`` is a constant, or a reshape of one (graph tools leave such reshapes)."""
+    if value is None:
+        return True
+    value = _through_shape_ops(value)
+    return value.const_value is not None or (value.producer() is not None and value.producer().op_type == "Constant")
 
 
 def _int_attr(node: ir.Node, name: str, default: int) -> int:
@@ -239,17 +242,17 @@ def _output_and_bias(conv: ir.Node) -> tuple[ir.Value, Optional[np.ndarray]]:
     """Y and the bias (O,): the Conv's own bias input, or an ``Add`` of a (1, O, 1, 1) constant after it."""
     out_channels = _constant(conv.inputs[1]).shape[0]
     if len(conv.inputs) > 2 and conv.inputs[2] is not None:
-        bias = _constant(conv.inputs[2])
-        if bias is None:
-            raise NotARegion(f"Conv {conv.name!r} has a bias that is not a constant")
-        return conv.outputs[0], bias
+        bias = _constant(_through_shape_ops(conv.inputs[2]))
+        if bias is None or bias.size != out_channels:
+            raise NotARegion(f"Conv {conv.name!r} has a bias that is not a constant of {out_channels} values")
+        return conv.outputs[0], bias.reshape(out_channels)
     users = list(_consumers(conv.outputs[0]))
     if len(users) == 1 and users[0].op_type == "Add" and conv.outputs[0] not in conv.graph.outputs:
         add = users[0]
         other = add.inputs[1] if add.inputs[0] is conv.outputs[0] else add.inputs[0]
-        bias = _constant(other)
-        if bias is not None and bias.size == out_channels and bias.shape in (
-                (1, out_channels, 1, 1), (out_channels, 1, 1)):
+        bias = _constant(_through_shape_ops(other))
+        if bias is not None and bias.size == out_channels and (other.shape is None or tuple(other.shape) in (
+                (1, out_channels, 1, 1), (out_channels, 1, 1))):
             return add.outputs[0], bias.reshape(out_channels)
     return conv.outputs[0], None
 
@@ -532,8 +535,10 @@ def _relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
     if actual.shape != expected.shape:
         return float("inf")
     actual, expected = actual.astype(np.float64), expected.astype(np.float64)
-    worst = float(np.abs(actual - expected).max()) if actual.size else 0.0
-    return worst / max(1.0, float(np.abs(expected).max()) if expected.size else 1.0) if np.isfinite(worst) else float("inf")
+    if not actual.size:
+        return 0.0
+    worst = float(np.abs(actual - expected).max())
+    return worst / max(1.0, float(np.abs(expected).max())) if np.isfinite(worst) else float("inf")
 
 
 # --- replacing -----------------------------------------------------------------------------------------
