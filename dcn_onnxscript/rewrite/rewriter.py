@@ -313,11 +313,15 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
         opset = emit_opset or node_opsets[node]
         node_impl = node.attributes.get_string("impl", impl) if node.domain == PENDING_DOMAIN else impl
         try:
-            table.lowering(node_impl, opset)
+            if node_impl != table.NATIVE:
+                table.lowering(node_impl, opset)
+            elif opset < table.NATIVE_MIN_OPSET:
+                raise ValueError(f"impl='native' writes ONNX DeformConv, which needs opset >= "
+                                 f"{table.NATIVE_MIN_OPSET}, got opset {opset}; add --opset {table.NATIVE_MIN_OPSET}")
         except ValueError as error:
             raise RewriteError(f"{_describe(node)}: {error}") from None
         layer = _checked_layer(node, call)
-        if layer is None and opset < SCRIPT_OPSET:
+        if layer is None and opset < SCRIPT_OPSET and node_impl != table.NATIVE:
             raise RewriteError(f"{_describe(node)}: the weight's shape (O, C/group, kH, kW) is unknown; give it a "
                                f"static shape or rewrite at opset >= {SCRIPT_OPSET}")
         calls.append((node, call, layer, opset, node_impl))
@@ -329,7 +333,10 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
         dtype = layer.dtype if layer is not None else (call.X.dtype.value if call.X.dtype is not None else None)
         name = table.resolve(node_impl, opset, dtype)
         lowerings.add(name)
-        if layer is None:
+        if name == table.NATIVE:
+            new_nodes = [_native_node(node, call, opsets.HIDDEN_DOMAIN if hidden else "")]
+            Y = new_nodes[0].outputs[0]
+        elif layer is None:
             new_nodes = [script_calls.call_node(node, call, name)]
             Y = new_nodes[0].outputs[0]
             scripted = True
@@ -358,6 +365,18 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
             progress("inlining the standalone functions")
         script_calls.inline(model)
     return counts, lowerings
+
+
+def _native_node(node: ir.Node, call: DeformConvCall, domain: str) -> ir.Node:
+    """ONNX ``DeformConv`` (opset 19's form) of ``call``, in ``domain`` ("" or :data:`opsets.HIDDEN_DOMAIN`)."""
+    inputs = [call.X, call.W, call.offset, call.B, call.mask]
+    while inputs[-1] is None:
+        inputs.pop()
+    weight_shape = static_shape(call.W)
+    kernel = dict(kernel_shape=list(weight_shape[2:])) if weight_shape and None not in weight_shape else {}
+    return ir.node("DeformConv", inputs, domain=domain, name=node.name, attributes=dict(
+        **kernel, strides=list(call.strides), pads=list(call.pads), dilations=list(call.dilations),
+        group=call.group, offset_group=call.offset_group))
 
 
 def _drop_folded_weights(model: ir.Model, values: Sequence[Optional[ir.Value]]) -> None:
@@ -403,12 +422,18 @@ def rewrite(model: ir.Model, impl: str = table.DEFAULT, opset: Optional[int] = N
     result (default: the model's own). Raises :class:`RewriteError` for a node it cannot rewrite or an opset
     it cannot reach; ``model`` is then left as it was.
     """
-    if impl not in table.NAMES:
-        raise RewriteError(f"unknown implementation {impl!r}; choose from {', '.join(table.NAMES)}")
+    if impl not in table.IMPLS:
+        raise RewriteError(f"unknown implementation {impl!r}; choose from {', '.join(table.IMPLS)}")
+    if impl == table.NATIVE and (opset or _onnx_opset(model)) < table.NATIVE_MIN_OPSET:
+        raise RewriteError(f"impl='native' writes ONNX DeformConv, which needs opset >= {table.NATIVE_MIN_OPSET}; "
+                           f"the model is at opset {_onnx_opset(model)}: add --opset {table.NATIVE_MIN_OPSET} or later")
     if progress:
         progress("looking for deform_conv2d_onnx_exporter's layers")
     _, notes = seed.replace_regions(model)
-    result = _rewrite(model, _source_nodes(model), impl, opset, _onnx_converter, progress)
+    nodes = _source_nodes(model)
+    if impl == table.NATIVE:  # ONNX's own DeformConv is already what "native" writes
+        nodes = [node for node in nodes if _kind(node) != "DeformConv"]
+    result = _rewrite(model, nodes, impl, opset, _onnx_converter, progress)
     result.notes = tuple(notes)
     return result
 

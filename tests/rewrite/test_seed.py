@@ -21,7 +21,7 @@ import torch
 import torchvision
 
 from dcn_onnxscript.__main__ import main
-from dcn_onnxscript.rewrite import rewrite
+from dcn_onnxscript.rewrite import RewriteError, rewrite
 from dcn_onnxscript.rewrite.seed import SEED_KIND
 from helpers import assert_close
 from runtimes import run_onnxruntime
@@ -100,12 +100,15 @@ def layer_inputs(case: SeedCase, layer: SeedLayer, seed: int = 1) -> tuple[torch
             torch.rand(1, taps, *case.out_size, generator=g))
 
 
-def export_seed(module: torch.nn.Module, inputs: tuple, opset: int, names: list[str]) -> onnx.ModelProto:
-    """``module`` exported by deform_conv2d_onnx_exporter 1.2.0's symbolic (TorchScript, static shapes)."""
+def export_seed(module: torch.nn.Module, inputs: tuple, opset: int, names: list[str], use_gathernd: bool = True,
+                enable_openvino_patch: bool = False) -> onnx.ModelProto:
+    """``module`` exported by deform_conv2d_onnx_exporter 1.2.0's symbolic (TorchScript, static shapes), with
+    its options (GatherND or GatherElements; the extra Reshape of its OpenVINO patch)."""
     from dcn_onnxscript.tools.bench import exports, peers
 
+    symbolic = peers.import_dcoe().deform_conv2d_func(use_gathernd, enable_openvino_patch)
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), exports._only_symbolic(peers.import_dcoe().deform_conv2d_func(True, False), opset):
+    with warnings.catch_warnings(), exports._only_symbolic(symbolic, opset):
         warnings.simplefilter("ignore")
         torch.onnx.export(module, inputs, buffer, dynamo=False, opset_version=opset, input_names=names)
     return onnx.load_from_string(buffer.getvalue())
@@ -136,10 +139,10 @@ def feeds_for(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> list[np.
 
 
 def assert_rewrites_and_matches(case: SeedCase, model: onnx.ModelProto, layer: SeedLayer, inputs: tuple,
-                                rtol: float = 1e-4) -> onnx.ModelProto:
-    """One seed layer found and rewritten, no GatherND left, and the result (on onnxruntime, random and far
-    offsets) equal to torchvision's float64 layer."""
-    proto, result = rewritten(model)
+                                rtol: float = 1e-4, **options) -> onnx.ModelProto:
+    """One seed layer found and rewritten (``options`` of :func:`rewrite`), no GatherND left, and the result
+    (on onnxruntime, random and far offsets) equal to torchvision's float64 layer."""
+    proto, result = rewritten(model, **options)
     assert dict(result.counts) == {SEED_KIND: 1} and not result.notes, (result.counts, result.notes)
     assert "GatherND" not in op_types(proto)
     x, offset, mask = inputs
@@ -169,6 +172,18 @@ def test_seed_layer_is_rewritten_and_matches_torchvision(case):
     assert len(proto.graph.node) < len(model.graph.node)
 
 
+@pytest.mark.parametrize("options", [dict(use_gathernd=False), dict(enable_openvino_patch=True), dict(batch=2)],
+                         ids=["GatherElements", "openvino-patch", "batch-2"])
+def test_seed_exporter_options_and_batches_are_rewritten(options):
+    case = MATRIX[1]
+    torch.manual_seed(1)
+    layer = SeedLayer(case).eval()
+    batch = options.pop("batch", 1)
+    inputs = tuple(torch.cat([t * (1 + i) for i in range(batch)]) for t in layer_inputs(case, layer))
+    model = export_seed(layer, inputs, case.opset, ["x", "offset", "mask"], **options)
+    assert_rewrites_and_matches(case, model, layer, inputs)
+
+
 def test_the_layer_of_the_issue_shrinks_to_the_gather_lowering():
     """The 114-node layer of deform_conv2d_onnx_exporter (3x3, padding 1, mask, opset 12) becomes the gather
     lowering (opset 12 has no GridSample)."""
@@ -177,6 +192,16 @@ def test_the_layer_of_the_issue_shrinks_to_the_gather_lowering():
     proto, result = rewritten(model)
     assert result.lowerings == {"gather"}
     assert len(proto.graph.node) < len(model.graph.node) // 1.5
+
+
+def test_impl_native_writes_one_deform_conv_in_place_of_a_seed_layer():
+    case = MATRIX[1]
+    layer, inputs, model = seed_layer(case)
+    with pytest.raises(RewriteError, match="needs opset >= 19"):
+        rewrite(ir.from_proto(model), impl="native")
+    proto = assert_rewrites_and_matches(case, model, layer, inputs, impl="native", opset=19)
+    assert [n.op_type for n in proto.graph.node] == ["DeformConv"]
+    assert proto.opset_import[0].version == 19
 
 
 def _look_alike(model: onnx.ModelProto) -> onnx.ModelProto:
