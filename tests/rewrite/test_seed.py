@@ -9,6 +9,8 @@ import contextlib
 import dataclasses
 import importlib.util
 import io
+import os
+import pathlib
 import warnings
 
 import numpy as np
@@ -332,3 +334,24 @@ def test_command_line_reports_seed_layers_and_regions_left_as_they_were(tmp_path
     assert code == 0, out
     first, second = out.strip().splitlines()
     assert first.startswith("left as it was: seed region of GatherND ") and second.startswith("nothing to rewrite")
+
+
+@pytest.mark.parametrize("index", [0, 5])
+def test_fork_layers_are_rewritten(index):
+    """The fork (github nusu-github/deform_conv2d_onnx_exporter: onnxscript, dynamo, opset 18, static shapes)
+    writes the same region; run where a checkout is named by DCN_BENCH_FORK, as for bench."""
+    from dcn_onnxscript.tools.bench import FORK_ENV, peers
+
+    if not os.environ.get(FORK_ENV):
+        pytest.skip(f"no checkout of the fork ({FORK_ENV})")
+    translation = peers.load_fork(pathlib.Path(os.environ[FORK_ENV])).create_deform_conv2d_custom_op()
+    case = MATRIX[index]
+    torch.manual_seed(0)
+    layer = SeedLayer(case).eval()
+    inputs = layer_inputs(case, layer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(layer, inputs, dynamo=True, opset_version=18, verbose=False,
+                                    custom_translation_table={torch.ops.torchvision.deform_conv2d.default: translation})
+    assert "GatherND" in op_types(program.model_proto)
+    assert_rewrites_and_matches(case, program.model_proto, layer, inputs)
