@@ -81,10 +81,6 @@ class Attributes:
     group: int
     offset_group: int
 
-    def describe(self) -> str:
-        return (f"stride {list(self.strides)}, padding {list(self.pads[:2])}, dilation {list(self.dilations)}, "
-                f"groups {self.group}, offset groups {self.offset_group}")
-
 
 @dataclasses.dataclass
 class Region:
@@ -467,8 +463,8 @@ class Prover:
             if worst <= tolerance:
                 return attributes
             closest = min(closest, worst)
-        raise NotARegion(f"no inferred attributes compute what it does ({len(options)} tried; closest: max "
-                         f"difference {closest:.3g} relative, tolerance {tolerance:g})")
+        raise NotARegion(f"no inferred attributes compute what it does: {len(options)} tried, closest max "
+                         f"difference {closest:.3g} relative, tolerance {tolerance:g}")
 
 
 def _session(model: onnx.ModelProto):
