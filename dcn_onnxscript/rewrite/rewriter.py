@@ -427,9 +427,7 @@ def rewrite(model: ir.Model, impl: str = table.DEFAULT, opset: Optional[int] = N
     if impl == table.NATIVE and (opset or _onnx_opset(model)) < table.NATIVE_MIN_OPSET:
         raise RewriteError(f"impl='native' writes ONNX DeformConv, which needs opset >= {table.NATIVE_MIN_OPSET}; "
                            f"the model is at opset {_onnx_opset(model)}: add --opset {table.NATIVE_MIN_OPSET} or later")
-    if progress:
-        progress("looking for deform_conv2d_onnx_exporter's layers")
-    _, notes = seed.replace_regions(model)
+    _, notes = seed.replace_regions(model, progress)
     nodes = _source_nodes(model)
     if impl == table.NATIVE:  # ONNX's own DeformConv is already what "native" writes
         nodes = [node for node in nodes if _kind(node) != "DeformConv"]

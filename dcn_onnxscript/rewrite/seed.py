@@ -566,10 +566,11 @@ def _replace(graph: ir.Graph, region: Region, attributes: Attributes) -> ir.Node
     return node
 
 
-def replace_regions(model: ir.Model) -> tuple[list[ir.Node], list[str]]:
+def replace_regions(model: ir.Model, progress: Optional[Callable[[str], None]] = None
+                    ) -> tuple[list[ir.Node], list[str]]:
     """Replace every proven seed region of ``model``'s main graph by a :data:`SEED_DOMAIN` ``DeformConv``
     node. Returns those nodes and one line per region left as it was. Every region is proven before any is
-    replaced."""
+    replaced; ``progress`` hears of each proof."""
     graph = model.graph
     groups = _samplers_by_pad(graph)
     if not groups:
@@ -577,7 +578,9 @@ def replace_regions(model: ir.Model) -> tuple[list[ir.Node], list[str]]:
     found: list[tuple[Region, Attributes]] = []
     notes: list[str] = []
     prover = Prover(model)
-    for pad, samplers in groups.items():
+    for index, (pad, samplers) in enumerate(groups.items(), 1):
+        if progress:
+            progress(f"proving {SEED_KIND}'s layer {index}/{len(groups)}")
         region = None
         try:
             region = find_region(graph, pad, samplers, prover.rank)
