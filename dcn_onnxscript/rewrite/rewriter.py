@@ -298,6 +298,36 @@ def _node_opsets(model: ir.Model) -> dict[ir.Node, int]:
     return opsets_of
 
 
+def _check_impl(what: str, impl: str, opset: int) -> None:
+    """:class:`RewriteError` naming ``what`` unless ``impl`` can be written at ``opset``."""
+    try:
+        if impl != table.NATIVE:
+            table.lowering(impl, opset)
+        elif opset < table.NATIVE_MIN_OPSET:
+            raise ValueError(f"impl='native' writes ONNX DeformConv, which needs opset >= {table.NATIVE_MIN_OPSET}, "
+                             f"got opset {opset}; add --opset {table.NATIVE_MIN_OPSET}")
+    except ValueError as error:
+        raise RewriteError(f"{what}: {error}") from None
+
+
+def _read_calls(model: ir.Model, nodes: list[ir.Node], impl: str, emit_opset: Optional[int]) -> list[tuple]:
+    """(node, call, layer, opset, impl) of each of ``nodes``, checked; :class:`RewriteError` for the first one
+    that cannot be rewritten. Changes nothing."""
+    calls = []
+    node_opsets = _node_opsets(model)
+    for node in nodes:
+        call = SOURCE_OPS[(node.domain, node.op_type)](node)
+        opset = emit_opset or node_opsets[node]
+        node_impl = node.attributes.get_string("impl", impl) if node.domain == PENDING_DOMAIN else impl
+        _check_impl(_describe(node), node_impl, opset)
+        layer = _checked_layer(node, call)
+        if layer is None and opset < SCRIPT_OPSET and node_impl != table.NATIVE:
+            raise RewriteError(f"{_describe(node)}: the weight's shape (O, C/group, kH, kW) is unknown; give it a "
+                               f"static shape or rewrite at opset >= {SCRIPT_OPSET}")
+        calls.append((node, call, layer, opset, node_impl))
+    return calls
+
+
 def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit_opset: Optional[int],
                           hidden: bool, progress: Optional[Progress]) -> tuple[collections.Counter, set[str]]:
     """Replace each of ``nodes`` by the nodes of lowering ``impl`` (a placeholder's own ``impl`` attribute
@@ -306,25 +336,7 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
     whose weight shape is unknown (a local function's input, say) becomes a call of the standalone script
     function instead, inlined at the end. Returns the count per kind and the names of the lowerings
     written. Nothing is changed when any node is refused."""
-    calls = []
-    node_opsets = _node_opsets(model)
-    for node in nodes:
-        call = SOURCE_OPS[(node.domain, node.op_type)](node)
-        opset = emit_opset or node_opsets[node]
-        node_impl = node.attributes.get_string("impl", impl) if node.domain == PENDING_DOMAIN else impl
-        try:
-            if node_impl != table.NATIVE:
-                table.lowering(node_impl, opset)
-            elif opset < table.NATIVE_MIN_OPSET:
-                raise ValueError(f"impl='native' writes ONNX DeformConv, which needs opset >= "
-                                 f"{table.NATIVE_MIN_OPSET}, got opset {opset}; add --opset {table.NATIVE_MIN_OPSET}")
-        except ValueError as error:
-            raise RewriteError(f"{_describe(node)}: {error}") from None
-        layer = _checked_layer(node, call)
-        if layer is None and opset < SCRIPT_OPSET and node_impl != table.NATIVE:
-            raise RewriteError(f"{_describe(node)}: the weight's shape (O, C/group, kH, kW) is unknown; give it a "
-                               f"static shape or rewrite at opset >= {SCRIPT_OPSET}")
-        calls.append((node, call, layer, opset, node_impl))
+    calls = _read_calls(model, nodes, impl, emit_opset)
     counts: collections.Counter = collections.Counter()
     lowerings: set[str] = set()
     step = max(1, len(calls) // 10)
@@ -424,10 +436,13 @@ def rewrite(model: ir.Model, impl: str = table.DEFAULT, opset: Optional[int] = N
     """
     if impl not in table.IMPLS:
         raise RewriteError(f"unknown implementation {impl!r}; choose from {', '.join(table.IMPLS)}")
-    if impl == table.NATIVE and (opset or _onnx_opset(model)) < table.NATIVE_MIN_OPSET:
-        raise RewriteError(f"impl='native' writes ONNX DeformConv, which needs opset >= {table.NATIVE_MIN_OPSET}; "
-                           f"the model is at opset {_onnx_opset(model)}: add --opset {table.NATIVE_MIN_OPSET} or later")
-    _, notes = seed.replace_regions(model, progress)
+    emit_opset = _emit_opset(model, opset)
+    # every node and region is checked before anything changes: a refusal leaves the model as it was
+    _read_calls(model, _source_nodes(model), impl, emit_opset)
+    proven, notes = seed.prove_regions(model, progress)
+    if proven:
+        _check_impl(proven[0][0].describe(), impl, emit_opset or _onnx_opset(model))
+    seed.replace_regions(model, proven)
     nodes = _source_nodes(model)
     if impl == table.NATIVE:  # ONNX's own DeformConv is already what "native" writes
         nodes = [node for node in nodes if _kind(node) != "DeformConv"]
@@ -449,16 +464,23 @@ def lower_pending(model: ir.Model, opset: int, convert: opsets.Convert) -> ir.Mo
     return _rewrite(model, pending_nodes(model), table.DEFAULT, opset, convert, None).model
 
 
+def _emit_opset(model: ir.Model, opset: Optional[int]) -> Optional[int]:
+    """The opset to write the lowerings at when ``opset`` asks for a conversion, ``None`` otherwise (each node
+    at its graph's); :class:`RewriteError` below the lowest the lowerings write."""
+    if opset is None or opset == _onnx_opset(model):
+        return None
+    if opset < opsets.MIN_OPSET:
+        raise RewriteError(f"opset must be >= {opsets.MIN_OPSET} for deformable convolutions, got {opset}")
+    return opset
+
+
 def _rewrite(model: ir.Model, nodes: list[ir.Node], impl: str, opset: Optional[int], convert: opsets.Convert,
              progress: Optional[Progress]) -> RewriteResult:
     """Replace ``nodes`` with their lowerings written at ``opset`` (default: their graphs'), then convert the
     model to ``opset`` with the lowerings' nodes kept out of the conversion."""
-    current = _onnx_opset(model)
-    change = opset is not None and opset != current
-    if change and opset < opsets.MIN_OPSET:
-        raise RewriteError(f"opset must be >= {opsets.MIN_OPSET} for deformable convolutions, got {opset}")
-    counts, lowerings = _replace_deform_convs(model, nodes, impl, opset if change else None, hidden=change,
-                                              progress=progress)
+    emit_opset = _emit_opset(model, opset)
+    change = emit_opset is not None
+    counts, lowerings = _replace_deform_convs(model, nodes, impl, emit_opset, hidden=change, progress=progress)
     if counts:
         _drop_unused_domains(model, {kind.split("::")[0] for kind in counts if "::" in kind} | {seed.SEED_DOMAIN})
     if change:

@@ -566,16 +566,18 @@ def _replace(graph: ir.Graph, region: Region, attributes: Attributes) -> ir.Node
     return node
 
 
-def replace_regions(model: ir.Model, progress: Optional[Callable[[str], None]] = None
-                    ) -> tuple[list[ir.Node], list[str]]:
-    """Replace every proven seed region of ``model``'s main graph by a :data:`SEED_DOMAIN` ``DeformConv``
-    node. Returns those nodes and one line per region left as it was. Every region is proven before any is
-    replaced; ``progress`` hears of each proof."""
+#: A region and the attributes proven for it.
+Proven = tuple[Region, Attributes]
+
+
+def prove_regions(model: ir.Model, progress: Optional[Callable[[str], None]] = None) -> tuple[list[Proven], list[str]]:
+    """The seed regions of ``model``'s main graph whose attributes are proven, and one line per region that is
+    left as it was; ``progress`` hears of each proof. Changes nothing."""
     graph = model.graph
     groups = _samplers_by_pad(graph)
     if not groups:
         return [], []
-    found: list[tuple[Region, Attributes]] = []
+    found: list[Proven] = []
     notes: list[str] = []
     prover = Prover(model)
     for index, (pad, samplers) in enumerate(groups.items(), 1):
@@ -590,4 +592,9 @@ def replace_regions(model: ir.Model, progress: Optional[Callable[[str], None]] =
             where = region.describe() if region is not None else (
                 f"seed region of {samplers[0].op_type} {samplers[0].name!r} (Pad {pad.name!r})")
             notes.append(f"left as it was: {where} ({why})")
-    return [_replace(graph, region, attributes) for region, attributes in found], notes
+    return found, notes
+
+
+def replace_regions(model: ir.Model, proven: list[Proven]) -> list[ir.Node]:
+    """Replace each proven region by a :data:`SEED_DOMAIN` ``DeformConv`` node; returns those nodes."""
+    return [_replace(model.graph, region, attributes) for region, attributes in proven]

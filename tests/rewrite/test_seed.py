@@ -206,6 +206,26 @@ def test_impl_native_writes_one_deform_conv_in_place_of_a_seed_layer():
     assert proto.opset_import[0].version == 19
 
 
+def test_a_refusal_leaves_the_seed_layers_as_they_were():
+    """Nothing is half-rewritten: a lowering the opset cannot write, or another node that is refused (an
+    mmdeploy node with ambiguous padding), stops the rewrite before any seed layer is replaced."""
+    case = MATRIX[0]  # opset 12
+    _, _, model = seed_layer(case)
+    refused = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = refused.graph
+    graph.node.append(oh.make_node("MMCVDeformConv2d", [graph.output[0].name, "mmcv_offset", "mmcv_weight"],
+                                   ["mmcv_y"], domain="mmdeploy", padding=[1, 1, 2, 2]))
+    for name in ("mmcv_offset", "mmcv_weight"):
+        graph.input.append(oh.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    refused.opset_import.append(oh.make_opsetid("mmdeploy", 1))
+    for source, options, message in ((model, dict(impl="grid_sample"), "needs opset >= 16"),
+                                     (refused, {}, "ambiguous")):
+        ir_model = ir.from_proto(source)
+        with pytest.raises(RewriteError, match=message):
+            rewrite(ir_model, **options)
+        assert [n.op_type for n in ir_model.graph] == [n.op_type for n in source.graph.node]
+
+
 def _look_alike(model: onnx.ModelProto) -> onnx.ModelProto:
     """The seed's layer with its kernel grid moved by a third of a pixel at one tap: the same structure,
     no deformable convolution of any attributes."""
