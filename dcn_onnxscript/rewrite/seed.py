@@ -556,7 +556,10 @@ def _replace(graph: ir.Graph, region: Region, attributes: Attributes) -> ir.Node
                                    dilations=list(attributes.dilations), group=attributes.group,
                                    offset_group=attributes.offset_group))
     read = {value for n in region.nodes for value in n.inputs if value is not None}
-    removable = [n for n in region.nodes if n.op_type != "Constant" or n.outputs[0] not in inputs]
+    inside = set(region.nodes)
+    # a Constant that the new node or nodes outside read too stays (every other node is read inside only)
+    removable = [n for n in region.nodes if all(user in inside for output in n.outputs if output is not region.Y
+                                                for user, _ in output.uses())]
     ir.convenience.replace_nodes_and_values(graph, insertion_point=region.Y.producer(), old_nodes=removable,
                                             new_nodes=[node], old_values=[region.Y], new_values=node.outputs)
     for value in read:
