@@ -1,5 +1,5 @@
 """Before and after ``rewrite`` on files written by deform_conv2d_onnx_exporter 1.2.0 (the bench's layer cases:
-modulated 3x3, padding 1, bias), on onnxruntime CPU.
+modulated 3x3, padding 1, bias; and the DCNv2 ResNet-50 on a 224x224 image), on onnxruntime CPU.
 
 Models per case: the exporter's TorchScript export at ``--opsets`` (12 and 17 by default), each rewritten with
 the default lowering ("auto": gather at 12, grid_sample from 16), and rewritten with ``--impl native --opset
@@ -13,7 +13,7 @@ Latency: one process holds every model of a case and runs them in interleaved ro
 ``interleaved_medians``), ``--threads`` intra-op threads each. Peak memory: each model in a fresh process,
 the bench's ``measure_own_peak`` over session creation and three runs. Run from the repository root:
 
-    python benchmarks/seed_rewrite.py --layers L1 L2 L3 --repeat 15
+    python benchmarks/seed_rewrite.py --layers L1 L2 L3 resnet50 --repeat 15
 """
 
 from __future__ import annotations
@@ -38,6 +38,19 @@ from dcn_onnxscript.rewrite import rewrite
 from dcn_onnxscript.tools.bench import cases, catalog, exports, measuring, peers
 
 
+def case_of(name: str, seed: int) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """The bench's layer ``name`` with its inputs, or the DCNv2 ResNet-50 of examples/dcn_resnet50.py on one
+    ``--image-size`` image (the exporter writes static shapes)."""
+    if name == catalog.NETWORK:
+        return cases.load_example().build_model(seed), (cases.image(IMAGE_SIZE, seed),)
+    torch.manual_seed(seed)
+    return cases.LayerModule(catalog.LAYERS[name].channels).eval(), cases.layer_inputs(catalog.LAYERS[name], seed)
+
+
+#: The ResNet-50's image size.
+IMAGE_SIZE = 224
+
+
 def seed_export(module: torch.nn.Module, inputs: tuple, opset: int) -> onnx.ModelProto:
     """deform_conv2d_onnx_exporter 1.2.0's TorchScript export (GatherND, as installed)."""
     buffer = io.BytesIO()
@@ -45,7 +58,7 @@ def seed_export(module: torch.nn.Module, inputs: tuple, opset: int) -> onnx.Mode
     with warnings.catch_warnings(), exports._only_symbolic(symbolic, opset):
         warnings.simplefilter("ignore")
         torch.onnx.export(module, inputs, buffer, dynamo=False, opset_version=opset,
-                          input_names=["x", "offset", "mask"])
+                          input_names=["x", "offset", "mask"][:len(inputs)])
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -71,9 +84,7 @@ def rewritten(model: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, float
 
 def models(name: str, args: argparse.Namespace) -> list[tuple[str, str, onnx.ModelProto, float]]:
     """(row name, the row it was rewritten from or "", model, rewrite seconds) for case ``name``."""
-    layer = catalog.LAYERS[name]
-    torch.manual_seed(args.seed)
-    module, inputs = cases.LayerModule(layer.channels).eval(), cases.layer_inputs(layer, args.seed)
+    module, inputs = case_of(name, args.seed)
     sources = [(f"seed-{opset}", seed_export(module, inputs, opset)) for opset in args.opsets]
     if args.fork:
         sources.append(("fork-18", fork_export(module, inputs, args.fork)))
@@ -108,7 +119,7 @@ def session_seconds(path: pathlib.Path, threads: int) -> float:
 
 
 def measure(name: str, args: argparse.Namespace, folder: pathlib.Path) -> list[str]:
-    inputs = [t.numpy() for t in cases.layer_inputs(catalog.LAYERS[name], args.seed)]
+    inputs = [t.numpy() for t in case_of(name, args.seed)[1]]
     np.savez(folder / f"{name}.npz", *inputs)
     rows = models(name, args)
     paths = {}
@@ -134,7 +145,8 @@ def measure(name: str, args: argparse.Namespace, folder: pathlib.Path) -> list[s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", nargs="+", default=["L1", "L2", "L3"], choices=list(catalog.LAYERS))
+    parser.add_argument("--layers", nargs="+", default=["L1", "L2", "L3", catalog.NETWORK],
+                        choices=[*catalog.LAYERS, catalog.NETWORK])
     parser.add_argument("--opsets", nargs="+", type=int, default=[12, 17])
     parser.add_argument("--fork", type=pathlib.Path, default=None, help="a checkout of the fork")
     parser.add_argument("--repeat", type=int, default=15)
