@@ -23,7 +23,7 @@ import torch
 import torchvision
 
 from dcn_onnxscript.__main__ import main
-from dcn_onnxscript.rewrite import RewriteError, rewrite
+from dcn_onnxscript.rewrite import RewriteError, rewrite, seed
 from dcn_onnxscript.rewrite.seed import SEED_KIND
 from helpers import assert_close
 from runtimes import run_onnxruntime
@@ -224,6 +224,26 @@ def test_a_refusal_leaves_the_seed_layers_as_they_were():
         with pytest.raises(RewriteError, match=message):
             rewrite(ir_model, **options)
         assert [n.op_type for n in ir_model.graph] == [n.op_type for n in source.graph.node]
+
+
+def test_attributes_are_proven_among_candidates_where_the_grid_does_not_give_them():
+    """Without the kernel grid's constant, every stride, padding and dilation that gives the output size is
+    a candidate, and only the layer's own proves equal."""
+    case = SeedCase((3, 2), (2, 1), (0, 2), (2, 1), 1, 2, True, True, 17, (11, 7))
+    _, _, model = seed_layer(case)
+    ir_model = ir.from_proto(model)
+    prover = seed.Prover(ir_model)
+    [(pad, samplers)] = seed._samplers_by_pad(ir_model.graph).items()
+    region = seed.find_region(ir_model.graph, pad, samplers, prover.rank)
+    region.p_grid = None
+    options = seed.candidates(region, prover.shape(region.X), prover.shape(region.offset))
+    truth = seed.Attributes(strides=case.stride, pads=(*case.padding, *case.padding), dilations=case.dilation,
+                            group=1, offset_group=2)
+    assert truth in options and len(options) > 1
+    assert prover.prove(region, options) == truth
+    wrong = [option for option in options if option != truth]
+    with pytest.raises(seed.NotARegion, match=f"{len(wrong)} tried"):
+        prover.prove(region, wrong)
 
 
 def _look_alike(model: onnx.ModelProto) -> onnx.ModelProto:
