@@ -27,6 +27,13 @@ proven: the region, cut out with :class:`onnx.utils.Extractor`, and a native ``D
 attributes with the region's weights run on onnxruntime on random and on hostile offsets (samples far outside
 the image, on its border, on whole pixels) and agree within :data:`TOLERANCE` (:data:`TOLERANCE_FLOAT16` in
 float16). A region that cannot be proven is left as it was, with one line saying why.
+
+Checked on: deform_conv2d_onnx_exporter 1.2.0 with every option (GatherND or GatherElements, its OpenVINO
+patch) at opsets 12 to 17, and after onnxsim, onnxslim, onnxoptimizer and onnxconverter_common's float16
+conversion; its fork (github nusu-github/deform_conv2d_onnx_exporter: the same steps in onnxscript, dynamo,
+opset 18, static shapes only). 1.0.0 and 1.1.0 no longer export on torch 2 (their type tables); 1.0.0 differs
+from 1.2.0 by one Transpose that its four samplers share, which is also what onnxsim makes of 1.2.0's graph.
+Only the main graph is searched (the exporters write none inside subgraphs or functions).
 """
 
 from __future__ import annotations
