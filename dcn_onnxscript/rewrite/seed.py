@@ -29,10 +29,11 @@ the image, on its border, on whole pixels) and agree within :data:`TOLERANCE` (:
 float16). A region that cannot be proven is left as it was, with one line saying why.
 
 Checked on: deform_conv2d_onnx_exporter 1.2.0 with every option (GatherND or GatherElements, its OpenVINO
-patch) at opsets 12 to 17, and after onnxsim, onnxslim, onnxoptimizer and onnxconverter_common's float16
+patch) at opsets 12, 16 and 17, and after onnxsim, onnxslim, onnxoptimizer and onnxconverter_common's float16
 conversion; its fork (github nusu-github/deform_conv2d_onnx_exporter: the same steps in onnxscript, dynamo,
-opset 18, static shapes only). 1.0.0 and 1.1.0 no longer export on torch 2 (their type tables); 1.0.0 differs
-from 1.2.0 by one Transpose that its four samplers share, which is also what onnxsim makes of 1.2.0's graph.
+opset 18, static shapes only). 1.0.0 and 1.1.0 read torch's scalar types from tables torch 2 no longer has,
+so they export nothing today (1.0.0 tried); 1.0.0's graph differs from 1.2.0's by one Transpose that its four
+samplers share, which is also what onnxsim makes of 1.2.0's graph.
 Only the main graph is searched (the exporters write none inside subgraphs or functions).
 """
 
