@@ -370,6 +370,9 @@ def test_command_line_reports_seed_layers_and_regions_left_as_they_were(tmp_path
     code, out = _run_cli(str(tmp_path / "seed.onnx"), str(tmp_path / "out.onnx"), "--check")
     assert code == 0, out
     assert f"rewrote 1 node: {SEED_KIND} x1 (impl gather, opset 12) -> " in out
+    code, out = _run_cli(str(tmp_path / "seed.onnx"), str(tmp_path / "native.onnx"), "--impl", "native", "--opset",
+                         "19", "--check")
+    assert code == 0 and f"rewrote 1 node: {SEED_KIND} x1 (impl native, opset 19) -> " in out, out
     code, out = _run_cli(str(tmp_path / "look_alike.onnx"), str(tmp_path / "same.onnx"))
     assert code == 0, out
     first, second = out.strip().splitlines()
