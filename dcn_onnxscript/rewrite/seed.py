@@ -421,6 +421,33 @@ def candidates(region: Region, x_shape: tuple[int, ...], offset_shape: tuple[int
 # --- proving -------------------------------------------------------------------------------------------
 
 
+def _reshaped_to(value: ir.Value, rank: int) -> Optional[tuple[int, ...]]:
+    """The constant, fully written target shape of rank ``rank`` of a ``Reshape`` of ``value``, if any."""
+    for user in _consumers(value):
+        if user.op_type == "Reshape" and user.inputs[0] is value:
+            shape = _constant(user.inputs[1])
+            if shape is not None and shape.shape == (rank,) and bool((shape > 0).all()):
+                return tuple(int(v) for v in shape)
+    return None
+
+
+def _written_shape(value: ir.Value, region: Region) -> Optional[tuple[int, ...]]:
+    """The shape the seed wrote for the region's input ``value`` into its reshapes: Pad(X) to
+    (N, G, C/G, Hp, Wp), the offset to (N, G, K, 2, Ho, Wo), the mask to (N, G, 1, K, Ho, Wo)."""
+    if value is region.X:
+        padded = _reshaped_to(region.pad.outputs[0], 5)
+        if padded is None:
+            return None
+        pad_h, pad_w = _padded_by(region.pad)
+        n, groups, per_group, height, width = padded
+        return n, groups * per_group, height - 2 * pad_h, width - 2 * pad_w
+    written = _reshaped_to(value, 6)
+    if written is None:
+        return None
+    n, groups, first, second, height, width = written
+    return n, groups * first * second, height, width
+
+
 class Prover:
     """Runs regions of one model, cut out with :class:`onnx.utils.Extractor`, against native ``DeformConv``
     on onnxruntime."""
@@ -428,11 +455,16 @@ class Prover:
     def __init__(self, model: ir.Model) -> None:
         self.extractor = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(ir.to_proto(model)))
 
-    def shape(self, value: ir.Value) -> tuple[int, ...]:
-        """The static shape of ``value`` (from shape inference); :class:`NotARegion` if unknown."""
+    def shape(self, value: ir.Value, region: Region) -> tuple[int, ...]:
+        """The static shape of the region's input ``value``: from shape inference, each unknown dimension (a
+        dynamic batch declared where the seed wrote static sizes) from the region's own reshape of it;
+        :class:`NotARegion` if still unknown."""
         info = self.extractor.value_infos.get(value.name)
         dims = None if info is None else [d.dim_value if d.HasField("dim_value") else None
                                           for d in info.type.tensor_type.shape.dim]
+        written = _written_shape(value, region)
+        if dims and written and len(dims) == len(written):
+            dims = [d if d is not None else w for d, w in zip(dims, written)]
         if not dims or None in dims:
             raise NotARegion(f"the shape of {value.name!r} is not static")
         return tuple(dims)
@@ -452,7 +484,7 @@ class Prover:
         if not options:
             raise NotARegion("no stride, padding and dilation give its output size")
         inputs = [v for v in (region.X, region.offset, region.mask) if v is not None]
-        shapes = {v.name: self.shape(v) for v in inputs}
+        shapes = {v.name: self.shape(v, region) for v in inputs}
         try:
             session = _session(self.extractor.extract_model(list(shapes), [region.Y.name]))
             feeds = _proof_inputs(region, shapes, self.elem_type(region.X))
@@ -597,7 +629,7 @@ def prove_regions(model: ir.Model, progress: Optional[Callable[[str], None]] = N
         region = None
         try:
             region = find_region(graph, pad, samplers, prover.rank)
-            options = candidates(region, prover.shape(region.X), prover.shape(region.offset))
+            options = candidates(region, prover.shape(region.X, region), prover.shape(region.offset, region))
             found.append((region, prover.prove(region, options)))
         except NotARegion as why:
             where = region.describe() if region is not None else (

@@ -103,16 +103,20 @@ def layer_inputs(case: SeedCase, layer: SeedLayer, seed: int = 1) -> tuple[torch
 
 
 def export_seed(module: torch.nn.Module, inputs: tuple, opset: int, names: list[str], use_gathernd: bool = True,
-                enable_openvino_patch: bool = False) -> onnx.ModelProto:
+                enable_openvino_patch: bool = False, dynamic_batch: bool = False) -> onnx.ModelProto:
     """``module`` exported by deform_conv2d_onnx_exporter 1.2.0's symbolic (TorchScript, static shapes), with
-    its options (GatherND or GatherElements; the extra Reshape of its OpenVINO patch)."""
+    its options (GatherND or GatherElements; the extra Reshape of its OpenVINO patch); ``dynamic_batch``: the
+    inputs' batch declared dynamic, through BiRefNet's tutorial's patch (the seed's sizes stay static)."""
     from dcn_onnxscript.tools.bench import exports, peers
 
-    symbolic = peers.import_dcoe().deform_conv2d_func(use_gathernd, enable_openvino_patch)
+    dcoe = peers.import_dcoe()
+    symbolic = dcoe.deform_conv2d_func(use_gathernd, enable_openvino_patch)
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), exports._only_symbolic(symbolic, opset):
+    patch = peers.tutorial_patch(dcoe) if dynamic_batch else contextlib.nullcontext()
+    with warnings.catch_warnings(), patch, exports._only_symbolic(symbolic, opset):
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, inputs, buffer, dynamo=False, opset_version=opset, input_names=names)
+        torch.onnx.export(module, inputs, buffer, dynamo=False, opset_version=opset, input_names=names,
+                          dynamic_axes={name: {0: "batch"} for name in names} if dynamic_batch else None)
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -174,8 +178,9 @@ def test_seed_layer_is_rewritten_and_matches_torchvision(case):
     assert len(proto.graph.node) < len(model.graph.node)
 
 
-@pytest.mark.parametrize("options", [dict(use_gathernd=False), dict(enable_openvino_patch=True), dict(batch=2)],
-                         ids=["GatherElements", "openvino-patch", "batch-2"])
+@pytest.mark.parametrize("options", [dict(use_gathernd=False), dict(enable_openvino_patch=True), dict(batch=2),
+                                     dict(dynamic_batch=True)],
+                         ids=["GatherElements", "openvino-patch", "batch-2", "tutorial-patch-dynamic-batch"])
 def test_seed_exporter_options_and_batches_are_rewritten(options):
     case = MATRIX[1]
     torch.manual_seed(1)
