@@ -243,7 +243,7 @@ def test_attributes_are_proven_among_candidates_where_the_grid_does_not_give_the
     [(pad, samplers)] = seed._samplers_by_pad(ir_model.graph).items()
     region = seed.find_region(ir_model.graph, pad, samplers, prover.rank)
     region.p_grid = None
-    options = seed.candidates(region, prover.shape(region.X), prover.shape(region.offset))
+    options = seed.candidates(region, prover.shape(region.X, region), prover.shape(region.offset, region))
     truth = seed.Attributes(strides=case.stride, pads=(*case.padding, *case.padding), dilations=case.dilation,
                             group=1, offset_group=2)
     assert truth in options and len(options) > 1
