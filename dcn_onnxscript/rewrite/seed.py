@@ -47,6 +47,7 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 import onnx
 import onnx.helper
+import onnx.numpy_helper
 import onnx.shape_inference
 import onnx.utils
 import onnx_ir as ir
@@ -454,6 +455,17 @@ class Prover:
 
     def __init__(self, model: ir.Model) -> None:
         self.extractor = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(ir.to_proto(model)))
+        self.initializers = model.graph.initializers
+
+    def cut(self, region: Region, inputs: list[str]) -> onnx.ModelProto:
+        """The region alone, its tensors held in the model (a session made from bytes cannot read a file's
+        external data)."""
+        cut = self.extractor.extract_model(inputs, [region.Y.name])
+        for index, tensor in enumerate(cut.graph.initializer):
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                array = self.initializers[tensor.name].const_value.numpy()
+                cut.graph.initializer[index].CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
+        return cut
 
     def shape(self, value: ir.Value, region: Region) -> tuple[int, ...]:
         """The static shape of the region's input ``value``: from shape inference, each unknown dimension (a
@@ -486,7 +498,7 @@ class Prover:
         inputs = [v for v in (region.X, region.offset, region.mask) if v is not None]
         shapes = {v.name: self.shape(v, region) for v in inputs}
         try:
-            session = _session(self.extractor.extract_model(list(shapes), [region.Y.name]))
+            session = _session(self.cut(region, list(shapes)))
             feeds = _proof_inputs(region, shapes, self.elem_type(region.X))
             expected = [session.run(None, feed)[0] for feed in feeds]
         except Exception as error:  # noqa: BLE001  (the extractor and onnxruntime raise assorted types)

@@ -405,3 +405,13 @@ def test_fork_layers_are_rewritten(index):
                                     custom_translation_table={torch.ops.torchvision.deform_conv2d.default: translation})
     assert "GatherND" in op_types(program.model_proto)
     assert_rewrites_and_matches(case, program.model_proto, layer, inputs)
+
+
+def test_seed_file_with_external_data_is_proven_and_rewritten(tmp_path):
+    """The proof runs the region from memory: onnxruntime reads no external data of a model made from bytes."""
+    case = MATRIX[2]
+    layer, inputs, model = seed_layer(case)
+    onnx.save(model, tmp_path / "external.onnx", save_as_external_data=True, location="external.onnx.data",
+              size_threshold=0)
+    result = rewrite(ir.load(tmp_path / "external.onnx"))
+    assert dict(result.counts) == {SEED_KIND: 1} and not result.notes, result.notes
