@@ -23,12 +23,8 @@ from onnxscript.values import Opset, TracedOnnxFunction
 
 from dcn_onnxscript.export import _internals
 from dcn_onnxscript.lowering import table
+from dcn_onnxscript.lowering.table import IMPLS, NATIVE, NATIVE_MIN_OPSET  # noqa: F401  (the exporters' names)
 
-#: ``impl`` of torch's own translation (ONNX ``DeformConv``, which needs opset 19).
-NATIVE = "native"
-NATIVE_MIN_OPSET = 19
-#: The names :func:`register` and :func:`translation_table` accept: the lowerings of the table, and "native".
-IMPLS = (*table.NAMES, NATIVE)
 _DOMAIN = Opset("dcn_onnxscript", 1)
 
 

@@ -40,6 +40,14 @@ Nodes recognised, wherever they are: the main graph, ``If``/``Loop``/``Scan`` bo
     pad_w. A four-value ``padding`` is therefore taken only where both readings agree (``padding[1] ==
     padding[2]``); otherwise the node is refused as ambiguous. Offset layout as above.
 
+deform_conv2d_onnx_exporter's layers (1.x and its fork: some 60 to 120 primitive nodes around four samplers)
+    found, their attributes inferred and proven, each replaced by one ``DeformConv`` first
+    (:mod:`dcn_onnxscript.rewrite.seed`; main graph only). A layer that does not prove equal is left as it
+    was, with one line in :attr:`RewriteResult.notes`.
+
+With ``impl="native"``, each node becomes ONNX ``DeformConv`` (opset 19 and later) instead of a lowering;
+native ``DeformConv`` nodes stay as they are.
+
 The rewritten model keeps its own default opset, which must be 12 or later (16 for grid_sample), unless
 ``--opset`` asks for a conversion (the nodes are then written in the target opset's form).
 """
@@ -59,7 +67,7 @@ from dcn_onnxscript.lowering.emitter import TapeEmitter
 from dcn_onnxscript.lowering.layer import Layer
 from dcn_onnxscript.lowering.script.protos import SCRIPT_OPSET
 from dcn_onnxscript.lowering.validation import check_deform_conv2d_args, checked_layer, static_shape
-from dcn_onnxscript.rewrite import opsets, script_calls
+from dcn_onnxscript.rewrite import opsets, script_calls, seed
 
 Progress = Callable[[str], None]
 #: The domain of the placeholder ``DeformConv`` (DeformConv-19's inputs and attributes, plus the lowering's
@@ -97,6 +105,8 @@ class RewriteResult:
     model: ir.Model
     counts: collections.Counter
     lowerings: frozenset[str] = frozenset()
+    #: One line per region recognised but left as it was (:mod:`.seed`).
+    notes: tuple[str, ...] = ()
 
     def summary(self) -> str:
         """One line, e.g. ``rewrote 3 nodes: DeformConv x2, mmcv::MMCVDeformConv2d x1``."""
@@ -214,10 +224,13 @@ SOURCE_OPS: dict[tuple[str, str], Callable[[ir.Node], DeformConvCall]] = {
     ("mmdeploy", "MMCVModulatedDeformConv2d"): _read_mmcv_modulated,
     ("mmcv", "MMCVDeformConv2d"): _read_mmcv_deform,
     ("mmdeploy", "MMCVDeformConv2d"): _read_mmcv_deform,
+    (seed.SEED_DOMAIN, "DeformConv"): _read_deform_conv,
 }
 
 
 def _kind(node: ir.Node) -> str:
+    if node.domain == seed.SEED_DOMAIN:
+        return seed.SEED_KIND
     domain = "" if node.domain == "ai.onnx" else node.domain
     return f"{domain}::{node.op_type}" if domain else node.op_type
 
@@ -225,6 +238,8 @@ def _kind(node: ir.Node) -> str:
 def _describe(node: ir.Node) -> str:
     if node.domain == PENDING_DOMAIN:
         return f"torchvision::deform_conv2d (exported node {node.name!r})"
+    if node.domain == seed.SEED_DOMAIN:
+        return f"{seed.SEED_KIND}'s layer ending in Conv {node.name.removesuffix(seed.NODE_SUFFIX)!r}"
     return f"{_kind(node)} node {node.name!r}"
 
 
@@ -291,6 +306,36 @@ def _node_opsets(model: ir.Model) -> dict[ir.Node, int]:
     return opsets_of
 
 
+def _check_impl(what: str, impl: str, opset: int) -> None:
+    """:class:`RewriteError` naming ``what`` unless ``impl`` can be written at ``opset``."""
+    try:
+        if impl != table.NATIVE:
+            table.lowering(impl, opset)
+        elif opset < table.NATIVE_MIN_OPSET:
+            raise ValueError(f"impl='native' writes ONNX DeformConv, which needs opset >= {table.NATIVE_MIN_OPSET}, "
+                             f"got opset {opset}; add --opset {table.NATIVE_MIN_OPSET}")
+    except ValueError as error:
+        raise RewriteError(f"{what}: {error}") from None
+
+
+def _read_calls(model: ir.Model, nodes: list[ir.Node], impl: str, emit_opset: Optional[int]) -> list[tuple]:
+    """(node, call, layer, opset, impl) of each of ``nodes``, checked; :class:`RewriteError` for the first one
+    that cannot be rewritten. Changes nothing."""
+    calls = []
+    node_opsets = _node_opsets(model)
+    for node in nodes:
+        call = SOURCE_OPS[(node.domain, node.op_type)](node)
+        opset = emit_opset or node_opsets[node]
+        node_impl = node.attributes.get_string("impl", impl) if node.domain == PENDING_DOMAIN else impl
+        _check_impl(_describe(node), node_impl, opset)
+        layer = _checked_layer(node, call)
+        if layer is None and opset < SCRIPT_OPSET and node_impl != table.NATIVE:
+            raise RewriteError(f"{_describe(node)}: the weight's shape (O, C/group, kH, kW) is unknown; give it a "
+                               f"static shape or rewrite at opset >= {SCRIPT_OPSET}")
+        calls.append((node, call, layer, opset, node_impl))
+    return calls
+
+
 def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit_opset: Optional[int],
                           hidden: bool, progress: Optional[Progress]) -> tuple[collections.Counter, set[str]]:
     """Replace each of ``nodes`` by the nodes of lowering ``impl`` (a placeholder's own ``impl`` attribute
@@ -299,21 +344,7 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
     whose weight shape is unknown (a local function's input, say) becomes a call of the standalone script
     function instead, inlined at the end. Returns the count per kind and the names of the lowerings
     written. Nothing is changed when any node is refused."""
-    calls = []
-    node_opsets = _node_opsets(model)
-    for node in nodes:
-        call = SOURCE_OPS[(node.domain, node.op_type)](node)
-        opset = emit_opset or node_opsets[node]
-        node_impl = node.attributes.get_string("impl", impl) if node.domain == PENDING_DOMAIN else impl
-        try:
-            table.lowering(node_impl, opset)
-        except ValueError as error:
-            raise RewriteError(f"{_describe(node)}: {error}") from None
-        layer = _checked_layer(node, call)
-        if layer is None and opset < SCRIPT_OPSET:
-            raise RewriteError(f"{_describe(node)}: the weight's shape (O, C/group, kH, kW) is unknown; give it a "
-                               f"static shape or rewrite at opset >= {SCRIPT_OPSET}")
-        calls.append((node, call, layer, opset, node_impl))
+    calls = _read_calls(model, nodes, impl, emit_opset)
     counts: collections.Counter = collections.Counter()
     lowerings: set[str] = set()
     step = max(1, len(calls) // 10)
@@ -322,7 +353,10 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
         dtype = layer.dtype if layer is not None else (call.X.dtype.value if call.X.dtype is not None else None)
         name = table.resolve(node_impl, opset, dtype)
         lowerings.add(name)
-        if layer is None:
+        if name == table.NATIVE:
+            new_nodes = [_native_node(node, call, opsets.HIDDEN_DOMAIN if hidden else "")]
+            Y = new_nodes[0].outputs[0]
+        elif layer is None:
             new_nodes = [script_calls.call_node(node, call, name)]
             Y = new_nodes[0].outputs[0]
             scripted = True
@@ -351,6 +385,18 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
             progress("inlining the standalone functions")
         script_calls.inline(model)
     return counts, lowerings
+
+
+def _native_node(node: ir.Node, call: DeformConvCall, domain: str) -> ir.Node:
+    """ONNX ``DeformConv`` (opset 19's form) of ``call``, in ``domain`` ("" or :data:`opsets.HIDDEN_DOMAIN`)."""
+    inputs = [call.X, call.W, call.offset, call.B, call.mask]
+    while inputs[-1] is None:
+        inputs.pop()
+    weight_shape = static_shape(call.W)
+    kernel = dict(kernel_shape=list(weight_shape[2:])) if weight_shape and None not in weight_shape else {}
+    return ir.node("DeformConv", inputs, domain=domain, name=node.name, attributes=dict(
+        **kernel, strides=list(call.strides), pads=list(call.pads), dilations=list(call.dilations),
+        group=call.group, offset_group=call.offset_group))
 
 
 def _drop_folded_weights(model: ir.Model, values: Sequence[Optional[ir.Value]]) -> None:
@@ -392,13 +438,25 @@ def rewrite(model: ir.Model, impl: str = table.DEFAULT, opset: Optional[int] = N
             progress: Optional[Progress] = None) -> RewriteResult:
     """Rewrite ``model`` in place (see the module docstring) and return it with the counts per node kind.
 
-    ``impl``: one of :data:`dcn_onnxscript.lowering.table.NAMES`; ``opset``: the ONNX opset of the
+    ``impl``: one of :data:`dcn_onnxscript.lowering.table.IMPLS`; ``opset``: the ONNX opset of the
     result (default: the model's own). Raises :class:`RewriteError` for a node it cannot rewrite or an opset
-    it cannot reach; ``model`` is then left as it was.
+    it cannot reach; ``model`` is then left as it was (unless the opset conversion itself fails).
     """
-    if impl not in table.NAMES:
-        raise RewriteError(f"unknown implementation {impl!r}; choose from {', '.join(table.NAMES)}")
-    return _rewrite(model, _source_nodes(model), impl, opset, _onnx_converter, progress)
+    if impl not in table.IMPLS:
+        raise RewriteError(f"unknown implementation {impl!r}; choose from {', '.join(table.IMPLS)}")
+    emit_opset = _emit_opset(model, opset)
+    # every node and region is checked before anything changes: a refusal leaves the model as it was
+    _read_calls(model, _source_nodes(model), impl, emit_opset)
+    proven, notes = seed.prove_regions(model, progress)
+    if proven:
+        _check_impl(proven[0][0].describe(), impl, emit_opset or _onnx_opset(model))
+    seed.replace_regions(model, proven)
+    nodes = _source_nodes(model)
+    if impl == table.NATIVE:  # ONNX's own DeformConv is already what "native" writes
+        nodes = [node for node in nodes if _kind(node) != "DeformConv"]
+    result = _rewrite(model, nodes, impl, opset, _onnx_converter, progress)
+    result.notes = tuple(notes)
+    return result
 
 
 def pending_nodes(model: ir.Model) -> list[ir.Node]:
@@ -414,18 +472,25 @@ def lower_pending(model: ir.Model, opset: int, convert: opsets.Convert) -> ir.Mo
     return _rewrite(model, pending_nodes(model), table.DEFAULT, opset, convert, None).model
 
 
+def _emit_opset(model: ir.Model, opset: Optional[int]) -> Optional[int]:
+    """The opset to write the lowerings at when ``opset`` asks for a conversion, ``None`` otherwise (each node
+    at its graph's); :class:`RewriteError` below the lowest the lowerings write."""
+    if opset is None or opset == _onnx_opset(model):
+        return None
+    if opset < opsets.MIN_OPSET:
+        raise RewriteError(f"opset must be >= {opsets.MIN_OPSET} for deformable convolutions, got {opset}")
+    return opset
+
+
 def _rewrite(model: ir.Model, nodes: list[ir.Node], impl: str, opset: Optional[int], convert: opsets.Convert,
              progress: Optional[Progress]) -> RewriteResult:
     """Replace ``nodes`` with their lowerings written at ``opset`` (default: their graphs'), then convert the
     model to ``opset`` with the lowerings' nodes kept out of the conversion."""
-    current = _onnx_opset(model)
-    change = opset is not None and opset != current
-    if change and opset < opsets.MIN_OPSET:
-        raise RewriteError(f"opset must be >= {opsets.MIN_OPSET} for deformable convolutions, got {opset}")
-    counts, lowerings = _replace_deform_convs(model, nodes, impl, opset if change else None, hidden=change,
-                                              progress=progress)
+    emit_opset = _emit_opset(model, opset)
+    change = emit_opset is not None
+    counts, lowerings = _replace_deform_convs(model, nodes, impl, emit_opset, hidden=change, progress=progress)
     if counts:
-        _drop_unused_domains(model, {kind.split("::")[0] for kind in counts if "::" in kind})
+        _drop_unused_domains(model, {kind.split("::")[0] for kind in counts if "::" in kind} | {seed.SEED_DOMAIN})
     if change:
         try:
             model = opsets.convert_version(model, opset, convert)
