@@ -57,8 +57,16 @@ def _forward(core: lowering.Core, input: torch.Tensor, offset: torch.Tensor, mas
     return Y.permute(0, 2, 3, 1).to(input.dtype).contiguous()
 
 
-def _output_like(input: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """An empty (N, Ho, Wo, C): N and C of ``input``, Ho and Wo of ``offset``."""
+def _static(tensor: torch.Tensor) -> tuple:
+    """``tensor``'s sizes, ``None`` for a symbolic one."""
+    return tuple(d if isinstance(d, int) else None for d in tensor.shape)
+
+
+def _fake(core: lowering.Core, input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The core's checks (``ValueError`` as ``torch.export`` traces the model) and an empty (N, Ho, Wo, C): N and
+    C of ``input``, Ho and Wo of ``offset``."""
+    check_core_args(core, input_shape=_static(input), offset_shape=_static(offset),
+                    mask_shape=_static(mask) if core.version == 3 else None)
     return input.new_empty((input.shape[0], offset.shape[1], offset.shape[2], input.shape[3]))
 
 
@@ -95,7 +103,9 @@ def dcnv3(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, kernel_
 @dcnv3.register_fake
 def _dcnv3_fake(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
                 group, group_channels, offset_scale, remove_center):
-    return _output_like(input, offset)
+    core = core_of(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
+                   group_channels, offset_scale, remove_center, version=3)
+    return _fake(core, input, offset, mask)
 
 
 @torch.library.custom_op("dcn_onnxscript::dcnv4", mutates_args=())
@@ -123,4 +133,6 @@ def dcnv4(input: torch.Tensor, offset_mask: torch.Tensor, kernel_h: int, kernel_
 @dcnv4.register_fake
 def _dcnv4_fake(input, offset_mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
                 group, group_channels, offset_scale, remove_center):
-    return _output_like(input, offset_mask)
+    core = core_of(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
+                   group_channels, offset_scale, remove_center, version=4)
+    return _fake(core, input, offset_mask, offset_mask)
