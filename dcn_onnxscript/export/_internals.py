@@ -5,8 +5,9 @@ naming the installed versions, so that a torch or onnxscript release that moves 
 first use instead of exporting something else. ``tests/export/test_internals.py`` pins each one.
 
 - torch_lib's registry entries of ``torchvision::deform_conv2d`` and of this package's DCNv3/DCNv4 cores
-  (``registration.default_registry`` and, when an entry is missing, its private ``_registry`` dict): the dynamo exporter builds its own registry from
-  it at every export, so swapping the entry's overloads is how a translation is registered globally;
+  (``registration.default_registry`` and, when an entry is missing, its private ``_registry`` dict): the
+  dynamo exporter builds its own registry from it at every export, so swapping an entry's overloads is how a
+  translation is registered globally;
 - the opset of the graph the exporter is building (``evaluator.default().opset``), for refusing
   ``impl="native"`` below opset 19 and for writing the cores' layout steps in its form;
 - ``torch.onnx.symbolic_helper._get_tensor_sizes``, the static sizes of a TorchScript value;

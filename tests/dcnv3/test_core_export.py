@@ -12,13 +12,13 @@ import onnx
 import pytest
 import torch
 from core_reference import CoreCase, CoreModule, generated_cases
-from helpers import assert_close
-from runtimes import run_onnxruntime
 
 import dcn_onnxscript.ops  # noqa: F401  (defines the ops and registers their translations)
 from dcn_onnxscript.export import dcnv3 as core_exports
 from dcn_onnxscript.export import registration
 from dcn_onnxscript.lowering.dcnv3 import Core
+from helpers import assert_close
+from runtimes import run_onnxruntime
 
 EXPORTERS = ("dynamo", "torchscript")
 OPSETS = (12, 16, 18)

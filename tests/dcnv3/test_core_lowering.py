@@ -11,13 +11,13 @@ import onnx
 import onnx_ir as ir
 import pytest
 from core_reference import CoreCase, core_reference, generated_cases
-from helpers import HOSTILE, assert_close
-from runtimes import run_onnxruntime
 
 from dcn_onnxscript.lowering import dcnv3 as lowering
+from dcn_onnxscript.lowering.dcnv3 import Core
 from dcn_onnxscript.lowering.emitter import TapeEmitter
 from dcn_onnxscript.lowering.layer import Layer
-from dcn_onnxscript.lowering.dcnv3 import Core
+from helpers import HOSTILE, assert_close
+from runtimes import run_onnxruntime
 
 _TYPES = {np.float16: onnx.TensorProto.FLOAT16, np.float32: onnx.TensorProto.FLOAT, np.float64: onnx.TensorProto.DOUBLE}
 #: (lowering, opset): each lowering at its lowest opset and at one where the ops it writes change form.

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from core_reference import CoreCase, CoreModule, core_reference, generated_cases
-from helpers import HOSTILE, assert_close
 
 import dcn_onnxscript.ops  # noqa: F401  (defines the ops)
 from dcn_onnxscript.lowering.dcnv3 import Core
+from helpers import HOSTILE, assert_close
 
 CASES = generated_cases(10, version=3, seed=3) + generated_cases(10, version=4, seed=4)
 SLOW_CASES = generated_cases(60, version=3, seed=33) + generated_cases(60, version=4, seed=44)
