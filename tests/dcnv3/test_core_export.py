@@ -26,6 +26,13 @@ OPSETS = (12, 16, 18)
 
 def export(case: CoreCase, exporter: str, opset: int, dynamic: bool, inputs, **kwargs) -> onnx.ModelProto:
     """``torch.onnx.export`` of one core call; with ``dynamic``, batch and image sizes dynamic."""
+    return export_module(CoreModule(case.core), exporter, opset, dynamic, inputs, **kwargs)
+
+
+def export_module(module: torch.nn.Module, exporter: str, opset: int, dynamic: bool, inputs, **kwargs
+                  ) -> onnx.ModelProto:
+    """``torch.onnx.export`` of ``module`` whose inputs are (N, H, W, C) tensors ``inputs``; with ``dynamic``,
+    their first three sizes dynamic (one batch size for all)."""
     args = tuple(torch.from_numpy(a) for a in inputs)
     names = ["input", "offset", "mask"][:len(args)]
     with warnings.catch_warnings():
@@ -36,12 +43,12 @@ def export(case: CoreCase, exporter: str, opset: int, dynamic: bool, inputs, **k
                 n = torch.export.Dim("n")
                 shapes = ({0: n, 1: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO},
                           *({0: n, 1: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO},) * (len(args) - 1))
-            program = torch.onnx.export(CoreModule(case.core), args, dynamo=True, opset_version=opset,
+            program = torch.onnx.export(module, args, dynamo=True, opset_version=opset,
                                         dynamic_shapes=shapes, verbose=False, **kwargs)
             return program.model_proto
         buffer = io.BytesIO()
         axes = {name: {0: "n", 1: f"{name}_h", 2: f"{name}_w"} for name in names} if dynamic else None
-        torch.onnx.export(CoreModule(case.core), args, buffer, dynamo=False, opset_version=opset,
+        torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset,
                           input_names=names, dynamic_axes=axes)
         return onnx.load_from_string(buffer.getvalue())
 
