@@ -40,6 +40,14 @@ Nodes recognised, wherever they are: the main graph, ``If``/``Loop``/``Scan`` bo
     pad_w. A four-value ``padding`` is therefore taken only where both readings agree (``padding[1] ==
     padding[2]``); otherwise the node is refused as ambiguous. Offset layout as above.
 
+``TRTDCNv3`` (domain ``mmdeploy``): InternImage's DCNv3 core
+    inputs ``input`` (N, H, W, C), ``offset``, ``mask`` in DCNv3's layout (:mod:`dcn_onnxscript.lowering.dcnv3`);
+    attributes ``kernel_h``, ``kernel_w``, ``stride_h``, ``stride_w``, ``pad_h``, ``pad_w``, ``dilation_h``,
+    ``dilation_w``, ``group``, ``group_channels``, ``offset_scale``, ``im2col_step`` (a CUDA batching knob,
+    ignored) and ``remove_center``, as ``DCNv3Function.symbolic`` in InternImage's
+    ``ops_dcnv3/functions/dcnv3_func.py`` writes them. The core is its layout steps around a deform_conv2d
+    layer, which is then lowered as above.
+
 The rewritten model keeps its own default opset, which must be 12 or later (16 for grid_sample), unless
 ``--opset`` asks for a conversion (the nodes are then written in the target opset's form).
 """
@@ -54,11 +62,11 @@ import onnx
 import onnx.version_converter
 import onnx_ir as ir
 
-from dcn_onnxscript.lowering import table
+from dcn_onnxscript.lowering import dcnv3, table
 from dcn_onnxscript.lowering.emitter import TapeEmitter
-from dcn_onnxscript.lowering.layer import Layer
+from dcn_onnxscript.lowering.layer import FLOAT_TYPES, Layer
 from dcn_onnxscript.lowering.script.protos import SCRIPT_OPSET
-from dcn_onnxscript.lowering.validation import check_deform_conv2d_args, checked_layer, static_shape
+from dcn_onnxscript.lowering.validation import check_core_args, check_deform_conv2d_args, checked_layer, static_shape
 from dcn_onnxscript.rewrite import opsets, script_calls
 
 Progress = Callable[[str], None]
@@ -215,6 +223,66 @@ SOURCE_OPS: dict[tuple[str, str], Callable[[ir.Node], DeformConvCall]] = {
     ("mmcv", "MMCVDeformConv2d"): _read_mmcv_deform,
     ("mmdeploy", "MMCVDeformConv2d"): _read_mmcv_deform,
 }
+
+
+#: InternImage's DCNv3 node, as its autograd function's symbolic writes it.
+TRT_DCNV3 = ("mmdeploy", "TRTDCNv3")
+
+
+def _read_trt_dcnv3(node: ir.Node) -> dcnv3.Core:
+    """The :class:`~dcn_onnxscript.lowering.dcnv3.Core` of a ``TRTDCNv3(input, offset, mask)`` node."""
+    _check_input_count(node, 3, 3)
+
+    def pair(name: str, default: int = 1) -> tuple[int, int]:
+        return _int(node, f"{name}_h", default), _int(node, f"{name}_w", default)
+
+    scale = _attr(node, "offset_scale")
+    return dcnv3.Core(kernel=pair("kernel"), stride=pair("stride"), padding=pair("pad", 0),
+                      dilation=pair("dilation"), group=_int(node, "group", 1),
+                      group_channels=_int(node, "group_channels", 1),
+                      offset_scale=1.0 if scale is None else scale.as_float(),
+                      remove_center=bool(_int(node, "remove_center", 0)), version=3)
+
+
+def _expand_cores(model: ir.Model, impl: str) -> int:
+    """Replace each ``TRTDCNv3`` node by its layout steps around a placeholder deform_conv2d of lowering ``impl``
+    (:data:`PENDING_DOMAIN`), written at its graph's opset; returns how many. Nothing is changed when one is
+    refused."""
+    nodes = [node for node in _all_nodes(model) if (node.domain, node.op_type) == TRT_DCNV3]
+    node_opsets, checked = _node_opsets(model), []
+    for node in nodes:
+        core = _read_trt_dcnv3(node)
+        input, offset, mask = node.inputs
+        try:
+            check_core_args(core, input_shape=static_shape(input), offset_shape=static_shape(offset),
+                            mask_shape=static_shape(mask))
+            if input.dtype is None:
+                raise ValueError("the input's data type is unknown")
+        except ValueError as error:
+            raise RewriteError(f"{_describe(node)}: {error}") from None
+        checked.append((node, core))
+    for index, (node, core) in enumerate(checked, 1):
+        input, offset, mask = node.inputs
+        prefix = f"{node.name or 'dcnv3'}_{index}"
+        op = TapeEmitter(node_opsets[node], prefix=prefix, initializers=node.graph is model.graph)
+        X = dcnv3.channels_first(op, input)
+        shape = static_shape(input)
+        X.dtype, X.shape = input.dtype, None if shape is None else ir.Shape([shape[i] for i in (0, 3, 1, 2)])
+        W = op.constant(dcnv3.identity_weight(core, FLOAT_TYPES[input.dtype.value]))
+        attributes = dict(strides=list(core.stride), pads=[*core.padding, *core.padding],
+                          dilations=list(core.dilation), group=core.group, offset_group=core.group, impl=impl)
+        Y = op.tape.op("DeformConv", [X, W, dcnv3.deform_conv2d_offset(op, core, input.dtype.value, offset), None,
+                                      dcnv3.deform_conv2d_mask(op, core, mask)], attributes, domain=PENDING_DOMAIN)
+        Y = dcnv3.channels_last(op, Y)
+        for constant in op.tape.initializers:
+            node.graph.register_initializer(constant)
+        for number, new in enumerate(op.tape.nodes):
+            new.name = f"{prefix}/{new.op_type}_{number}"
+            for output in new.outputs:
+                output.name = f"{prefix}/{number}_{output.index()}"
+        ir.convenience.replace_nodes_and_values(node.graph, insertion_point=node, old_nodes=[node],
+                                                new_nodes=op.tape.nodes, old_values=node.outputs, new_values=[Y])
+    return len(checked)
 
 
 def _kind(node: ir.Node) -> str:
@@ -398,7 +466,15 @@ def rewrite(model: ir.Model, impl: str = table.DEFAULT, opset: Optional[int] = N
     """
     if impl not in table.NAMES:
         raise RewriteError(f"unknown implementation {impl!r}; choose from {', '.join(table.NAMES)}")
-    return _rewrite(model, _source_nodes(model), impl, opset, _onnx_converter, progress)
+    cores = _expand_cores(model, impl)
+    result = _rewrite(model, _source_nodes(model), impl, opset, _onnx_converter, progress)
+    if cores:  # the cores' placeholders count as the nodes they replaced
+        pending = f"{PENDING_DOMAIN}::DeformConv"
+        result.counts[pending] -= cores
+        result.counts["::".join(TRT_DCNV3)] += cores
+        result.counts += collections.Counter()  # drops the zero count
+        _drop_unused_domains(model, {TRT_DCNV3[0]})
+    return result
 
 
 def pending_nodes(model: ir.Model) -> list[ir.Node]:
