@@ -57,6 +57,7 @@ def _dynamo_core(core: lowering.Core, input, offset, mask, impl: str):
                     mask_shape=static_shape(mask) if core.version == 3 else None)
     op = TracingEmitter(_internals.exporter_opset())
     dtype = int(input.dtype)
+    lowering.layer(core, dtype, None, (None, None), (None, None))  # the dtype check; the conversion step lowers
     W = op.constant(lowering.identity_weight(core, lowering.FLOAT_TYPES[dtype]))
     Y = dynamo.placeholder(impl, lowering.channels_first(op, input), W,
                            lowering.deform_conv2d_offset(op, core, dtype, offset), None,

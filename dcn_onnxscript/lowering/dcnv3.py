@@ -133,7 +133,11 @@ def identity_weight(core: Core, dtype=np.float32) -> np.ndarray:
 
 def layer(core: Core, dtype: int, batch: Optional[int], input_size: tuple[Optional[int], Optional[int]],
           output_size: tuple[Optional[int], Optional[int]]) -> Layer:
-    """The deform_conv2d :class:`Layer` the core equals, for an input of ONNX type ``dtype``."""
+    """The deform_conv2d :class:`Layer` the core equals, for an input of ONNX type ``dtype``; ``ValueError`` for a
+    type without a numpy type (bfloat16), whose constants cannot be written."""
+    if FLOAT_TYPES.get(dtype) is None:
+        raise ValueError(f"input must be float16, float32 or float64 to export a DCNv3/DCNv4 core, got ONNX type "
+                         f"{dtype}")
     return Layer(kernel=core.kernel, stride=core.stride, padding=core.padding, dilation=core.dilation,
                  groups=core.group, offset_groups=core.group, in_channels=core.channels,
                  out_channels=core.channels, dtype=dtype, bias=False, mask=True, batch=batch,

@@ -145,3 +145,18 @@ def test_bad_arguments_are_value_errors_at_export(exporter):
         causes.append(error)
         error = error.__cause__ or error.__context__
     assert any(isinstance(e, ValueError) and "offset dimension 3 must be 36" in str(e) for e in causes), causes
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_bfloat16_is_a_value_error_at_export(exporter):
+    case = CoreCase(Core((3, 3), (1, 1), (1, 1), (1, 1), 2, 2, version=4), (4, 4), 1)
+    args = tuple(torch.from_numpy(a).to(torch.bfloat16) for a in case.inputs())
+    with pytest.raises(Exception) as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(CoreModule(case.core), args, io.BytesIO() if exporter == "torchscript" else None,
+                          dynamo=exporter == "dynamo", opset_version=18)
+    causes, error = [], info.value
+    while error is not None:
+        causes.append(error)
+        error = error.__cause__ or error.__context__
+    assert any(isinstance(e, ValueError) and "float16, float32 or float64" in str(e) for e in causes), causes
