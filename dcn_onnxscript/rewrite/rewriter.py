@@ -40,6 +40,14 @@ Nodes recognised, wherever they are: the main graph, ``If``/``Loop``/``Scan`` bo
     pad_w. A four-value ``padding`` is therefore taken only where both readings agree (``padding[1] ==
     padding[2]``); otherwise the node is refused as ambiguous. Offset layout as above.
 
+``TRTDCNv3`` (domain ``mmdeploy``): InternImage's DCNv3 core
+    inputs ``input`` (N, H, W, C), ``offset``, ``mask`` in DCNv3's layout (:mod:`dcn_onnxscript.lowering.dcnv3`);
+    attributes ``kernel_h``, ``kernel_w``, ``stride_h``, ``stride_w``, ``pad_h``, ``pad_w``, ``dilation_h``,
+    ``dilation_w``, ``group``, ``group_channels``, ``offset_scale``, ``im2col_step`` (a CUDA batching knob,
+    ignored) and ``remove_center``, as ``DCNv3Function.symbolic`` in InternImage's
+    ``ops_dcnv3/functions/dcnv3_func.py`` writes them. The core is its layout steps around a deform_conv2d
+    layer, which is then lowered as above.
+
 deform_conv2d_onnx_exporter's layers (1.x and its fork: some 60 to 120 primitive nodes around four samplers)
     found, their attributes inferred and proven, each replaced by one ``DeformConv`` first
     (:mod:`dcn_onnxscript.rewrite.seed`; main graph only). A layer that does not prove equal is left as it
@@ -62,11 +70,11 @@ import onnx
 import onnx.version_converter
 import onnx_ir as ir
 
-from dcn_onnxscript.lowering import table
+from dcn_onnxscript.lowering import dcnv3, table
 from dcn_onnxscript.lowering.emitter import TapeEmitter
-from dcn_onnxscript.lowering.layer import Layer
+from dcn_onnxscript.lowering.layer import FLOAT_TYPES, Layer
 from dcn_onnxscript.lowering.script.protos import SCRIPT_OPSET
-from dcn_onnxscript.lowering.validation import check_deform_conv2d_args, checked_layer, static_shape
+from dcn_onnxscript.lowering.validation import check_core_args, check_deform_conv2d_args, checked_layer, static_shape
 from dcn_onnxscript.rewrite import opsets, script_calls, seed
 
 Progress = Callable[[str], None]
@@ -226,6 +234,66 @@ SOURCE_OPS: dict[tuple[str, str], Callable[[ir.Node], DeformConvCall]] = {
     ("mmdeploy", "MMCVDeformConv2d"): _read_mmcv_deform,
     (seed.SEED_DOMAIN, "DeformConv"): _read_deform_conv,
 }
+
+
+#: InternImage's DCNv3 node, as its autograd function's symbolic writes it.
+TRT_DCNV3 = ("mmdeploy", "TRTDCNv3")
+
+
+def _read_trt_dcnv3(node: ir.Node) -> dcnv3.Core:
+    """The :class:`~dcn_onnxscript.lowering.dcnv3.Core` of a ``TRTDCNv3(input, offset, mask)`` node."""
+    _check_input_count(node, 3, 3)
+
+    def pair(name: str, default: int = 1) -> tuple[int, int]:
+        return _int(node, f"{name}_h", default), _int(node, f"{name}_w", default)
+
+    scale = _attr(node, "offset_scale")
+    return dcnv3.Core(kernel=pair("kernel"), stride=pair("stride"), padding=pair("pad", 0),
+                      dilation=pair("dilation"), group=_int(node, "group", 1),
+                      group_channels=_int(node, "group_channels", 1),
+                      offset_scale=1.0 if scale is None else scale.as_float(),
+                      remove_center=bool(_int(node, "remove_center", 0)), version=3)
+
+
+def _expand_cores(model: ir.Model, impl: str) -> int:
+    """Replace each ``TRTDCNv3`` node by its layout steps around a placeholder deform_conv2d of lowering ``impl``
+    (:data:`PENDING_DOMAIN`), written at its graph's opset; returns how many. Nothing is changed when one is
+    refused."""
+    nodes = [node for node in _all_nodes(model) if (node.domain, node.op_type) == TRT_DCNV3]
+    node_opsets, checked = _node_opsets(model), []
+    for node in nodes:
+        core = _read_trt_dcnv3(node)
+        input, offset, mask = node.inputs
+        try:
+            check_core_args(core, input_shape=static_shape(input), offset_shape=static_shape(offset),
+                            mask_shape=static_shape(mask))
+            if input.dtype is None:
+                raise ValueError("the input's data type is unknown")
+        except ValueError as error:
+            raise RewriteError(f"{_describe(node)}: {error}") from None
+        checked.append((node, core))
+    for index, (node, core) in enumerate(checked, 1):
+        input, offset, mask = node.inputs
+        prefix = f"{node.name or 'dcnv3'}_{index}"
+        op = TapeEmitter(node_opsets[node], prefix=prefix, initializers=node.graph is model.graph)
+        X = dcnv3.channels_first(op, input)
+        shape = static_shape(input)
+        X.dtype, X.shape = input.dtype, None if shape is None else ir.Shape([shape[i] for i in (0, 3, 1, 2)])
+        W = op.constant(dcnv3.identity_weight(core, FLOAT_TYPES[input.dtype.value]))
+        attributes = dict(strides=list(core.stride), pads=[*core.padding, *core.padding],
+                          dilations=list(core.dilation), group=core.group, offset_group=core.group, impl=impl)
+        Y = op.tape.op("DeformConv", [X, W, dcnv3.deform_conv2d_offset(op, core, input.dtype.value, offset), None,
+                                      dcnv3.deform_conv2d_mask(op, core, mask)], attributes, domain=PENDING_DOMAIN)
+        Y = dcnv3.channels_last(op, Y)
+        for constant in op.tape.initializers:
+            node.graph.register_initializer(constant)
+        for number, new in enumerate(op.tape.nodes):
+            new.name = f"{prefix}/{new.op_type}_{number}"
+            for output in new.outputs:
+                output.name = f"{prefix}/{number}_{output.index()}"
+        ir.convenience.replace_nodes_and_values(node.graph, insertion_point=node, old_nodes=[node],
+                                                new_nodes=op.tape.nodes, old_values=node.outputs, new_values=[Y])
+    return len(checked)
 
 
 def _kind(node: ir.Node) -> str:
@@ -447,15 +515,24 @@ def rewrite(model: ir.Model, impl: str = table.DEFAULT, opset: Optional[int] = N
     emit_opset = _emit_opset(model, opset)
     # every node and region is checked before anything changes: a refusal leaves the model as it was
     _read_calls(model, _source_nodes(model), impl, emit_opset)
+    if any((node.domain, node.op_type) == TRT_DCNV3 for node in _all_nodes(model)):
+        _check_impl("::".join(TRT_DCNV3), impl, emit_opset or _onnx_opset(model))
     proven, notes = seed.prove_regions(model, progress)
     if proven:
         _check_impl(proven[0][0].describe(), impl, emit_opset or _onnx_opset(model))
+    cores = _expand_cores(model, impl)
     seed.replace_regions(model, proven)
     nodes = _source_nodes(model)
     if impl == table.NATIVE:  # ONNX's own DeformConv is already what "native" writes
         nodes = [node for node in nodes if _kind(node) != "DeformConv"]
     result = _rewrite(model, nodes, impl, opset, _onnx_converter, progress)
     result.notes = tuple(notes)
+    if cores:  # the cores' placeholders count as the nodes they replaced
+        pending = f"{PENDING_DOMAIN}::DeformConv"
+        result.counts[pending] -= cores
+        result.counts["::".join(TRT_DCNV3)] += cores
+        result.counts += collections.Counter()  # drops the zero count
+        _drop_unused_domains(model, {TRT_DCNV3[0]})
     return result
 
 
