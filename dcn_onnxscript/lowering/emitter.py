@@ -8,7 +8,9 @@ graph values or numpy arrays (emitted as ``Constant`` nodes); attributes are Pyt
 lists of them, or numpy arrays for tensor attributes.
 
 Every op the lowerings use has one form from opset 12 to the newest (GridSample: 16; its mode names
-change at 20, which :mod:`dcn_onnxscript.lowering.grid_sample` reads from ``op.opset``).
+change at 20, which :mod:`dcn_onnxscript.lowering.grid_sample` reads from ``op.opset``). Wide splits and
+joins go through :meth:`Emitter.split` and :meth:`Emitter.concat`, which write trees: no node binds more
+than WebGPU's :data:`STORAGE_BUFFERS`, whatever the kernel size.
 """
 
 from __future__ import annotations
@@ -17,6 +19,15 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import onnx_ir as ir
+
+#: Storage buffers a WebGPU shader stage is guaranteed (the default ``maxStorageBuffersPerShaderStage``,
+#: which onnxruntime-web's JSEP asks the device for): a kernel binds one per input and output, so a node with
+#: more inputs and outputs than this fails to compile, and the session returns garbage.
+STORAGE_BUFFERS = 8
+#: A ``Split``'s outputs beside its data and its sizes input.
+SPLIT_OUTPUTS = STORAGE_BUFFERS - 2
+#: A ``Concat``'s inputs beside its output.
+CONCAT_INPUTS = STORAGE_BUFFERS - 1
 
 
 class Emitter:
@@ -42,16 +53,38 @@ class Emitter:
         return self._node(op_type, inputs, attributes, outputs)
 
     def split(self, value: Any, parts: int, size: int, axis: int) -> list:
-        """``value``, of static ``size`` along ``axis``, cut into ``parts`` equal parts: one ``Split`` with the
-        sizes of its parts written out (an input from opset 13, an attribute before). Neither ``num_outputs``
-        (opset 18) nor the count of outputs alone: pnnx reads both as a split of unknown sizes and writes an
-        ncnn ``Slice`` without slices, which crashes ncnn."""
-        if parts == 1:
+        """``value``, of static ``size`` along ``axis``, cut into ``parts`` equal parts: a tree of ``Split``
+        nodes of at most :data:`SPLIT_OUTPUTS` outputs each (WebGPU: :data:`STORAGE_BUFFERS`), every one with
+        the sizes of its parts written out (an input from opset 13, an attribute before). Neither
+        ``num_outputs`` (opset 18) nor the count of outputs alone: pnnx reads both as a split of unknown
+        sizes and writes an ncnn ``Slice`` without slices, which crashes ncnn."""
+        return self._split_tree(value, [size // parts] * parts, axis)
+
+    def _split_tree(self, value: Any, sizes: list[int], axis: int) -> list:
+        """``value`` cut into parts of ``sizes`` along ``axis``: one ``Split`` into at most
+        :data:`SPLIT_OUTPUTS` runs of consecutive parts, each run cut further the same way."""
+        if len(sizes) == 1:
             return [value]
-        sizes = [size // parts] * parts
+        run = 1
+        while run * SPLIT_OUTPUTS < len(sizes):
+            run *= SPLIT_OUTPUTS
+        runs = [sizes[i:i + run] for i in range(0, len(sizes), run)]
+        heads = self._split_node(value, [sum(r) for r in runs], axis)
+        return [part for head, r in zip(heads, runs) for part in self._split_tree(head, r, axis)]
+
+    def _split_node(self, value: Any, sizes: list[int], axis: int) -> list:
         if self.opset >= 13:
-            return list(self.emit("Split", [value, np.array(sizes, dtype=np.int64)], {"axis": axis}, parts))
-        return list(self.emit("Split", [value], {"axis": axis, "split": sizes}, parts))
+            return list(self.emit("Split", [value, np.array(sizes, dtype=np.int64)], {"axis": axis}, len(sizes)))
+        return list(self.emit("Split", [value], {"axis": axis, "split": sizes}, len(sizes)))
+
+    def concat(self, values: Sequence[Any], axis: int) -> Any:
+        """``values`` joined along ``axis``: a tree of ``Concat`` nodes of at most :data:`CONCAT_INPUTS`
+        inputs each (WebGPU: :data:`STORAGE_BUFFERS`)."""
+        values = list(values)
+        while len(values) > CONCAT_INPUTS:
+            values = [v[0] if len(v) == 1 else self.emit("Concat", v, {"axis": axis})
+                      for v in (values[i:i + CONCAT_INPUTS] for i in range(0, len(values), CONCAT_INPUTS))]
+        return values[0] if len(values) == 1 else self.emit("Concat", values, {"axis": axis})
 
     def squeeze(self, value: Any) -> Any:
         """``value`` of shape (1,) as a scalar: a ``Squeeze`` (its axes an input from opset 13, an attribute
