@@ -41,13 +41,15 @@ def missing() -> Optional[str]:
 @dataclasses.dataclass
 class BrowserRun:
     """What one model gave on one build: ``outputs`` by name (``None`` where the run failed with ``error``),
-    the console's GPU errors, the nodes placed on the CPU EP (op type and name), the adapter and the times."""
+    the console's GPU errors, the nodes placed on the CPU EP (op type and name), the execution provider the
+    page ran on, the adapter and the times."""
 
     build: str
     outputs: Optional[dict[str, np.ndarray]]
     error: Optional[str]
     gpu_errors: list[str]
     cpu_nodes: list[str]
+    backend: Optional[str]
     adapter: Optional[dict]
     create_ms: Optional[float]
     run_ms: Optional[float]
@@ -83,8 +85,9 @@ def _read(build: str, result: dict) -> BrowserRun:
         outputs = {name: np.asarray(o["data"], dtype=np.float32).reshape(o["dims"])
                    for name, o in result["outputs"].items()}
     return BrowserRun(build=build, outputs=outputs, error=result.get("error"), gpu_errors=gpu_errors(console),
-                      cpu_nodes=placed_on(console, CPU_EP), adapter=result.get("adapter"),
-                      create_ms=result.get("create_ms"), run_ms=result.get("run_ms"), console=console)
+                      cpu_nodes=placed_on(console, CPU_EP), backend=result.get("backend"),
+                      adapter=result.get("adapter"), create_ms=result.get("create_ms"), run_ms=result.get("run_ms"),
+                      console=console)
 
 
 #: How onnxruntime's log lines begin (it logs to the console's error stream, whatever the severity).
