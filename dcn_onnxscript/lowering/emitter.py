@@ -30,6 +30,26 @@ SPLIT_OUTPUTS = STORAGE_BUFFERS - 2
 CONCAT_INPUTS = STORAGE_BUFFERS - 1
 
 
+def _runs(parts: int, fanout: int) -> list[int]:
+    """How the top node of a tree of nodes of at most ``fanout`` outputs (``Split``) or inputs (``Concat``)
+    groups ``parts`` parts into consecutive runs, with as few nodes in the whole tree as can be: each node adds
+    fanout - 1 values, so ⌈(parts - 1) / (fanout - 1)⌉. Every run has 1 + (fanout - 1)·j parts (j = 0: a
+    single part), a size whose subtree fills all its nodes; e.g. 9 parts, fanout 6 -> [6, 1, 1, 1] (two
+    Splits), 49 -> [16, 11, 11, 11] (ten)."""
+    if parts <= fanout:
+        return [1] * parts
+    step = fanout - 1  # what one more node adds
+    count = (parts - 2) % step + 2  # runs of 1 + step·j parts each: count ≡ parts (mod step)
+    units, larger = divmod((parts - count) // step, count)
+    return [1 + step * (units + (i < larger)) for i in range(count)]
+
+
+def _consecutive(items: list, lengths: list[int]) -> list[list]:
+    """``items`` cut into consecutive runs of ``lengths``."""
+    bounds = np.cumsum([0, *lengths])
+    return [items[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+
+
 class Emitter:
     """Writes ONNX nodes of one opset; ``op.Add(a, b)`` and ``op.Gather(a, b, axis=0)`` return the output
     value, ``op.Split(x, axis=1, outputs=3)`` the list of its three outputs.
@@ -61,14 +81,11 @@ class Emitter:
         return self._split_tree(value, [size // parts] * parts, axis)
 
     def _split_tree(self, value: Any, sizes: list[int], axis: int) -> list:
-        """``value`` cut into parts of ``sizes`` along ``axis``: one ``Split`` into at most
-        :data:`SPLIT_OUTPUTS` runs of consecutive parts, each run cut further the same way."""
+        """``value`` cut into parts of ``sizes`` along ``axis``: one ``Split`` into runs of consecutive parts
+        (:func:`_runs`), each run cut further the same way."""
         if len(sizes) == 1:
             return [value]
-        run = 1
-        while run * SPLIT_OUTPUTS < len(sizes):
-            run *= SPLIT_OUTPUTS
-        runs = [sizes[i:i + run] for i in range(0, len(sizes), run)]
+        runs = _consecutive(sizes, _runs(len(sizes), SPLIT_OUTPUTS))
         heads = self._split_node(value, [sum(r) for r in runs], axis)
         return [part for head, r in zip(heads, runs) for part in self._split_tree(head, r, axis)]
 
@@ -79,12 +96,12 @@ class Emitter:
 
     def concat(self, values: Sequence[Any], axis: int) -> Any:
         """``values`` joined along ``axis``: a tree of ``Concat`` nodes of at most :data:`CONCAT_INPUTS`
-        inputs each (WebGPU: :data:`STORAGE_BUFFERS`)."""
+        inputs each (WebGPU: :data:`STORAGE_BUFFERS`), runs of consecutive values joined first (:func:`_runs`)."""
         values = list(values)
-        while len(values) > CONCAT_INPUTS:
-            values = [v[0] if len(v) == 1 else self.emit("Concat", v, {"axis": axis})
-                      for v in (values[i:i + CONCAT_INPUTS] for i in range(0, len(values), CONCAT_INPUTS))]
-        return values[0] if len(values) == 1 else self.emit("Concat", values, {"axis": axis})
+        if len(values) == 1:
+            return values[0]
+        runs = _consecutive(values, _runs(len(values), CONCAT_INPUTS))
+        return self.emit("Concat", [self.concat(run, axis) for run in runs], {"axis": axis})
 
     def squeeze(self, value: Any) -> Any:
         """``value`` of shape (1,) as a scalar: a ``Squeeze`` (its axes an input from opset 13, an attribute

@@ -8,7 +8,7 @@ most one tap's samples (N·Ho·Wo, C/S) and the four neighbours they are blended
 all taps at once, C/4 times smaller than one tap's neighbours: the sample positions p = p_0 + p_k + Δp_k,
 their neighbours along each axis clamped into the image, the four neighbours' rows in the gather table and
 their bilinear weights times Δm_k. Then per tap (and channel slice): gather, blend, multiply, add. Steps,
-one function each, in that order below. A 3x3 layer takes 77 nodes with static sizes, 115 with dynamic ones
+one function each, in that order below. A 3x3 layer takes 75 nodes with static sizes, 113 with dynamic ones
 (weights folded; ``Constant`` nodes not counted).
 
 Why one ``Gather`` of the four neighbours and a batched (1 x 4)·(4 x C/S) ``MatMul`` per tap: measured on
