@@ -8,7 +8,8 @@ is reported as XFAIL while the fault is still there. So a fresh install with new
 because another project fixed its bug.
 
 The installed release is the test venv's; for a project that lives in a venv of its own (``.ci/deploy``,
-``.ci/tflite``), it is that venv's pin in ``.ci/*requirements.txt``.
+``.ci/tflite``), it is that venv's pin in ``.ci/*requirements.txt``; for onnxruntime-web, the browser
+harness's ``tests/web/package-lock.json``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.metadata
+import json
 import pathlib
 import re
 from typing import Optional
@@ -27,6 +29,8 @@ _CI = pathlib.Path(__file__).resolve().parents[1] / ".ci"
 #: The requirements files of the extra venvs (in .ci/), which pin the releases their runtimes' faults were seen in.
 DEPLOY, OVEP, TFLITE = "deploy-requirements.txt", "deploy-ovep-requirements.txt", "tflite-requirements.txt"
 OPENCV4, RKNN = "deploy-opencv4-requirements.txt", "deploy-rknn-requirements.txt"
+#: The browser harness's npm lock file (relative to .ci/), which pins onnxruntime-web.
+WEB = "../tests/web/package-lock.json"
 
 
 def _normalised(name: str) -> str:
@@ -47,6 +51,9 @@ def _pins(requirements: str) -> dict[str, str]:
 def installed_version(project: str, requirements: Optional[str] = None) -> Optional[Version]:
     """The release of ``project`` (a distribution name): its pin in ``.ci/REQUIREMENTS`` (the venv of its own
     that runs it), or without ``requirements`` the test venv's; ``None`` where it has none."""
+    if requirements and requirements.endswith(".json"):  # an npm lock file
+        package = json.loads((_CI / requirements).read_text())["packages"].get(f"node_modules/{project}")
+        return Version(package["version"]) if package else None
     if requirements:
         pin = _pins(requirements).get(_normalised(project))
         return Version(pin) if pin else None

@@ -8,7 +8,9 @@ graph values or numpy arrays (emitted as ``Constant`` nodes); attributes are Pyt
 lists of them, or numpy arrays for tensor attributes.
 
 Every op the lowerings use has one form from opset 12 to the newest (GridSample: 16; its mode names
-change at 20, which :mod:`dcn_onnxscript.lowering.grid_sample` reads from ``op.opset``).
+change at 20, which :mod:`dcn_onnxscript.lowering.grid_sample` reads from ``op.opset``). Wide splits and
+joins go through :meth:`Emitter.split` and :meth:`Emitter.concat`, which write trees: no node binds more
+than WebGPU's :data:`STORAGE_BUFFERS`, whatever the kernel size.
 """
 
 from __future__ import annotations
@@ -17,6 +19,35 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import onnx_ir as ir
+
+#: Storage buffers a WebGPU shader stage is guaranteed (the default ``maxStorageBuffersPerShaderStage``,
+#: which onnxruntime-web's JSEP asks the device for): a kernel binds one per input and output, so a node with
+#: more inputs and outputs than this fails to compile, and the session returns garbage.
+STORAGE_BUFFERS = 8
+#: A ``Split``'s outputs beside its data and its sizes input.
+SPLIT_OUTPUTS = STORAGE_BUFFERS - 2
+#: A ``Concat``'s inputs beside its output.
+CONCAT_INPUTS = STORAGE_BUFFERS - 1
+
+
+def _runs(parts: int, fanout: int) -> list[int]:
+    """How the top node of a tree of nodes of at most ``fanout`` outputs (``Split``) or inputs (``Concat``)
+    groups ``parts`` parts into consecutive runs, with as few nodes in the whole tree as can be: each node adds
+    fanout - 1 values, so ⌈(parts - 1) / (fanout - 1)⌉. Every run has 1 + (fanout - 1)·j parts (j = 0: a
+    single part), a size whose subtree fills all its nodes; e.g. 9 parts, fanout 6 -> [6, 1, 1, 1] (two
+    Splits), 49 -> [16, 11, 11, 11] (ten)."""
+    if parts <= fanout:
+        return [1] * parts
+    step = fanout - 1  # what one more node adds
+    count = (parts - 2) % step + 2  # runs of 1 + step·j parts each: count ≡ parts (mod step)
+    units, larger = divmod((parts - count) // step, count)
+    return [1 + step * (units + (i < larger)) for i in range(count)]
+
+
+def _consecutive(items: list, lengths: list[int]) -> list[list]:
+    """``items`` cut into consecutive runs of ``lengths``."""
+    bounds = np.cumsum([0, *lengths])
+    return [items[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
 
 
 class Emitter:
@@ -46,16 +77,35 @@ class Emitter:
         return self._constant(array)
 
     def split(self, value: Any, parts: int, size: int, axis: int) -> list:
-        """``value``, of static ``size`` along ``axis``, cut into ``parts`` equal parts: one ``Split`` with the
-        sizes of its parts written out (an input from opset 13, an attribute before). Neither ``num_outputs``
-        (opset 18) nor the count of outputs alone: pnnx reads both as a split of unknown sizes and writes an
-        ncnn ``Slice`` without slices, which crashes ncnn."""
-        if parts == 1:
+        """``value``, of static ``size`` along ``axis``, cut into ``parts`` equal parts: a tree of ``Split``
+        nodes of at most :data:`SPLIT_OUTPUTS` outputs each (WebGPU: :data:`STORAGE_BUFFERS`), every one with
+        the sizes of its parts written out (an input from opset 13, an attribute before). Neither
+        ``num_outputs`` (opset 18) nor the count of outputs alone: pnnx reads both as a split of unknown
+        sizes and writes an ncnn ``Slice`` without slices, which crashes ncnn."""
+        return self._split_tree(value, [size // parts] * parts, axis)
+
+    def _split_tree(self, value: Any, sizes: list[int], axis: int) -> list:
+        """``value`` cut into parts of ``sizes`` along ``axis``: one ``Split`` into runs of consecutive parts
+        (:func:`_runs`), each run cut further the same way."""
+        if len(sizes) == 1:
             return [value]
-        sizes = [size // parts] * parts
+        runs = _consecutive(sizes, _runs(len(sizes), SPLIT_OUTPUTS))
+        heads = self._split_node(value, [sum(r) for r in runs], axis)
+        return [part for head, r in zip(heads, runs) for part in self._split_tree(head, r, axis)]
+
+    def _split_node(self, value: Any, sizes: list[int], axis: int) -> list:
         if self.opset >= 13:
-            return list(self.emit("Split", [value, np.array(sizes, dtype=np.int64)], {"axis": axis}, parts))
-        return list(self.emit("Split", [value], {"axis": axis, "split": sizes}, parts))
+            return list(self.emit("Split", [value, np.array(sizes, dtype=np.int64)], {"axis": axis}, len(sizes)))
+        return list(self.emit("Split", [value], {"axis": axis, "split": sizes}, len(sizes)))
+
+    def concat(self, values: Sequence[Any], axis: int) -> Any:
+        """``values`` joined along ``axis``: a tree of ``Concat`` nodes of at most :data:`CONCAT_INPUTS`
+        inputs each (WebGPU: :data:`STORAGE_BUFFERS`), runs of consecutive values joined first (:func:`_runs`)."""
+        values = list(values)
+        if len(values) == 1:
+            return values[0]
+        runs = _consecutive(values, _runs(len(values), CONCAT_INPUTS))
+        return self.emit("Concat", [self.concat(run, axis) for run in runs], {"axis": axis})
 
     def squeeze(self, value: Any) -> Any:
         """``value`` of shape (1,) as a scalar: a ``Squeeze`` (its axes an input from opset 13, an attribute

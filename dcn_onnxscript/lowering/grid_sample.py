@@ -95,7 +95,7 @@ def tap_offsets(op: Emitter, layer: Layer, offset: Value) -> Value:
     if layer.offset_groups > 1:
         offset = op.Reshape(offset, np.array([-1, two_k, 0, 0], dtype=np.int64))
     channels = op.split(offset, two_k, two_k, axis=1)
-    swapped = op.Concat(*[channels[c ^ 1] for c in range(two_k)], axis=1)  # c ^ 1: the other one of its pair
+    swapped = op.concat([channels[c ^ 1] for c in range(two_k)], axis=1)  # c ^ 1: the other one of its pair
     return sampling.as_coordinates(op, layer, swapped)
 
 

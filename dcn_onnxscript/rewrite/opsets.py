@@ -21,7 +21,9 @@ converter.
   parts' sizes are written out); ``Pad``'s constant ``axes`` become pads of every axis; ``Softmax``-family
   ops, which before opset 13 coerced their input to 2-D at ``axis``, run on the last axis, between two
   ``Transpose`` nodes where ``axis`` is another; ``Reshape``'s ``allowzero=1`` goes (it only differs from 0
-  where a shape holds a 0, which for a tensor that is not empty is an error);
+  where a shape holds a 0, which for a tensor that is not empty is an error); a string attribute whose
+  default changed names its values anew (``GridSample``-20's ``linear``/``cubic`` are 16's
+  ``bilinear``/``bicubic``): the node's value becomes the older name, read from the two schemas;
 * the op does not exist at the target but ONNX defines it as a function of older ops (``CastLike``,
   ``LayerNormalization``, ``HardSwish`` ...): it is replaced by that function's body, converted in turn.
 
@@ -43,6 +45,7 @@ default domain at the end, whichever the direction.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Callable, Iterator, Optional
 
 import numpy as np
@@ -70,6 +73,9 @@ EXPANDED_FROM = "dcn_onnxscript.expanded_from"
 #: Ops whose attribute ``axis`` meant "coerce to 2-D at axis" before opset 13: the same only on the last axis.
 _COERCED_TO_2D = {"Softmax", "LogSoftmax", "Hardmax"}
 _COERCED_UNTIL = 13
+#: How a schema's description lists a string attribute's values, the default first ("Three interpolation
+#: modes: linear (default), nearest and cubic.").
+_LISTED_VALUES = re.compile(r"(\w+) \(default\), (\w+) and (\w+)")
 
 Convert = Callable[[ir.Model, int], ir.Model]
 
@@ -266,6 +272,7 @@ def _to_older_form(node: ir.Node, source: int, target: int) -> None:
         _on_last_axis(node)
     _inputs_to_attributes(node, written, older)
     _drop_default_attributes(node, written, older)
+    _older_value_names(node, written, older)
 
 
 def _shape_then_slice(node: ir.Node) -> None:
@@ -378,6 +385,32 @@ def _drop_default_attributes(node: ir.Node, written: onnx.defs.OpSchema, older: 
             continue
         if _same_value(node.attributes[name], older_behaviour):
             node.attributes.pop(name)
+
+
+def _older_value_names(node: ir.Node, written: onnx.defs.OpSchema, older: onnx.defs.OpSchema) -> None:
+    """String attributes whose values ``older`` names otherwise (:func:`_renamed_values`) set to its name."""
+    for name, attribute in node.attributes.items():
+        if attribute.type == ir.AttributeType.STRING and name in older.attributes:
+            renamed = _renamed_values(written, older, name)
+            if attribute.value in renamed:
+                node.attributes[name] = ir.AttrString(name, renamed[attribute.value])
+
+
+def _renamed_values(written: onnx.defs.OpSchema, older: onnx.defs.OpSchema, name: str) -> dict[str, str]:
+    """The values of string attribute ``name`` that ``written`` names otherwise than ``older``: empty where the
+    default stayed; else the default's two names and the other values its description lists in the same
+    place (GridSample 20 -> 16: {"linear": "bilinear", "cubic": "bicubic"})."""
+    new, old = written.attributes[name], older.attributes[name]
+    if not (new.default_value.type == old.default_value.type == onnx.AttributeProto.STRING):
+        return {}
+    new_default, old_default = new.default_value.s.decode(), old.default_value.s.decode()
+    if new_default == old_default:
+        return {}
+    renamed = {new_default: old_default}
+    listed_new, listed_old = _LISTED_VALUES.search(new.description), _LISTED_VALUES.search(old.description)
+    if listed_new and listed_old and listed_new.group(1) == new_default and listed_old.group(1) == old_default:
+        renamed.update(zip(listed_new.groups(), listed_old.groups()))
+    return renamed
 
 
 def _same_value(attribute: ir.Attr, default) -> bool:

@@ -116,6 +116,31 @@ def test_what_cannot_go_down_is_named_with_the_opset(node, inputs, target, reaso
         _convert(_single_node(node, inputs), target)
 
 
+#: GridSample's interpolation modes at opset 16 and their names from opset 20 on.
+GRID_SAMPLE_MODES = {"bilinear": "linear", "bicubic": "cubic", "nearest": "nearest"}
+
+
+@pytest.mark.parametrize("mode", sorted(GRID_SAMPLE_MODES))
+@pytest.mark.parametrize("source, target", [(20, 19), (20, 16), (21, 17), (16, 20), (19, 21)])
+def test_grid_sample_modes_take_the_names_of_the_target_opset(mode: str, source: int, target: int):
+    """Opset 20 renamed GridSample's modes (bilinear -> linear, bicubic -> cubic): a node converted across 20,
+    either way, takes the target's name, so onnxruntime loads it and it samples as before."""
+    written = mode if source < 20 else GRID_SAMPLE_MODES[mode]
+    node = oh.make_node("GridSample", ["x", "grid"], ["y"], mode=written, align_corners=0)
+    graph = oh.make_graph([node], "one", [oh.make_tensor_value_info("x", FLOAT, [1, 2, 5, 4]),
+                                          oh.make_tensor_value_info("grid", FLOAT, [1, 3, 3, 2])],
+                          [oh.make_tensor_value_info("y", FLOAT, [1, 2, 3, 3])])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", source)], ir_version=8)
+    rng = np.random.default_rng(3)
+    feeds = {"x": rng.standard_normal((1, 2, 5, 4)).astype(np.float32),
+             "grid": rng.uniform(-1.2, 1.2, (1, 3, 3, 2)).astype(np.float32)}
+    converted = _convert(model, target)
+    onnx.checker.check_model(converted, full_check=True)
+    (attribute,) = [a for a in converted.graph.node[0].attribute if a.name == "mode"]
+    assert attribute.s.decode() == (mode if target < 20 else GRID_SAMPLE_MODES[mode])
+    np.testing.assert_allclose(_run(converted, feeds)[0], _run(model, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
 def _backend_cases():
     """ONNX's backend node test cases written at opsets 13 … 18, each with every lower target from 12."""
     import onnx.backend.test.case.node as node_cases

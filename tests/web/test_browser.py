@@ -1,0 +1,189 @@
+"""Exports in a real browser: headless Chromium (SwiftShader's WebGPU adapter, no GPU needed) running
+onnxruntime-web's JSEP WebGPU build, its native WebGPU EP build and wasm, compared with torchvision in
+float64. The cases are generated: each exporter and opset the browser runs (dynamo 17 and 19, TorchScript
+17 for grid_sample / 13 for gather), both lowerings, static and dynamic sizes, on a block (conv -> offset
+and mask convs -> DCNv2 -> relu); plus the default opset 20 as exported and after ``rewrite --opset 19``,
+and a grouped block. Marker ``web`` (deselected by default): ``python -m pytest -m web tests/web``."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import io
+import itertools
+import re
+import warnings
+from typing import Optional
+
+import browser
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+import torch
+import torchvision
+
+import dcn_onnxscript
+from dcn_onnxscript.rewrite import rewrite
+from faults import WEB, Fault
+
+pytestmark = [pytest.mark.web, pytest.mark.skipif(browser.missing() is not None, reason=str(browser.missing()))]
+
+#: The float64 reference and a float32 browser run agree to this (float32 sampling and sums).
+TOLERANCE = 1e-4
+#: Export size and, for dynamic exports, the size they run at in the browser.
+EXPORTED, RUN_DYNAMIC = (1, 3, 16, 16), (2, 3, 20, 18)
+#: Kernel taps of the blocks' 3x3 deformable convolution.
+TAPS = 9
+
+JSEP_UPLOAD_RACE = Fault(
+    "onnxruntime-web", "1.31.1", "JSEP: an upload from the CPU (queue.writeBuffer) lands in a GPU buffer just "
+    "reused from a kernel not yet submitted, which then overwrites it; the gather lowering's int64 index math "
+    "runs on the CPU and sets it off: wrong results, no error", requirements=WEB)
+
+JSEP_SLICE_OF_A_SHAPE = Fault(
+    "onnxruntime-web", "1.31.1", "JSEP: in a dynamic grid_sample export, the Slice that cuts the mask (2, 9, 20, 18) "
+    "to the offset's Shape (ends (2, 18, 20, 18), clamped by ONNX to the mask's own sizes) returns (2, 18, 9, 20) "
+    "(wasm and the native EP: (2, 9, 20, 18)); the mask's last tap then fails: 'Can't perform binary op on the "
+    "given tensors'", requirements=WEB)
+
+
+class Block(torch.nn.Module):
+    """Conv 3->C, an offset/mask predictor (G offset groups, sigmoid mask), DCNv2 C->C (R conv groups), ReLU."""
+
+    def __init__(self, channels: int = 8, groups: int = 1, offset_groups: int = 1, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.stem = torch.nn.Conv2d(3, channels, 3, padding=1)
+        self.predictor = torch.nn.Conv2d(channels, 3 * TAPS * offset_groups, 3, padding=1)
+        self.dcn = torchvision.ops.DeformConv2d(channels, channels, 3, padding=1, groups=groups)
+        self.split = 2 * TAPS * offset_groups
+        with torch.no_grad():  # offsets of a pixel or two: samples between and outside pixels
+            self.predictor.weight.mul_(4.0)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = self.stem(img)
+        predicted = self.predictor(x)
+        offset, mask = predicted[:, :self.split], predicted[:, self.split:]
+        return torch.relu(self.dcn(x, offset, torch.sigmoid(mask)))
+
+
+def export(module: torch.nn.Module, exporter: str, opset: int, lowering: str, dynamic: bool) -> onnx.ModelProto:
+    """``module`` exported at EXPORTED by ``exporter`` ("dynamo": ``lowering`` through the translation table;
+    "torchscript": its "auto", which is ``lowering`` at that opset), with dynamic batch, height and width."""
+    img = torch.randn(*EXPORTED)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            buffer = io.BytesIO()
+            axes = {"img": {0: "n", 2: "h", 3: "w"}, "y": {0: "n", 2: "h", 3: "w"}} if dynamic else None
+            torch.onnx.export(module, (img,), buffer, dynamo=False, opset_version=opset, input_names=["img"],
+                              output_names=["y"], dynamic_axes=axes)
+            return onnx.load_from_string(buffer.getvalue())
+        auto = torch.export.Dim.AUTO
+        return torch.onnx.export(module, (img,), dynamo=True, opset_version=opset, verbose=False,
+                                 dynamic_shapes=({0: auto, 2: auto, 3: auto},) if dynamic else None,
+                                 custom_translation_table=dcn_onnxscript.translation_table(lowering)).model_proto
+
+
+def rewritten_to(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """``model`` as ``dcn-onnxscript rewrite --opset OPSET`` writes it."""
+    return ir.to_proto(rewrite(ir.from_proto(model), opset=opset).model)
+
+
+#: case id -> (exporter, opset, lowering, dynamic, groups (conv, offset), rewrite to opset): generated over
+#: the exporters and opsets the browser runs, both lowerings and static/dynamic sizes; then the default
+#: opset 20 as exported and rewritten to 19, and a grouped block.
+CASES = {
+    f"{exporter}-{opset}-{lowering}-{'dynamic' if dynamic else 'static'}": (exporter, opset, lowering, dynamic,
+                                                                             (1, 1), None)
+    for (exporter, opset), lowering, dynamic in itertools.product(
+        [("dynamo", 17), ("dynamo", 19), ("torchscript", None)], ["grid_sample", "gather"], [False, True])
+    for opset in [opset or (17 if lowering == "grid_sample" else 13)]
+}
+CASES["dynamo-20-grid_sample-static"] = ("dynamo", 20, "grid_sample", False, (1, 1), None)
+CASES["dynamo-20-grid_sample-static-rewritten-19"] = ("dynamo", 20, "grid_sample", False, (1, 1), 19)
+CASES["dynamo-19-grid_sample-dynamic-grouped"] = ("dynamo", 19, "grid_sample", True, (2, 2), None)
+CASES["dynamo-19-grid_sample-static-grouped"] = ("dynamo", 19, "grid_sample", False, (2, 2), None)
+
+
+@functools.lru_cache(maxsize=None)
+def measured(case: str) -> tuple[onnx.ModelProto, np.ndarray, dict[str, browser.BrowserRun]]:
+    """The case's model, torchvision's output and the three builds' runs (one browser start per case)."""
+    exporter, opset, lowering, dynamic, (groups, offset_groups), rewrite_to = CASES[case]
+    module = Block(groups=groups, offset_groups=offset_groups).eval()
+    model = export(module, exporter, opset, lowering, dynamic)
+    if rewrite_to is not None:
+        model = rewritten_to(model, rewrite_to)
+    img = np.random.default_rng(0).standard_normal(RUN_DYNAMIC if dynamic else EXPORTED).astype(np.float32)
+    with torch.no_grad():
+        expected = copy.deepcopy(module).double()(torch.from_numpy(img).double()).numpy()
+    return model, expected, browser.run(model, {model.graph.input[0].name: img})
+
+
+def _placement_of_the_layer(model: onnx.ModelProto, run: browser.BrowserRun) -> list[str]:
+    """Nodes placed on the CPU EP that are not shape-only (every node, "*", where all were)."""
+    shape_only = browser.shape_only_nodes(model)
+    return [n for n in run.cpu_nodes if re.sub(r"^\S+ \((.*)\)$", r"\1", n) not in shape_only]
+
+
+def _expected_fault(case: str, build: str) -> Optional[Fault]:
+    """The fault a case meets on ``build`` (measured with onnxruntime-web 1.31.1, Chromium 150, SwiftShader)."""
+    exporter, opset, lowering, dynamic, *_ = CASES[case]
+    if build == "jsep" and lowering == "gather" and not dynamic:
+        return JSEP_UPLOAD_RACE
+    if build == "jsep" and lowering == "grid_sample" and dynamic:
+        return JSEP_SLICE_OF_A_SHAPE
+    return None
+
+
+def _params():
+    for case, build in itertools.product(CASES, browser.BUILDS):
+        fault = _expected_fault(case, build)
+        yield pytest.param(case, build, id=f"{case}-{build}", marks=[fault.mark()] if fault else [])
+
+
+@pytest.mark.parametrize("case, build", list(_params()))
+def test_export_matches_torchvision_in_the_browser(case: str, build: str):
+    """Each build runs the export without a GPU error and matches torchvision in float64."""
+    model, expected, runs = measured(case)
+    run = runs[build]
+    assert run.error is None, run.error
+    assert not run.gpu_errors, run.gpu_errors[:5]
+    (actual,) = run.outputs.values()
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def _gpu_resident(case: str) -> bool:
+    """The static grid_sample exports at opset 19 or below: every node stays on the GPU. (Dynamic ones leave
+    two shape ``Gather`` nodes of onnxruntime's own making to the CPU on the native EP.)"""
+    exporter, opset, lowering, dynamic, _, rewrite_to = CASES[case]
+    return lowering == "grid_sample" and not dynamic and (rewrite_to or opset) <= 19
+
+
+@pytest.mark.parametrize("case, build", [(c, b) for c in CASES for b in ("jsep", "webgpu") if _gpu_resident(c)])
+def test_grid_sample_exports_keep_the_layer_on_the_gpu(case: str, build: str):
+    """No node on the CPU EP (onnxruntime's verbose node placement): a fallback fails this test
+    (:func:`test_grid_sample_at_opset_20_runs_on_the_cpu_ep` shows the check seeing one)."""
+    model, _, runs = measured(case)
+    assert runs[build].error is None, runs[build].error
+    assert runs[build].cpu_nodes == [], runs[build].cpu_nodes
+
+
+@pytest.mark.parametrize("build", ["jsep", "webgpu"])
+def test_grid_sample_at_opset_20_runs_on_the_cpu_ep(build: str):
+    """GridSample-20 has no kernel in either WebGPU EP: its nodes fall back to the CPU (correct, but with
+    copies between CPU and GPU around each); the placement check sees it. ``rewrite --opset 19`` is the
+    step that keeps it on the GPU (:func:`test_grid_sample_exports_keep_the_layer_on_the_gpu`)."""
+    model, _, runs = measured("dynamo-20-grid_sample-static")
+    fallen_back = _placement_of_the_layer(model, runs[build])
+    assert sum(n.startswith("GridSample ") for n in fallen_back) == TAPS, fallen_back
+
+
+@pytest.mark.parametrize("build", ["webgpu"])
+def test_gather_index_math_runs_on_the_cpu_ep(build: str):
+    """The gather lowering's int64 index math has no kernel in the native WebGPU EP: it runs on the CPU
+    (correct: :func:`test_export_matches_torchvision_in_the_browser`)."""
+    model, _, runs = measured("dynamo-19-gather-static")
+    assert _placement_of_the_layer(model, runs[build])
