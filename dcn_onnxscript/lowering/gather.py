@@ -87,8 +87,8 @@ def check_rows_fit(layer: Layer) -> None:
     pixels = (N or 1) * (H or 1) * (W or 1)
     if pixels >= _MAX_ROWS:
         raise ValueError(f"input (X) of batch N={N}, height H={H}, width W={W} holds N·H·W = {pixels} pixels; the "
-                         f"gather lowering indexes them with INT32 and takes fewer than 2^31: use impl='grid_sample' "
-                         f"or a smaller batch")
+                         f"gather lowering indexes them with INT32 and takes fewer than 2^31: use "
+                         f"impl='grid_sample' (opset 16 or later) or a smaller batch")
 
 
 def _size(op: Emitter, shape: Optional[Value], axis: int, known: Optional[int]) -> Value:
