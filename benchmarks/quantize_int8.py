@@ -7,11 +7,12 @@
 ``--generated``: the ratio table of docs/deploy.md instead: over the generated blocks of
 ``tests/blocks.py`` (``INT8_BLOCKS``), both lowerings and both exporters (dynamo: grid_sample; TorchScript 17:
 grid_sample; TorchScript 13: gather), random and smooth image-like calibration, the error of
-``dcn_onnxscript.quantization.quantize_static`` (its defaults) on ours and on native ``DeformConv``, their
-ratio, and ours with the per-tap GEMMs left float too ("GEMMs float": what the sampling path alone costs).
+``dcn_onnxscript.quantization.quantize_static`` (its defaults) on native ``DeformConv`` and on ours, with the
+per-tap GEMMs float (the default) and int8 (``gemms="int8"``), and their ratios to native.
 
 For every model: onnxruntime's ``quantize_static`` (QDQ, per-channel, ``--calibration`` random inputs) with
-nothing excluded ("plain") and with ``dcn_onnxscript.quantization.nodes_to_exclude`` ("dcn"), each with and
+nothing excluded ("plain") and with ``dcn_onnxscript.quantization.nodes_to_exclude(model, "int8")`` ("dcn":
+the sampling path float, the per-tap GEMMs int8), each with and
 without ``reduce_range`` (7-bit weights: on a CPU without VNNI, onnxruntime's int8 kernels otherwise
 overflow 16-bit sums); native ``DeformConv`` the same way. Error: max |int8 - float| / max |float| of the
 ONNX model's own float output, the worst of ``--inputs`` random inputs. ``--nncf`` also runs NNCF (ONNX
@@ -120,28 +121,20 @@ MODELS: dict[str, Callable] = {"block": block_models, "resnet50": resnet_models}
 GENERATED_EXPORTS = [("dynamo-default", "grid_sample"), ("torchscript-17", "grid_sample"), ("torchscript-13", "gather")]
 
 
-def library_int8(model: onnx.ModelProto, calibration: list[np.ndarray], extra: list[str] = ()) -> onnx.ModelProto:
-    """``model`` through ``dcn_onnxscript.quantization.quantize_static`` with its defaults (``extra``: more
-    nodes left float)."""
+def library_int8(model: onnx.ModelProto, calibration: list[np.ndarray], gemms: str = "float") -> onnx.ModelProto:
+    """``model`` through ``dcn_onnxscript.quantization.quantize_static`` with its defaults but ``gemms``."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "int8.onnx")
         name = model.graph.input[0].name
-        dcn_quantize_static(model, path, [{name: x} for x in calibration], nodes_to_exclude=list(extra))
+        dcn_quantize_static(model, path, [{name: x} for x in calibration], gemms=gemms)
         return onnx.load(path)
-
-
-def per_tap_gemms(model: onnx.ModelProto) -> list[str]:
-    """The Conv/MatMul nodes that read the sampling path's output: the per-tap GEMMs."""
-    excluded = set(nodes_to_exclude(model))
-    sampled = {name for node in model.graph.node if node.name in excluded for name in node.output}
-    return [n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul") and n.name not in excluded
-            and n.input[0] in sampled]
 
 
 def generated_table(calibration: int, inputs: int) -> None:
     """Print one row per generated block, export and calibration kind: native's error, ours, the ratio."""
-    print("| block | input | lowering | exporter | calibration | native | ours | ratio | GEMMs float |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| block | input | lowering | exporter | calibration | native | ours, GEMMs float | ratio "
+          "| ours, GEMMs int8 | ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for channels, out_channels, seed, offset_scale, shape in INT8_BLOCKS:
         module = DeployBlock(channels, seed, out_channels, offset_scale).eval()
         native = export(module, "native", shape)
@@ -151,11 +144,11 @@ def generated_table(calibration: int, inputs: int) -> None:
             native_error = relative_error(library_int8(native, calibrating), native, evaluating)
             for name, lowering in GENERATED_EXPORTS:
                 model = models[name]
-                error = relative_error(library_int8(model, calibrating), model, evaluating)
-                floats = relative_error(library_int8(model, calibrating, per_tap_gemms(model)), model, evaluating)
+                floats = relative_error(library_int8(model, calibrating, "float"), model, evaluating)
+                int8s = relative_error(library_int8(model, calibrating, "int8"), model, evaluating)
                 print(f"| {channels}->{out_channels} x{offset_scale:g} seed {seed} | {shape[2]}x{shape[3]} | "
-                      f"{lowering} | {name} | {kind} | {native_error:.4f} | {error:.4f} | "
-                      f"{error / native_error:.2f} | {floats:.4f} |", flush=True)
+                      f"{lowering} | {name} | {kind} | {native_error:.4f} | {floats:.4f} | "
+                      f"{floats / native_error:.2f} | {int8s:.4f} | {int8s / native_error:.2f} |", flush=True)
 
 
 def main() -> int:
@@ -180,7 +173,7 @@ def main() -> int:
         print(f"== {family} at {'x'.join(map(str, shape))}: {args.calibration} calibration inputs, error = worst "
               f"of {args.inputs} inputs of max|int8 - float| / max|float|", flush=True)
         for name, model in MODELS[family](shape).items():
-            excluded = nodes_to_exclude(model)
+            excluded = nodes_to_exclude(model, "int8")  # the sampling path only: the per-tap GEMMs int8
             print(f"-- {name}: {len(model.graph.node)} nodes, {len(excluded)} kept float by nodes_to_exclude")
             for quantizer, excludes, seven_bit in CONFIGS:
                 if (quantizer == "nncf" and not args.nncf) or (name == "native" and excludes):

@@ -4,11 +4,12 @@ Each function reaches one internal, checks that it is there and otherwise raises
 naming the installed versions, so that a torch or onnxscript release that moves it fails loudly at the
 first use instead of exporting something else. ``tests/export/test_internals.py`` pins each one.
 
-- torch_lib's registry entry of ``torchvision::deform_conv2d`` (``registration.default_registry`` and, when
-  the entry is missing, its private ``_registry`` dict): the dynamo exporter builds its own registry from
-  it at every export, so swapping the entry's overloads is how a translation is registered globally;
+- torch_lib's registry entries of ``torchvision::deform_conv2d`` and of this package's DCNv3/DCNv4 cores
+  (``registration.default_registry`` and, when an entry is missing, its private ``_registry`` dict): the
+  dynamo exporter builds its own registry from it at every export, so swapping an entry's overloads is how a
+  translation is registered globally;
 - the opset of the graph the exporter is building (``evaluator.default().opset``), for refusing
-  ``impl="native"`` below opset 19;
+  ``impl="native"`` below opset 19 and for writing the cores' layout steps in its form;
 - ``torch.onnx.symbolic_helper._get_tensor_sizes``, the static sizes of a TorchScript value;
 - torch's TorchScript ``_type_utils`` under its old name ``torch.onnx._type_utils`` (for the bench's
   deform_conv2d_onnx_exporter 1.2.0, which imports it from there);
@@ -43,9 +44,9 @@ def _missing(what: str) -> InternalsError:
                           "this version (or pin the versions listed in its pyproject.toml)")
 
 
-def torchlib_entry():
-    """torch_lib's registry entry (an ``OverloadedFunction``) of ``torchvision::deform_conv2d``, created
-    when onnxscript has none."""
+def torchlib_entry(name: str = QUALIFIED_NAME):
+    """torch_lib's registry entry (an ``OverloadedFunction``) of the operator ``name`` (``torchvision::deform_conv2d``
+    by default, or one of this package's cores), created when onnxscript has none."""
     try:
         from onnxscript.function_libs.torch_lib import (
             ops,  # noqa: F401  (fills the default registry)
@@ -56,45 +57,42 @@ def torchlib_entry():
     registry = getattr(registration, "default_registry", None)
     if registry is None or not hasattr(registration, "OverloadedFunction"):
         raise _missing("onnxscript.function_libs.torch_lib.registration.default_registry")
-    if QUALIFIED_NAME not in registry:
+    if name not in registry:
         entries = getattr(registry, "_registry", None)
         if not isinstance(entries, dict):
             raise _missing("torch_lib's Registry._registry")
-        entries[QUALIFIED_NAME] = registration.OverloadedFunction(QUALIFIED_NAME)
-    entry = registry[QUALIFIED_NAME]
+        entries[name] = registration.OverloadedFunction(name)
+    entry = registry[name]
     if not isinstance(getattr(entry, "overloads", None), list):
         raise _missing("torch_lib's OverloadedFunction.overloads")
     return entry
 
 
-_original: Optional[list] = None
+#: The original overloads of each entry this package replaced, by operator name.
+_original: dict[str, list] = {}
 
 
-def set_translation(translation: Callable) -> None:
-    """Make ``translation`` the only overload of the entry, remembering the original ones once."""
-    global _original
-    entry = torchlib_entry()
-    if _original is None:
-        _original = list(entry.overloads)
+def set_translation(translation: Callable, name: str = QUALIFIED_NAME) -> None:
+    """Make ``translation`` the only overload of operator ``name``'s entry, remembering the original ones once."""
+    entry = torchlib_entry(name)
+    _original.setdefault(name, list(entry.overloads))
     entry.overloads[:] = [translation]
 
 
-def restore_translation() -> None:
-    """Put the original overloads back (idempotent)."""
-    global _original
-    if _original is not None:
-        torchlib_entry().overloads[:] = _original
-        _original = None
+def restore_translation(name: str = QUALIFIED_NAME) -> None:
+    """Put operator ``name``'s original overloads back (idempotent)."""
+    if name in _original:
+        torchlib_entry(name).overloads[:] = _original.pop(name)
 
 
-def current_translation() -> Optional[Callable]:
-    overloads = torchlib_entry().overloads
+def current_translation(name: str = QUALIFIED_NAME) -> Optional[Callable]:
+    overloads = torchlib_entry(name).overloads
     return overloads[0] if overloads else None
 
 
 def original_translation() -> Callable:
-    """torch_lib's own translation (ONNX ``DeformConv``)."""
-    overloads = _original if _original is not None else torchlib_entry().overloads
+    """torch_lib's own translation of ``torchvision::deform_conv2d`` (ONNX ``DeformConv``)."""
+    overloads = _original.get(QUALIFIED_NAME, torchlib_entry().overloads)
     if not overloads:
         raise _missing("torch_lib's translation of torchvision::deform_conv2d")
     return overloads[0]

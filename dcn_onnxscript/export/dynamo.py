@@ -29,7 +29,7 @@ from dcn_onnxscript.export.registration import NATIVE, NATIVE_MIN_OPSET
 from dcn_onnxscript.lowering.validation import checked_layer, static_shape
 from dcn_onnxscript.rewrite import opsets, rewriter
 
-__all__ = ["NATIVE_MIN_OPSET", "convert_version", "translate"]
+__all__ = ["NATIVE_MIN_OPSET", "convert_version", "placeholder", "translate"]
 
 
 def _placeholder() -> Op:
@@ -66,9 +66,16 @@ def translate(impl: str, input, weight, offset, mask, bias, stride: tuple[int, i
         mask_shape=static_shape(mask), bias_shape=static_shape(bias), stride=stride, padding=padding,
         dilation=dilation, groups=groups, offset_groups=offset_groups, dtype=int(input.dtype), bias=use_bias,
         mask=use_mask)
-    return _PLACEHOLDER(input, weight, offset, bias if use_bias else None, mask if use_mask else None,
-                        strides=list(stride), pads=[*padding, *padding], dilations=list(dilation), group=groups,
-                        offset_group=offset_groups, impl=impl)
+    return placeholder(impl, input, weight, offset, bias if use_bias else None, mask if use_mask else None, stride,
+                       padding, dilation, groups, offset_groups)
+
+
+def placeholder(impl: str, input, weight, offset, bias, mask, stride: tuple[int, int], padding: tuple[int, int],
+                dilation: tuple[int, int], groups: int, offset_groups: int):
+    """The placeholder of one checked deform_conv2d layer (``bias``, ``mask``: ``None`` where absent), lowered
+    through ``impl`` at the conversion step."""
+    return _PLACEHOLDER(input, weight, offset, bias, mask, strides=list(stride), pads=[*padding, *padding],
+                        dilations=list(dilation), group=groups, offset_group=offset_groups, impl=impl)
 
 
 def _is_zero(value) -> bool:

@@ -16,6 +16,7 @@ them until an export runs.
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import torch
@@ -23,12 +24,8 @@ from onnxscript.values import Opset, TracedOnnxFunction
 
 from dcn_onnxscript.export import _internals
 from dcn_onnxscript.lowering import table
+from dcn_onnxscript.lowering.table import IMPLS, NATIVE, NATIVE_MIN_OPSET  # noqa: F401  (the exporters' names)
 
-#: ``impl`` of torch's own translation (ONNX ``DeformConv``, which needs opset 19).
-NATIVE = "native"
-NATIVE_MIN_OPSET = 19
-#: The names :func:`register` and :func:`translation_table` accept: the lowerings of the table, and "native".
-IMPLS = (*table.NAMES, NATIVE)
 _DOMAIN = Opset("dcn_onnxscript", 1)
 
 
@@ -81,10 +78,14 @@ def translation_table(impl: str = table.DEFAULT) -> dict[Callable, Callable]:
 def register(impl: str = table.DEFAULT) -> None:
     """Make every ``torch.onnx.export`` translate ``torchvision::deform_conv2d`` through ``impl`` (one of
     :data:`IMPLS`; done with the default, "auto", on ``import dcn_onnxscript``): the dynamo exporter with
-    ``impl``, the TorchScript exporter (``dynamo=False``) with "auto". Idempotent."""
+    ``impl``, the TorchScript exporter (``dynamo=False``) with "auto". The DCNv3/DCNv4 cores too, once
+    :mod:`dcn_onnxscript.ops` is imported ("native" has no form for them: they keep theirs). Idempotent."""
     _internals.set_translation(_TRANSLATIONS[_checked_impl(impl)])
     _internals.wrap_convert_version(_convert_version)
     torch.onnx.register_custom_op_symbolic(_internals.QUALIFIED_NAME, _symbolic, table.MIN_OPSET)
+    cores = _core_exports()
+    if cores is not None and impl != NATIVE:
+        cores.register(impl)
 
 
 def unregister() -> None:
@@ -93,6 +94,15 @@ def unregister() -> None:
     _internals.restore_translation()
     _internals.unwrap_convert_version()
     torch.onnx.unregister_custom_op_symbolic(_internals.QUALIFIED_NAME, table.MIN_OPSET)
+    cores = _core_exports()
+    if cores is not None:
+        cores.unregister()
+
+
+def _core_exports():
+    """:mod:`dcn_onnxscript.export.dcnv3` where :mod:`dcn_onnxscript.ops` has loaded it (the DCNv3/DCNv4 ops
+    exist then), else ``None``."""
+    return sys.modules.get("dcn_onnxscript.export.dcnv3")
 
 
 def is_registered() -> bool:

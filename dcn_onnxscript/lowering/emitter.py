@@ -41,6 +41,10 @@ class Emitter:
         attributes = {k: self._tensor(v) if isinstance(v, np.ndarray) else v for k, v in attributes.items()}
         return self._node(op_type, inputs, attributes, outputs)
 
+    def constant(self, array: np.ndarray) -> Any:
+        """``array`` as a value of the graph (where a numpy input would not do: a call of another builder)."""
+        return self._constant(array)
+
     def split(self, value: Any, parts: int, size: int, axis: int) -> list:
         """``value``, of static ``size`` along ``axis``, cut into ``parts`` equal parts: one ``Split`` with the
         sizes of its parts written out (an input from opset 13, an attribute before). Neither ``num_outputs``
@@ -61,8 +65,10 @@ class Emitter:
         return self.emit("Squeeze", [value], {"axes": [0]})
 
     def known(self, value: Any) -> Optional[np.ndarray]:
-        """``value``'s contents when they are known at build time (an initializer or a constant), else
-        ``None``: steps on weights fold them instead of writing nodes."""
+        """``value``'s contents when they are known at build time (a numpy array, an initializer or a
+        constant), else ``None``: steps on weights fold them instead of writing nodes."""
+        if isinstance(value, np.ndarray):
+            return value
         if isinstance(value, ir.Value):
             tensor = ir.convenience.get_const_tensor(value)
             return None if tensor is None else tensor.numpy()

@@ -315,13 +315,15 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
     rows = per_row(op, layer, corner_rows(op, layer, clamped, x_shape, offset_shape), [_CORNERS])
     tables, w_k, biases = gather_tables(op, layer, X), tap_weights(op, layer, W), group_biases(op, layer, B)
     K, J, per_offset_group = layer.taps, layer.slices // layer.groups, layer.slices // layer.offset_groups
-    steps = [(s, k) for s in range(layer.slices) for k in range(K)]
+    every = [(s, k) for s in range(layer.slices) for k in range(K)]
+    steps = [step for step, keep in zip(every, sampling.kept([w_k[s][k] for s, k in every])) if keep]
 
     def product(step: int) -> Value:
         """Samples · w_k of one (slice, tap): (1, N·P, 1, O/R)."""
         s, k = steps[step]
         m = s // per_offset_group * K + k
-        return op.MatMul(samples(op, tables[s], rows[m], weights[m]), w_k[s][k])
+        sampled = samples(op, tables[s], rows[m], weights[m])
+        return sampled if sampling.passes_through(w_k[s][k], 1) else op.MatMul(sampled, w_k[s][k])
 
     sums: list[Optional[Value]] = [None] * layer.groups
     upcoming = product(0)

@@ -218,11 +218,15 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
     images = sampled_images(op, layer, X)
     p0, halves = output_positions(op, layer, offset_shape), half_sizes(op, layer, X_shape)
     Y = None
-    for grid, tap_mask, weights in zip(grids(op, layer, delta, p0, halves), tap_masks(op, layer, offset_shape, mask),
-                                       tap_weights(op, layer, W)):
+    w_k = tap_weights(op, layer, W)
+    for grid, tap_mask, weights, keep in zip(grids(op, layer, delta, p0, halves),
+                                             tap_masks(op, layer, offset_shape, mask), w_k, sampling.kept(w_k)):
+        if not keep:
+            continue
         first_tap_bias = [_bias(op, layer, B)] if Y is None and B is not None else []
-        # every attribute written: onnxruntime-web's WebGPU (JSEP) Conv applies no ONNX defaults
-        product = op.Conv(tap_samples(op, layer, images, grid, tap_mask), weights, *first_tap_bias,
-                          group=layer.groups, **_ONE_BY_ONE)
+        product = tap_samples(op, layer, images, grid, tap_mask)
+        if first_tap_bias or not sampling.passes_through(weights, layer.groups):
+            # every attribute written: onnxruntime-web's WebGPU (JSEP) Conv applies no ONNX defaults
+            product = op.Conv(product, weights, *first_tap_bias, group=layer.groups, **_ONE_BY_ONE)
         Y = product if Y is None else op.Add(Y, product)
     return Y if layer.dtype == _SAMPLED else op.Cast(Y, to=layer.dtype)

@@ -75,3 +75,22 @@ def first_tap(layer: Layer, shift: float) -> np.ndarray:
 def as_coordinates(op: Emitter, layer: Layer, value: Value) -> Value:
     """``value`` (offset or mask) in the coordinate type."""
     return value if layer.coordinate_dtype == layer.dtype else op.Cast(value, to=layer.coordinate_dtype)
+
+
+def kept(weights: list) -> list[bool]:
+    """Which of the taps (or slice-taps) weighed by ``weights`` to write: not those whose weights are known
+    (numpy arrays: folded) and all zero, which add nothing (DCNv3's removed centre); all of them where every
+    one is zero (Y is still written)."""
+    zero = [isinstance(w, np.ndarray) and not w.any() for w in weights]
+    return [True] * len(weights) if all(zero) else [not z for z in zero]
+
+
+def passes_through(weights: Any, groups: int) -> bool:
+    """Whether ``weights`` are known and, as ``groups`` square blocks (``weights`` (groups·n, n, ...) or
+    (n, groups·n) flattened per block), each the identity: the product by them is the samples themselves (the
+    DCNv3/DCNv4 cores' weight), so the lowerings write no product."""
+    if not isinstance(weights, np.ndarray) or weights.size % groups:
+        return False
+    n = int(round((weights.size // groups) ** 0.5))
+    return n * n * groups == weights.size and np.array_equal(weights.reshape(groups, n, n),
+                                                              np.broadcast_to(np.eye(n), (groups, n, n)))

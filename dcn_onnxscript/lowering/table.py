@@ -55,6 +55,12 @@ AUTO = "auto"
 DEFAULT = AUTO
 #: Every name a user may pass as ``impl``.
 NAMES = (AUTO, *LOWERINGS)
+#: ``impl`` of ONNX's own ``DeformConv`` (no lowering), which needs opset 19: torch's translation in the
+#: exporters, the node itself in the rewriter.
+NATIVE = "native"
+NATIVE_MIN_OPSET = 19
+#: What the exporters' ``impl`` and the rewriter's ``--impl`` accept: the names above and "native".
+IMPLS = (*NAMES, NATIVE)
 
 
 def resolve(name: str, opset: int, dtype: Optional[int] = None) -> str:

@@ -3,6 +3,7 @@ the expected value. Shapes are tuples whose dynamic dimensions are ``None`` (tho
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 from dcn_onnxscript.lowering.layer import Layer
@@ -136,3 +137,45 @@ def checked_layer(*, input_shape: Shape, weight_shape: Shape, offset_shape: Shap
                  groups=groups, offset_groups=offset_groups, in_channels=per_group * groups,
                  out_channels=out_channels, dtype=dtype, bias=bias, mask=mask, batch=n, input_size=(h, w),
                  output_size=(ho, wo))
+
+
+def check_core_args(core, *, input_shape: Shape, offset_shape: Shape, mask_shape: Shape = None) -> None:
+    """Raise ``ValueError`` unless the arguments describe a valid DCNv3 or DCNv4 core call
+    (:class:`~dcn_onnxscript.lowering.dcnv3.Core`): ``input_shape`` (N, H, W, group·group_channels); DCNv3:
+    ``offset_shape`` (N, Ho, Wo, group·P·2) and ``mask_shape`` (N, Ho, Wo, group·P); DCNv4: ``offset_shape`` the
+    offset_mask's (N, Ho, Wo, at least group·P·3), ``mask_shape`` ``None``. P = kernel_h·kernel_w, less one with
+    remove_center."""
+    for name, values in (("kernel", core.kernel), ("stride", core.stride), ("dilation", core.dilation)):
+        _check_positive(name, values)
+    if len(core.padding) != 2 or any(p < 0 for p in core.padding):
+        raise ValueError(f"pad must be two non-negative integers (h, w), got {tuple(core.padding)}")
+    for name, value in (("group", core.group), ("group_channels", core.group_channels)):
+        if value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+    if not math.isfinite(core.offset_scale):
+        raise ValueError(f"offset_scale must be finite, got {core.offset_scale}")
+    if core.points < 1:
+        raise ValueError(f"remove_center leaves no point of a {core.kernel[0]}x{core.kernel[1]} kernel")
+    if core.version not in (3, 4):
+        raise ValueError(f"version must be 3 or 4, got {core.version}")
+    offset_name = "offset" if core.version == 3 else "offset_mask"
+    _check_rank("input", input_shape, 4, "(N, H, W, group*group_channels)")
+    _check_rank(offset_name, offset_shape, 4, "(N, Ho, Wo, channels)")
+    _check_rank("mask", mask_shape, 4, "(N, Ho, Wo, group*P)")
+    n, h, w, _ = input_shape if input_shape is not None else (None,) * 4
+    _check_dim("input", input_shape, 3, core.channels, "group*group_channels")
+    out_h, out_w = core.output_size((h, w))
+    if out_h is not None and out_h < 1 or out_w is not None and out_w < 1:
+        raise ValueError(f"the output would be empty: input {h}x{w}, kernel {core.kernel}, stride {core.stride}, "
+                         f"pad {core.padding}, dilation {core.dilation}")
+    P = core.points
+    for name, shape in ((offset_name, offset_shape), ("mask", mask_shape)):
+        _check_dim(name, shape, 0, n, "the input's batch size")
+        _check_dim(name, shape, 1, out_h, "the output height")
+        _check_dim(name, shape, 2, out_w, "the output width")
+    _check_dim("mask", mask_shape, 3, core.group * P, "group*P")
+    if core.version == 3:
+        _check_dim("offset", offset_shape, 3, core.group * P * 2, "group*P*2")
+    elif offset_shape is not None and offset_shape[3] is not None and offset_shape[3] < core.group * P * 3:
+        raise ValueError(f"offset_mask dimension 3 must be at least {core.group * P * 3} (group*P*3), got "
+                         f"{offset_shape[3]} (shape {tuple(offset_shape)})")

@@ -16,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", type=pathlib.Path, nargs="?", default=None,
                         help="where to write the rewritten model (leave out with --in-place)")
     parser.add_argument("--impl", default=table.DEFAULT,
-                        help=f"lowering: {', '.join(table.NAMES)} (default: {table.DEFAULT}: grid_sample from "
-                             "opset 16, gather below and for float64)")
+                        help=f"lowering: {', '.join(table.IMPLS)} (default: {table.DEFAULT}: grid_sample from "
+                             f"opset 16, gather below and for float64; {table.NATIVE}: ONNX DeformConv, opset >= "
+                             f"{table.NATIVE_MIN_OPSET}, for runtimes that have it)")
     parser.add_argument("--opset", type=int, default=None,
                         help="convert the result to this ONNX opset (default: keep the model's)")
     # the names of targets.TARGETS, written out: --help imports no onnx_ir

@@ -47,9 +47,12 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:  # RewriteError is a ValueError
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
+    for note in result.notes:
+        print(note)
     for_target = f"{retargeted} pattern(s) written for {args.target}" if args.target else None
     if not result.counts:
-        print(f"nothing to rewrite: {args.input} holds no DeformConv or mmcv deformable convolution; "
+        print(f"nothing to rewrite: {args.input} holds no DeformConv, mmcv deformable convolution or "
+              "deform_conv2d_onnx_exporter layer that could be proven; "
               f"{for_target or 'wrote an unchanged copy'} (opset {_onnx_opset(result.model)}) -> {output}")
         return 0
     written = ", ".join(sorted(result.lowerings)) or args.impl

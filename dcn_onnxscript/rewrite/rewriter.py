@@ -40,6 +40,22 @@ Nodes recognised, wherever they are: the main graph, ``If``/``Loop``/``Scan`` bo
     pad_w. A four-value ``padding`` is therefore taken only where both readings agree (``padding[1] ==
     padding[2]``); otherwise the node is refused as ambiguous. Offset layout as above.
 
+``TRTDCNv3`` (domain ``mmdeploy``): InternImage's DCNv3 core
+    inputs ``input`` (N, H, W, C), ``offset``, ``mask`` in DCNv3's layout (:mod:`dcn_onnxscript.lowering.dcnv3`);
+    attributes ``kernel_h``, ``kernel_w``, ``stride_h``, ``stride_w``, ``pad_h``, ``pad_w``, ``dilation_h``,
+    ``dilation_w``, ``group``, ``group_channels``, ``offset_scale``, ``im2col_step`` (a CUDA batching knob,
+    ignored) and ``remove_center``, as ``DCNv3Function.symbolic`` in InternImage's
+    ``ops_dcnv3/functions/dcnv3_func.py`` writes them. The core is its layout steps around a deform_conv2d
+    layer, which is then lowered as above.
+
+deform_conv2d_onnx_exporter's layers (1.x and its fork: some 60 to 120 primitive nodes around four samplers)
+    found, their attributes inferred and proven, each replaced by one ``DeformConv`` first
+    (:mod:`dcn_onnxscript.rewrite.seed`; main graph only). A layer that does not prove equal is left as it
+    was, with one line in :attr:`RewriteResult.notes`.
+
+With ``impl="native"``, each node becomes ONNX ``DeformConv`` (opset 19 and later) instead of a lowering;
+native ``DeformConv`` nodes stay as they are.
+
 The rewritten model keeps its own default opset, which must be 12 or later (16 for grid_sample), unless
 ``--opset`` asks for a conversion (the nodes are then written in the target opset's form).
 """
@@ -54,12 +70,12 @@ import onnx
 import onnx.version_converter
 import onnx_ir as ir
 
-from dcn_onnxscript.lowering import table
+from dcn_onnxscript.lowering import dcnv3, table
 from dcn_onnxscript.lowering.emitter import TapeEmitter
-from dcn_onnxscript.lowering.layer import Layer
+from dcn_onnxscript.lowering.layer import FLOAT_TYPES, Layer
 from dcn_onnxscript.lowering.script.protos import SCRIPT_OPSET
-from dcn_onnxscript.lowering.validation import check_deform_conv2d_args, checked_layer, static_shape
-from dcn_onnxscript.rewrite import opsets, script_calls
+from dcn_onnxscript.lowering.validation import check_core_args, check_deform_conv2d_args, checked_layer, static_shape
+from dcn_onnxscript.rewrite import opsets, script_calls, seed
 
 Progress = Callable[[str], None]
 #: The domain of the placeholder ``DeformConv`` (DeformConv-19's inputs and attributes, plus the lowering's
@@ -97,6 +113,8 @@ class RewriteResult:
     model: ir.Model
     counts: collections.Counter
     lowerings: frozenset[str] = frozenset()
+    #: One line per region recognised but left as it was (:mod:`.seed`).
+    notes: tuple[str, ...] = ()
 
     def summary(self) -> str:
         """One line, e.g. ``rewrote 3 nodes: DeformConv x2, mmcv::MMCVDeformConv2d x1``."""
@@ -214,10 +232,73 @@ SOURCE_OPS: dict[tuple[str, str], Callable[[ir.Node], DeformConvCall]] = {
     ("mmdeploy", "MMCVModulatedDeformConv2d"): _read_mmcv_modulated,
     ("mmcv", "MMCVDeformConv2d"): _read_mmcv_deform,
     ("mmdeploy", "MMCVDeformConv2d"): _read_mmcv_deform,
+    (seed.SEED_DOMAIN, "DeformConv"): _read_deform_conv,
 }
 
 
+#: InternImage's DCNv3 node, as its autograd function's symbolic writes it.
+TRT_DCNV3 = ("mmdeploy", "TRTDCNv3")
+
+
+def _read_trt_dcnv3(node: ir.Node) -> dcnv3.Core:
+    """The :class:`~dcn_onnxscript.lowering.dcnv3.Core` of a ``TRTDCNv3(input, offset, mask)`` node."""
+    _check_input_count(node, 3, 3)
+
+    def pair(name: str, default: int = 1) -> tuple[int, int]:
+        return _int(node, f"{name}_h", default), _int(node, f"{name}_w", default)
+
+    scale = _attr(node, "offset_scale")
+    return dcnv3.Core(kernel=pair("kernel"), stride=pair("stride"), padding=pair("pad", 0),
+                      dilation=pair("dilation"), group=_int(node, "group", 1),
+                      group_channels=_int(node, "group_channels", 1),
+                      offset_scale=1.0 if scale is None else scale.as_float(),
+                      remove_center=bool(_int(node, "remove_center", 0)), version=3)
+
+
+def _expand_cores(model: ir.Model, impl: str) -> int:
+    """Replace each ``TRTDCNv3`` node by its layout steps around a placeholder deform_conv2d of lowering ``impl``
+    (:data:`PENDING_DOMAIN`), written at its graph's opset; returns how many. Nothing is changed when one is
+    refused."""
+    nodes = [node for node in _all_nodes(model) if (node.domain, node.op_type) == TRT_DCNV3]
+    node_opsets, checked = _node_opsets(model), []
+    for node in nodes:
+        core = _read_trt_dcnv3(node)
+        input, offset, mask = node.inputs
+        try:
+            check_core_args(core, input_shape=static_shape(input), offset_shape=static_shape(offset),
+                            mask_shape=static_shape(mask))
+            if input.dtype is None:
+                raise ValueError("the input's data type is unknown")
+        except ValueError as error:
+            raise RewriteError(f"{_describe(node)}: {error}") from None
+        checked.append((node, core))
+    for index, (node, core) in enumerate(checked, 1):
+        input, offset, mask = node.inputs
+        prefix = f"{node.name or 'dcnv3'}_{index}"
+        op = TapeEmitter(node_opsets[node], prefix=prefix, initializers=node.graph is model.graph)
+        X = dcnv3.channels_first(op, input)
+        shape = static_shape(input)
+        X.dtype, X.shape = input.dtype, None if shape is None else ir.Shape([shape[i] for i in (0, 3, 1, 2)])
+        W = op.constant(dcnv3.identity_weight(core, FLOAT_TYPES[input.dtype.value]))
+        attributes = dict(strides=list(core.stride), pads=[*core.padding, *core.padding],
+                          dilations=list(core.dilation), group=core.group, offset_group=core.group, impl=impl)
+        Y = op.tape.op("DeformConv", [X, W, dcnv3.deform_conv2d_offset(op, core, input.dtype.value, offset), None,
+                                      dcnv3.deform_conv2d_mask(op, core, mask)], attributes, domain=PENDING_DOMAIN)
+        Y = dcnv3.channels_last(op, Y)
+        for constant in op.tape.initializers:
+            node.graph.register_initializer(constant)
+        for number, new in enumerate(op.tape.nodes):
+            new.name = f"{prefix}/{new.op_type}_{number}"
+            for output in new.outputs:
+                output.name = f"{prefix}/{number}_{output.index()}"
+        ir.convenience.replace_nodes_and_values(node.graph, insertion_point=node, old_nodes=[node],
+                                                new_nodes=op.tape.nodes, old_values=node.outputs, new_values=[Y])
+    return len(checked)
+
+
 def _kind(node: ir.Node) -> str:
+    if node.domain == seed.SEED_DOMAIN:
+        return seed.SEED_KIND
     domain = "" if node.domain == "ai.onnx" else node.domain
     return f"{domain}::{node.op_type}" if domain else node.op_type
 
@@ -225,6 +306,8 @@ def _kind(node: ir.Node) -> str:
 def _describe(node: ir.Node) -> str:
     if node.domain == PENDING_DOMAIN:
         return f"torchvision::deform_conv2d (exported node {node.name!r})"
+    if node.domain == seed.SEED_DOMAIN:
+        return f"{seed.SEED_KIND}'s layer ending in Conv {node.name.removesuffix(seed.NODE_SUFFIX)!r}"
     return f"{_kind(node)} node {node.name!r}"
 
 
@@ -291,6 +374,36 @@ def _node_opsets(model: ir.Model) -> dict[ir.Node, int]:
     return opsets_of
 
 
+def _check_impl(what: str, impl: str, opset: int) -> None:
+    """:class:`RewriteError` naming ``what`` unless ``impl`` can be written at ``opset``."""
+    try:
+        if impl != table.NATIVE:
+            table.lowering(impl, opset)
+        elif opset < table.NATIVE_MIN_OPSET:
+            raise ValueError(f"impl='native' writes ONNX DeformConv, which needs opset >= {table.NATIVE_MIN_OPSET}, "
+                             f"got opset {opset}; add --opset {table.NATIVE_MIN_OPSET}")
+    except ValueError as error:
+        raise RewriteError(f"{what}: {error}") from None
+
+
+def _read_calls(model: ir.Model, nodes: list[ir.Node], impl: str, emit_opset: Optional[int]) -> list[tuple]:
+    """(node, call, layer, opset, impl) of each of ``nodes``, checked; :class:`RewriteError` for the first one
+    that cannot be rewritten. Changes nothing."""
+    calls = []
+    node_opsets = _node_opsets(model)
+    for node in nodes:
+        call = SOURCE_OPS[(node.domain, node.op_type)](node)
+        opset = emit_opset or node_opsets[node]
+        node_impl = node.attributes.get_string("impl", impl) if node.domain == PENDING_DOMAIN else impl
+        _check_impl(_describe(node), node_impl, opset)
+        layer = _checked_layer(node, call)
+        if layer is None and opset < SCRIPT_OPSET and node_impl != table.NATIVE:
+            raise RewriteError(f"{_describe(node)}: the weight's shape (O, C/group, kH, kW) is unknown; give it a "
+                               f"static shape or rewrite at opset >= {SCRIPT_OPSET}")
+        calls.append((node, call, layer, opset, node_impl))
+    return calls
+
+
 def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit_opset: Optional[int],
                           hidden: bool, progress: Optional[Progress]) -> tuple[collections.Counter, set[str]]:
     """Replace each of ``nodes`` by the nodes of lowering ``impl`` (a placeholder's own ``impl`` attribute
@@ -299,21 +412,7 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
     whose weight shape is unknown (a local function's input, say) becomes a call of the standalone script
     function instead, inlined at the end. Returns the count per kind and the names of the lowerings
     written. Nothing is changed when any node is refused."""
-    calls = []
-    node_opsets = _node_opsets(model)
-    for node in nodes:
-        call = SOURCE_OPS[(node.domain, node.op_type)](node)
-        opset = emit_opset or node_opsets[node]
-        node_impl = node.attributes.get_string("impl", impl) if node.domain == PENDING_DOMAIN else impl
-        try:
-            table.lowering(node_impl, opset)
-        except ValueError as error:
-            raise RewriteError(f"{_describe(node)}: {error}") from None
-        layer = _checked_layer(node, call)
-        if layer is None and opset < SCRIPT_OPSET:
-            raise RewriteError(f"{_describe(node)}: the weight's shape (O, C/group, kH, kW) is unknown; give it a "
-                               f"static shape or rewrite at opset >= {SCRIPT_OPSET}")
-        calls.append((node, call, layer, opset, node_impl))
+    calls = _read_calls(model, nodes, impl, emit_opset)
     counts: collections.Counter = collections.Counter()
     lowerings: set[str] = set()
     step = max(1, len(calls) // 10)
@@ -322,7 +421,10 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
         dtype = layer.dtype if layer is not None else (call.X.dtype.value if call.X.dtype is not None else None)
         name = table.resolve(node_impl, opset, dtype)
         lowerings.add(name)
-        if layer is None:
+        if name == table.NATIVE:
+            new_nodes = [_native_node(node, call, opsets.HIDDEN_DOMAIN if hidden else "")]
+            Y = new_nodes[0].outputs[0]
+        elif layer is None:
             new_nodes = [script_calls.call_node(node, call, name)]
             Y = new_nodes[0].outputs[0]
             scripted = True
@@ -351,6 +453,18 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
             progress("inlining the standalone functions")
         script_calls.inline(model)
     return counts, lowerings
+
+
+def _native_node(node: ir.Node, call: DeformConvCall, domain: str) -> ir.Node:
+    """ONNX ``DeformConv`` (opset 19's form) of ``call``, in ``domain`` ("" or :data:`opsets.HIDDEN_DOMAIN`)."""
+    inputs = [call.X, call.W, call.offset, call.B, call.mask]
+    while inputs[-1] is None:
+        inputs.pop()
+    weight_shape = static_shape(call.W)
+    kernel = dict(kernel_shape=list(weight_shape[2:])) if weight_shape and None not in weight_shape else {}
+    return ir.node("DeformConv", inputs, domain=domain, name=node.name, attributes=dict(
+        **kernel, strides=list(call.strides), pads=list(call.pads), dilations=list(call.dilations),
+        group=call.group, offset_group=call.offset_group))
 
 
 def _drop_folded_weights(model: ir.Model, values: Sequence[Optional[ir.Value]]) -> None:
@@ -392,13 +506,34 @@ def rewrite(model: ir.Model, impl: str = table.DEFAULT, opset: Optional[int] = N
             progress: Optional[Progress] = None) -> RewriteResult:
     """Rewrite ``model`` in place (see the module docstring) and return it with the counts per node kind.
 
-    ``impl``: one of :data:`dcn_onnxscript.lowering.table.NAMES`; ``opset``: the ONNX opset of the
+    ``impl``: one of :data:`dcn_onnxscript.lowering.table.IMPLS`; ``opset``: the ONNX opset of the
     result (default: the model's own). Raises :class:`RewriteError` for a node it cannot rewrite or an opset
-    it cannot reach; ``model`` is then left as it was.
+    it cannot reach; ``model`` is then left as it was (unless the opset conversion itself fails).
     """
-    if impl not in table.NAMES:
-        raise RewriteError(f"unknown implementation {impl!r}; choose from {', '.join(table.NAMES)}")
-    return _rewrite(model, _source_nodes(model), impl, opset, _onnx_converter, progress)
+    if impl not in table.IMPLS:
+        raise RewriteError(f"unknown implementation {impl!r}; choose from {', '.join(table.IMPLS)}")
+    emit_opset = _emit_opset(model, opset)
+    # every node and region is checked before anything changes: a refusal leaves the model as it was
+    _read_calls(model, _source_nodes(model), impl, emit_opset)
+    if any((node.domain, node.op_type) == TRT_DCNV3 for node in _all_nodes(model)):
+        _check_impl("::".join(TRT_DCNV3), impl, emit_opset or _onnx_opset(model))
+    proven, notes = seed.prove_regions(model, progress)
+    if proven:
+        _check_impl(proven[0][0].describe(), impl, emit_opset or _onnx_opset(model))
+    cores = _expand_cores(model, impl)
+    seed.replace_regions(model, proven)
+    nodes = _source_nodes(model)
+    if impl == table.NATIVE:  # ONNX's own DeformConv is already what "native" writes
+        nodes = [node for node in nodes if _kind(node) != "DeformConv"]
+    result = _rewrite(model, nodes, impl, opset, _onnx_converter, progress)
+    result.notes = tuple(notes)
+    if cores:  # the cores' placeholders count as the nodes they replaced
+        pending = f"{PENDING_DOMAIN}::DeformConv"
+        result.counts[pending] -= cores
+        result.counts["::".join(TRT_DCNV3)] += cores
+        result.counts += collections.Counter()  # drops the zero count
+        _drop_unused_domains(model, {TRT_DCNV3[0]})
+    return result
 
 
 def pending_nodes(model: ir.Model) -> list[ir.Node]:
@@ -414,18 +549,25 @@ def lower_pending(model: ir.Model, opset: int, convert: opsets.Convert) -> ir.Mo
     return _rewrite(model, pending_nodes(model), table.DEFAULT, opset, convert, None).model
 
 
+def _emit_opset(model: ir.Model, opset: Optional[int]) -> Optional[int]:
+    """The opset to write the lowerings at when ``opset`` asks for a conversion, ``None`` otherwise (each node
+    at its graph's); :class:`RewriteError` below the lowest the lowerings write."""
+    if opset is None or opset == _onnx_opset(model):
+        return None
+    if opset < opsets.MIN_OPSET:
+        raise RewriteError(f"opset must be >= {opsets.MIN_OPSET} for deformable convolutions, got {opset}")
+    return opset
+
+
 def _rewrite(model: ir.Model, nodes: list[ir.Node], impl: str, opset: Optional[int], convert: opsets.Convert,
              progress: Optional[Progress]) -> RewriteResult:
     """Replace ``nodes`` with their lowerings written at ``opset`` (default: their graphs'), then convert the
     model to ``opset`` with the lowerings' nodes kept out of the conversion."""
-    current = _onnx_opset(model)
-    change = opset is not None and opset != current
-    if change and opset < opsets.MIN_OPSET:
-        raise RewriteError(f"opset must be >= {opsets.MIN_OPSET} for deformable convolutions, got {opset}")
-    counts, lowerings = _replace_deform_convs(model, nodes, impl, opset if change else None, hidden=change,
-                                              progress=progress)
+    emit_opset = _emit_opset(model, opset)
+    change = emit_opset is not None
+    counts, lowerings = _replace_deform_convs(model, nodes, impl, emit_opset, hidden=change, progress=progress)
     if counts:
-        _drop_unused_domains(model, {kind.split("::")[0] for kind in counts if "::" in kind})
+        _drop_unused_domains(model, {kind.split("::")[0] for kind in counts if "::" in kind} | {seed.SEED_DOMAIN})
     if change:
         try:
             model = opsets.convert_version(model, opset, convert)

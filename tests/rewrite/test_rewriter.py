@@ -346,9 +346,34 @@ def test_opset_conversion_that_onnx_cannot_do_is_a_clear_error():
 
 
 def test_unknown_implementation_is_refused():
-    with pytest.raises(RewriteError, match="unknown implementation 'nope'; choose from auto, gather, grid_sample"):
+    with pytest.raises(RewriteError, match="unknown implementation 'nope'; choose from auto, gather, grid_sample, "
+                                           "native"):
         rewrite_model(_random_case(5)[0], impl="nope")
 
+
+@pytest.mark.parametrize("opset", [11, 19])
+def test_impl_native_writes_onnx_deform_conv_in_place_of_mmcv_nodes(opset):
+    """From any opset the model is converted to (here 19): one DeformConv with the mmcv node's attributes."""
+    feeds, expected, attributes, pad = _mmcv_reference(np.random.default_rng(13), modulated=True, bias=True)
+    node = oh.make_node("MMCVModulatedDeformConv2d", ["x", "off", "mask", "w", "b"], ["y"], domain="mmcv",
+                        padding=list(pad), **attributes)
+    model = _single_node_model(node, feeds, opset=opset, domains={"mmcv": 1})
+    if opset < 19:
+        with pytest.raises(RewriteError, match="impl='native' writes ONNX DeformConv, which needs opset >= 19"):
+            rewrite(ir.from_proto(model), impl="native")
+    result = rewrite(ir.from_proto(model), impl="native", opset=19)
+    assert result.lowerings == {"native"} and result.summary() == "rewrote 1 node: mmcv::MMCVModulatedDeformConv2d x1"
+    rewritten = ir.to_proto(result.model)
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert [n.op_type for n in rewritten.graph.node] == ["DeformConv"]
+    assert [(o.domain, o.version) for o in rewritten.opset_import] == [("", 19)]
+    assert_close(run_onnxruntime(rewritten, list(feeds.values())), expected, rtol=1e-6)
+
+
+def test_impl_native_leaves_native_deform_conv_as_it_is():
+    model, _ = _random_case(4)  # opset 22
+    result = rewrite(ir.from_proto(model), impl="native")
+    assert not result.counts and _all_op_types(ir.to_proto(result.model)) == {"DeformConv"}
 
 
 def test_gather_refuses_an_image_of_2_to_the_31_pixels():
@@ -363,6 +388,7 @@ def test_gather_refuses_an_image_of_2_to_the_31_pixels():
     with pytest.raises(ValueError, match=r"input \(X\) of batch N=2, height H=32768, width W=32768 holds "
                                          r"N·H·W = 2147483648 pixels.*INT32"):
         rewrite_model(model, impl="gather")
+
 
 # --- the command line, run for real -----------------------------------------------------------------
 

@@ -1,0 +1,109 @@
+"""The cores' lowering (:mod:`dcn_onnxscript.lowering.dcnv3`) written through an onnx_ir tape, run on
+onnxruntime against the numpy reference: both lowerings, opsets from 12, static and dynamic sizes, float16,
+float32 and float64, hostile offsets."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from core_reference import CoreCase, core_reference, generated_cases
+
+from dcn_onnxscript.lowering import dcnv3 as lowering
+from dcn_onnxscript.lowering.dcnv3 import Core
+from dcn_onnxscript.lowering.emitter import TapeEmitter
+from dcn_onnxscript.lowering.layer import Layer
+from helpers import HOSTILE, assert_close
+from runtimes import run_onnxruntime
+
+_TYPES = {np.float16: onnx.TensorProto.FLOAT16, np.float32: onnx.TensorProto.FLOAT, np.float64: onnx.TensorProto.DOUBLE}
+#: (lowering, opset): each lowering at its lowest opset and at one where the ops it writes change form.
+VARIANTS = [("gather", 12), ("grid_sample", 16), ("gather", 18), ("grid_sample", 20), ("auto", 15)]
+#: dtype -> rtol against the float64 reference (float16 outputs are rounded to float16).
+DTYPES = {np.float32: 1e-4, np.float64: 1e-10, np.float16: 5e-3}
+
+
+def core_model(case: CoreCase, impl: str, opset: int, dtype=np.float32, static: bool = True) -> onnx.ModelProto:
+    """A model of one core call written by :func:`lowering.lower`: inputs input, offset[, mask]."""
+    core, onnx_type = case.core, _TYPES[dtype]
+    N, (H, W), (Ho, Wo) = case.batch, case.size, case.output_size
+    shapes = {"input": [N, H, W, core.channels], "offset": [N, Ho, Wo, case.offset_channels()],
+              "mask": [N, Ho, Wo, core.group * core.points]}
+    names = ["input", "offset", "mask"][:3 if core.version == 3 else 2]
+    values = {n: ir.Value(name=n, type=ir.TensorType(ir.DataType(onnx_type)),
+                          shape=ir.Shape(shapes[n] if static else [f"{n}{i}" for i in range(4)])) for n in names}
+    layer: Layer = lowering.layer(core, onnx_type, N if static else None, (H, W) if static else (None, None),
+                                  (Ho, Wo) if static else (None, None))
+    op = TapeEmitter(opset, initializers=False)
+    Y = lowering.lower(op, core, layer, values["input"], values["offset"], values.get("mask", values["offset"]),
+                       impl)
+    Y.name, Y.type, Y.shape = "Y", ir.TensorType(ir.DataType(onnx_type)), ir.Shape(["N", "Ho", "Wo", "C"])
+    graph = ir.Graph([values[n] for n in names], [Y], nodes=op.tape.nodes, opset_imports={"": opset}, name="core")
+    return ir.to_proto(ir.Model(graph, ir_version=8))
+
+
+def _run_and_compare(case: CoreCase, impl: str, opset: int, dtype, static: bool, inputs=None) -> None:
+    model = core_model(case, impl, opset, dtype, static)
+    onnx.checker.check_model(model, full_check=True)
+    inputs = inputs if inputs is not None else case.inputs(seed=5, dtype=dtype)
+    actual = run_onnxruntime(model, inputs)
+    assert actual.dtype == dtype
+    assert_close(actual, core_reference(case.core, *inputs), rtol=DTYPES[dtype])
+
+
+def _covering(cases: list[CoreCase]) -> list[tuple]:
+    """Each case with one variant, dtype and static/dynamic, cycling through them so that every pair of
+    variant and dtype and of variant and static/dynamic occurs (float64 only where "gather" computes it)."""
+    combos = [(v, d, s) for v, d, s in itertools.product(VARIANTS, DTYPES, (True, False))
+              if d is not np.float64 or v[0] == "gather"]
+    return [(case, *combos[i % len(combos)]) for i, case in enumerate(cases)]
+
+
+CASES = _covering(generated_cases(12, version=3, seed=11) + generated_cases(12, version=4, seed=12))
+SLOW_CASES = _covering(generated_cases(80, version=3, seed=111) + generated_cases(80, version=4, seed=112))
+
+
+def _id(param) -> str:
+    case, (impl, opset), dtype, static = param
+    return f"{case}-{impl}{opset}-{np.dtype(dtype).name}-{'static' if static else 'dynamic'}"
+
+
+@pytest.mark.parametrize("param", CASES, ids=_id)
+def test_lowering_matches_the_reference(param):
+    case, (impl, opset), dtype, static = param
+    _run_and_compare(case, impl, opset, dtype, static)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("param", SLOW_CASES, ids=_id)
+def test_lowering_matches_the_reference_on_the_full_matrix(param):
+    case, (impl, opset), dtype, static = param
+    _run_and_compare(case, impl, opset, dtype, static)
+
+
+@pytest.mark.parametrize("impl, opset", [("gather", 12), ("grid_sample", 16)])
+@pytest.mark.parametrize("static", [True, False], ids=["static", "dynamic"])
+@pytest.mark.parametrize("version", [3, 4])
+def test_hostile_offsets_contribute_zero_and_read_nothing_out_of_bounds(impl, opset, static, version):
+    case = CoreCase(Core((3, 3), (2, 1), (1, 1), (1, 2), 2, 3, offset_scale=2.0, version=version), size=(6, 5),
+                    batch=2)
+    inputs = case.inputs(seed=2)
+    offset, rng = inputs[1], np.random.default_rng(version)
+    at = rng.random(offset.shape) < 0.4
+    if version == 4:  # offsets only, not DCNv4's masks
+        P, channel = case.core.points, np.arange(offset.shape[-1])
+        at &= channel % (3 * P) < 2 * P
+    offset[at] = rng.choice(HOSTILE, int(at.sum())).astype(np.float32)
+    _run_and_compare(case, impl, opset, np.float32, static, inputs)
+
+
+def test_remove_center_gives_the_centre_tap_a_zero_weight():
+    core = Core((3, 3), (1, 1), (1, 1), (1, 1), 2, 2, remove_center=True)
+    weight = lowering.identity_weight(core)
+    assert weight.shape == (4, 2, 3, 3)
+    assert not weight[:, :, 1, 1].any()
+    # points run column-major over the kernel, the centre skipped (DCNv3's and DCNv4's kernels)
+    assert lowering.tap_points(core) == [0, 3, 5, 1, None, 6, 2, 4, 7]
