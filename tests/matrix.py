@@ -312,8 +312,4 @@ def _deploy_failure(export: Export, runtime: str, writes_gather: bool) -> Option
         return Fault("rknn-toolkit2", "2.5.0", "the RK3588 simulator samples offsets that are NaN, ±Inf or beyond "
                      "float16's range (the layer's hostile inputs) as if they were finite (max error 1.66 at an "
                      "output scale of 2.1; offsets up to 1e4 match within 4.7e-3) (docs/known-issues.md)", RKNN)
-    if runtime == "rknn" and writes_gather:
-        return Fault("rknn-toolkit2", "2.5.0", "the RK3588 simulator's output of the gather lowering is wrong "
-                     "(relative error 0.55) while every intermediate tensor, read as an output in the same run, is "
-                     "right; the tap sum written four other ways fails alike (docs/known-issues.md)", RKNN)
     return None

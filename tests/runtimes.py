@@ -222,7 +222,7 @@ def run_runtime(runtime: str, model: onnx.ModelProto, inputs: Inputs, whole_mode
         return run_openvino(model, inputs, precision=None)
     if runtime == "tract_symbolic":
         return run_tract(model, inputs, concrete=False, plain_sizes=not whole_model)
-    if runtime in ("ncnn", "opencv4"):  # the documented recipes: `rewrite --for ncnn` (then pnnx), `--for opencv4`
+    if runtime in targets.TARGETS:  # the documented recipes: `rewrite --for ncnn` (then pnnx), `--for opencv4`, `rknn`
         retargeted = ir.from_proto(model)
         targets.for_target(retargeted, runtime)
         model = ir.to_proto(retargeted)

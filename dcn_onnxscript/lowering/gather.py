@@ -7,9 +7,9 @@ The sum over taps is the equation's own Σ_k, accumulated, so no im2col columns 
 most one tap's samples (N·Ho·Wo, C/S) and the four neighbours they are blended from. First a *plan* for
 all taps at once, C/4 times smaller than one tap's neighbours: the sample positions p = p_0 + p_k + Δp_k,
 their neighbours along each axis clamped into the image, the four neighbours' rows in the gather table and
-their bilinear weights times Δm_k. Then per tap (and channel slice): gather, blend, multiply, add. Steps,
-one function each, in that order below. A 3x3 layer takes 75 nodes with static sizes, 113 with dynamic ones
-(weights folded; ``Constant`` nodes not counted).
+their bilinear weights times Δm_k (positions and rows in INT32). Then per tap (and channel slice): gather,
+blend, multiply, add. Steps, one function each, in that order below. A 3x3 layer takes 74 nodes with static
+sizes, 117 with dynamic ones (weights folded; ``Constant`` nodes not counted).
 
 Why one ``Gather`` of the four neighbours and a batched (1 x 4)·(4 x C/S) ``MatMul`` per tap: measured on
 onnxruntime against a ``Mul`` + ``ReduceSum`` blend (with the neighbours' axis first or last) and against
@@ -34,7 +34,7 @@ volume), except W's reshape in a grouped layer whose weights are graph values (f
 Why it is safe for every input: Δp is cut to [-2^24, 2^24] in floating point (NaN and -Inf go to -2^24),
 and every neighbour's row and column are clamped into the image by integer ops after the float math, so no
 offset, dtype or precision a runtime picks for the float math can make the gather read out of bounds; a
-neighbour the integer clamp moved gets weight zero. p_0 + p_k is an integer: it is added to ⌊Δp⌋ in INT64,
+neighbour the integer clamp moved gets weight zero. p_0 + p_k is an integer: it is added to ⌊Δp⌋ in INT32,
 so no shape is ever cast to a float type (no DOUBLE in float32 models, no ``Cast(to=FLOAT)`` that
 onnxconverter-common's float16 conversion would retype) and no ``CumSum`` counts positions.
 
@@ -57,19 +57,38 @@ from dcn_onnxscript.lowering.layer import Layer
 
 Value = Any
 
-_INT64, _INT32 = onnx.TensorProto.INT64, onnx.TensorProto.INT32
+_INT32 = onnx.TensorProto.INT32
 #: Offsets are cut to ±2^24 (exact in float32 and bfloat16, beyond any image side): a sample moved there has
-#: no neighbour in the image, and ⌊Δp⌋ casts to INT64 exactly.
+#: no neighbour in the image, and ⌊Δp⌋ casts to INT32 exactly.
 _FAR = 2.0**24
 #: The (y, x) of the four neighbours top-left, top-right, bottom-left, bottom-right, as indices into the
 #: neighbour axis (low y, low x, high y, high x) of :func:`in_image`.
 _CORNER_Y, _CORNER_X = np.array([0, 0, 2, 2]), np.array([1, 3, 1, 3])
 #: Neighbours per sample.
 _CORNERS = 4
+#: Gather rows are INT32 (WebGPU has no 64-bit integers; LiteRT's Split takes no INT64): a layer's image may
+#: hold fewer pixels N·H·W than this.
+_MAX_ROWS = 2**31
 
 
 def _int64(values) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
+
+
+def _int32(values) -> np.ndarray:
+    """Index data (positions, rows) as a constant."""
+    return np.asarray(values, dtype=np.int32)
+
+
+def check_rows_fit(layer: Layer) -> None:
+    """``ValueError`` naming X where its static sizes N·H·W reach 2^31 (the gather rows are INT32); a dynamic
+    size counts as 1 (such a table holds 8 GiB per channel)."""
+    N, (H, W) = layer.batch, layer.input_size
+    pixels = (N or 1) * (H or 1) * (W or 1)
+    if pixels >= _MAX_ROWS:
+        raise ValueError(f"input (X) of batch N={N}, height H={H}, width W={W} holds N·H·W = {pixels} pixels; the "
+                         f"gather lowering indexes them with INT32 and takes fewer than 2^31: use "
+                         f"impl='grid_sample' (opset 16 or later) or a smaller batch")
 
 
 def _size(op: Emitter, shape: Optional[Value], axis: int, known: Optional[int]) -> Value:
@@ -78,13 +97,13 @@ def _size(op: Emitter, shape: Optional[Value], axis: int, known: Optional[int]) 
 
 
 def _counted(op: Emitter, shape: Optional[Value], axis: int, known: Optional[int]) -> Value:
-    """INT64 (1,): size ``axis`` like :func:`_size`, but a dynamic size is counted at run time (the sum of
+    """INT32 (1,): size ``axis`` like :func:`_size`, but a dynamic size is counted at run time (the sum of
     that many ones) rather than read from the shape: tract keeps sizes read from shapes as symbols, and its
     decluttering fails on index data multiplied by one ("TooEarly"). Of shape (1,), not a scalar: the
     OpenVINO execution provider leaves a ``ReduceSum`` or ``Reshape`` with a rank-0 output to the CPU."""
     if known is not None:
-        return _int64([known])
-    return op.ReduceSum(op.ConstantOfShape(op.Gather(shape, _int64([axis])), value=_int64([1])), keepdims=1)
+        return _int32([known])
+    return op.ReduceSum(op.ConstantOfShape(op.Gather(shape, _int64([axis])), value=_int32([1])), keepdims=1)
 
 
 def input_shapes(op: Emitter, layer: Layer, X: Value, offset: Value) -> tuple[Optional[Value], Optional[Value]]:
@@ -104,7 +123,7 @@ def _rows(layer: Layer) -> int:
 
 
 def output_grid(op: Emitter, layer: Layer, offset_shape: Optional[Value]) -> list[Value]:
-    """p_0 + p_k of every sample, INT64, as the parts whose broadcast sum it is: one constant (1, 2M, Ho, Wo)
+    """p_0 + p_k of every sample, INT32, as the parts whose broadcast sum it is: one constant (1, 2M, Ho, Wo)
     when the output size is static (a sum of two constants is one that converters might fold wrongly:
     onnx2tf merges the two Adds and lays the result out as an image), else a rows part (1, 2M, Ho, 1) and a
     columns part (1, 2M, 1, Wo). Channel 2m + a holds coordinate a (0: y, 1: x) of plan row m, as ``offset``
@@ -114,19 +133,24 @@ def output_grid(op: Emitter, layer: Layer, offset_shape: Optional[Value]) -> lis
     first = np.tile(p_k.T, (layer.offset_groups, 1)).reshape(1, 2 * M, 1, 1)  # (g, k, a) order
     is_y = np.tile([1, 0], M).reshape(1, 2 * M, 1, 1)
     (Ho, Wo), (s_y, s_x) = layer.output_size, layer.stride
-    steps_y, steps_x = _int64(is_y * s_y), _int64((1 - is_y) * s_x)
+    steps_y, steps_x = _int32(is_y * s_y), _int32((1 - is_y) * s_x)
     if Ho is not None and Wo is not None:
-        return [_int64(np.arange(Ho).reshape(-1, 1) * steps_y + first + np.arange(Wo) * steps_x)]
+        return [_int32(np.arange(Ho).reshape(-1, 1) * steps_y + first + np.arange(Wo) * steps_x)]
     if Ho is not None:
-        rows = _int64(np.arange(Ho).reshape(-1, 1) * steps_y + first)
+        rows = _int32(np.arange(Ho).reshape(-1, 1) * steps_y + first)
     else:
-        o_y = op.Reshape(op.Range(_int64(0), _size(op, offset_shape, 2, None), _int64(1)), _int64([-1, 1]))
-        rows = op.Add(op.Mul(o_y, steps_y), _int64(first))
+        o_y = op.Reshape(_positions(op, offset_shape, 2), _int64([-1, 1]))
+        rows = op.Add(op.Mul(o_y, steps_y), _int32(first))
     if Wo is not None:
-        cols = _int64(np.arange(Wo) * steps_x)
+        cols = _int32(np.arange(Wo) * steps_x)
     else:
-        cols = op.Mul(op.Range(_int64(0), _size(op, offset_shape, 3, None), _int64(1)), steps_x)
+        cols = op.Mul(_positions(op, offset_shape, 3), steps_x)
     return [rows, cols]
+
+
+def _positions(op: Emitter, shape: Value, axis: int) -> Value:
+    """INT32 0 … n - 1 for the dynamic size n of ``axis`` of the input whose ``Shape`` is ``shape``."""
+    return op.Range(_int32(0), op.Cast(_size(op, shape, axis, None), to=_INT32), _int32(1))
 
 
 def offsets(op: Emitter, layer: Layer, offset: Value) -> Value:
@@ -137,11 +161,11 @@ def offsets(op: Emitter, layer: Layer, offset: Value) -> Value:
 
 
 def neighbours(op: Emitter, layer: Layer, delta: Value, grid: list[Value]) -> tuple[Value, Value]:
-    """``(low, frac)``: the low neighbour ⌊p⌋ = ⌊Δp⌋ + p_0 + p_k along each axis, INT64 (N, M, 2, P), and
+    """``(low, frac)``: the low neighbour ⌊p⌋ = ⌊Δp⌋ + p_0 + p_k along each axis, INT32 (N, M, 2, P), and
     how far the sample lies past it, p - ⌊p⌋ = Δp - ⌊Δp⌋ in [0, 1] of the coordinate type (N, M, 2, P)."""
     whole = op.Floor(delta)
     frac = op.Sub(delta, whole)
-    low = op.Cast(whole, to=_INT64)
+    low = op.Cast(whole, to=_INT32)
     for part in grid:
         low = op.Add(low, part)
     per_axis = _int64([0, _rows(layer), 2, -1])
@@ -149,20 +173,21 @@ def neighbours(op: Emitter, layer: Layer, delta: Value, grid: list[Value]) -> tu
 
 
 def last_pixel(op: Emitter, layer: Layer, x_shape: Optional[Value]) -> Value:
-    """(H - 1, W - 1, H - 1, W - 1) of X (N, C, H, W) as INT64 (4, 1), for the neighbour axis."""
+    """(H - 1, W - 1, H - 1, W - 1) of X (N, C, H, W) as INT32 (4, 1), for the neighbour axis."""
     H, W = layer.input_size
     if H is not None and W is not None:
-        return _int64([H - 1, W - 1] * 2).reshape(4, 1)
+        return _int32([H - 1, W - 1] * 2).reshape(4, 1)
     # indices of rank 1 and a Reshape: tinygrad's Gather fails on constant indices of rank 2
-    return op.Reshape(op.Sub(op.Gather(x_shape, _int64([2, 3, 2, 3])), _int64(1)), _int64([4, 1]))
+    sizes = op.Cast(op.Gather(x_shape, _int64([2, 3, 2, 3])), to=_INT32)
+    return op.Reshape(op.Sub(sizes, _int32(1)), _int64([4, 1]))
 
 
 def in_image(op: Emitter, low: Value, last: Value) -> tuple[Value, Value]:
     """The low and high neighbours (N, M, 4, P) (low y, low x, high y, high x) of ``low`` (N, M, 2, P),
     clamped into the image (``last`` from :func:`last_pixel`) by integer ops, so that no table row can be
     out of bounds whatever the float math before did; and whether each was inside already (BOOL)."""
-    both = op.Concat(low, op.Add(low, _int64(1)), axis=2)
-    clamped = op.Min(op.Max(both, _int64(0)), last)
+    both = op.Concat(low, op.Add(low, _int32(1)), axis=2)
+    clamped = op.Min(op.Max(both, _int32(0)), last)
     return clamped, op.Equal(clamped, both)
 
 
@@ -191,7 +216,7 @@ def mask_per_sample(op: Emitter, layer: Layer, mask: Value, offset_shape: Option
     batch = op.Gather(offset_shape, _int64([0]))
     positions = op.Mul(op.Gather(offset_shape, _int64([2])), op.Gather(offset_shape, _int64([3])))
     count = op.squeeze(op.Mul(op.Mul(batch, positions), _int64(M)))  # as products: tract sizes Range
-    flat = op.Range(_int64(0), count, _int64(1))
+    flat = op.Range(_int32(0), op.Cast(count, to=_INT32), _int32(1))  # < N·H·W·M·C: fits where the table does
     shape = op.Concat(batch, _int64([M, 1]), positions, axis=0)
     return op.Gather(op.Reshape(mask, _int64([-1])), op.Reshape(flat, shape), axis=0)
 
@@ -203,13 +228,12 @@ def corner_rows(op: Emitter, layer: Layer, clamped: Value, x_shape: Optional[Val
     H, W = layer.input_size
     y, x = op.Gather(clamped, _CORNER_Y, axis=2), op.Gather(clamped, _CORNER_X, axis=2)
     if layer.batch is not None and layer.batch > 1 and H is not None:
-        y = op.Add(y, _int64(np.arange(layer.batch) * H).reshape(-1, 1, 1, 1))
+        y = op.Add(y, _int32(np.arange(layer.batch) * H).reshape(-1, 1, 1, 1))
     elif layer.batch != 1:  # n counted along offset's batch axis: X's batch is a symbol tract would have to match
-        image = op.Range(_int64(0), _size(op, offset_shape, 0, layer.batch), _int64(1))
+        image = _positions(op, offset_shape, 0) if layer.batch is None else _int32(np.arange(layer.batch))
         y = op.Add(y, op.Reshape(op.Mul(image, _counted(op, x_shape, 2, H)), _int64([-1, 1, 1, 1])))
-    # INT32 from here on: LiteRT's Split takes no INT64 (onnx2tf would write a select-TensorFlow op for it),
-    # and every gather index fits: rows < N·H·W, while a table of 2^31 rows would hold 8 GiB per channel.
-    return op.Cast(op.Add(op.Mul(y, _counted(op, x_shape, 3, W)), x), to=_INT32)
+    # every row fits INT32: rows < N·H·W < 2^31 (check_rows_fit)
+    return op.Add(op.Mul(y, _counted(op, x_shape, 3, W)), x)
 
 
 def per_row(op: Emitter, layer: Layer, t: Value, sample_shape: Sequence[int]) -> list[Value]:
@@ -283,6 +307,7 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
                   mask: Optional[Value] = None) -> Value:
     """Y (N, O, Ho, Wo) of ``X`` (N, C, H, W), ``W`` (O, C/R, kH, kW), ``offset`` (N, 2·G·K, Ho, Wo), optional
     ``B`` (O) and ``mask`` (N, G·K, Ho, Wo) (``None``: DCNv1): the sum over slices and taps of samples · w_k."""
+    check_rows_fit(layer)
     x_shape, offset_shape = input_shapes(op, layer, X, offset)
     low, frac = neighbours(op, layer, offsets(op, layer, offset), output_grid(op, layer, offset_shape))
     clamped, inside = in_image(op, low, last_pixel(op, layer, x_shape))

@@ -22,11 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opset", type=int, default=None,
                         help="convert the result to this ONNX opset (default: keep the model's)")
     # the names of targets.TARGETS, written out: --help imports no onnx_ir
-    parser.add_argument("--for", dest="target", choices=("ncnn", "opencv4"), default=None,
+    parser.add_argument("--for", dest="target", choices=("ncnn", "opencv4", "rknn"), default=None,
                         help="also write the lowerings' patterns that this deployment target reads (ncnn: the "
                              "far-position guard as a Clip; opencv4: each GridSample of static sizes as a "
-                             "Gather, for OpenCV 4.x, which has no GridSample); for models exported by this "
-                             "package too")
+                             "Gather, for OpenCV 4.x, which has no GridSample; rknn: the Gather nodes that read "
+                             "one tensor as one Gather, which rknn-toolkit2 would merge wrongly); for models "
+                             "exported by this package too")
     parser.add_argument("--check", action="store_true",
                         help="run onnx.checker (full check) on the result and, where the original runs on "
                              "onnxruntime, compare both on random inputs")

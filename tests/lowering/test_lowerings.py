@@ -13,6 +13,7 @@ import tempfile
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
@@ -312,6 +313,47 @@ def test_gather_holds_one_taps_neighbours_at_most(case: SweepCase):
     sizes = {v.name: int(np.prod([d.dim_value for d in v.type.tensor_type.shape.dim]))
              for v in _inferred_values(model) if v.name not in constants}
     assert max(sizes.values()) <= bound, max(sizes.items(), key=lambda item: item[1])
+
+
+
+@pytest.mark.parametrize("shapes", ["dynamic", "static"])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(case=sweep_cases())
+def test_gather_indexes_in_int32(shapes: str, case: SweepCase):
+    """The plan's positions and rows, and the mask's flat indices, are INT32 (WebGPU has no 64-bit integers):
+    every INT64 value computed is a size or a shape (rank 1, at most 4 entries)."""
+    layer = _static_layer(case) if shapes == "static" else sweep_layer(case)
+    arrays = case.arrays(np.random.default_rng(0))
+    model = lowering_model("gather", layer, static_shapes={n: list(v.shape) for n, v in arrays.items()},
+                           constants={"W": arrays["W"]})
+    constants = {name for n in model.graph.node if n.op_type == "Constant" for name in n.output}
+    sizes = ([], [1], [2], [3], [4])  # a scalar, or a shape of at most 4 known entries
+    wide = [v.name for v in _inferred_values(model) if v.type.tensor_type.elem_type == onnx.TensorProto.INT64
+            and v.name not in constants and [d.dim_value for d in v.type.tensor_type.shape.dim] not in sizes]
+    assert not wide
+    assert onnx.TensorProto.INT32 in {a.i for n in model.graph.node if n.op_type == "Cast" for a in n.attribute}
+
+
+@pytest.mark.parametrize("batch, size, fits", [
+    (1, (2**15, 2**16 - 1), True), (1, (2**15, 2**16), False), (2, (2**15, 2**15), False),
+    (None, (2**16, 2**15), False), (3, (None, 2**30), False), (3, (None, None), True),
+])
+def test_gather_refuses_images_of_2_to_the_31_pixels(batch, size, fits: bool):
+    """The gather rows are INT32: writing the lowering for a static N·H·W of 2^31 or more is a ``ValueError``
+    naming X and its sizes, before any node (a dynamic size counts as 1); 2^31 - 2^15 pixels are written."""
+    from dcn_onnxscript.lowering import gather
+    from dcn_onnxscript.lowering.emitter import TapeEmitter
+
+    layer = Layer(kernel=(1, 1), stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, offset_groups=1,
+                  in_channels=1, out_channels=1, batch=batch, input_size=size, output_size=size)
+    if fits:
+        gather.check_rows_fit(layer)
+        return
+    op = TapeEmitter(18)
+    with pytest.raises(ValueError, match=r"input \(X\) .*N·H·W = \d+ .*INT32.*impl='grid_sample'"):
+        gather.deform_conv2d(op, layer, *(op.tape.initializer(ir.tensor(np.zeros(1, np.float32)), name=n)
+                                          for n in ("X", "W", "offset")))
+    assert not op.tape.nodes
 
 
 def test_gather_reads_each_size_from_one_input():

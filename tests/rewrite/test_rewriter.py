@@ -376,6 +376,20 @@ def test_impl_native_leaves_native_deform_conv_as_it_is():
     assert not result.counts and _all_op_types(ir.to_proto(result.model)) == {"DeformConv"}
 
 
+def test_gather_refuses_an_image_of_2_to_the_31_pixels():
+    """A ``DeformConv`` whose static input X holds N·H·W = 2^31 pixels is refused by the gather lowering (INT32
+    rows) with a ``ValueError`` naming X and its sizes, before anything is written (no input data needed)."""
+    X, Y = [oh.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [2, 1, 2**15, 2**15]) for name in ("X", "Y")]
+    offset = oh.make_tensor_value_info("offset", onnx.TensorProto.FLOAT, [2, 2, 2**15, 2**15])
+    weight = onnx.numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "W")
+    graph = oh.make_graph([oh.make_node("DeformConv", ["X", "W", "offset"], ["Y"], kernel_shape=[1, 1])], "huge",
+                          [X, offset], [Y], [weight])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 19)])
+    with pytest.raises(ValueError, match=r"input \(X\) of batch N=2, height H=32768, width W=32768 holds "
+                                         r"N·H·W = 2147483648 pixels.*INT32"):
+        rewrite_model(model, impl="gather")
+
+
 # --- the command line, run for real -----------------------------------------------------------------
 
 

@@ -130,6 +130,39 @@ def test_opencv4_writes_static_grid_samples_as_gathers_and_computes_the_same(see
                                atol=1e-5 * max(1.0, float(np.abs(expected).max())))
 
 
+
+def _tables_read_at_computed_indices(model: onnx.ModelProto) -> list[str]:
+    """The data input of every ``Gather`` whose indices are computed in the graph, once per such node."""
+    constants = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                             for o in n.output}
+    return [n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[1] not in constants]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rknn_gathers_each_table_once_and_computes_the_same(seed: int):
+    """On a random static gather-lowering layer at a random opset, ``--for rknn`` leaves one ``Gather`` at computed
+    indices per tensor it reads (rknn-toolkit2 merges any two, keeping one's indices), merges away all the others,
+    and matches onnxruntime's result of the model it came from, with hostile offsets (NaN, ±Inf, far) mixed in."""
+    rng = np.random.default_rng(seed)
+    case, opset = random_case(rng), int(rng.integers(12, 24))
+    arrays = case.arrays(rng)
+    static = {name: list(value.shape) for name, value in arrays.items()}
+    layer = dataclasses.replace(sweep_layer(case), batch=case.batch, input_size=(case.height, case.width),
+                                output_size=case.output_size)
+    original = lowering_model("gather", layer, opset=opset, static_shapes=static, constants={"W": arrays["W"]})
+    tables = _tables_read_at_computed_indices(original)
+    model = ir.from_proto(original)
+    assert targets.for_target(model, "rknn") == len(tables) - len(set(tables))
+    rewritten = ir.to_proto(model)
+    left = _tables_read_at_computed_indices(rewritten)
+    assert len(left) == len(set(left)) == len(set(tables))
+    onnx.checker.check_model(rewritten, full_check=True)
+    arrays["offset"] = _far_offsets(arrays["offset"], rng)
+    arrays["offset"].flat[::7] = np.nan
+    feeds = [arrays[i.name] for i in original.graph.input]
+    np.testing.assert_array_equal(run_onnxruntime(rewritten, feeds), run_onnxruntime(original, feeds))
+
+
 def test_command_line_offers_every_target():
     """``--for`` writes its choices out (its ``--help`` imports no onnx_ir): they are :data:`targets.TARGETS`."""
     from dcn_onnxscript.rewrite import cli

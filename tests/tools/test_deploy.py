@@ -14,6 +14,8 @@ Tool faults that no graph change can fix:
   cases: a BOOL constant, or ``Shape`` of an input of dynamic size): they need static shapes there.
 - OpenCV 4.x (4.14.0, the newest 4.x) has no GridSample layer: ``rewrite --for opencv4`` writes each
   GridSample of static sizes as a Gather of its four neighbours, which it runs.
+- rknn-toolkit2 2.5.0 merges every two Gather nodes that read one tensor, keeping one node's indices:
+  ``rewrite --for rknn`` writes them as one Gather of all their indices (the gather lowering writes one per tap).
 
 Ones the lowerings avoid, kept as lints of the pattern:
 - OpenCV 4.x's DNN importer segfaults on the CumSum of a constant (the lowerings fold such constants where
@@ -37,7 +39,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from dcn_onnxscript.rewrite import targets
-from faults import DEPLOY, OPENCV4, OVEP, Fault
+from faults import DEPLOY, OPENCV4, OVEP, RKNN, Fault
 from runtimes import run_onnxruntime, run_runtime, run_worker
 
 #: The IR version of the reproductions: the oldest runtimes here (onnxruntime-openvino 1.24, pnnx's
@@ -263,3 +265,41 @@ def test_opencv4_runs_grid_sample(opset, for_opencv4):
         model = ir.to_proto(retargeted)
         assert "GridSample" not in {node.op_type for node in model.graph.node}
     np.testing.assert_allclose(run_worker("opencv4", model, inputs), expected, rtol=1e-5, atol=1e-5)
+
+
+def two_gathers_of_one_table() -> onnx.ModelProto:
+    """x (1, 2, 4, 5) as a table (20, 2) of its pixels; rows (2, 6) (float, cut to int64 in the graph) split into
+    two (1, 6), each gathered from the table by a ``Gather`` of its own, concatenated: y (2, 6, 2)."""
+    nodes = [helper.make_node("Transpose", ["x"], ["pixels"], perm=[0, 2, 3, 1]),
+             helper.make_node("Reshape", ["pixels", "table_shape"], ["table"]),
+             helper.make_node("Cast", ["rows"], ["indices"], to=TensorProto.INT64),
+             helper.make_node("Split", ["indices", "parts"], ["first", "second"], axis=0),
+             helper.make_node("Gather", ["table", "first"], ["a"], axis=0),
+             helper.make_node("Gather", ["table", "second"], ["b"], axis=0),
+             helper.make_node("Concat", ["a", "b"], ["y"], axis=0)]
+    constants = [onnx.numpy_helper.from_array(np.array([-1, 2], dtype=np.int64), "table_shape"),
+                 onnx.numpy_helper.from_array(np.array([1, 1], dtype=np.int64), "parts")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(IMAGE)),
+                          helper.make_tensor_value_info("rows", TensorProto.FLOAT, [2, 6])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6, 2])], constants, opset=13)
+
+
+@pytest.mark.deploy
+@pytest.mark.parametrize("for_rknn", [
+    True,
+    pytest.param(False, marks=Fault("rknn-toolkit2", "2.5.0", "remove_parallel_gather merges two Gather nodes of "
+                                    "one table and keeps the first one's indices", RKNN).mark(raises=AssertionError)),
+])
+def test_rknn_gathers_two_index_sets_from_one_table(for_rknn):
+    """rknn-toolkit2 merges the two ``Gather`` nodes of one table, the second then reads the first's rows;
+    after ``rewrite --for rknn`` (one ``Gather`` of both, :func:`dcn_onnxscript.rewrite.targets.gathers_per_table`)
+    it matches onnxruntime."""
+    model, rng = two_gathers_of_one_table(), np.random.default_rng(0)
+    inputs = [rng.standard_normal(IMAGE).astype(np.float32), rng.permutation(20)[:12].reshape(2, 6).astype(np.float32)]
+    expected = run_onnxruntime(model, inputs)
+    if for_rknn:
+        retargeted = ir.from_proto(model)
+        assert targets.for_target(retargeted, "rknn") == 1
+        model = ir.to_proto(retargeted)
+    # float16 NPU arithmetic: each value is a pixel, read to float16's precision
+    np.testing.assert_allclose(run_worker("rknn", model, inputs), expected, rtol=1e-3, atol=1e-3)
