@@ -38,8 +38,8 @@ TAPS = 9
 
 JSEP_UPLOAD_RACE = Fault(
     "onnxruntime-web", "1.31.1", "JSEP: an upload from the CPU (queue.writeBuffer) lands in a GPU buffer just "
-    "reused from a kernel not yet submitted, which then overwrites it; the gather lowering's int64 index math "
-    "runs on the CPU and sets it off: wrong results, no error", requirements=WEB)
+    "reused from a kernel not yet submitted, which then overwrites it; JSEP runs the gather lowering's INT32 "
+    "index clamps and splits on the CPU, which sets it off: wrong results, no error", requirements=WEB)
 
 JSEP_SLICE_OF_A_SHAPE = Fault(
     "onnxruntime-web", "1.31.1", "JSEP: in a dynamic grid_sample export, the Slice that cuts the mask (2, 9, 20, 18) "
@@ -155,15 +155,19 @@ def test_export_matches_torchvision_in_the_browser(case: str, build: str):
     np.testing.assert_allclose(actual, expected, rtol=TOLERANCE, atol=TOLERANCE)
 
 
-def _gpu_resident(case: str) -> bool:
-    """The static grid_sample exports at opset 19 or below: every node stays on the GPU. (Dynamic ones leave
-    two shape ``Gather`` nodes of onnxruntime's own making to the CPU on the native EP.)"""
+def _gpu_resident(case: str, build: str) -> bool:
+    """Every node stays on the GPU: the static grid_sample exports at opset 19 or below in both builds, and the
+    static gather exports (INT32 index math) on the native EP, whose kernels take INT32 where JSEP's leave the
+    index clamps and splits to the CPU. (Dynamic exports leave two shape ``Gather`` nodes of onnxruntime's own
+    making to the CPU on the native EP.)"""
     exporter, opset, lowering, dynamic, _, rewrite_to = CASES[case]
-    return lowering == "grid_sample" and not dynamic and (rewrite_to or opset) <= 19
+    if lowering == "gather":
+        return not dynamic and build == "webgpu"
+    return not dynamic and (rewrite_to or opset) <= 19
 
 
-@pytest.mark.parametrize("case, build", [(c, b) for c in CASES for b in ("jsep", "webgpu") if _gpu_resident(c)])
-def test_grid_sample_exports_keep_the_layer_on_the_gpu(case: str, build: str):
+@pytest.mark.parametrize("case, build", [(c, b) for c in CASES for b in ("jsep", "webgpu") if _gpu_resident(c, b)])
+def test_exports_keep_the_layer_on_the_gpu(case: str, build: str):
     """No node on the CPU EP (onnxruntime's verbose node placement): a fallback fails this test
     (:func:`test_grid_sample_at_opset_20_runs_on_the_cpu_ep` shows the check seeing one)."""
     model, _, runs = measured(case)
@@ -175,15 +179,7 @@ def test_grid_sample_exports_keep_the_layer_on_the_gpu(case: str, build: str):
 def test_grid_sample_at_opset_20_runs_on_the_cpu_ep(build: str):
     """GridSample-20 has no kernel in either WebGPU EP: its nodes fall back to the CPU (correct, but with
     copies between CPU and GPU around each); the placement check sees it. ``rewrite --opset 19`` is the
-    step that keeps it on the GPU (:func:`test_grid_sample_exports_keep_the_layer_on_the_gpu`)."""
+    step that keeps it on the GPU (:func:`test_exports_keep_the_layer_on_the_gpu`)."""
     model, _, runs = measured("dynamo-20-grid_sample-static")
     fallen_back = _placement_of_the_layer(model, runs[build])
     assert sum(n.startswith("GridSample ") for n in fallen_back) == TAPS, fallen_back
-
-
-@pytest.mark.parametrize("build", ["webgpu"])
-def test_gather_index_math_runs_on_the_cpu_ep(build: str):
-    """The gather lowering's int64 index math has no kernel in the native WebGPU EP: it runs on the CPU
-    (correct: :func:`test_export_matches_torchvision_in_the_browser`)."""
-    model, _, runs = measured("dynamo-19-gather-static")
-    assert _placement_of_the_layer(model, runs[build])
