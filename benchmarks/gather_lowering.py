@@ -9,9 +9,9 @@ known, as the exporters write the lowering); with ``--dynamic`` also the rewrite
 Latency: one process holds every model of a case and runs them in interleaved rounds (the bench's
 ``interleaved_medians``: the median of ``--repeat`` rounds after two warm-up rounds), each session with
 ``--threads`` intra-op threads and no spinning, so that load from other processes hits all alike; ratios
-are to native in the same rounds. Peak memory: each model in a fresh process (``--memory-of``), the RSS
-high-water mark (``/proc/self/clear_refs`` + VmHWM, the bench's ``measure_own_peak``) over session creation
-and three runs, with onnxruntime's default session options. Run from the repository root:
+are to native in the same rounds. Peak memory: each model in a fresh process (the bench's ``onnx_figures``),
+the RSS high-water mark (``/proc/self/clear_refs`` + VmHWM) over session creation and three runs, with
+onnxruntime's default session options. Run from the repository root:
 
     python benchmarks/gather_lowering.py --layers L1 L2 L3 --repeat 15
 """
@@ -19,9 +19,7 @@ and three runs, with onnxruntime's default session options. Run from the reposit
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
-import subprocess
 import sys
 import tempfile
 import warnings
@@ -61,20 +59,6 @@ def models(layer: catalog.Layer, seed: int, dynamic: bool) -> dict[str, onnx.Mod
     return result
 
 
-def peak_mb(path: pathlib.Path, inputs: pathlib.Path) -> float:
-    """Peak RSS growth of session creation and three runs of the model at ``path``, in a fresh process."""
-    done = subprocess.run([sys.executable, __file__, "--memory-of", str(path), "--inputs", str(inputs)],
-                          capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
-
-
-def memory_worker(path: str, inputs: str) -> None:
-    arrays = np.load(inputs)
-    feeds = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
-    peak = measuring.measure_own_peak(lambda: measuring.onnx_runner(pathlib.Path(path), feeds, 0))
-    print(json.dumps({"peak_mb": peak}))
-
-
 def measure(name: str, args: argparse.Namespace, folder: pathlib.Path) -> list[str]:
     layer = catalog.LAYERS[name]
     inputs = [t.numpy() for t in cases.layer_inputs(layer, args.seed)]
@@ -88,7 +72,8 @@ def measure(name: str, args: argparse.Namespace, folder: pathlib.Path) -> list[s
     reference = run[NATIVE]()
     errors = {kind: float(np.abs(function() - reference).max()) for kind, function in run.items()}
     seconds = measuring.interleaved_medians(run, args.repeat)
-    peaks = {kind: peak_mb(path, folder / f"{name}.npz") for kind, path in paths.items()} if args.memory else {}
+    saved = folder / f"{name}.npz"
+    peaks = {k: measuring.onnx_figures(path, saved)["peak_mb"] for k, path in paths.items()} if args.memory else {}
     rows = []
     for kind in paths:
         latency = f"{1e3 * seconds[kind]:.2f} | {seconds[kind] / seconds[NATIVE]:.2f}"
@@ -105,12 +90,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dynamic", action="store_true", help="also the rewrite of a dynamic-size export")
     parser.add_argument("--no-memory", dest="memory", action="store_false")
-    parser.add_argument("--memory-of", help=argparse.SUPPRESS)
-    parser.add_argument("--inputs", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory_of:
-        memory_worker(args.memory_of, args.inputs)
-        return 0
     lines = ["| case | model | nodes | median ms | x native | peak MB | x native | max abs err vs native |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     with tempfile.TemporaryDirectory(prefix="dcn_gather_") as folder:

@@ -11,7 +11,7 @@ max |original|).
 
 Latency: one process holds every model of a case and runs them in interleaved rounds (the bench's
 ``interleaved_medians``), ``--threads`` intra-op threads each. Peak memory: each model in a fresh process,
-the bench's ``measure_own_peak`` over session creation and three runs. Run from the repository root:
+the bench's ``onnx_figures`` over session creation and three runs. Run from the repository root:
 
     python benchmarks/seed_rewrite.py --layers L1 L2 L3 resnet50 --repeat 15
 """
@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -98,20 +96,6 @@ def models(name: str, args: argparse.Namespace) -> list[tuple[str, str, onnx.Mod
     return rows
 
 
-def peak_mb(path: pathlib.Path, inputs: pathlib.Path) -> float:
-    """Peak RSS growth of session creation and three runs of the model at ``path``, in a fresh process."""
-    done = subprocess.run([sys.executable, __file__, "--memory-of", str(path), "--inputs", str(inputs)],
-                          capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
-
-
-def memory_worker(path: str, inputs: str) -> None:
-    arrays = np.load(inputs)
-    feeds = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
-    peak = measuring.measure_own_peak(lambda: measuring.onnx_runner(pathlib.Path(path), feeds, 0))
-    print(json.dumps({"peak_mb": peak}))
-
-
 def session_seconds(path: pathlib.Path, threads: int) -> float:
     start = time.perf_counter()
     measuring.session(path, threads)
@@ -130,7 +114,8 @@ def measure(name: str, args: argparse.Namespace, folder: pathlib.Path) -> list[s
     run = {row: measuring.onnx_runner(path, inputs, args.threads) for row, path in paths.items()}
     outputs = {row: function() for row, function in run.items()}
     seconds = measuring.interleaved_medians(run, args.repeat)
-    peaks = {row: peak_mb(path, folder / f"{name}.npz") for row, path in paths.items()} if args.memory else {}
+    saved = folder / f"{name}.npz"
+    peaks = {row: measuring.onnx_figures(path, saved)["peak_mb"] for row, path in paths.items()} if args.memory else {}
     lines = []
     for row, source, model, rewrite_seconds in rows:
         base = source or row
@@ -153,12 +138,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-memory", dest="memory", action="store_false")
-    parser.add_argument("--memory-of", help=argparse.SUPPRESS)
-    parser.add_argument("--inputs", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory_of:
-        memory_worker(args.memory_of, args.inputs)
-        return 0
     lines = ["| case | model | nodes | rewrite s | session s | median ms | x before | peak MB | x before | "
              "rel. diff vs before |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -186,11 +186,17 @@ def _worker(command: list[str]) -> dict[str, float]:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+def onnx_figures(path: pathlib.Path, inputs: pathlib.Path) -> dict[str, float]:
+    """{"session_s", "peak_mb"} of the ONNX model at ``path`` on onnxruntime's CPU provider, from a fresh process:
+    session creation, then PEAK_RUNS runs on the arrays of the .npz ``inputs`` (arr_0, arr_1, ...)."""
+    return _worker([sys.executable, "-c", _ORT_WORKER, str(path), str(inputs), str(PEAK_RUNS)])
+
+
 def fresh_process_figures(case: Case, kind: str, workdir: pathlib.Path, args: argparse.Namespace) -> dict[str, float]:
     """{"session_s", "peak_mb"} of an ONNX model, {"peak_mb"} of eager, each from a fresh process."""
     inputs = workdir / f"{case.name}_inputs.npz"
     if kind != EAGER:
-        return _worker([sys.executable, "-c", _ORT_WORKER, str(case.onnx_paths[kind]), str(inputs), str(PEAK_RUNS)])
+        return onnx_figures(case.onnx_paths[kind], inputs)
     return _worker([sys.executable, "-m", "dcn_onnxscript", "bench", "--memory-of", EAGER, "--case", case.name,
                     "--workdir", str(workdir), "--threads", str(args.threads), "--seed", str(args.seed),
                     *(["--birefnet", str(args.birefnet)] if args.birefnet else [])])
