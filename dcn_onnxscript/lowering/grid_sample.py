@@ -163,12 +163,12 @@ def sampled_images(op: Emitter, layer: Layer, X: Value) -> Value:
 def tap_masks(op: Emitter, layer: Layer, offset_shape: Optional[Value], mask: Optional[Value]) -> list:
     """Δm of ``mask`` (N, G·K, Ho, Wo) as K values (N·G, 1, Ho, Wo) float32, or K ``None`` without a mask
     (DCNv1). With dynamic sizes the mask is cut to (N, Ho, Wo) of ``offset_shape``, the ``Shape`` of the
-    offset that carries X's batch (its 2·G·K channels cut the mask's G·K to themselves)."""
+    offset that carries X's batch."""
     K = layer.taps
     if mask is None:
         return [None] * K
     if offset_shape is not None:
-        mask = sampling.cut_to(op, mask, offset_shape)
+        mask = sampling.cut_to(op, mask, offset_shape, axes=(0, 2, 3))
     if layer.offset_groups > 1:
         mask = op.Reshape(mask, np.array([-1, K, 0, 0], dtype=np.int64))
     return op.split(_sampled(op, layer, mask), K, K, axis=1)

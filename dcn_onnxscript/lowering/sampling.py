@@ -44,10 +44,12 @@ def with_batch_of(op: Emitter, layer: Layer, X_shape: Optional[Value], value: Va
     return op.Slice(value, np.array([0]), dims(op, X_shape, 0, 1), np.array([0]))
 
 
-def cut_to(op: Emitter, value: Value, shape: Value) -> Value:
-    """``value`` of rank 4 cut to ``shape`` (INT64 (4,), each size at least ``value``'s own where a dimension is
-    to be kept whole): its sizes then are those of ``shape``'s source."""
-    return op.Slice(value, np.zeros(4, dtype=np.int64), shape, np.arange(4, dtype=np.int64))
+def cut_to(op: Emitter, value: Value, shape: Value, axes: tuple[int, ...]) -> Value:
+    """``value`` of rank 4 cut along ``axes`` to the sizes ``shape`` (INT64 (4,)) gives them: its sizes there
+    then are those of ``shape``'s source. Only ``axes`` are sliced, never an axis kept whole by an end beyond
+    its size (onnxruntime-web's JSEP ``Slice`` gets the output's shape wrong when it has to clamp an end)."""
+    axes_ = np.array(axes, dtype=np.int64)
+    return op.Slice(value, np.zeros(len(axes), dtype=np.int64), op.Gather(shape, axes_), axes_)
 
 
 def output_grid(op: Emitter, layer: Layer, Ho_Wo: Value, shape: np.ndarray, axis: int) -> Value:

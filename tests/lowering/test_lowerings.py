@@ -28,11 +28,12 @@ from runtimes import run_onnxruntime, run_reference, run_runtime, run_tract
 #: constants as initializers). gather writes four nodes per tap (Gather, blend, MatMul by w_k, Add).
 NODE_BUDGET = {"gather": 120, "grid_sample": 67}
 #: What a dynamic grid_sample layer spends on top of NODE_BUDGET to read each size from one input: X's N cut
-#: into offset and mask (a Slice of X's Shape, two Slices), H, W and Ho, Wo sliced from Shapes (onnx_tool
-#: ignores Shape's start), the (y, x) swap as Split + Concat (converters misread a Gather of the channels):
-#: 70 nodes (float16 71). A static grid_sample layer folds its grid into constants: 52 (float16 56). Both spend
-#: seven nodes on WebGPU's storage-buffer rule (wide Splits and Concats written as trees).
-GRID_SAMPLE_DYNAMIC_SIZES = 4
+#: into offset and mask (a Slice of X's Shape, two Slices, the mask's axes gathered from the offset's Shape),
+#: H, W and Ho, Wo sliced from Shapes (onnx_tool ignores Shape's start), the (y, x) swap as Split + Concat
+#: (converters misread a Gather of the channels): 71 nodes (float16 72). A static grid_sample layer folds its
+#: grid into constants: 52 (float16 56). Both spend seven nodes on WebGPU's storage-buffer rule (wide Splits
+#: and Concats written as trees).
+GRID_SAMPLE_DYNAMIC_SIZES = 5
 
 
 @st.composite

@@ -41,12 +41,6 @@ JSEP_UPLOAD_RACE = Fault(
     "reused from a kernel not yet submitted, which then overwrites it; JSEP runs the gather lowering's INT32 "
     "index clamps and splits on the CPU, which sets it off: wrong results, no error", requirements=WEB)
 
-JSEP_SLICE_OF_A_SHAPE = Fault(
-    "onnxruntime-web", "1.31.1", "JSEP: in a dynamic grid_sample export, the Slice that cuts the mask (2, 9, 20, 18) "
-    "to the offset's Shape (ends (2, 18, 20, 18), clamped by ONNX to the mask's own sizes) returns (2, 18, 9, 20) "
-    "(wasm and the native EP: (2, 9, 20, 18)); the mask's last tap then fails: 'Can't perform binary op on the "
-    "given tensors'", requirements=WEB)
-
 
 class Block(torch.nn.Module):
     """Conv 3->C, an offset/mask predictor (G offset groups, sigmoid mask), DCNv2 C->C (R conv groups), ReLU."""
@@ -132,8 +126,6 @@ def _expected_fault(case: str, build: str) -> Optional[Fault]:
     exporter, opset, lowering, dynamic, *_ = CASES[case]
     if build == "jsep" and lowering == "gather" and not dynamic:
         return JSEP_UPLOAD_RACE
-    if build == "jsep" and lowering == "grid_sample" and dynamic:
-        return JSEP_SLICE_OF_A_SHAPE
     return None
 
 
