@@ -103,3 +103,25 @@ def test_rewrite_refuses_a_trt_dcnv3_node_with_inconsistent_shapes():
     model.graph.input[2].type.tensor_type.shape.dim[3].dim_value += 1
     with pytest.raises(rewriter.RewriteError, match="mmdeploy::TRTDCNv3 node .*mask dimension 3 must be"):
         rewriter.rewrite(ir.from_proto(model))
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_rewrite_to_native_writes_the_layout_steps_around_onnx_deform_conv(dynamic: bool):
+    """``impl="native"``: the core is its layout steps around one ONNX ``DeformConv`` (groups = offset groups = G,
+    the identity weight), which onnxruntime runs."""
+    case = next((c for c in CASES if c.core.remove_center), CASES[0])
+    inputs = case.inputs(seed=4)
+    model = trt_dcnv3_model(case, inputs, 19, dynamic)
+    result = rewriter.rewrite(ir.from_proto(model), impl="native")
+    assert dict(result.counts) == {"mmdeploy::TRTDCNv3": 1}
+    rewritten = ir.to_proto(result.model)
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert [node.op_type for node in rewritten.graph.node].count("DeformConv") == 1
+    assert_close(run_onnxruntime(rewritten, inputs), 2 * core_reference(case.core, *inputs), rtol=1e-4)
+
+
+def test_rewrite_to_native_below_opset_19_is_refused():
+    case = CASES[0]
+    model = trt_dcnv3_model(case, case.inputs(), 16, False)
+    with pytest.raises(rewriter.RewriteError, match="mmdeploy::TRTDCNv3: impl='native' writes ONNX DeformConv"):
+        rewriter.rewrite(ir.from_proto(model), impl="native")
