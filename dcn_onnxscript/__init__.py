@@ -15,6 +15,8 @@ from dcn_onnxscript._version import __version__
 from dcn_onnxscript.lowering.script.protos import DOMAIN, function_protos
 
 if TYPE_CHECKING:  # served by __getattr__ (imported or built on first use); re-exports for type checkers
+    from dcn_onnxscript.lowering.script.cores import dcnv3 as dcnv3
+    from dcn_onnxscript.lowering.script.cores import dcnv4 as dcnv4
     from dcn_onnxscript.lowering.script.grid_sample import deform_conv2d as deform_conv2d
     from dcn_onnxscript.lowering.script.grid_sample import deform_conv2d_no_bias as deform_conv2d_no_bias
     from dcn_onnxscript.lowering.script.grid_sample import (
@@ -28,7 +30,7 @@ if TYPE_CHECKING:  # served by __getattr__ (imported or built on first use); re-
 #: the standalone functions are built then; ``import dcn_onnxscript`` itself imports neither numpy nor onnx).
 _LAZY = {
     **dict.fromkeys(["deform_conv2d", "deform_conv2d_no_bias", "deform_conv2d_no_bias_no_mask",
-                     "deform_conv2d_no_mask"], "dcn_onnxscript.lowering.script"),
+                     "deform_conv2d_no_mask", "dcnv3", "dcnv4"], "dcn_onnxscript.lowering.script"),
     "register": "dcn_onnxscript.export.registration",
     "unregister": "dcn_onnxscript.export.registration",
     "is_registered": "dcn_onnxscript.export.registration",

@@ -3,7 +3,8 @@ dynamic in every size and attribute.
 
 :mod:`.grid_sample` holds the public functions (``dcn_onnxscript.deform_conv2d`` and its variants),
 :mod:`.gather` the ones that compute in the inputs' own type (float64 too) without ``GridSample``. Both
-are built on first use, not on import: parsing the ``@script`` functions and flattening them takes a
+are built on first use, not on import (so are the DCNv3 and DCNv4 cores of :mod:`.cores`,
+``dcnv3`` and ``dcnv4``): parsing the ``@script`` functions and flattening them takes a
 good part of a second, which ``import dcn_onnxscript`` and the rewriter's command line should not pay.
 """
 
@@ -18,6 +19,7 @@ from dcn_onnxscript.lowering.script.protos import DOMAIN, DOMAIN_VERSION, functi
 if TYPE_CHECKING:
     from onnxscript import OnnxFunction
 
+    from dcn_onnxscript.lowering.script.cores import dcnv3, dcnv4
     from dcn_onnxscript.lowering.script.grid_sample import (
         deform_conv2d,
         deform_conv2d_no_bias,
@@ -36,6 +38,8 @@ _NAMES = {
 }
 #: The public functions: served from this lowering's module.
 _PUBLIC = "grid_sample"
+#: The public DCNv3 and DCNv4 cores and their module.
+_CORES = ("dcn_onnxscript.lowering.script.cores", ("dcnv3", "dcnv4"))
 
 
 class _Variants(Mapping):
@@ -62,12 +66,12 @@ class _Variants(Mapping):
 #: lowering -> (bias, mask) -> its public script function (built on first lookup)
 VARIANTS: Mapping[str, Mapping[tuple[bool, bool], OnnxFunction]] = {name: _Variants(name) for name in _NAMES}
 
-__all__ = ["DOMAIN", "DOMAIN_VERSION", "VARIANTS", "deform_conv2d", "deform_conv2d_no_bias",
+__all__ = ["DOMAIN", "DOMAIN_VERSION", "VARIANTS", "dcnv3", "dcnv4", "deform_conv2d", "deform_conv2d_no_bias",
            "deform_conv2d_no_bias_no_mask", "deform_conv2d_no_mask", "function_protos"]
 
 
 def __getattr__(name: str) -> Any:
-    module, names = _NAMES[_PUBLIC]
-    if name not in names.values():
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    for module, names in (_NAMES[_PUBLIC][0], _NAMES[_PUBLIC][1].values()), _CORES:
+        if name in names:
+            return getattr(importlib.import_module(module), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -140,16 +140,18 @@ def _chunk_product(X_groups: Floats, grid: Floats, modulation: Floats, w: Floats
 
 
 @script(dcn, default_opset=op)
-def _product(
-    X: T, W: T, offset: T, modulation: Floats, strides: Sequence[int], pads: Sequence[int],
-    dilations: Sequence[int], group: int,
-) -> T:
+def _int(value: int) -> Ints:
+    """The int attribute ``value`` as an INT64 (1,) tensor."""
+    return op.Reshape(op.Constant(value_int=value), op.Constant(value_ints=[1]))
+
+
+@script(dcn, default_opset=op)
+def _product(X: T, W: T, offset: T, modulation: Floats, strides: Ints, pads: Ints, dilations: Ints, R: Ints) -> T:
     """The deformable convolution without bias, (N, O, Ho, Wo) of X's type, with Δm_k = ``modulation``
-    (N·G, 1, K, P) (:func:`_modulation`, or ones for DCNv1), in :data:`CHUNKS` chunks of output positions."""
-    R = op.Reshape(op.Constant(value_int=group), op.Constant(value_ints=[1]))
+    (N·G, 1, K, P) (:func:`_modulation`, or ones for DCNv1), in :data:`CHUNKS` chunks of output positions.
+    ``strides``, ``dilations`` (2,), ``pads`` (4,) as in :func:`_positions`; ``R`` (1,) the conv groups."""
     kernel = op.Shape(W, start=2, end=4)
-    p = _positions(offset, kernel, op.Constant(value_ints=strides), op.Constant(value_ints=pads),
-                   op.Constant(value_ints=dilations))
+    p = _positions(offset, kernel, strides, pads, dilations)
     grid = _grid(p, op.Shape(X, start=2, end=4))  # (N·G, K, P, 2)
 
     Ho_Wo = op.Shape(offset, start=2, end=4)
@@ -214,7 +216,8 @@ def deform_conv2d_no_bias(
     """:func:`deform_conv2d` with ``B`` omitted (DCNv2 without bias): ``X``, ``W``, ``offset``, ``mask`` as
     there; returns ``Y`` (N, O, Ho, Wo)."""
     modulation = _modulation(mask, op.Shape(W, start=2, end=4), offset)
-    return _product(X, W, offset, modulation, strides=strides, pads=pads, dilations=dilations, group=group)
+    return _product(X, W, offset, modulation, op.Constant(value_ints=strides), op.Constant(value_ints=pads),
+                    op.Constant(value_ints=dilations), _int(value=group))
 
 
 @script(dcn, default_opset=op)
@@ -231,7 +234,8 @@ def deform_conv2d_no_bias_no_mask(
     """:func:`deform_conv2d` with ``B`` and ``mask`` omitted (DCNv1 without bias): ``X``, ``W``, ``offset``
     as there; returns ``Y`` (N, O, Ho, Wo)."""
     modulation = _unit_modulation(offset)
-    return _product(X, W, offset, modulation, strides=strides, pads=pads, dilations=dilations, group=group)
+    return _product(X, W, offset, modulation, op.Constant(value_ints=strides), op.Constant(value_ints=pads),
+                    op.Constant(value_ints=dilations), _int(value=group))
 
 
 @script(dcn, default_opset=op)
@@ -249,7 +253,8 @@ def deform_conv2d_no_mask(
     """:func:`deform_conv2d` with ``mask`` omitted (DCNv1 with bias): ``X``, ``W``, ``offset``, ``B`` as
     there; returns ``Y`` (N, O, Ho, Wo)."""
     modulation = _unit_modulation(offset)
-    Y = _product(X, W, offset, modulation, strides=strides, pads=pads, dilations=dilations, group=group)
+    Y = _product(X, W, offset, modulation, op.Constant(value_ints=strides), op.Constant(value_ints=pads),
+                    op.Constant(value_ints=dilations), _int(value=group))
     return _add_bias(Y, B)
 
 
@@ -272,7 +277,8 @@ def deform_conv2d(
     ``B`` (O), ``mask`` (N, offset_group·kH·kW, Ho, Wo); returns ``Y`` (N, O, Ho, Wo).
     """
     modulation = _modulation(mask, op.Shape(W, start=2, end=4), offset)
-    Y = _product(X, W, offset, modulation, strides=strides, pads=pads, dilations=dilations, group=group)
+    Y = _product(X, W, offset, modulation, op.Constant(value_ints=strides), op.Constant(value_ints=pads),
+                    op.Constant(value_ints=dilations), _int(value=group))
     return _add_bias(Y, B)
 
 
