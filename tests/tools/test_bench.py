@@ -91,6 +91,41 @@ def test_bench_prints_a_row_per_export_path_and_writes_the_json_and_the_chart(tm
     assert [p.name for p in temp.iterdir() if p.is_dir() and not p.name.startswith("torchinductor_")] == []
 
 
+def test_bench_of_the_cores_compares_the_lowerings_with_the_plain_export_and_eager_on_onnxruntime_and_openvino(
+        tmp_path) -> None:
+    """DCNv3: both lowerings, the plain export of the pure-PyTorch core and eager, ratios to the plain export;
+    DCNv4: both lowerings and eager; every model agrees with eager on onnxruntime and on OpenVINO."""
+    dump = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "dcn_onnxscript", "bench", "--layers", "dcnv3-tiny", "dcnv4-tiny", "--repeat", "1",
+         "--threads", "1", "--json", str(dump)], capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr
+    cores_table, paths_table, *rest = tables(result.stdout)
+    assert cores_table[0] == [column.replace("native", catalog.PLAIN) for column in COLUMNS]
+    rows = {(row[0], row[1]): row for row in cores_table[1:]}
+    lowerings = sorted(catalog.CORE_PATHS.keys() - {catalog.PLAIN})
+    assert list(rows) == ([("dcnv3-tiny", name) for name in [*lowerings, catalog.PLAIN, catalog.EAGER]]
+                          + [("dcnv4-tiny", name) for name in [*lowerings, catalog.EAGER]])
+    for (case, model), row in rows.items():
+        per_layer, nodes, export_s, session_s, ms, x_ms, mb, x_mb, error = row[2:]
+        assert float(ms) > 0 and float(mb) > 0 and float(error) < 1e-4
+        if model != catalog.EAGER:
+            assert int(nodes) > 1 and float(export_s) > 0 and float(session_s) > 0
+        assert (x_ms == "-") == (case == "dcnv4-tiny")
+    assert rows[("dcnv3-tiny", catalog.PLAIN)][7] == "1.00"
+    held = {row[0]: row for row in paths_table[1:]}
+    assert held[catalog.PLAIN][2:] == ["GridSample", str(catalog.PLAIN_OPSET)]
+    assert held["grid_sample"][2] == "GridSample" and held["gather"][2] == "Gather"
+    document = json.loads(dump.read_text())
+    openvino = [r for r in document["runtimes"] if r["runtime"] == catalog.OPENVINO]
+    if importlib.util.find_spec("openvino") is None:
+        assert all(r["note"] == "openvino not installed" for r in openvino)
+        return
+    (runtime_table,) = rest
+    assert len(runtime_table) - 1 == len(openvino) == len(rows) - 2  # every ONNX row, no eager
+    assert all(r["max_error"] < 1e-4 and r["latency_ms"] > 0 for r in openvino)
+
+
 def test_a_missing_exporter_is_reported_in_its_row(monkeypatch, tmp_path) -> None:
     from dcn_onnxscript.tools.bench import cases, exports, reporting
 
@@ -184,8 +219,8 @@ def test_the_bench_package_has_small_modules_and_no_import_circle() -> None:
     import ast
 
     folder, package = pathlib.Path(catalog.__file__).parent, "dcn_onnxscript.tools.bench"
-    order = ["catalog", "birefnet", "cases", "floors", "peers", "exports", "measuring", "runtimes", "reporting",
-             "driver"]
+    order = ["catalog", "birefnet", "internimage", "cases", "floors", "peers", "exports", "measuring", "runtimes",
+             "reporting", "driver"]
     assert sorted(p.stem for p in folder.glob("*.py")) == sorted(["__init__", *order])
 
     def imported(nodes) -> set[str]:

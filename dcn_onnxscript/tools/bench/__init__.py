@@ -2,14 +2,16 @@
 error of every export path (:data:`.catalog.PATHS`: dcn_onnxscript's lowerings through the dynamo and
 TorchScript exporters, its standalone function, native ``DeformConv``, deform_conv2d_onnx_exporter 1.2.0
 and its maintained fork) on onnxruntime CPU, against torchvision eager, for single layers, the DCNv2
-ResNet-50 of ``examples/dcn_resnet50.py`` and BiRefNet.
+ResNet-50 of ``examples/dcn_resnet50.py`` and BiRefNet; and the DCNv3/DCNv4 cores at InternImage-T's stage
+shapes through both lowerings, against InternImage's pure-PyTorch core exported by plain ``torch.onnx`` and
+eager, on onnxruntime and OpenVINO.
 
 The parts: :mod:`.catalog` (names: cases, paths, runtimes), :mod:`.cases` (modules and inputs),
-:mod:`.birefnet`, :mod:`.peers` (deform_conv2d_onnx_exporter and its fork), :mod:`.exports` (every path;
-node counts), :mod:`.floors` (a layer's GEMM and sampling alone), :mod:`.measuring` (latency rounds,
-session and memory in fresh processes), :mod:`.runtimes` (OpenVINO, tract), :mod:`.reporting` (tables,
-JSON, chart), :mod:`.driver` (the run). This module holds the command line only: ``--help`` imports
-neither torch nor onnxruntime.
+:mod:`.birefnet`, :mod:`.internimage` (the cores and the plain baseline), :mod:`.peers`
+(deform_conv2d_onnx_exporter and its fork), :mod:`.exports` (every path; node counts), :mod:`.floors` (a
+layer's GEMM and sampling alone), :mod:`.measuring` (latency rounds, session and memory in fresh processes),
+:mod:`.runtimes` (OpenVINO, tract), :mod:`.reporting` (tables, JSON, chart), :mod:`.driver` (the run). This
+module holds the command line only: ``--help`` imports neither torch nor onnxruntime.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", nargs="+", default=list(DEFAULT_CASES), choices=CASES, metavar="CASE",
                         help=f"cases to run, of: {', '.join(CASES)}; single modulated 3x3 layers ({sizes}), "
                              f"{NETWORK} (the DCNv2 ResNet-50 of examples/dcn_resnet50.py), {BIREFNET} (needs "
-                             f"--birefnet) (default: {' '.join(DEFAULT_CASES)})")
+                             f"--birefnet), DCNv3/DCNv4 cores dcnvV-S (S×S×C: 56×56×64 G4, 28×28×128 G8, "
+                             f"tiny 8×8×8 G2) (default: {' '.join(DEFAULT_CASES)})")
     parser.add_argument("--repeat", type=int, default=15, help="timed rounds per case (median reported; default 15)")
     parser.add_argument("--birefnet-repeat", type=int, default=3,
                         help=f"timed rounds of {BIREFNET}, whose round takes a minute on 2 cores (default 3)")

@@ -1,7 +1,8 @@
 """The bench's cases: a torch module, its example inputs and what became of every export path.
 
 A case is a single deformable layer (:data:`.catalog.LAYERS`), the DCNv2 ResNet-50 of
-``examples/dcn_resnet50.py`` or BiRefNet (:mod:`.birefnet`).
+``examples/dcn_resnet50.py``, BiRefNet (:mod:`.birefnet`) or a DCNv3/DCNv4 core (:data:`.catalog.CORES`,
+:mod:`.internimage`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import numpy as np
 import torch
 from torchvision.ops import DeformConv2d
 
-from dcn_onnxscript.tools.bench import birefnet
-from dcn_onnxscript.tools.bench.catalog import BIREFNET, LAYERS, NETWORK, ExportPath, Layer, paths_of
+from dcn_onnxscript.tools.bench import birefnet, internimage
+from dcn_onnxscript.tools.bench.catalog import BIREFNET, CORES, LAYERS, NETWORK, ExportPath, Layer, paths_of
 
 _EXAMPLE = pathlib.Path(__file__).resolve().parents[3] / "examples" / "dcn_resnet50.py"
 
@@ -72,6 +73,8 @@ def build_module(name: str, args: argparse.Namespace) -> torch.nn.Module:
         return load_example().build_model(args.seed)
     if name == BIREFNET:
         return birefnet.build(args.birefnet, args.seed)
+    if name in CORES:
+        return internimage.CoreModule(CORES[name])
     torch.manual_seed(args.seed)
     return LayerModule(LAYERS[name].channels).eval()
 
@@ -88,6 +91,8 @@ def build_case(name: str, args: argparse.Namespace) -> Case:
         return Case(name, module, (image(args.image_size, args.seed),), dynamic=True, paths=paths_of(name))
     if name == BIREFNET:
         return Case(name, module, (image(args.birefnet_size, args.seed),), paths=paths_of(name))
+    if name in CORES:
+        return Case(name, module, internimage.core_inputs(CORES[name], args.seed), paths=paths_of(name))
     return Case(name, module, layer_inputs(LAYERS[name], args.seed), paths=paths_of(name))
 
 

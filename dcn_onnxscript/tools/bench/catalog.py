@@ -35,14 +35,36 @@ LAYERS = {
     "L2": Layer(4, 128, 64),
     "L3": Layer(1, 256, 32),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class CoreLayer:
+    """A DCNv3 or DCNv4 core (``version``; 3x3, stride 1, pad 1) on channels-last (1, size, size, channels)
+    inputs, ``group`` groups."""
+
+    version: int
+    channels: int
+    size: int
+    group: int
+
+
+#: The cores at InternImage-T's first two stage shapes; the "tiny" ones are for smoke tests.
+CORES = {
+    "dcnv3-tiny": CoreLayer(3, 8, 8, 2),
+    "dcnv3-56": CoreLayer(3, 64, 56, 4),
+    "dcnv3-28": CoreLayer(3, 128, 28, 8),
+    "dcnv4-tiny": CoreLayer(4, 8, 8, 2),
+    "dcnv4-56": CoreLayer(4, 64, 56, 4),
+    "dcnv4-28": CoreLayer(4, 128, 28, 8),
+}
 #: The DCNv2 ResNet-50 of examples/dcn_resnet50.py (13 deformable layers), exported with a dynamic batch,
 #: height and width.
 NETWORK = "resnet50"
 #: BiRefNet (swin_v1_t backbone, 20 deformable layers in its decoder), built from a checkout of its
 #: repository, exported as its tutorial does: TorchScript, opset 17, static shapes.
 BIREFNET = "birefnet"
-CASES = (*LAYERS, NETWORK, BIREFNET)
-DEFAULT_CASES = ("L1", "L2", "L3", NETWORK, BIREFNET)
+CASES = (*LAYERS, NETWORK, BIREFNET, *CORES)
+DEFAULT_CASES = ("L1", "L2", "L3", NETWORK, BIREFNET, "dcnv3-56", "dcnv3-28", "dcnv4-56", "dcnv4-28")
 
 #: How a path exports (see :mod:`dcn_onnxscript.tools.bench.exports`): torch.onnx's dynamo exporter with
 #: dcn_onnxscript's translation; the TorchScript exporter (``dynamo=False``) with dcn_onnxscript's symbolic;
@@ -52,6 +74,8 @@ DEFAULT_CASES = ("L1", "L2", "L3", NETWORK, BIREFNET)
 DYNAMO, TORCHSCRIPT, FUNCTION, NATIVE, NATIVE_TORCHSCRIPT, DCOE, FORK = (
     "dynamo", "torchscript", "function", "native", "native-torchscript", "deform_conv2d_onnx_exporter",
     "dcoe-fork")
+#: How the cores' baseline exports: InternImage's pure-PyTorch DCNv3 core through plain ``torch.onnx``.
+PLAIN = "plain"
 #: deform_conv2d_onnx_exporter 1.2.0 with BiRefNet's tutorial's patch: a size TorchScript does not know is
 #: read from the input's strides.
 DCOE_PATCHED = "dcoe-patched"
@@ -116,6 +140,21 @@ BIREFNET_PATHS = {
     )
 }
 
+#: The first opset at which ``F.grid_sample`` exports: the plain DCNv3 core's.
+PLAIN_OPSET = 16
+#: The cores' rows: the package's ops through both lowerings, and for DCNv3 the plain export.
+CORE_PATHS = {
+    path.name: path
+    for path in (
+        *(ExportPath(name, DYNAMO, None, name, f"torch.onnx.export(dynamo=True) of the package's op, torch's "
+                     f"default opset, impl={name!r}") for name in LOWERINGS),
+        ExportPath(PLAIN, PLAIN, PLAIN_OPSET, None, "InternImage's pure-PyTorch DCNv3 core (dcnv3_core_pytorch, "
+                   "one GridSample over every point) through torch.onnx.export(dynamo=False, opset_version=16)"),
+    )
+}
+#: The other runtimes the cores run on.
+CORE_RUNTIMES = ("openvino",)
+
 #: Kinds of rows besides the export paths: torchvision eager, and the floors of a layer (its GEMM alone,
 #: its sampling alone), in round order.
 EAGER, GEMM, SAMPLING = "eager", "gemm floor", "sampling floor"
@@ -126,9 +165,11 @@ OPENVINO, TRACT = "openvino", "tract"
 RUNTIMES = (OPENVINO, TRACT)
 RUNTIME_PATHS = (*LOWERINGS, DCOE, FORK)
 #: What ``--skip`` can leave out.
-SKIPPABLE = (*dict.fromkeys([*PATHS, *BIREFNET_PATHS]), *RUNTIMES)
+SKIPPABLE = (*dict.fromkeys([*PATHS, *BIREFNET_PATHS, *CORE_PATHS]), *RUNTIMES)
 
 
 def paths_of(case: str) -> dict[str, ExportPath]:
     """The export paths (rows) of case ``case``."""
+    if case in CORES:
+        return {name: path for name, path in CORE_PATHS.items() if name != PLAIN or CORES[case].version == 3}
     return BIREFNET_PATHS if case == BIREFNET else PATHS

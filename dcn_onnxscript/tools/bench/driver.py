@@ -15,7 +15,16 @@ import torch
 from dcn_onnxscript.lowering import table
 from dcn_onnxscript.tools.bench import progress
 from dcn_onnxscript.tools.bench.cases import Case, build_case
-from dcn_onnxscript.tools.bench.catalog import BIREFNET, LAYERS, NETWORK, STATIC_EXPORTERS, Unavailable
+from dcn_onnxscript.tools.bench.catalog import (
+    BIREFNET,
+    CORE_RUNTIMES,
+    CORES,
+    LAYERS,
+    NETWORK,
+    PLAIN,
+    STATIC_EXPORTERS,
+    Unavailable,
+)
 from dcn_onnxscript.tools.bench.exports import export_case
 from dcn_onnxscript.tools.bench.floors import add_floors
 from dcn_onnxscript.tools.bench.measuring import Result, measure
@@ -48,6 +57,7 @@ def _bench(args: argparse.Namespace, workdir: pathlib.Path) -> int:
     start, load_before = time.perf_counter(), os.getloadavg()[0]
     results: list[Result] = []
     runtime_results: list[RuntimeResult] = []
+    core_runtime_results: list[RuntimeResult] = []
     cases: list[Case] = []
     floors: list[str] = []
     for name in args.layers:
@@ -66,6 +76,8 @@ def _bench(args: argparse.Namespace, workdir: pathlib.Path) -> int:
         floors += filter(None, [floor_line(case, case_results)])
         if name == NETWORK:
             runtime_results = other_runtimes(case, args)
+        if name in CORES:
+            core_runtime_results += other_runtimes(case, args, CORE_RUNTIMES)
         cases.append(case)
         progress(f"{name}: done")
     wall_s, load_after = time.perf_counter() - start, os.getloadavg()[0]
@@ -75,7 +87,12 @@ def _bench(args: argparse.Namespace, workdir: pathlib.Path) -> int:
     rounds = f"{args.repeat}" + (f" ({BIREFNET}: {args.birefnet_repeat})" if BIREFNET in args.layers else "")
     print(f"\n{', '.join(f'{k} {v}' for k, v in found.items())}; {args.threads} threads, median of "
           f"{rounds} interleaved rounds; '{table.DEFAULT}' at torch's default opset {opset}: {auto}\n")
-    print(format_table(results))
+    if any(r.case not in CORES for r in results):
+        print(format_table([r for r in results if r.case not in CORES]))
+    if any(r.case in CORES for r in results):
+        print(f"\nDCNv3 and DCNv4 cores (3x3, channels last, batch 1; '{PLAIN}': InternImage's pure-PyTorch core "
+              f"exported by plain torch.onnx, DCNv3 only):\n")
+        print(format_table([r for r in results if r.case in CORES], PLAIN))
     if cases:
         print("\nHow each model was exported (opset and sampling ops as the file holds them):\n")
         print(format_paths(cases))
@@ -84,7 +101,10 @@ def _bench(args: argparse.Namespace, workdir: pathlib.Path) -> int:
     if runtime_results:
         print(f"\n{NETWORK} 1x3x{args.image_size}x{args.image_size} on other runtimes (OpenVINO CPU f32, tract):\n")
         print(format_runtime_table(runtime_results, auto))
-    if any(case.name not in LAYERS for case in cases):
+    if core_runtime_results:
+        print("\nThe cores on other runtimes (OpenVINO CPU f32):\n")
+        print(format_runtime_table(core_runtime_results, PLAIN))
+    if any(case.name not in LAYERS and case.name not in CORES for case in cases):
         print(f"\nnetworks: nodes/layer = (nodes - nodes of the same export with one node per deformable layer "
               f"+ L) / L; Constant nodes not counted; a function call counts as its body; {NETWORK}'s exports "
               f"dynamic (batch, height, width) but the peers' ({', '.join(STATIC_EXPORTERS)}); {BIREFNET}'s "
@@ -99,6 +119,7 @@ def _bench(args: argparse.Namespace, workdir: pathlib.Path) -> int:
                      birefnet_repeat=args.birefnet_repeat, image_size=args.image_size,
                      birefnet_size=args.birefnet_size, wall_s=wall_s, load_average=[load_before, load_after],
                      floors=floors)
-        args.json.write_text(json.dumps(document(results, runtime_results, cases, **facts), indent=1) + "\n")
+        document_ = document(results, runtime_results + core_runtime_results, cases, **facts)
+        args.json.write_text(json.dumps(document_, indent=1) + "\n")
         print(f"json: {args.json}")
     return 0

@@ -31,6 +31,7 @@ from dcn_onnxscript.export import _internals
 from dcn_onnxscript.tools.bench import peers, progress
 from dcn_onnxscript.tools.bench.cases import Case
 from dcn_onnxscript.tools.bench.catalog import (
+    CORES,
     DCOE,
     DCOE_PATCHED,
     DYNAMO,
@@ -40,6 +41,7 @@ from dcn_onnxscript.tools.bench.catalog import (
     NATIVE,
     NATIVE_OPSET,
     NATIVE_TORCHSCRIPT,
+    PLAIN,
     STATIC_EXPORTERS,
     TORCHSCRIPT,
     ExportPath,
@@ -103,7 +105,8 @@ def export_case(case: Case, workdir: pathlib.Path, args: argparse.Namespace) -> 
         case.opsets[name] = default_opset(model)
         case.sampling_ops[name] = sampling_ops(model)
         total = count_nodes(model)
-        per_layer = total if case.name in LAYERS else _per_layer(case, case.paths[name], workdir, total)
+        single = case.name in LAYERS or case.name in CORES
+        per_layer = total if single else _per_layer(case, case.paths[name], workdir, total)
         case.nodes[name] = (per_layer, total)
 
 
@@ -111,8 +114,12 @@ def export(path: ExportPath, case: Case, file: pathlib.Path, args: argparse.Name
     """Export ``case.module`` to ``file`` along ``path``; returns the seconds it took."""
     dynamic = case.dynamic and path.exporter not in STATIC_EXPORTERS
     if path.exporter == DYNAMO:
-        table = dcn_onnxscript.translation_table(path.impl) if path.impl else None
-        return _dynamo(case, file, path.opset, table, dynamic)
+        return _dynamo(case, file, path.opset, _translation_table(case, path.impl), dynamic)
+    if path.exporter == PLAIN:
+        from dcn_onnxscript.tools.bench.internimage import PlainCore
+
+        plain = Case(case.name, PlainCore(CORES[case.name]), case.inputs)
+        return _torchscript(plain, file, path.opset, dynamic)
     if path.exporter == NATIVE:
         return _dynamo(case, file, path.opset, dcn_onnxscript.translation_table(NATIVE), dynamic)
     if path.exporter == FUNCTION:
@@ -135,6 +142,17 @@ def export(path: ExportPath, case: Case, file: pathlib.Path, args: argparse.Name
     raise ValueError(f"unknown exporter {path.exporter!r}")
 
 
+def _translation_table(case: Case, impl: Optional[str]) -> Optional[dict]:
+    """The custom translation table of lowering ``impl`` for ``case``'s operator (None: the registered one)."""
+    if impl is None:
+        return None
+    if case.name in CORES:
+        from dcn_onnxscript.export import dcnv3
+
+        return dcnv3.translation_table(impl)
+    return dcn_onnxscript.translation_table(impl)
+
+
 def _timed(call: Callable[[], Any]) -> float:
     start = time.perf_counter()
     call()
@@ -146,7 +164,7 @@ def _dynamo(case: Case, file: pathlib.Path, opset: Optional[int], table: Optiona
     dims = ({0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")},)
     return _timed(lambda: torch.onnx.export(
         case.module, case.inputs, str(file), dynamo=True, opset_version=opset, custom_translation_table=table,
-        dynamic_shapes=dims if dynamic else None, verbose=case.name not in LAYERS))
+        dynamic_shapes=dims if dynamic else None, verbose=case.name not in LAYERS and case.name not in CORES))
 
 
 def _torchscript(case: Case, file: pathlib.Path, opset: int, dynamic: bool, symbolic: Optional[Callable] = None,

@@ -44,15 +44,22 @@ def _header(columns: Sequence[str], text_columns: int) -> list[str]:
     return [_row(columns), _row(["---"] * text_columns + ["---:"] * (len(columns) - text_columns))]
 
 
-def format_table(results: Sequence[Result]) -> str:
-    """The results as a markdown table, with ratios to the native model of the same case."""
-    native = {r.case: r for r in results if r.model == NATIVE and not r.note}
-    lines = _header(TABLE_COLUMNS, 2)
+def table_columns(base: str) -> tuple[str, ...]:
+    """:data:`TABLE_COLUMNS` with the ratios to row ``base``."""
+    return tuple(f"x {base}" if column == "x native" else column for column in TABLE_COLUMNS)
+
+
+def format_table(results: Sequence[Result], base_row: str = NATIVE) -> str:
+    """The results as a markdown table, with ratios to row ``base_row`` of the same case ("-" where it has
+    none)."""
+    bases = {r.case: r for r in results if r.model == base_row and not r.note}
+    columns = table_columns(base_row)
+    lines = _header(columns, 2)
     for r in results:
         if r.note:
-            lines.append(_row([r.case, r.model, r.note] + ["-"] * (len(TABLE_COLUMNS) - 3)))
+            lines.append(_row([r.case, r.model, r.note] + ["-"] * (len(columns) - 3)))
             continue
-        base = native.get(r.case, Result(r.case, NATIVE))
+        base = bases.get(r.case, Result(r.case, base_row))
         lines.append(_row([
             r.case, r.model, _nodes(r.nodes_per_layer), _nodes(r.nodes), _number(r.export_s, ".2f"),
             _number(r.session_s, ".3f"), _number(r.latency_ms, ".2f"), _number(r.latency_ms / base.latency_ms, ".2f"),
@@ -75,16 +82,18 @@ def format_paths(cases: Sequence[Case]) -> str:
 
 
 def format_runtime_table(results: Sequence[RuntimeResult], base: str) -> str:
-    """The other runtimes' rows, with latency ratios to row ``base`` on the same runtime."""
-    latency = {r.runtime: r.latency_ms for r in results if r.model == base and not r.note}
+    """The other runtimes' rows, with latency ratios to row ``base`` of the same case on the same runtime; rows
+    of a named case (the cores) are named "case model"."""
+    latency = {(r.case, r.runtime): r.latency_ms for r in results if r.model == base and not r.note}
     columns = runtime_columns(base)
     lines = _header(columns, 3)
     for r in results:
+        model = f"{r.case} {r.model}" if r.case else r.model
         if r.note:
-            lines.append(_row([r.runtime, r.model, r.note] + ["-"] * (len(columns) - 3)))
+            lines.append(_row([r.runtime, model, r.note] + ["-"] * (len(columns) - 3)))
         else:
-            ratio = r.latency_ms / latency.get(r.runtime, NAN)
-            lines.append(_row([r.runtime, r.model, r.shapes, _number(r.load_s, ".2f"), _number(r.latency_ms, ".2f"),
+            ratio = r.latency_ms / latency.get((r.case, r.runtime), NAN)
+            lines.append(_row([r.runtime, model, r.shapes, _number(r.load_s, ".2f"), _number(r.latency_ms, ".2f"),
                                _number(ratio, ".2f"), _number(r.max_error, ".1e")]))
     return "\n".join(lines)
 

@@ -1,8 +1,8 @@
-"""Other runtimes, for the network case: OpenVINO CPU (``INFERENCE_PRECISION_HINT`` f32, ``--threads``
-threads, latency hint) and tract (the file loaded as it is: symbolic dimensions for a dynamic export), each
-running the models of :data:`.catalog.RUNTIME_PATHS` interleaved as onnxruntime's are. "load s" is read +
-compile (OpenVINO) or load + optimise into a runnable (tract). A model a runtime rejects gets the reason in
-its row."""
+"""Other runtimes, for the network case and the DCNv3/DCNv4 cores: OpenVINO CPU (``INFERENCE_PRECISION_HINT``
+f32, ``--threads`` threads, latency hint) and tract (the file loaded as it is: symbolic dimensions for a
+dynamic export), each running the models of :data:`.catalog.RUNTIME_PATHS` (the cores: every row they have)
+interleaved as onnxruntime's are. "load s" is read + compile (OpenVINO) or load + optimise into a runnable
+(tract). A model a runtime rejects gets the reason in its row."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from dcn_onnxscript.tools.bench import progress
 from dcn_onnxscript.tools.bench.cases import Case
-from dcn_onnxscript.tools.bench.catalog import OPENVINO, RUNTIME_PATHS, TRACT
+from dcn_onnxscript.tools.bench.catalog import CORES, OPENVINO, RUNTIME_PATHS, RUNTIMES, TRACT
 from dcn_onnxscript.tools.bench.measuring import eager_runner, interleaved_medians
 
 NAN = float("nan")
@@ -26,7 +26,7 @@ Runner = Callable[[], np.ndarray]
 
 @dataclasses.dataclass
 class RuntimeResult:
-    """One row of the other runtimes' table."""
+    """One row of the other runtimes' table (``case``: empty for the network, whose table it is)."""
 
     runtime: str
     model: str
@@ -35,9 +35,10 @@ class RuntimeResult:
     latency_ms: float = NAN
     max_error: float = NAN
     note: str = ""
+    case: str = ""
 
 
-def _openvino_runner(path: pathlib.Path, x: np.ndarray, threads: int) -> tuple[Runner, str]:
+def _openvino_runner(path: pathlib.Path, inputs: list[np.ndarray], threads: int) -> tuple[Runner, str]:
     import openvino
 
     core = openvino.Core()
@@ -48,34 +49,38 @@ def _openvino_runner(path: pathlib.Path, x: np.ndarray, threads: int) -> tuple[R
     request = compiled.create_infer_request()
 
     def run_model() -> np.ndarray:
-        request.infer([x])
+        request.infer(inputs)
         return request.get_output_tensor(0).data.copy()
 
     return run_model, "dynamic" if dynamic else "static"
 
 
-def _tract_runner(path: pathlib.Path, x: np.ndarray, threads: int) -> tuple[Runner, str]:
+def _tract_runner(path: pathlib.Path, inputs: list[np.ndarray], threads: int) -> tuple[Runner, str]:
     import tract
 
     inference_model = tract.onnx().load(str(path))  # as it is: no input facts set
     dims = str(inference_model.input_fact(0)).split(",")[:-1]  # e.g. "batch,3,height,width,F32"
     runnable = inference_model.into_model().into_runnable()
-    return (lambda: runnable.run([x])[0].to_numpy()), "static" if all(map(str.isdigit, dims)) else "symbolic"
+    return (lambda: runnable.run(inputs)[0].to_numpy()), "static" if all(map(str.isdigit, dims)) else "symbolic"
 
 
 #: runtime -> (its package, the builder of a runner and the kind of shapes it sees)
 _RUNTIMES = {OPENVINO: ("openvino", _openvino_runner), TRACT: ("tract", _tract_runner)}
 
 
-def other_runtimes(case: Case, args: argparse.Namespace) -> list[RuntimeResult]:
-    """The rows of :data:`.catalog.RUNTIME_PATHS` of ``case`` (one input) on OpenVINO and tract."""
-    x = case.inputs[0].numpy()
+def other_runtimes(case: Case, args: argparse.Namespace, runtimes: tuple[str, ...] = RUNTIMES) -> list[RuntimeResult]:
+    """The rows of ``case`` on ``runtimes`` (of OpenVINO and tract): the network's of
+    :data:`.catalog.RUNTIME_PATHS`, or every row of a core."""
+    inputs = [tensor.numpy() for tensor in case.inputs]
     reference = eager_runner(case.module, case.inputs)()
+    names = case.paths if case.name in CORES else RUNTIME_PATHS
+    label = case.name if case.name in CORES else ""
     results = []
-    for runtime, (package, make_runner) in _RUNTIMES.items():
+    for runtime in runtimes:
+        package, make_runner = _RUNTIMES[runtime]
         if runtime in args.skip:
             continue
-        rows = {name: RuntimeResult(runtime, name) for name in RUNTIME_PATHS if name not in args.skip}
+        rows = {name: RuntimeResult(runtime, name, case=label) for name in names if name not in args.skip}
         run: dict[str, Runner] = {}
         for name, row in rows.items():
             if importlib.util.find_spec(package) is None:
@@ -86,7 +91,7 @@ def other_runtimes(case: Case, args: argparse.Namespace) -> list[RuntimeResult]:
                 progress(f"{case.name}: {runtime}: loading {name}")
                 start = time.perf_counter()
                 try:
-                    run[name], row.shapes = make_runner(case.onnx_paths[name], x, args.threads)
+                    run[name], row.shapes = make_runner(case.onnx_paths[name], inputs, args.threads)
                     row.load_s = time.perf_counter() - start
                     row.max_error = float(np.abs(run[name]() - reference).max())
                 except Exception as error:  # noqa: BLE001  (a runtime's refusal goes into the row)
