@@ -15,8 +15,8 @@ import dcn_onnxscript.ops  # noqa: F401
 from dcn_onnxscript.export import dcnv3 as core_exports
 from dcn_onnxscript.lowering.dcnv3 import Core
 from faults import Fault
-from helpers import assert_close
-from runtimes import run_runtime
+from helpers import HOSTILE, assert_close
+from runtimes import run_openvino, run_runtime
 
 RUNTIMES = ("openvino", "tract", "tract_symbolic", "reference", "opencv")
 #: (lowering, opset): grid_sample at its lowest opset, gather below it.
@@ -72,3 +72,25 @@ def test_exported_cores_run_on_the_runtimes(param):
 @pytest.mark.parametrize("param", _params([p for p in EVERY if p not in COVERING]))
 def test_exported_cores_run_on_the_runtimes_in_every_combination(param):
     _run(*param)
+
+
+@pytest.mark.parametrize("lowering", LOWERINGS, ids=lambda lowering: f"{lowering[0]}{lowering[1]}")
+@pytest.mark.parametrize("version", CORES)
+def test_exported_cores_run_on_openvino_in_its_default_precision_with_hostile_offsets(version, lowering):
+    """OpenVINO's default inference precision is bf16 on a CPU that has it: the cores still give finite outputs,
+    as close to the eager op's as bf16 allows, and hostile offsets (NaN, ±Inf, huge) contribute zero."""
+    (impl, opset), case = lowering, CORES[version]
+    inputs = case.inputs(seed=4)
+    rng = np.random.default_rng(4)
+    hostile = rng.random(inputs[1].shape) < 0.1
+    if version == 4:  # offsets only: DCNv4's masks share the tensor
+        P = case.core.points
+        hostile &= (np.arange(inputs[1].shape[3]) % (3 * P) < 2 * P)[None, None, None, :]
+    inputs[1][hostile] = rng.choice(HOSTILE, int(hostile.sum())).astype(np.float32)
+    model = export_module(CoreModule(case.core), "dynamo", opset, False, inputs,
+                          custom_translation_table=core_exports.translation_table(impl))
+    with torch.no_grad():
+        expected = CoreModule(case.core)(*(torch.from_numpy(a) for a in inputs)).numpy()
+    actual = run_openvino(model, inputs, precision=None)
+    assert np.isfinite(actual).all()
+    assert_close(actual, expected.astype(np.float64), rtol=5e-2)
