@@ -59,11 +59,13 @@ def _dynamo_core(core: lowering.Core, input, offset, mask, impl: str):
     dtype = int(input.dtype)
     lowering.layer(core, dtype, None, (None, None), (None, None))  # the dtype check; the conversion step lowers
     W = op.constant(lowering.identity_weight(core, lowering.FLOAT_TYPES[dtype]))
-    Y = dynamo.placeholder(impl, lowering.channels_first(op, input), W,
-                           lowering.deform_conv2d_offset(op, core, dtype, offset), None,
-                           lowering.deform_conv2d_mask(op, core, mask), core.stride, core.padding, core.dilation,
-                           core.group, core.group)
+    X, delta, m = (lowering.channels_first(op, input), lowering.deform_conv2d_offset(op, core, dtype, offset),
+                   lowering.deform_conv2d_mask(op, core, mask))
+    lowering.typed(core, input, offset, X, delta, m)
+    Y = dynamo.placeholder(impl, X, W, delta, None, m, core.stride, core.padding, core.dilation, core.group,
+                           core.group)
     return lowering.channels_last(op, Y)
+
 
 
 def _translations(impl: str) -> dict[int, TracedOnnxFunction]:

@@ -35,10 +35,12 @@ import dataclasses
 from typing import Any, Optional
 
 import numpy as np
+import onnx_ir as ir
 
 from dcn_onnxscript.lowering import table
 from dcn_onnxscript.lowering.emitter import Emitter
 from dcn_onnxscript.lowering.layer import FLOAT_TYPES, Layer
+from dcn_onnxscript.lowering.validation import static_shape
 
 Value = Any
 #: NHWC -> NCHW and back.
@@ -142,6 +144,30 @@ def layer(core: Core, dtype: int, batch: Optional[int], input_size: tuple[Option
                  groups=core.group, offset_groups=core.group, in_channels=core.channels,
                  out_channels=core.channels, dtype=dtype, bias=False, mask=True, batch=batch,
                  input_size=input_size, output_size=output_size)
+
+
+def deform_conv2d_shapes(core: Core, input_shape: Optional[tuple], offset_shape: Optional[tuple]
+                         ) -> tuple[Optional[tuple], Optional[tuple], Optional[tuple]]:
+    """The shapes of the deform_conv2d inputs the layout steps write, X (N, C, H, W), offset (N, 2·G·K, Ho, Wo)
+    and mask (N, G·K, Ho, Wo), from the core's ``input_shape`` (N, H, W, C) and ``offset_shape`` (N, Ho, Wo, D)
+    (``None`` where a rank is unknown, ``None`` inside for an unknown size)."""
+    X = None if input_shape is None else tuple(input_shape[i] for i in _CHANNELS_FIRST)
+    if offset_shape is None:
+        return X, None, None
+    N, Ho, Wo = offset_shape[:3]
+    GK = core.group * core.taps
+    return X, (N, 2 * GK, Ho, Wo), (N, GK, Ho, Wo)
+
+
+def typed(core: Core, input: ir.Value, offset: ir.Value, X: ir.Value, delta: ir.Value, mask: ir.Value) -> None:
+    """Give the layout steps' outputs ``X``, ``delta`` and ``mask`` (onnx_ir values: the dynamo exporter's and the
+    rewriter's) the input's type and the shapes of :func:`deform_conv2d_shapes`: the deform_conv2d placeholder
+    between them is then lowered with its static sizes written as constants, not read at run time (no
+    ``Shape``, ``Slice`` or ``CumSum`` of them)."""
+    for value, shape in zip((X, delta, mask), deform_conv2d_shapes(core, static_shape(input), static_shape(offset))):
+        value.dtype = input.dtype
+        if shape is not None:
+            value.shape = ir.Shape(list(shape))
 
 
 def channels_first(op: Emitter, value: Value) -> Value:

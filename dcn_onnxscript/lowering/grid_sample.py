@@ -175,12 +175,16 @@ def tap_masks(op: Emitter, layer: Layer, offset_shape: Optional[Value], mask: Op
 
 
 def tap_samples(op: Emitter, layer: Layer, images: Value, grid: Value, mask: Optional[Value]) -> Value:
-    """x(p) · Δm_k of one tap for every channel: (N, C, Ho, Wo) float32, from ``images`` (N·G, C/G, H, W)
-    float32, its ``grid`` (N·G, Ho, Wo, 2) and its ``mask`` (N·G, 1, Ho, Wo) float32."""
+    """x(p) · Δm_k of one tap for every channel: (N·G, C/G, Ho, Wo) float32 (:func:`as_channels` makes it
+    (N, C, Ho, Wo)), from ``images`` (N·G, C/G, H, W) float32, its ``grid`` (N·G, Ho, Wo, 2) and its ``mask``
+    (N·G, 1, Ho, Wo) float32."""
     mode = "linear" if op.opset >= 20 else "bilinear"
     samples = op.GridSample(images, grid, align_corners=0, mode=mode, padding_mode="zeros")
-    if mask is not None:
-        samples = op.Mul(samples, mask)
+    return samples if mask is None else op.Mul(samples, mask)
+
+
+def as_channels(op: Emitter, layer: Layer, samples: Value) -> Value:
+    """``samples`` (N·G, C/G, Ho, Wo) as (N, C, Ho, Wo)."""
     if layer.offset_groups == 1:
         return samples
     return op.Reshape(samples, np.array([-1, layer.in_channels, 0, 0], dtype=np.int64))
@@ -219,14 +223,22 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
     p0, halves = output_positions(op, layer, offset_shape), half_sizes(op, layer, X_shape)
     Y = None
     w_k = tap_weights(op, layer, W)
+    kept = sampling.kept(w_k)
+    # Taps whose weights pass every channel through (the DCNv3/DCNv4 cores'), with no bias, are summed as the
+    # samples come, per offset group, and reshaped once.
+    grouped = B is None and all(sampling.passes_through(w, layer.groups) for w, keep in zip(w_k, kept) if keep)
     for grid, tap_mask, weights, keep in zip(grids(op, layer, delta, p0, halves),
-                                             tap_masks(op, layer, offset_shape, mask), w_k, sampling.kept(w_k)):
+                                             tap_masks(op, layer, offset_shape, mask), w_k, kept):
         if not keep:
             continue
         first_tap_bias = [_bias(op, layer, B)] if Y is None and B is not None else []
         product = tap_samples(op, layer, images, grid, tap_mask)
+        if not grouped:
+            product = as_channels(op, layer, product)
         if first_tap_bias or not sampling.passes_through(weights, layer.groups):
             # every attribute written: onnxruntime-web's WebGPU (JSEP) Conv applies no ONNX defaults
             product = op.Conv(product, weights, *first_tap_bias, group=layer.groups, **_ONE_BY_ONE)
         Y = product if Y is None else op.Add(Y, product)
+    if grouped:
+        Y = as_channels(op, layer, Y)
     return Y if layer.dtype == _SAMPLED else op.Cast(Y, to=layer.dtype)

@@ -276,14 +276,13 @@ def _expand_cores(model: ir.Model, impl: str) -> int:
         input, offset, mask = node.inputs
         prefix = f"{node.name or 'dcnv3'}_{index}"
         op = TapeEmitter(node_opsets[node], prefix=prefix, initializers=node.graph is model.graph)
-        X = dcnv3.channels_first(op, input)
-        shape = static_shape(input)
-        X.dtype, X.shape = input.dtype, None if shape is None else ir.Shape([shape[i] for i in (0, 3, 1, 2)])
+        X, delta, m = (dcnv3.channels_first(op, input), dcnv3.deform_conv2d_offset(op, core, input.dtype.value, offset),
+                       dcnv3.deform_conv2d_mask(op, core, mask))
+        dcnv3.typed(core, input, offset, X, delta, m)
         W = op.constant(dcnv3.identity_weight(core, FLOAT_TYPES[input.dtype.value]))
         attributes = dict(strides=list(core.stride), pads=[*core.padding, *core.padding],
                           dilations=list(core.dilation), group=core.group, offset_group=core.group, impl=impl)
-        Y = op.tape.op("DeformConv", [X, W, dcnv3.deform_conv2d_offset(op, core, input.dtype.value, offset), None,
-                                      dcnv3.deform_conv2d_mask(op, core, mask)], attributes, domain=PENDING_DOMAIN)
+        Y = op.tape.op("DeformConv", [X, W, delta, None, m], attributes, domain=PENDING_DOMAIN)
         Y = dcnv3.channels_last(op, Y)
         for constant in op.tape.initializers:
             node.graph.register_initializer(constant)

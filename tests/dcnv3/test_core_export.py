@@ -17,6 +17,7 @@ import dcn_onnxscript.ops  # noqa: F401  (defines the ops and registers their tr
 from dcn_onnxscript.export import dcnv3 as core_exports
 from dcn_onnxscript.export import registration
 from dcn_onnxscript.lowering.dcnv3 import Core
+from dcn_onnxscript.lowering.emitter import STORAGE_BUFFERS
 from helpers import assert_close
 from runtimes import run_onnxruntime
 
@@ -111,6 +112,28 @@ def test_export_matches_the_eager_op_on_the_full_matrix(param):
 def test_float16_export_matches_the_eager_op(exporter, version):
     case = CoreCase(Core((3, 3), (1, 1), (1, 1), (1, 1), 2, 4, offset_scale=0.5, version=version), (6, 5), 2)
     _check(case, exporter, 18, dynamic=False, dtype=np.float16, rtol=5e-3)
+
+
+#: What a lowering reads its sizes with at run time: none of them in a static export.
+SIZE_OPS = {"Shape", "Slice", "ConstantOfShape", "CumSum"}
+
+
+@pytest.mark.parametrize("impl", ["gather", "grid_sample"])
+@pytest.mark.parametrize("version", [3, 4])
+def test_static_dynamo_export_writes_its_sizes_as_constants(impl, version):
+    """The layout steps carry the core's static shapes to the deform_conv2d lowering: no size is read at run
+    time; the grid_sample lowering sums the per-point samples per group with no product by the identity
+    weight, and no node needs more than WebGPU's storage buffers."""
+    case = CoreCase(Core((3, 3), (1, 1), (1, 1), (1, 1), 2, 4, remove_center=True, version=version), (6, 5), 2)
+    inputs = case.inputs(seed=2)
+    model = export(case, "dynamo", 18, False, inputs, custom_translation_table=core_exports.translation_table(impl))
+    ops = [node.op_type for node in model.graph.node]
+    assert not SIZE_OPS & set(ops)
+    if impl == "grid_sample":
+        assert "Conv" not in ops and "MatMul" not in ops
+        assert ops.count("GridSample") == case.core.points
+    assert all(len([i for i in node.input if i]) + len(node.output) <= STORAGE_BUFFERS for node in model.graph.node)
+    assert_close(run_onnxruntime(model, inputs), _eager(case, inputs).astype(np.float64), rtol=1e-4)
 
 
 @pytest.mark.parametrize("impl", ["gather", "grid_sample"])
