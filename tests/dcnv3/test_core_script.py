@@ -1,8 +1,9 @@
 """The standalone cores (dcn_onnxscript.dcnv3 and dcnv4, :mod:`dcn_onnxscript.lowering.script.cores`): one-node
 models calling them as model-local functions, every size symbolic, checked with onnx.checker's full check and
 run on onnxruntime against the package's eager ops over generated cases (geometry, groups, offset_scale,
-remove_center), in float16/float64, under hostile offsets, at the model opsets that respell their ops, eagerly
-through onnxscript; each is one self-contained proto of standard ops, built on first lookup only."""
+remove_center), in float16/float64, under hostile offsets, at the model opsets that respell their ops, inlined
+on OpenVINO, eagerly through onnxscript; each is one self-contained proto of standard ops, built on first
+lookup only."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 
 import numpy as np
 import onnx
+import onnx.inliner
 import pytest
 import torch
 from core_reference import CoreCase, CoreModule, core_reference, generated_cases
@@ -21,7 +23,7 @@ from dcn_onnxscript import DOMAIN, function_protos
 from dcn_onnxscript.lowering.dcnv3 import Core
 from dcn_onnxscript.lowering.script.protos import SCRIPT_OPSET
 from helpers import HOSTILE, assert_close
-from runtimes import run_onnxruntime
+from runtimes import run_onnxruntime, run_openvino
 
 CASES = {3: generated_cases(12, version=3, seed=20261205), 4: generated_cases(12, version=4, seed=20261206)}
 NEWEST = onnx.defs.onnx_opset_version()
@@ -110,6 +112,16 @@ def test_hostile_offsets_contribute_zero(version: int) -> None:
     actual = run_onnxruntime(core_function_model(case), inputs)
     assert np.isfinite(actual).all()
     assert_close(actual, eager(case, inputs), rtol=1e-4)
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_inlined_runs_on_openvino(version: int) -> None:
+    """OpenVINO reads no model-local functions: the model as onnx.inliner flattens it."""
+    case = CASES[version][5]
+    inputs = case.inputs(seed=7)
+    flat = onnx.inliner.inline_local_functions(core_function_model(case))
+    onnx.checker.check_model(flat, full_check=True)
+    assert_close(run_openvino(flat, inputs), eager(case, inputs), rtol=1e-4)
 
 
 @pytest.mark.parametrize("version", [3, 4])
