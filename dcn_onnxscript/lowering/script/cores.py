@@ -20,7 +20,7 @@ Notation: G groups, K = kH·kW taps in deform_conv2d's row-major order k = kh·k
 from __future__ import annotations
 
 from onnx.helper import make_tensor
-from onnxscript import FLOAT, INT64, script
+from onnxscript import BOOL, FLOAT, INT64, script
 from onnxscript import opset18 as op
 
 from dcn_onnxscript.lowering.script.common import Dim, Floats, Ints, T, dcn
@@ -47,7 +47,7 @@ def _tap_points(kernel: Ints, remove_center: Dim):
     two = op.Constant(value_ints=[2])
     point = kw * kH + kh  # column-major, with the centre
     centre = op.Div(kW, two) * kH + op.Div(kH, two)
-    removed = op.And(op.Equal(point, centre), op.Cast(remove_center, to=9))  # BOOL (K,)
+    removed = op.And(op.Equal(point, centre), op.Cast(remove_center, to=BOOL.dtype))  # (K,)
     after = op.Cast(op.Greater(point, centre), to=INT64.dtype) * remove_center  # later points move down one
     zero = op.Constant(value_ints=[0])
     kept = op.Cast(op.Not(removed), to=FLOAT.dtype)
