@@ -112,8 +112,8 @@ def valid(export: Export, runtime: str) -> bool:
         return not export.dynamic and export.dtype == "float32"  # what onnx2tf converts
     if runtime == "ncnn":
         return not export.dynamic and export.dtype == "float32"  # pnnx converts float32, ncnn has no batch
-    if runtime == "rknn":  # rknn-toolkit2 takes opsets up to 19 and builds a model at fixed input shapes
-        return not export.dynamic and export.dtype == "float32" and export.opset <= 19
+    if runtime == "rknn":  # rknn-toolkit2 takes opsets up to 19; it builds a dynamic export at the feeds' sizes
+        return export.dtype == "float32" and export.opset <= 19
     if runtime in ("opencv", "opencv4", "tvm", "openvino_ep", "tinygrad"):
         return export.dtype == "float32"  # the type these deployments run
     return True

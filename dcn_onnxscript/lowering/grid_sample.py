@@ -99,18 +99,18 @@ def tap_offsets(op: Emitter, layer: Layer, offset: Value) -> Value:
     return sampling.as_coordinates(op, layer, swapped)
 
 
-def output_positions(op: Emitter, layer: Layer, offset_shape: Optional[Value]) -> Folded:
+def output_positions(op: Emitter, layer: Layer, Ho_Wo: Optional[Value]) -> Folded:
     """p_0 counted from 1, s·(o + 1), at the x and y channel of every tap: (1, 2K, Ho, Wo) of the coordinate
     type, the columns at the x channels and the rows at the y channels (callers add p_k, the pads and the 1
-    back: :func:`sampling.first_tap`). A constant when (Ho, Wo) are static, else built on ``offset_shape``,
-    the ``Shape`` of the offset."""
+    back: :func:`sampling.first_tap`). A constant when (Ho, Wo) are static, else built on ``Ho_Wo`` (INT64 (2,),
+    the offset's)."""
     (sy, sx), (Ho, Wo) = layer.stride, layer.output_size
     is_x = _per_channel(layer, [True, False])
     if not _dynamic(Ho, Wo):
         cols, rows = np.arange(1, Wo + 1), np.arange(1, Ho + 1).reshape(-1, 1)
         return layer.coordinates(np.where(is_x, sx * cols, sy * rows))
     step = sx if sx == sy else 1
-    ones = op.ConstantOfShape(sampling.dims(op, offset_shape, 2, 4), value=layer.coordinates([step]))  # (Ho, Wo)
+    ones = op.ConstantOfShape(Ho_Wo, value=layer.coordinates([step]))  # (Ho, Wo)
     p0 = op.Where(is_x, op.CumSum(ones, np.array(1)), op.CumSum(ones, np.array(0)))
     return p0 if sx == sy else op.Mul(p0, layer.coordinates(_per_channel(layer, [sx, sy])))
 
@@ -160,15 +160,13 @@ def sampled_images(op: Emitter, layer: Layer, X: Value) -> Value:
     return op.Reshape(images, np.array([-1, layer.in_channels // layer.offset_groups, 0, 0], dtype=np.int64))
 
 
-def tap_masks(op: Emitter, layer: Layer, offset_shape: Optional[Value], mask: Optional[Value]) -> list:
+def tap_masks(op: Emitter, layer: Layer, N: Optional[Value], Ho_Wo: Optional[Value], mask: Optional[Value]) -> list:
     """Δm of ``mask`` (N, G·K, Ho, Wo) as K values (N·G, 1, Ho, Wo) float32, or K ``None`` without a mask
-    (DCNv1). With dynamic sizes the mask is cut to (N, Ho, Wo) of ``offset_shape``, the ``Shape`` of the
-    offset that carries X's batch."""
+    (DCNv1). Where they are dynamic, the mask is cut to X's batch ``N`` and the offset's ``Ho_Wo``."""
     K = layer.taps
     if mask is None:
         return [None] * K
-    if offset_shape is not None:
-        mask = sampling.cut_to(op, mask, offset_shape, axes=(0, 2, 3))
+    mask = sampling.cut_to(op, mask, N, Ho_Wo)
     if layer.offset_groups > 1:
         mask = op.Reshape(mask, np.array([-1, K, 0, 0], dtype=np.int64))
     return op.split(_sampled(op, layer, mask), K, K, axis=1)
@@ -216,11 +214,12 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
     """Y (N, O, Ho, Wo) of ``X`` (N, C, H, W), ``W`` (O, C/R, kH, kW), ``offset`` (N, 2·G·K, Ho, Wo), optional
     ``B`` (O) and ``mask`` (N, G·K, Ho, Wo) (``None``: DCNv1): Σ_k Conv1x1(W_k, samples of tap k)."""
     X_shape = op.Shape(X) if _dynamic(layer.batch, *layer.input_size) else None
-    offset = sampling.with_batch_of(op, layer, X_shape, offset)
-    offset_shape = op.Shape(offset) if _dynamic(layer.batch, *layer.output_size) else None
+    N = sampling.dims(op, X_shape, 0, 1) if _dynamic(layer.batch) else None
+    offset = sampling.with_batch_of(op, N, offset)
+    Ho_Wo = sampling.output_size(op, offset) if _dynamic(*layer.output_size) else None
     delta = tap_offsets(op, layer, offset)
     images = sampled_images(op, layer, X)
-    p0, halves = output_positions(op, layer, offset_shape), half_sizes(op, layer, X_shape)
+    p0, halves = output_positions(op, layer, Ho_Wo), half_sizes(op, layer, X_shape)
     Y = None
     w_k = tap_weights(op, layer, W)
     kept = sampling.kept(w_k)
@@ -228,7 +227,7 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
     # samples come, per offset group, and reshaped once.
     grouped = B is None and all(sampling.passes_through(w, layer.groups) for w, keep in zip(w_k, kept) if keep)
     for grid, tap_mask, weights, keep in zip(grids(op, layer, delta, p0, halves),
-                                             tap_masks(op, layer, offset_shape, mask), w_k, kept):
+                                             tap_masks(op, layer, N, Ho_Wo, mask), w_k, kept):
         if not keep:
             continue
         first_tap_bias = [_bias(op, layer, B)] if Y is None and B is not None else []

@@ -36,20 +36,26 @@ def output_size(op: Emitter, offset: Value) -> Value:
     return dims(op, op.Shape(offset), 2, 4)
 
 
-def with_batch_of(op: Emitter, layer: Layer, X_shape: Optional[Value], value: Value) -> Value:
-    """``value`` (N', …) cut to the batch N of ``X_shape`` (X's ``Shape``) where the layer's batch is dynamic
-    (``value`` itself where it is static): N, not N', is then the batch of everything computed from it."""
-    if layer.batch is not None:
+def with_batch_of(op: Emitter, N: Optional[Value], value: Value) -> Value:
+    """``value`` (N', …) cut to the batch ``N`` (INT64 (1,): :func:`dims` of X's ``Shape``) where the layer's
+    batch is dynamic (``value`` itself where it is static: ``N`` is ``None``): N, not N', is then the batch of
+    everything computed from it."""
+    return value if N is None else op.Slice(value, np.array([0]), N, np.array([0]))
+
+
+def cut_to(op: Emitter, value: Value, N: Optional[Value], Ho_Wo: Optional[Value]) -> Value:
+    """``value`` (N', C, Ho', Wo') cut to the batch ``N`` (INT64 (1,)) and the sizes ``Ho_Wo`` (INT64 (2,)),
+    each where given (dynamic): its sizes then are those of their sources. Only those axes are sliced, never an
+    axis kept whole by an end beyond its size (onnxruntime-web's JSEP ``Slice`` gets the output's shape wrong
+    when it has to clamp an end). The ends are the :func:`dims` values themselves, concatenated: Apache TVM keeps
+    a ``Slice`` or ``Concat`` of a ``Shape`` as sizes, but turns a ``Gather`` of one into a tensor, after which
+    the cut value's shape is unknown and TVM cannot compile the model."""
+    axes = ([0] if N is not None else []) + ([2, 3] if Ho_Wo is not None else [])
+    ends = [size for size in (N, Ho_Wo) if size is not None]
+    if not ends:
         return value
-    return op.Slice(value, np.array([0]), dims(op, X_shape, 0, 1), np.array([0]))
-
-
-def cut_to(op: Emitter, value: Value, shape: Value, axes: tuple[int, ...]) -> Value:
-    """``value`` of rank 4 cut along ``axes`` to the sizes ``shape`` (INT64 (4,)) gives them: its sizes there
-    then are those of ``shape``'s source. Only ``axes`` are sliced, never an axis kept whole by an end beyond
-    its size (onnxruntime-web's JSEP ``Slice`` gets the output's shape wrong when it has to clamp an end)."""
-    axes_ = np.array(axes, dtype=np.int64)
-    return op.Slice(value, np.zeros(len(axes), dtype=np.int64), op.Gather(shape, axes_), axes_)
+    return op.Slice(value, np.zeros(len(axes), dtype=np.int64), ends[0] if len(ends) == 1 else op.Concat(*ends, axis=0),
+                    np.array(axes, dtype=np.int64))
 
 
 def output_grid(op: Emitter, layer: Layer, Ho_Wo: Value, shape: np.ndarray, axis: int) -> Value:

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write the lowerings' patterns that this deployment target reads (ncnn: the "
                              "far-position guard as a Clip; opencv4: each GridSample of static sizes as a "
                              "Gather, for OpenCV 4.x, which has no GridSample; rknn: the Gather nodes that read "
-                             "one tensor as one Gather, which rknn-toolkit2 would merge wrongly); for models "
+                             "one tensor as one Gather, which rknn-toolkit2 would merge wrongly, static or dynamic "
+                             "sizes alike); for models "
                              "exported by this package too")
     parser.add_argument("--check", action="store_true",
                         help="run onnx.checker (full check) on the result and, where the original runs on "

@@ -30,15 +30,16 @@ tensor into one (its ``remove_parallel_gather`` step), keeping one node's indice
 indices differ (other graph values, other shapes): the gather lowering's per-tap ``Gather`` nodes, which all
 read one table per channel slice, then all sample tap 0's neighbours. There the ``Gather`` nodes that read one
 tensor at indices computed in the graph become one ``Gather`` of all their indices (flattened and
-concatenated), cut back into each node's output by a ``Slice`` and a ``Reshape``. Only static shapes are
-rewritten (the toolkit builds a model at fixed input shapes). The one ``Gather`` holds every tap's neighbours
-at once: on onnxruntime's CPU that takes about 4.5 times the gather lowering's peak memory, so it is this
-target's form only, not the lowering's.
+concatenated), cut back into each node's output by a ``Slice`` and a ``Reshape``. Dynamic exports are
+rewritten too (the toolkit builds them at the sizes ``load_onnx`` is given): where a size is not static, the
+``Slice`` bounds and the output shapes are read with ``Shape`` from each node's indices and the table at run
+time. The one ``Gather`` holds every tap's neighbours at once: on onnxruntime's CPU that takes about 4.5
+times the gather lowering's peak memory, so it is this target's form only, not the lowering's.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import onnx_ir as ir
@@ -197,29 +198,36 @@ def _depends_on(values: list[ir.Value], nodes: set[int]) -> bool:
 
 def _one_gather(graph: ir.Graph, gathers: list[ir.Node]) -> bool:
     """``gathers`` (of one table, along one axis) as one ``Gather`` of their concatenated indices and a
-    ``Slice`` + ``Reshape`` per node, in ``graph``; ``False`` (nothing written) where a shape is not static or
-    one node's indices are computed from another's output."""
+    ``Slice`` + ``Reshape`` per node, in ``graph``. Sizes that are static are written as constants; the others
+    (a dynamic export, which rknn-toolkit2 builds at the sizes it is loaded with) are read with ``Shape`` from
+    the indices and the table at run time. ``False`` (nothing written) where the table's rank is unknown or one
+    node's indices are computed from another's output."""
     table, axis = gathers[0].inputs[0], _attribute(gathers[0], "axis", 0)
-    sizes, index_sizes = _static(table), [_static(node.inputs[1]) for node in gathers]
-    if sizes is None or None in index_sizes or _depends_on([n.inputs[1] for n in gathers], {id(n) for n in gathers}):
+    if table.shape is None or _depends_on([n.inputs[1] for n in gathers], {id(n) for n in gathers}):
         return False
-    axis %= len(sizes)
+    rank = len(table.shape)
+    axis %= rank
     tape = ir.tape.Tape()
 
     def i64(*values: int) -> ir.Value:
         return tape.op("Constant", [], {"value": ir.tensor(np.array(values, dtype=np.int64))})
 
-    types = {node.inputs[1].dtype for node in gathers}
-    flat = [tape.op("Reshape", [node.inputs[1], i64(int(np.prod(shape, dtype=np.int64)))])
-            for node, shape in zip(gathers, index_sizes)]
-    if len(types) > 1:  # int32 and int64 indices: all as int64
-        flat = [tape.op("Cast", [value], {"to": ir.DataType.INT64}) for value in flat]
-    gathered = tape.op("Gather", [table, tape.op("Concat", flat, {"axis": 0})], {"axis": axis})
-    start = 0
-    for node, shape in zip(gathers, index_sizes):
-        end = start + int(np.prod(shape, dtype=np.int64))
-        part = tape.op("Slice", [gathered, i64(start), i64(end), i64(axis)])
-        result = tape.op("Reshape", [part, i64(*sizes[:axis], *shape, *sizes[axis + 1:])])
+    def flat(indices: ir.Value) -> ir.Value:
+        sizes = _static(indices)
+        return tape.op("Reshape", [indices, i64(-1 if sizes is None else int(np.prod(sizes, dtype=np.int64)))])
+
+    flats = [flat(node.inputs[1]) for node in gathers]
+    if len({node.inputs[1].dtype for node in gathers}) > 1:  # int32 and int64 indices: all as int64
+        flats = [tape.op("Cast", [value], {"to": ir.DataType.INT64}) for value in flats]
+    gathered = tape.op("Gather", [table, tape.op("Concat", flats, {"axis": 0})], {"axis": axis})
+    start: Union[int, ir.Value] = 0
+    for node, indices in zip(gathers, flats):
+        sizes = _static(node.inputs[1])
+        count = tape.op("Shape", [indices]) if sizes is None else int(np.prod(sizes, dtype=np.int64))
+        end = _sum(tape, i64, start, count)
+        part = tape.op("Slice", [gathered, *(v if isinstance(v, ir.Value) else i64(v) for v in (start, end)),
+                                 i64(axis)])
+        result = tape.op("Reshape", [part, _gathered_shape(tape, i64, table, axis, node.inputs[1])])
         ir.convenience.replace_all_uses_with(node.outputs[0], result)
         if node.outputs[0] in graph.outputs:
             graph.outputs[graph.outputs.index(node.outputs[0])] = result
@@ -228,6 +236,32 @@ def _one_gather(graph: ir.Graph, gathers: list[ir.Node]) -> bool:
     for node in gathers:
         graph.remove(node, safe=True)
     return True
+
+
+def _sum(tape: ir.tape.Tape, i64: Callable[..., ir.Value], a: Union[int, ir.Value],
+         b: Union[int, ir.Value]) -> Union[int, ir.Value]:
+    """``a + b``: a Python int where both are, else an ``Add`` of (1,) int64 values."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a + b
+    return tape.op("Add", [v if isinstance(v, ir.Value) else i64(v) for v in (a, b)])
+
+
+def _gathered_shape(tape: ir.tape.Tape, i64: Callable[..., ir.Value], table: ir.Value, axis: int,
+                    indices: ir.Value) -> ir.Value:
+    """The shape of ``Gather(table, indices, axis)``, table's sizes with ``axis`` replaced by the indices' (r,):
+    a constant where all are static, else ``Shape`` of the indices between ``Slice`` s of ``Shape`` of the
+    table."""
+    sizes, index_sizes = _static(table), _static(indices)
+    if sizes is not None and index_sizes is not None:
+        return i64(*sizes[:axis], *index_sizes, *sizes[axis + 1:])
+    rank = len(table.shape)
+    table_shape = tape.op("Shape", [table]) if axis > 0 or axis < rank - 1 else None
+    parts = [tape.op("Shape", [indices])]
+    if axis > 0:
+        parts.insert(0, tape.op("Slice", [table_shape, i64(0), i64(axis)]))
+    if axis < rank - 1:
+        parts.append(tape.op("Slice", [table_shape, i64(axis + 1), i64(rank)]))
+    return parts[0] if len(parts) == 1 else tape.op("Concat", parts, {"axis": 0})
 
 
 def gathers_per_table(model: ir.Model) -> int:

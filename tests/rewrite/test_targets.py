@@ -138,29 +138,37 @@ def _tables_read_at_computed_indices(model: onnx.ModelProto) -> list[str]:
     return [n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[1] not in constants]
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(6))
 def test_rknn_gathers_each_table_once_and_computes_the_same(seed: int):
-    """On a random static gather-lowering layer at a random opset, ``--for rknn`` leaves one ``Gather`` at computed
-    indices per tensor it reads (rknn-toolkit2 merges any two, keeping one's indices), merges away all the others,
-    and matches onnxruntime's result of the model it came from, with hostile offsets (NaN, ±Inf, far) mixed in."""
+    """On a random gather-lowering layer at a random opset, static or dynamic (which rknn-toolkit2 builds at the
+    sizes it is loaded with), ``--for rknn`` leaves one ``Gather`` at computed indices per tensor it reads
+    (rknn-toolkit2 merges any two, keeping one's indices), merges away all the others, and matches onnxruntime's
+    result of the model it came from, with hostile offsets (NaN, ±Inf, far) mixed in; a dynamic layer at its
+    own size and at a larger one."""
     rng = np.random.default_rng(seed)
     case, opset = random_case(rng), int(rng.integers(12, 24))
     arrays = case.arrays(rng)
-    static = {name: list(value.shape) for name, value in arrays.items()}
-    layer = dataclasses.replace(sweep_layer(case), batch=case.batch, input_size=(case.height, case.width),
-                                output_size=case.output_size)
+    layer, static, sizes = sweep_layer(case), None, [case]
+    if seed % 2:  # static sizes, as the exporters fill them in from static shapes
+        static = {name: list(value.shape) for name, value in arrays.items()}
+        layer = dataclasses.replace(layer, batch=case.batch, input_size=(case.height, case.width),
+                                    output_size=case.output_size)
+    else:
+        sizes.append(dataclasses.replace(case, height=case.height + 3, width=case.width + 2))
     original = lowering_model("gather", layer, opset=opset, static_shapes=static, constants={"W": arrays["W"]})
     tables = _tables_read_at_computed_indices(original)
     model = ir.from_proto(original)
-    assert targets.for_target(model, "rknn") == len(tables) - len(set(tables))
+    assert targets.for_target(model, "rknn") == len(tables) - len(set(tables)) > 0
     rewritten = ir.to_proto(model)
     left = _tables_read_at_computed_indices(rewritten)
     assert len(left) == len(set(left)) == len(set(tables))
     onnx.checker.check_model(rewritten, full_check=True)
-    arrays["offset"] = _far_offsets(arrays["offset"], rng)
-    arrays["offset"].flat[::7] = np.nan
-    feeds = [arrays[i.name] for i in original.graph.input]
-    np.testing.assert_array_equal(run_onnxruntime(rewritten, feeds), run_onnxruntime(original, feeds))
+    for sized in sizes:
+        arrays = dict(sized.arrays(rng), W=arrays["W"])
+        arrays["offset"] = _far_offsets(arrays["offset"], rng)
+        arrays["offset"].flat[::7] = np.nan
+        feeds = [arrays[i.name] for i in original.graph.input]
+        np.testing.assert_array_equal(run_onnxruntime(rewritten, feeds), run_onnxruntime(original, feeds))
 
 
 def test_command_line_offers_every_target():
