@@ -122,10 +122,8 @@ def _placement_of_the_layer(model: onnx.ModelProto, run: browser.BrowserRun) -> 
 
 
 def _expected_fault(case: str, build: str) -> Optional[Fault]:
-    """The fault a case meets on ``build`` (measured with onnxruntime-web 1.31.1, Chromium 150, SwiftShader)."""
-    exporter, opset, lowering, dynamic, *_ = CASES[case]
-    if build == "jsep" and lowering == "gather" and not dynamic:
-        return JSEP_UPLOAD_RACE
+    """The fault a case meets on ``build`` (measured with onnxruntime-web 1.31.1, Chromium 150, SwiftShader):
+    none since the gather lowering keeps its index math on the GPU in JSEP too."""
     return None
 
 
@@ -148,13 +146,12 @@ def test_export_matches_torchvision_in_the_browser(case: str, build: str):
 
 
 def _gpu_resident(case: str, build: str) -> bool:
-    """Every node stays on the GPU: the static grid_sample exports at opset 19 or below in both builds, and the
-    static gather exports (INT32 index math) on the native EP, whose kernels take INT32 where JSEP's leave the
-    index clamps and splits to the CPU. (Dynamic exports leave two shape ``Gather`` nodes of onnxruntime's own
-    making to the CPU on the native EP.)"""
+    """Every node stays on the GPU: the static grid_sample exports at opset 19 or below and the static gather
+    exports (INT32 index math, clamped by comparisons and ``Where``, cut per tap by ``Gather``), in both builds.
+    (Dynamic exports leave two shape ``Gather`` nodes of onnxruntime's own making to the CPU.)"""
     exporter, opset, lowering, dynamic, _, rewrite_to = CASES[case]
     if lowering == "gather":
-        return not dynamic and build == "webgpu"
+        return not dynamic
     return not dynamic and (rewrite_to or opset) <= 19
 
 
