@@ -2,8 +2,9 @@
 onnxruntime-web's JSEP WebGPU build, its native WebGPU EP build and wasm, compared with torchvision in
 float64. The cases are generated: each exporter and opset the browser runs (dynamo 17 and 19, TorchScript
 17 for grid_sample / 13 for gather), both lowerings, static and dynamic sizes, on a block (conv -> offset
-and mask convs -> DCNv2 -> relu); plus the default opset 20 as exported and after ``rewrite --opset 19``,
-and a grouped block. Marker ``web`` (deselected by default): ``python -m pytest -m web tests/web``."""
+and mask convs -> DCNv2 -> relu), made by our export or by ``rewrite`` from torch's native ``DeformConv``
+export; plus the default opset 20 as exported and after ``rewrite --opset 19``, and a grouped block. Marker
+``web`` (deselected by default): ``python -m pytest -m web tests/web``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import io
 import itertools
 import re
 import warnings
+from typing import NamedTuple, Optional
 
 import browser
 import numpy as np
@@ -83,30 +85,59 @@ def rewritten_to(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     return ir.to_proto(rewrite(ir.from_proto(model), opset=opset).model)
 
 
-#: case id -> (exporter, opset, lowering, dynamic, groups (conv, offset), rewrite to opset): generated over
-#: the exporters and opsets the browser runs, both lowerings and static/dynamic sizes; then the default
+class Case(NamedTuple):
+    """How a case's model is made. ``source`` "export": ``module`` exported by ``exporter`` at ``opset`` with
+    ``lowering``, then, with ``rewrite_to``, ``rewrite --opset REWRITE_TO``; "native": torch's stock export of
+    ONNX ``DeformConv`` (dynamo, ``opset`` 19 or later), then ``rewrite --impl LOWERING``."""
+
+    exporter: str
+    opset: int
+    lowering: str
+    dynamic: bool
+    groups: tuple[int, int] = (1, 1)  # conv groups, offset groups
+    rewrite_to: Optional[int] = None
+    source: str = "export"
+
+
+def _sizes(dynamic: bool) -> str:
+    return "dynamic" if dynamic else "static"
+
+
+#: case id -> Case: generated over the exporters and opsets the browser runs, both lowerings and static/dynamic
+#: sizes, and over the sources (our export; torch's native DeformConv export rewritten); then the default
 #: opset 20 as exported and rewritten to 19, and a grouped block.
 CASES = {
-    f"{exporter}-{opset}-{lowering}-{'dynamic' if dynamic else 'static'}": (exporter, opset, lowering, dynamic,
-                                                                             (1, 1), None)
+    f"{exporter}-{opset}-{lowering}-{_sizes(dynamic)}": Case(exporter, opset, lowering, dynamic)
     for (exporter, opset), lowering, dynamic in itertools.product(
         [("dynamo", 17), ("dynamo", 19), ("torchscript", None)], ["grid_sample", "gather"], [False, True])
     for opset in [opset or (17 if lowering == "grid_sample" else 13)]
 }
-CASES["dynamo-20-grid_sample-static"] = ("dynamo", 20, "grid_sample", False, (1, 1), None)
-CASES["dynamo-20-grid_sample-static-rewritten-19"] = ("dynamo", 20, "grid_sample", False, (1, 1), 19)
-CASES["dynamo-19-grid_sample-dynamic-grouped"] = ("dynamo", 19, "grid_sample", True, (2, 2), None)
-CASES["dynamo-19-grid_sample-static-grouped"] = ("dynamo", 19, "grid_sample", False, (2, 2), None)
+CASES.update({f"native-19-{_sizes(dynamic)}-rewritten-{lowering}": Case("dynamo", 19, lowering, dynamic,
+                                                                        source="native")
+              for lowering, dynamic in itertools.product(["grid_sample", "gather"], [False, True])})
+CASES["dynamo-20-grid_sample-static"] = Case("dynamo", 20, "grid_sample", False)
+CASES["dynamo-20-grid_sample-static-rewritten-19"] = Case("dynamo", 20, "grid_sample", False, rewrite_to=19)
+CASES["dynamo-19-grid_sample-dynamic-grouped"] = Case("dynamo", 19, "grid_sample", True, groups=(2, 2))
+CASES["dynamo-19-grid_sample-static-grouped"] = Case("dynamo", 19, "grid_sample", False, groups=(2, 2))
+
+
+def model_of(case: Case, module: torch.nn.Module) -> onnx.ModelProto:
+    """``module`` as ``case`` makes it (:class:`Case`)."""
+    if case.source == "native":
+        native = export(module, case.exporter, case.opset, "native", case.dynamic)
+        assert [n.op_type for n in native.graph.node].count("DeformConv") == 1
+        return ir.to_proto(rewrite(ir.from_proto(native), impl=case.lowering).model)
+    model = export(module, case.exporter, case.opset, case.lowering, case.dynamic)
+    return model if case.rewrite_to is None else rewritten_to(model, case.rewrite_to)
 
 
 @functools.lru_cache(maxsize=None)
 def measured(case: str) -> tuple[onnx.ModelProto, np.ndarray, dict[str, browser.BrowserRun]]:
     """The case's model, torchvision's output and the three builds' runs (one browser start per case)."""
-    exporter, opset, lowering, dynamic, (groups, offset_groups), rewrite_to = CASES[case]
+    groups, offset_groups = CASES[case].groups
     module = Block(groups=groups, offset_groups=offset_groups).eval()
-    model = export(module, exporter, opset, lowering, dynamic)
-    if rewrite_to is not None:
-        model = rewritten_to(model, rewrite_to)
+    model = model_of(CASES[case], module)
+    dynamic = CASES[case].dynamic
     img = np.random.default_rng(0).standard_normal(RUN_DYNAMIC if dynamic else EXPORTED).astype(np.float32)
     with torch.no_grad():
         expected = copy.deepcopy(module).double()(torch.from_numpy(img).double()).numpy()
@@ -135,10 +166,10 @@ def _gpu_resident(case: str, build: str) -> bool:
     """Every node stays on the GPU: the static grid_sample exports at opset 19 or below and the static gather
     exports (INT32 index math, clamped by comparisons and ``Where``, cut per tap by ``Gather``), in both builds.
     (Dynamic exports leave two shape ``Gather`` nodes of onnxruntime's own making to the CPU.)"""
-    exporter, opset, lowering, dynamic, _, rewrite_to = CASES[case]
-    if lowering == "gather":
-        return not dynamic
-    return not dynamic and (rewrite_to or opset) <= 19
+    c = CASES[case]
+    if c.lowering == "gather":
+        return not c.dynamic
+    return not c.dynamic and (c.rewrite_to or c.opset) <= 19
 
 
 @pytest.mark.parametrize("case, build", [(c, b) for c in CASES for b in ("jsep", "webgpu") if _gpu_resident(c, b)])
