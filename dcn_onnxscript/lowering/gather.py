@@ -24,7 +24,11 @@ a 78.7 MB pattern block, 167 MB in all, native 56 MB). Measured variants that di
 nodes per tap (top and bottom pair, half the size each): 149 MB, 20-40 % slower, 139 nodes with dynamic
 sizes; four (one neighbour each): 150 MB; the tap's ``MatMul`` + ``Add`` as one ``Gemm`` onto the sum: no
 change. Tap order is not the cause: onnxruntime runs each tap's gather, blend, product and sum before the
-next tap's gather (profiled).
+next tap's gather (profiled). Cutting the plan's rows per tap by ``Gather`` (for onnxruntime-web's JSEP, whose
+``Split`` is float-only) rather than by a tree of ``Split`` nodes raised that peak to 177 MB (dynamic sizes:
+155 to 189 MB), same latency, although onnxruntime fuses the cuts back into one ``Split``
+(GatherSliceToSplitFusion) and runs the same taps on the same tensors: it only transposes X into the table
+after the plan rather than before.
 
 Sizes come from one place each: H and W from X, Ho and Wo from ``offset``, and the batch only ever as an
 axis of ``offset``'s (a runtime never has to prove two inputs' symbolic sizes equal); where ``Layer``
