@@ -147,7 +147,12 @@ def measured(case: str) -> tuple[onnx.ModelProto, np.ndarray, dict[str, browser.
 def _placement_of_the_layer(model: onnx.ModelProto, run: browser.BrowserRun) -> list[str]:
     """Nodes placed on the CPU EP that are not shape-only (every node, "*", where all were)."""
     shape_only = browser.shape_only_nodes(model)
-    return [n for n in run.cpu_nodes if re.sub(r"^\S+ \((.*)\)$", r"\1", n) not in shape_only]
+    return [n for n in run.cpu_nodes if _node_name(n) not in shape_only]
+
+
+def _node_name(placed: str) -> str:
+    """The node name in a placement log's "OpType (name)"."""
+    return re.sub(r"^\S+ \((.*)\)$", r"\1", placed)
 
 
 @pytest.mark.parametrize("case, build", list(itertools.product(CASES, browser.BUILDS)))
@@ -179,6 +184,25 @@ def test_exports_keep_the_layer_on_the_gpu(case: str, build: str):
     model, _, runs = measured(case)
     assert runs[build].error is None, runs[build].error
     assert runs[build].cpu_nodes == [], runs[build].cpu_nodes
+
+
+#: Nodes of onnxruntime's own making (not in the model) that both WebGPU builds place on the CPU in a dynamic
+#: export: two ``Gather`` nodes of sizes.
+OWN_CPU_NODES = 2
+
+
+@pytest.mark.parametrize("case, build", [(c, b) for c in CASES for b in ("jsep", "webgpu")
+                                         if CASES[c].dynamic and (CASES[c].rewrite_to or CASES[c].opset) <= 19])
+def test_dynamic_exports_leave_only_size_nodes_to_the_cpu(case: str, build: str):
+    """With dynamic sizes, the CPU EP gets only nodes that compute on shapes (every input a ``Shape``'s result
+    or a constant) and the two size ``Gather`` nodes onnxruntime adds itself: no node of the layer's data."""
+    model, _, runs = measured(case)
+    assert runs[build].error is None, runs[build].error
+    names = {node.name for node in model.graph.node}
+    assert "*" not in runs[build].cpu_nodes
+    fallen_back = _placement_of_the_layer(model, runs[build])
+    ours = [n for n in fallen_back if _node_name(n) in names]
+    assert ours == [] and len(fallen_back) <= OWN_CPU_NODES, fallen_back
 
 
 @pytest.mark.parametrize("build", [pytest.param(b, marks=NO_GRID_SAMPLE_20.mark(raises=AssertionError))
