@@ -8,8 +8,9 @@ is reported as XFAIL while the fault is still there. So a fresh install with new
 because another project fixed its bug.
 
 The installed release is the test venv's; for a project that lives in a venv of its own (``.ci/deploy``,
-``.ci/tflite``), it is that venv's pin in ``.ci/*requirements.txt``; for onnxruntime-web, the browser
-harness's ``tests/web/package-lock.json``.
+``.ci/tflite``), it is that venv's pin in ``.ci/*requirements.txt``; for onnxruntime-web, the release
+installed in the browser harness's ``tests/web/node_modules`` (its ``package.json``), else the pin of
+``tests/web/package-lock.json``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ _CI = pathlib.Path(__file__).resolve().parents[1] / ".ci"
 #: The requirements files of the extra venvs (in .ci/), which pin the releases their runtimes' faults were seen in.
 DEPLOY, OVEP, TFLITE = "deploy-requirements.txt", "deploy-ovep-requirements.txt", "tflite-requirements.txt"
 OPENCV4, RKNN = "deploy-opencv4-requirements.txt", "deploy-rknn-requirements.txt"
-#: The browser harness's npm lock file (relative to .ci/), which pins onnxruntime-web.
+#: The browser harness's npm lock file (relative to .ci/), which pins onnxruntime-web; the release installed
+#: beside it (node_modules) is read first.
 WEB = "../tests/web/package-lock.json"
 
 
@@ -52,8 +54,7 @@ def installed_version(project: str, requirements: Optional[str] = None) -> Optio
     """The release of ``project`` (a distribution name): its pin in ``.ci/REQUIREMENTS`` (the venv of its own
     that runs it), or without ``requirements`` the test venv's; ``None`` where it has none."""
     if requirements and requirements.endswith(".json"):  # an npm lock file
-        package = json.loads((_CI / requirements).read_text())["packages"].get(f"node_modules/{project}")
-        return Version(package["version"]) if package else None
+        return _npm_version(project, _CI / requirements)
     if requirements:
         pin = _pins(requirements).get(_normalised(project))
         return Version(pin) if pin else None
@@ -61,6 +62,16 @@ def installed_version(project: str, requirements: Optional[str] = None) -> Optio
         return Version(importlib.metadata.version(project))
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _npm_version(project: str, lock: pathlib.Path) -> Optional[Version]:
+    """The release of npm package ``project`` installed beside ``lock`` (``node_modules/PROJECT/package.json``),
+    else the one ``lock`` pins; ``None`` where it has neither."""
+    installed = lock.parent / "node_modules" / project / "package.json"
+    if installed.exists():
+        return Version(json.loads(installed.read_text())["version"])
+    package = json.loads(lock.read_text())["packages"].get(f"node_modules/{project}")
+    return Version(package["version"]) if package else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,8 +8,8 @@ most one tap's samples (N·Ho·Wo, C/S) and the four neighbours they are blended
 all taps at once, C/4 times smaller than one tap's neighbours: the sample positions p = p_0 + p_k + Δp_k,
 their neighbours along each axis clamped into the image, the four neighbours' rows in the gather table and
 their bilinear weights times Δm_k (positions and rows in INT32). Then per tap (and channel slice): gather,
-blend, multiply, add. Steps, one function each, in that order below. A 3x3 layer takes 74 nodes with static
-sizes, 117 with dynamic ones (weights folded; ``Constant`` nodes not counted).
+blend, multiply, add. Steps, one function each, in that order below. A 3x3 layer takes 83 nodes with static
+sizes, 126 with dynamic ones (weights folded; ``Constant`` nodes not counted).
 
 Why one ``Gather`` of the four neighbours and a batched (1 x 4)·(4 x C/S) ``MatMul`` per tap: measured on
 onnxruntime against a ``Mul`` + ``ReduceSum`` blend (with the neighbours' axis first or last) and against
@@ -24,7 +24,11 @@ a 78.7 MB pattern block, 167 MB in all, native 56 MB). Measured variants that di
 nodes per tap (top and bottom pair, half the size each): 149 MB, 20-40 % slower, 139 nodes with dynamic
 sizes; four (one neighbour each): 150 MB; the tap's ``MatMul`` + ``Add`` as one ``Gemm`` onto the sum: no
 change. Tap order is not the cause: onnxruntime runs each tap's gather, blend, product and sum before the
-next tap's gather (profiled).
+next tap's gather (profiled). Cutting the plan's rows per tap by ``Gather`` (for onnxruntime-web's JSEP, whose
+``Split`` is float-only) rather than by a tree of ``Split`` nodes raised that peak to 177 MB (dynamic sizes:
+155 to 189 MB), same latency, although onnxruntime fuses the cuts back into one ``Split``
+(GatherSliceToSplitFusion) and runs the same taps on the same tensors: it only transposes X into the table
+after the plan rather than before.
 
 Sizes come from one place each: H and W from X, Ho and Wo from ``offset``, and the batch only ever as an
 axis of ``offset``'s (a runtime never has to prove two inputs' symbolic sizes equal); where ``Layer``
@@ -157,7 +161,8 @@ def offsets(op: Emitter, layer: Layer, offset: Value) -> Value:
     """Δp: ``offset`` (N, 2M, Ho, Wo) in the coordinate type, cut to [-2^24, 2^24], NaN to -2^24."""
     delta = sampling.as_coordinates(op, layer, offset)
     near = layer.coordinates(-_FAR)
-    return op.Where(op.Greater(delta, near), op.Min(delta, layer.coordinates(_FAR)), near)
+    # Clip, not Min: onnxruntime-web's JSEP has no Min or Max kernel (of any type) and runs them on the CPU
+    return op.Where(op.Greater(delta, near), op.Clip(delta, near, layer.coordinates(_FAR)), near)
 
 
 def neighbours(op: Emitter, layer: Layer, delta: Value, grid: list[Value]) -> tuple[Value, Value]:
@@ -187,8 +192,21 @@ def in_image(op: Emitter, low: Value, last: Value) -> tuple[Value, Value]:
     clamped into the image (``last`` from :func:`last_pixel`) by integer ops, so that no table row can be
     out of bounds whatever the float math before did; and whether each was inside already (BOOL)."""
     both = op.Concat(low, op.Add(low, _int32(1)), axis=2)
-    clamped = op.Min(op.Max(both, _int32(0)), last)
+    clamped = _at_most(op, _at_least(op, both, _int32(0)), last)
     return clamped, op.Equal(clamped, both)
+
+
+# The clamps are a comparison and a Where, not Max and Min: onnxruntime-web's JSEP has no Min or Max kernel
+# (and its Clip takes no INT32), so those would run on the CPU, with uploads between CPU and GPU that its
+# upload race corrupts. Greater, not Less: ncnn's converter has no Less.
+def _at_least(op: Emitter, value: Value, bound: Value) -> Value:
+    """``value`` raised to ``bound`` where below it (INT32, ``bound`` broadcast)."""
+    return op.Where(op.Greater(bound, value), bound, value)
+
+
+def _at_most(op: Emitter, value: Value, bound: Value) -> Value:
+    """``value`` lowered to ``bound`` where above it (INT32, ``bound`` broadcast)."""
+    return op.Where(op.Greater(value, bound), bound, value)
 
 
 def corner_weights(op: Emitter, layer: Layer, frac: Value, inside: Value, mask: Optional[Value],
@@ -236,11 +254,15 @@ def corner_rows(op: Emitter, layer: Layer, clamped: Value, x_shape: Optional[Val
     return op.Add(op.Mul(y, _counted(op, x_shape, 3, W)), x)
 
 
-def per_row(op: Emitter, layer: Layer, t: Value, sample_shape: Sequence[int]) -> list[Value]:
+def per_row(op: Emitter, layer: Layer, t: Value, sample_shape: Sequence[int], integer: bool = False) -> list[Value]:
     """``t`` (N, M, 4, P) as M values (1, N·P, *sample_shape), one per plan row: what one tap's ``Gather``
-    and blend take, the neighbours on the last axis."""
+    and blend take, the neighbours on the last axis. An ``integer`` ``t`` (the rows) is cut by one ``Gather``
+    per plan row rather than by ``Split`` nodes: onnxruntime-web's JSEP ``Split`` takes float types only and
+    would run on the CPU."""
     M = _rows(layer)
     t = op.Reshape(op.Transpose(t, perm=[1, 0, 3, 2]), _int64([M, -1, *sample_shape]))  # (M, N·P, …, 4)
+    if integer:
+        return [op.Gather(t, _int64([m]), axis=0) for m in range(M)]
     return op.split(t, M, M, axis=0)
 
 
@@ -312,7 +334,7 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
     low, frac = neighbours(op, layer, offsets(op, layer, offset), output_grid(op, layer, offset_shape))
     clamped, inside = in_image(op, low, last_pixel(op, layer, x_shape))
     weights = per_row(op, layer, corner_weights(op, layer, frac, inside, mask, offset_shape), [1, _CORNERS])
-    rows = per_row(op, layer, corner_rows(op, layer, clamped, x_shape, offset_shape), [_CORNERS])
+    rows = per_row(op, layer, corner_rows(op, layer, clamped, x_shape, offset_shape), [_CORNERS], integer=True)
     tables, w_k, biases = gather_tables(op, layer, X), tap_weights(op, layer, W), group_biases(op, layer, B)
     K, J, per_offset_group = layer.taps, layer.slices // layer.groups, layer.slices // layer.offset_groups
     every = [(s, k) for s in range(layer.slices) for k in range(K)]

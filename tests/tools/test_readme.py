@@ -4,6 +4,7 @@ script of its own, in a temp folder), and what the README shows a command printi
 
 from __future__ import annotations
 
+import ast
 import os
 import pathlib
 import re
@@ -34,6 +35,15 @@ def test_documented_example_runs(code: str, tmp_path) -> None:
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_known_issues_shows_the_upload_race_script_as_the_browser_test_runs_it() -> None:
+    """docs/known-issues.md's reproduction of onnxruntime-web's upload race is tests/web/upload_race.py's code
+    (its docstring aside), which tests/web/test_upload_race.py runs in the browser."""
+    script = ast.parse((ROOT / "tests" / "web" / "upload_race.py").read_text())
+    script.body = script.body[1:]
+    shown = [code for name, code in BLOCKS if name.startswith("docs/known-issues.md:") and "upload_race" in code]
+    assert len(shown) == 1 and ast.dump(ast.parse(shown[0])) == ast.dump(script)
 
 
 def test_readme_rewrite_output_is_what_rewrite_prints(tmp_path) -> None:

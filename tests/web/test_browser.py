@@ -2,8 +2,9 @@
 onnxruntime-web's JSEP WebGPU build, its native WebGPU EP build and wasm, compared with torchvision in
 float64. The cases are generated: each exporter and opset the browser runs (dynamo 17 and 19, TorchScript
 17 for grid_sample / 13 for gather), both lowerings, static and dynamic sizes, on a block (conv -> offset
-and mask convs -> DCNv2 -> relu); plus the default opset 20 as exported and after ``rewrite --opset 19``,
-and a grouped block. Marker ``web`` (deselected by default): ``python -m pytest -m web tests/web``."""
+and mask convs -> DCNv2 -> relu), made by our export or by ``rewrite`` from torch's native ``DeformConv``
+export; plus the default opset 20 as exported and after ``rewrite --opset 19``, and a grouped block. Marker
+``web`` (deselected by default): ``python -m pytest -m web tests/web``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import io
 import itertools
 import re
 import warnings
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import browser
 import numpy as np
@@ -36,10 +37,9 @@ EXPORTED, RUN_DYNAMIC = (1, 3, 16, 16), (2, 3, 20, 18)
 #: Kernel taps of the blocks' 3x3 deformable convolution.
 TAPS = 9
 
-JSEP_UPLOAD_RACE = Fault(
-    "onnxruntime-web", "1.31.1", "JSEP: an upload from the CPU (queue.writeBuffer) lands in a GPU buffer just "
-    "reused from a kernel not yet submitted, which then overwrites it; JSEP runs the gather lowering's INT32 "
-    "index clamps and splits on the CPU, which sets it off: wrong results, no error", requirements=WEB)
+NO_GRID_SAMPLE_20 = Fault(
+    "onnxruntime-web", "1.31.1", "neither WebGPU EP (JSEP, native) has a GridSample kernel at opset 20: its nodes "
+    "run on the CPU EP", requirements=WEB)
 
 
 class Block(torch.nn.Module):
@@ -85,30 +85,59 @@ def rewritten_to(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     return ir.to_proto(rewrite(ir.from_proto(model), opset=opset).model)
 
 
-#: case id -> (exporter, opset, lowering, dynamic, groups (conv, offset), rewrite to opset): generated over
-#: the exporters and opsets the browser runs, both lowerings and static/dynamic sizes; then the default
+class Case(NamedTuple):
+    """How a case's model is made. ``source`` "export": ``module`` exported by ``exporter`` at ``opset`` with
+    ``lowering``, then, with ``rewrite_to``, ``rewrite --opset REWRITE_TO``; "native": torch's stock export of
+    ONNX ``DeformConv`` (dynamo, ``opset`` 19 or later), then ``rewrite --impl LOWERING``."""
+
+    exporter: str
+    opset: int
+    lowering: str
+    dynamic: bool
+    groups: tuple[int, int] = (1, 1)  # conv groups, offset groups
+    rewrite_to: Optional[int] = None
+    source: str = "export"
+
+
+def _sizes(dynamic: bool) -> str:
+    return "dynamic" if dynamic else "static"
+
+
+#: case id -> Case: generated over the exporters and opsets the browser runs, both lowerings and static/dynamic
+#: sizes, and over the sources (our export; torch's native DeformConv export rewritten); then the default
 #: opset 20 as exported and rewritten to 19, and a grouped block.
 CASES = {
-    f"{exporter}-{opset}-{lowering}-{'dynamic' if dynamic else 'static'}": (exporter, opset, lowering, dynamic,
-                                                                             (1, 1), None)
+    f"{exporter}-{opset}-{lowering}-{_sizes(dynamic)}": Case(exporter, opset, lowering, dynamic)
     for (exporter, opset), lowering, dynamic in itertools.product(
         [("dynamo", 17), ("dynamo", 19), ("torchscript", None)], ["grid_sample", "gather"], [False, True])
     for opset in [opset or (17 if lowering == "grid_sample" else 13)]
 }
-CASES["dynamo-20-grid_sample-static"] = ("dynamo", 20, "grid_sample", False, (1, 1), None)
-CASES["dynamo-20-grid_sample-static-rewritten-19"] = ("dynamo", 20, "grid_sample", False, (1, 1), 19)
-CASES["dynamo-19-grid_sample-dynamic-grouped"] = ("dynamo", 19, "grid_sample", True, (2, 2), None)
-CASES["dynamo-19-grid_sample-static-grouped"] = ("dynamo", 19, "grid_sample", False, (2, 2), None)
+CASES.update({f"native-19-{_sizes(dynamic)}-rewritten-{lowering}": Case("dynamo", 19, lowering, dynamic,
+                                                                        source="native")
+              for lowering, dynamic in itertools.product(["grid_sample", "gather"], [False, True])})
+CASES["dynamo-20-grid_sample-static"] = Case("dynamo", 20, "grid_sample", False)
+CASES["dynamo-20-grid_sample-static-rewritten-19"] = Case("dynamo", 20, "grid_sample", False, rewrite_to=19)
+CASES["dynamo-19-grid_sample-dynamic-grouped"] = Case("dynamo", 19, "grid_sample", True, groups=(2, 2))
+CASES["dynamo-19-grid_sample-static-grouped"] = Case("dynamo", 19, "grid_sample", False, groups=(2, 2))
+
+
+def model_of(case: Case, module: torch.nn.Module) -> onnx.ModelProto:
+    """``module`` as ``case`` makes it (:class:`Case`)."""
+    if case.source == "native":
+        native = export(module, case.exporter, case.opset, "native", case.dynamic)
+        assert [n.op_type for n in native.graph.node].count("DeformConv") == 1
+        return ir.to_proto(rewrite(ir.from_proto(native), impl=case.lowering).model)
+    model = export(module, case.exporter, case.opset, case.lowering, case.dynamic)
+    return model if case.rewrite_to is None else rewritten_to(model, case.rewrite_to)
 
 
 @functools.lru_cache(maxsize=None)
 def measured(case: str) -> tuple[onnx.ModelProto, np.ndarray, dict[str, browser.BrowserRun]]:
     """The case's model, torchvision's output and the three builds' runs (one browser start per case)."""
-    exporter, opset, lowering, dynamic, (groups, offset_groups), rewrite_to = CASES[case]
+    groups, offset_groups = CASES[case].groups
     module = Block(groups=groups, offset_groups=offset_groups).eval()
-    model = export(module, exporter, opset, lowering, dynamic)
-    if rewrite_to is not None:
-        model = rewritten_to(model, rewrite_to)
+    model = model_of(CASES[case], module)
+    dynamic = CASES[case].dynamic
     img = np.random.default_rng(0).standard_normal(RUN_DYNAMIC if dynamic else EXPORTED).astype(np.float32)
     with torch.no_grad():
         expected = copy.deepcopy(module).double()(torch.from_numpy(img).double()).numpy()
@@ -118,24 +147,15 @@ def measured(case: str) -> tuple[onnx.ModelProto, np.ndarray, dict[str, browser.
 def _placement_of_the_layer(model: onnx.ModelProto, run: browser.BrowserRun) -> list[str]:
     """Nodes placed on the CPU EP that are not shape-only (every node, "*", where all were)."""
     shape_only = browser.shape_only_nodes(model)
-    return [n for n in run.cpu_nodes if re.sub(r"^\S+ \((.*)\)$", r"\1", n) not in shape_only]
+    return [n for n in run.cpu_nodes if _node_name(n) not in shape_only]
 
 
-def _expected_fault(case: str, build: str) -> Optional[Fault]:
-    """The fault a case meets on ``build`` (measured with onnxruntime-web 1.31.1, Chromium 150, SwiftShader)."""
-    exporter, opset, lowering, dynamic, *_ = CASES[case]
-    if build == "jsep" and lowering == "gather" and not dynamic:
-        return JSEP_UPLOAD_RACE
-    return None
+def _node_name(placed: str) -> str:
+    """The node name in a placement log's "OpType (name)"."""
+    return re.sub(r"^\S+ \((.*)\)$", r"\1", placed)
 
 
-def _params():
-    for case, build in itertools.product(CASES, browser.BUILDS):
-        fault = _expected_fault(case, build)
-        yield pytest.param(case, build, id=f"{case}-{build}", marks=[fault.mark()] if fault else [])
-
-
-@pytest.mark.parametrize("case, build", list(_params()))
+@pytest.mark.parametrize("case, build", list(itertools.product(CASES, browser.BUILDS)))
 def test_export_matches_torchvision_in_the_browser(case: str, build: str):
     """Each build runs the export without a GPU error and matches torchvision in float64."""
     model, expected, runs = measured(case)
@@ -148,30 +168,53 @@ def test_export_matches_torchvision_in_the_browser(case: str, build: str):
 
 
 def _gpu_resident(case: str, build: str) -> bool:
-    """Every node stays on the GPU: the static grid_sample exports at opset 19 or below in both builds, and the
-    static gather exports (INT32 index math) on the native EP, whose kernels take INT32 where JSEP's leave the
-    index clamps and splits to the CPU. (Dynamic exports leave two shape ``Gather`` nodes of onnxruntime's own
-    making to the CPU on the native EP.)"""
-    exporter, opset, lowering, dynamic, _, rewrite_to = CASES[case]
-    if lowering == "gather":
-        return not dynamic and build == "webgpu"
-    return not dynamic and (rewrite_to or opset) <= 19
+    """Every node stays on the GPU: the static grid_sample exports at opset 19 or below and the static gather
+    exports (INT32 index math, clamped by comparisons and ``Where``, cut per tap by ``Gather``), in both builds.
+    (Dynamic exports leave two shape ``Gather`` nodes of onnxruntime's own making to the CPU.)"""
+    c = CASES[case]
+    if c.lowering == "gather":
+        return not c.dynamic
+    return not c.dynamic and (c.rewrite_to or c.opset) <= 19
 
 
 @pytest.mark.parametrize("case, build", [(c, b) for c in CASES for b in ("jsep", "webgpu") if _gpu_resident(c, b)])
 def test_exports_keep_the_layer_on_the_gpu(case: str, build: str):
     """No node on the CPU EP (onnxruntime's verbose node placement): a fallback fails this test
-    (:func:`test_grid_sample_at_opset_20_runs_on_the_cpu_ep` shows the check seeing one)."""
+    (:func:`test_grid_sample_at_opset_20_stays_on_the_gpu` shows the check seeing one)."""
     model, _, runs = measured(case)
     assert runs[build].error is None, runs[build].error
     assert runs[build].cpu_nodes == [], runs[build].cpu_nodes
 
 
-@pytest.mark.parametrize("build", ["jsep", "webgpu"])
-def test_grid_sample_at_opset_20_runs_on_the_cpu_ep(build: str):
-    """GridSample-20 has no kernel in either WebGPU EP: its nodes fall back to the CPU (correct, but with
-    copies between CPU and GPU around each); the placement check sees it. ``rewrite --opset 19`` is the
-    step that keeps it on the GPU (:func:`test_exports_keep_the_layer_on_the_gpu`)."""
-    model, _, runs = measured("dynamo-20-grid_sample-static")
+#: Nodes of onnxruntime's own making (not in the model) that both WebGPU builds place on the CPU in a dynamic
+#: export: two ``Gather`` nodes of sizes.
+OWN_CPU_NODES = 2
+
+
+@pytest.mark.parametrize("case, build", [(c, b) for c in CASES for b in ("jsep", "webgpu")
+                                         if CASES[c].dynamic and (CASES[c].rewrite_to or CASES[c].opset) <= 19])
+def test_dynamic_exports_leave_only_size_nodes_to_the_cpu(case: str, build: str):
+    """With dynamic sizes, the CPU EP gets only nodes that compute on shapes (every input a ``Shape``'s result
+    or a constant) and the two size ``Gather`` nodes onnxruntime adds itself: no node of the layer's data."""
+    model, _, runs = measured(case)
+    assert runs[build].error is None, runs[build].error
+    names = {node.name for node in model.graph.node}
+    assert "*" not in runs[build].cpu_nodes
     fallen_back = _placement_of_the_layer(model, runs[build])
-    assert sum(n.startswith("GridSample ") for n in fallen_back) == TAPS, fallen_back
+    ours = [n for n in fallen_back if _node_name(n) in names]
+    assert ours == [] and len(fallen_back) <= OWN_CPU_NODES, fallen_back
+
+
+@pytest.mark.parametrize("build", [pytest.param(b, marks=NO_GRID_SAMPLE_20.mark(raises=AssertionError))
+                                   for b in ("jsep", "webgpu")])
+def test_grid_sample_at_opset_20_stays_on_the_gpu(build: str):
+    """The default export's GridSample-20 nodes on the GPU. Neither WebGPU EP of onnxruntime-web 1.31.1 has a
+    kernel for it: they fall back to the CPU (correct, but with copies between CPU and GPU around each), and
+    the placement check sees all of them (a strict xfail: it fails the run if the check misses one there, and
+    reports the release that adds the kernel). ``rewrite --opset 19`` is the step that keeps them on the GPU
+    (:func:`test_exports_keep_the_layer_on_the_gpu`)."""
+    model, _, runs = measured("dynamo-20-grid_sample-static")
+    fallen_back = [n for n in _placement_of_the_layer(model, runs[build]) if n.startswith("GridSample ")]
+    if runs[build].error is not None or len(fallen_back) not in (0, TAPS):  # not the fault: fails, not xfails
+        pytest.fail(f"{runs[build].error}; GridSample nodes on the CPU: {fallen_back}")
+    assert fallen_back == [], fallen_back

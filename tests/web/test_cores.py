@@ -1,0 +1,83 @@
+"""The DCNv3 and DCNv4 cores (``import dcn_onnxscript.ops``) in a real browser: exported by dynamo through each
+lowering, static and dynamic sizes, run on onnxruntime-web's two WebGPU builds and wasm and compared with the
+eager op in float64; the static exports keep every node on the GPU. Marker ``web``."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import warnings
+
+import browser
+import numpy as np
+import onnx
+import pytest
+import torch
+from dcnv3.core_reference import CoreCase, CoreModule
+
+import dcn_onnxscript.ops  # noqa: F401  (defines the ops and registers their translations)
+from dcn_onnxscript.export import dcnv3 as core_exports
+from dcn_onnxscript.lowering.dcnv3 import Core
+
+pytestmark = [pytest.mark.web, pytest.mark.skipif(browser.missing() is not None, reason=str(browser.missing()))]
+
+#: The float64 reference and a float32 browser run agree to this.
+TOLERANCE = 1e-4
+#: The opset of the exports: GridSample's opsets the WebGPU EPs have a kernel for (16-19).
+OPSET = 17
+#: A core per version, as InternImage's blocks call them (3x3, padding 1, groups of channels, offset_scale not
+#: 1), at a batch of 2 and an image of no special size; dynamic exports run at another batch and size.
+CORES = {version: CoreCase(Core((3, 3), (1, 1), (1, 1), (1, 1), group=2, group_channels=4, offset_scale=0.5,
+                                version=version), size=(9, 7), batch=2) for version in (3, 4)}
+#: case id -> (version, lowering, dynamic sizes).
+CASES = {f"dcnv{version}-{lowering}-{'dynamic' if dynamic else 'static'}": (version, lowering, dynamic)
+         for version, lowering, dynamic in itertools.product((3, 4), ("grid_sample", "gather"), (False, True))}
+
+
+def export(case: CoreCase, lowering: str, dynamic: bool) -> onnx.ModelProto:
+    """dynamo's export of ``case``'s core through ``lowering``; with ``dynamic``, the batch (one for all inputs)
+    and the image sizes dynamic."""
+    inputs = tuple(torch.from_numpy(a) for a in case.inputs(seed=0))
+    shapes = None
+    if dynamic:
+        n, auto = torch.export.Dim("n"), torch.export.Dim.AUTO
+        shapes = ({0: n, 1: auto, 2: auto},) * len(inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.onnx.export(CoreModule(case.core), inputs, dynamo=True, opset_version=OPSET, verbose=False,
+                                 dynamic_shapes=shapes,
+                                 custom_translation_table=core_exports.translation_table(lowering)).model_proto
+
+
+@functools.lru_cache(maxsize=None)
+def measured(case_id: str) -> tuple[onnx.ModelProto, np.ndarray, dict[str, browser.BrowserRun]]:
+    """The model, the eager op's output in float64 and the three builds' runs."""
+    version, lowering, dynamic = CASES[case_id]
+    case = CORES[version]
+    model = export(case, lowering, dynamic)
+    if dynamic:
+        case = CoreCase(case.core, size=(case.size[0] + 2, case.size[1] + 3), batch=3 - case.batch)
+    inputs = case.inputs(seed=1)
+    with torch.no_grad():
+        expected = CoreModule(case.core)(*(torch.from_numpy(a).double() for a in inputs)).numpy()
+    feeds = {value.name: a for value, a in zip(model.graph.input, inputs)}
+    return model, expected, browser.run(model, feeds)
+
+
+@pytest.mark.parametrize("case, build", list(itertools.product(CASES, browser.BUILDS)))
+def test_core_export_matches_the_eager_op_in_the_browser(case: str, build: str):
+    model, expected, runs = measured(case)
+    run = runs[build]
+    assert run.error is None, run.error
+    assert not run.gpu_errors, run.gpu_errors[:5]
+    (actual,) = run.outputs.values()
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("case, build", [(c, b) for c in CASES for b in ("jsep", "webgpu") if not CASES[c][2]])
+def test_static_core_exports_keep_every_node_on_the_gpu(case: str, build: str):
+    """No node on the CPU EP (onnxruntime's verbose node placement)."""
+    _, _, runs = measured(case)
+    assert runs[build].error is None, runs[build].error
+    assert runs[build].cpu_nodes == [], runs[build].cpu_nodes
