@@ -508,7 +508,7 @@ class Prover:
         for attributes in options:
             try:
                 native = _session(_native_model(region, attributes, shapes))
-                worst = max(_relative_difference(region_out, native.run(None, _as_float32(feed))[0])
+                worst = max(relative_difference(region_out, native.run(None, _as_float32(feed))[0])
                             for region_out, feed in zip(expected, feeds))
             except Exception:  # noqa: BLE001  (attributes that do not fit the shapes)
                 continue
@@ -578,7 +578,7 @@ def _native_model(region: Region, attributes: Attributes, shapes: dict[str, tupl
     return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", _DEFORM_CONV_OPSET)])
 
 
-def _relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
+def relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
     """max |actual - expected| relative to max(1, max |expected|); inf for other shapes or a NaN."""
     if actual.shape != expected.shape:
         return float("inf")

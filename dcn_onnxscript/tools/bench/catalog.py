@@ -41,7 +41,11 @@ NETWORK = "resnet50"
 #: BiRefNet (swin_v1_t backbone, 20 deformable layers in its decoder), built from a checkout of its
 #: repository, exported as its tutorial does: TorchScript, opset 17, static shapes.
 BIREFNET = "birefnet"
-CASES = (*LAYERS, NETWORK, BIREFNET)
+#: One bottleneck of that ResNet-50 (its ``layer2[0]``: a stride-2 DCNv2 with its offset and mask predictor,
+#: between 1x1 convolutions) on a (1, 256, 56, 56) input, exported as the network is.
+BLOCK = "block"
+BLOCK_INPUT = (1, 256, 56, 56)
+CASES = (*LAYERS, BLOCK, NETWORK, BIREFNET)
 DEFAULT_CASES = ("L1", "L2", "L3", NETWORK, BIREFNET)
 
 #: How a path exports (see :mod:`dcn_onnxscript.tools.bench.exports`): torch.onnx's dynamo exporter with
@@ -52,6 +56,8 @@ DEFAULT_CASES = ("L1", "L2", "L3", NETWORK, BIREFNET)
 DYNAMO, TORCHSCRIPT, FUNCTION, NATIVE, NATIVE_TORCHSCRIPT, DCOE, FORK = (
     "dynamo", "torchscript", "function", "native", "native-torchscript", "deform_conv2d_onnx_exporter",
     "dcoe-fork")
+#: A row that is another row's file after ``rewrite`` (``bench --from-seed``).
+REWRITE = "rewrite"
 #: deform_conv2d_onnx_exporter 1.2.0 with BiRefNet's tutorial's patch: a size TorchScript does not know is
 #: read from the input's strides.
 DCOE_PATCHED = "dcoe-patched"
@@ -63,13 +69,15 @@ STATIC_EXPORTERS = (DCOE, DCOE_PATCHED, FORK)
 class ExportPath:
     """One row of the table: ``name``, exported by ``exporter`` (one of the kinds above) at ``opset`` (None:
     the exporter's default; for the function, its own) with dcn_onnxscript's lowering ``impl`` (None: the
-    registered default, "auto"); ``about`` says it in words."""
+    registered default, "auto"); ``about`` says it in words. A :data:`REWRITE` row is row ``source``'s file
+    rewritten with ``impl`` at ``opset`` (None: the file's own)."""
 
     name: str
     exporter: str
     opset: Optional[int]
     impl: Optional[str]
     about: str
+    source: Optional[str] = None
 
 
 #: The first opset with a native ``DeformConv``.
@@ -129,6 +137,24 @@ RUNTIME_PATHS = (*LOWERINGS, DCOE, FORK)
 SKIPPABLE = (*dict.fromkeys([*PATHS, *BIREFNET_PATHS]), *RUNTIMES)
 
 
-def paths_of(case: str) -> dict[str, ExportPath]:
-    """The export paths (rows) of case ``case``."""
-    return BIREFNET_PATHS if case == BIREFNET else PATHS
+#: How ``--from-seed`` rewrites each peer's file: (row suffix, impl, opset, in words).
+REWRITES = (
+    ("rewritten", None, None, "rewrite {source}'s file (default impl, at the file's opset)"),
+    ("rewritten native", NATIVE, NATIVE_OPSET, f"rewrite --impl native --opset {NATIVE_OPSET} of {{source}}'s file"),
+)
+
+
+def rewrites_of(source: ExportPath) -> list[ExportPath]:
+    """The rows ``--from-seed`` adds after a peer's row ``source``."""
+    return [ExportPath(f"{source.name} {suffix}", REWRITE, opset, impl, about.format(source=source.name),
+                       source.name) for suffix, impl, opset, about in REWRITES]
+
+
+def paths_of(case: str, from_seed: bool = False) -> dict[str, ExportPath]:
+    """The export paths (rows) of case ``case``; ``from_seed``: only the peers', each followed by its
+    rewrites, and native."""
+    paths = BIREFNET_PATHS if case == BIREFNET else PATHS
+    if not from_seed:
+        return paths
+    rows = [row for path in paths.values() if path.exporter in STATIC_EXPORTERS for row in (path, *rewrites_of(path))]
+    return {path.name: path for path in (*rows, paths[NATIVE])}
