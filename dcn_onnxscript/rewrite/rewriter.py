@@ -576,7 +576,8 @@ def _rewrite(model: ir.Model, nodes: list[ir.Node], impl: str, opset: Optional[i
     change = emit_opset is not None
     counts, lowerings = _replace_deform_convs(model, nodes, impl, emit_opset, hidden=change, progress=progress)
     if counts:
-        _drop_unused_domains(model, {kind.split("::")[0] for kind in counts if "::" in kind} | {seed.SEED_DOMAIN, own.OWN_DOMAIN})
+        placeholders = {seed.SEED_DOMAIN, own.OWN_DOMAIN}
+        _drop_unused_domains(model, {kind.split("::")[0] for kind in counts if "::" in kind} | placeholders)
     if change:
         try:
             model = opsets.convert_version(model, opset, convert)
