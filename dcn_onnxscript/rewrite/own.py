@@ -6,7 +6,8 @@ attributes read off by running them, each proven as :mod:`.seed` proves the seed
 A layer of either lowering samples X tap by tap (a ``GridSample`` per tap, or ``Gather`` of X's pixels by
 computed indices) and sums what it samples into Y. From its samplers:
 
-- **X**: the value they sample, followed back through reshapes to the first of rank 4;
+- **X**: a value of rank 4 that they all sample, followed back through layout ops of one data input (reshapes,
+  slices of groups, padding), the furthest first;
 - **Y**: the first value that every sampler feeds (the sum over the taps), followed through reshapes and the
   bias ``Add`` to the last of the offset's sizes (N, O, Ho, Wo);
 - **the offset**: a value of rank 4 with an even number of channels that every sampling position is computed
@@ -32,7 +33,7 @@ import functools
 import itertools
 import math
 import operator
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import onnx
@@ -47,6 +48,8 @@ OWN_DOMAIN = "dcn_onnxscript.own"
 OWN_KIND = "dcn_onnxscript"
 #: The ops that sample X.
 _SAMPLERS = frozenset({"GridSample", "Gather"})
+#: Ops that move X's values without computing new ones: between X and what a sampler reads.
+_LAYOUT_OPS = seed._SHAPE_OPS | {"Split", "Slice", "Pad", "Concat", "Cast", "Expand"}
 #: Ops whose outputs are sizes: what is computed from them and constants is no data.
 _SIZE_OPS = frozenset({"Shape", "Size"})
 #: A probe's offset that moves a sample out of the image.
@@ -57,7 +60,7 @@ _PROOF_SIZE, _PROOF_BATCH = (23, 19), 2
 #: Channels probed in one run where the batch is dynamic.
 _PROBE_BATCH = 16
 #: Offset and mask candidates tried per region.
-_MAX_TRIES = 3
+_MAX_TRIES = 8
 
 
 @dataclasses.dataclass
@@ -92,31 +95,55 @@ class OwnRegion:
 # --- finding regions ----------------------------------------------------------------------------------
 
 
-def _image(value: ir.Value, rank: seed.Rank) -> Optional[ir.Value]:
-    """The value a sampler reads, back through reshapes, to the last of the values of rank 4 on the way."""
-    found = value if rank(value) == 4 else None
-    while value.producer() is not None and value.producer().op_type in seed._SHAPE_OPS:
-        value = value.producer().inputs[0]
+@functools.lru_cache(maxsize=None)
+def _is_size(value: ir.Value) -> bool:
+    """Whether ``value`` is computed from constants and ``Shape`` alone (a size)."""
+    producer = value.producer()
+    if producer is None:
+        return False
+    if producer.op_type in _SIZE_OPS:
+        return True
+    data = [v for v in producer.inputs if v is not None and not seed._is_constant(v)]
+    return bool(data) and all(_is_size(v) for v in data)
+
+
+def _data_inputs(node: ir.Node) -> list[ir.Value]:
+    """The inputs of ``node`` that are neither constants nor sizes."""
+    return [v for v in node.inputs if v is not None and not seed._is_constant(v) and not _is_size(v)]
+
+
+def _images(value: ir.Value, rank: seed.Rank) -> list[ir.Value]:
+    """The rank-4 values a sampler's data comes from through layout ops of one data input (reshapes, slices of
+    groups, padding), nearest first."""
+    found = [value] if rank(value) == 4 else []
+    while (value.producer() is not None and value.producer().op_type in _LAYOUT_OPS
+           and len(_data_inputs(value.producer())) == 1):
+        value = _data_inputs(value.producer())[0]
         if rank(value) == 4:
-            found = value
-        elif found is not None:
-            break
+            found.append(value)
     return found
 
 
-def _sampler_groups(graph: ir.Graph, rank: seed.Rank) -> dict[ir.Value, list[ir.Node]]:
-    """``GridSample`` and ``Gather`` nodes that read a computed rank-4 value at computed positions, by that value."""
-    groups: dict[ir.Value, list[ir.Node]] = collections.defaultdict(list)
+def _sampler_groups(graph: ir.Graph, rank: seed.Rank) -> list[tuple[list[ir.Node], list[ir.Value]]]:
+    """``GridSample`` and ``Gather`` nodes that read a computed rank-4 value at computed positions, grouped by
+    the furthest value they come from, with the candidates for X: the values that all of a group's samplers
+    come from, furthest first (a layer with groups or offset groups samples slices of X)."""
+    chains: dict[ir.Value, list[tuple[ir.Node, list[ir.Value]]]] = collections.defaultdict(list)
     for node in graph:
         if node.op_type not in _SAMPLERS or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
             continue
         data, where = node.inputs[:2]
         if data is None or where is None or seed._is_constant(data) or seed._is_constant(where):
             continue
-        X = _image(data, rank)
-        if X is not None:
-            groups[X].append(node)
-    return {X: samplers for X, samplers in groups.items() if len(samplers) > 1}
+        images = _images(data, rank)
+        if images:
+            chains[images[-1]].append((node, images))
+    groups = []
+    for members in chains.values():
+        common = set.intersection(*(set(images) for _, images in members))
+        if len(members) > 1:
+            groups.append(([node for node, _ in members], [v for v in reversed(members[0][1]) if v in common]))
+    return groups
 
 
 def _sum_of(graph: ir.Graph, samplers: list[ir.Node]) -> ir.Value:
@@ -308,61 +335,89 @@ class _Probe:
 
     def positions(self) -> list[tuple[int, int]]:
         """Output positions whose taps sample inside the image at offset 0 (a quarter to half way down and
-        across), each with a neighbour below and to the right."""
-        rows = range(self.out[0] // 4, max(self.out[0] // 4 + 1, self.out[0] // 2))
-        cols = range(self.out[1] // 4, max(self.out[1] // 4 + 1, self.out[1] // 2))
-        found = [(i, j) for i, j in itertools.product(rows, cols) if i + 1 < self.out[0] and j + 1 < self.out[1]]
+        across), each with a neighbour below and to the right (where the output is more than one row or
+        column)."""
+        rows, cols = (range(n // 4, max(n // 4 + 1, n // 2)) for n in self.out)
+        found = [(i, j) for i, j in itertools.product(rows, cols)
+                 if all(k + 1 < n or n == 1 for k, n in zip((i, j), self.out))]
         if not found:
             raise NotARegion(f"its output {self.out} is too small to probe")
         return found
 
-    def __call__(self, X: np.ndarray, alive: dict[int, tuple[int, int]]) -> np.ndarray:
+    def __call__(self, X: np.ndarray, alive: dict[int, tuple[int, int]], mask: float = 1.0) -> np.ndarray:
         """Y (float64) with every (group, tap) pair's offset far out but pair j's at position ``alive[j]``."""
         offset = np.full((self.batch, 2 * self.pairs, *self.out), _FAR)
         for pair, (i, j) in alive.items():
             offset[:, 2 * pair:2 * pair + 2, i, j] = 0.0
-        feeds = [X, offset] + ([np.ones((self.batch, self.pairs, *self.out))] if self.has_mask else [])
+        feeds = [X, offset] + ([np.full((self.batch, self.pairs, *self.out), mask)] if self.has_mask else [])
         return self.run(*(a.astype(self.dtype) for a in feeds)).astype(np.float64)
 
+    def image(self, values: Optional[np.ndarray] = None) -> np.ndarray:
+        """X holding ``values`` (H, W) in every channel (zeros by default)."""
+        X = np.zeros((self.batch, self.channels, *self.size))
+        if values is not None:
+            X[:] = values
+        return X
 
-def _columns(probe: _Probe) -> tuple[np.ndarray, np.ndarray]:
-    """The bias (O,) and T (O, C, J): what channel c contributes through pair j per unit of X."""
-    bias = probe(np.zeros((probe.batch, probe.channels, *probe.size)), {})[0, :, 0, 0]
-    positions = probe.positions()
-    columns = None
-    for first in range(0, probe.pairs, len(positions)):
-        alive = dict(zip(range(first, probe.pairs), positions))
+    def rounds(self, shift: int = 0) -> Iterator[dict[int, tuple[int, int]]]:
+        """Pair -> output position, as many pairs a run as there are positions, moved by ``shift`` along both
+        axes (not along an axis of one output)."""
+        positions = self.positions()
+        moved = [shift if n > 1 else 0 for n in self.out]
+        for first in range(0, self.pairs, len(positions)):
+            yield {pair: (i + moved[0], j + moved[1]) for pair, (i, j) in zip(range(first, self.pairs), positions)}
+
+
+def _at(Y: np.ndarray, alive: dict[int, tuple[int, int]], n: int = 0) -> dict[int, np.ndarray]:
+    return {pair: Y[n, :, i, j] for pair, (i, j) in alive.items()}
+
+
+def _reading(probe: _Probe, X: np.ndarray, bias: np.ndarray, shift: int = 0, mask: float = 1.0) -> np.ndarray:
+    """(O, J): Y minus the bias where each pair alone samples ``X`` (batch entry 0)."""
+    found = np.zeros((bias.size, probe.pairs))
+    for alive in probe.rounds(shift):
+        for pair, value in _at(probe(X, alive, mask), alive).items():
+            found[:, pair] = value - bias
+    return found
+
+
+def _sampled_at(probe: _Probe, bias: np.ndarray, weight: np.ndarray, axis: int, shift: int) -> np.ndarray:
+    """(J,) where along ``axis`` (0: height, 1: width) each pair samples at offset 0 (X a ramp along that axis,
+    against ``weight``, what X = 1 gives), at its position moved by ``shift``; NaN for a pair without weight."""
+    ramp = np.arange(probe.size[axis], dtype=np.float64)
+    ramped = _reading(probe, probe.image(ramp[:, None] if axis == 0 else ramp[None, :]), bias, shift)
+    found = np.full(probe.pairs, np.nan)
+    scale = max(1.0, float(np.abs(weight).max()))
+    for pair in range(probe.pairs):
+        o = int(np.argmax(np.abs(weight[:, pair])))
+        if abs(weight[o, pair]) > 1e-6 * scale:
+            found[pair] = ramped[o, pair] / weight[o, pair]
+    return found
+
+
+def _check_mask(probe: _Probe, bias: np.ndarray, weight: np.ndarray, tolerance: float) -> None:
+    """:class:`NotARegion` unless Y minus the bias is proportional to the mask (half the mask, half of it)."""
+    if not probe.has_mask:
+        return
+    halved = _reading(probe, probe.image(np.ones(probe.size)), bias, mask=0.5)
+    if np.abs(2 * halved - weight).max() > tolerance * max(1.0, float(np.abs(weight).max())):
+        raise NotARegion("its output is not proportional to its mask")
+
+
+def _columns(probe: _Probe, bias: np.ndarray) -> np.ndarray:
+    """T (O, C, J): what channel c contributes through pair j per unit of X (one channel a batch entry)."""
+    columns = np.zeros((bias.size, probe.channels, probe.pairs))
+    for alive in probe.rounds():
         for start in range(0, probe.channels, probe.batch):
-            X = np.zeros((probe.batch, probe.channels, *probe.size))
             batch = range(start, min(start + probe.batch, probe.channels))
+            X = probe.image()
             for n, c in enumerate(batch):
                 X[n, c] = 1.0
             Y = probe(X, alive)
-            if columns is None:
-                columns = np.zeros((Y.shape[1], probe.channels, probe.pairs))
             for n, c in enumerate(batch):
-                for pair, (i, j) in alive.items():
-                    columns[:, c, pair] = Y[n, :, i, j] - bias
-    return bias, columns
-
-
-def _sampled_at(probe: _Probe, bias: np.ndarray, columns: np.ndarray, axis: int, shift: int) -> np.ndarray:
-    """(J,) where along ``axis`` (0: height, 1: width) each pair samples at offset 0, at its position moved by
-    ``shift`` along both axes; NaN for a pair without weight."""
-    ramp = np.arange(probe.size[axis], dtype=np.float64)
-    X = np.broadcast_to(ramp[:, None] if axis == 0 else ramp[None, :], probe.size)
-    X = np.broadcast_to(X, (probe.batch, probe.channels, *probe.size)).copy()
-    weight = columns.sum(axis=1)  # (O, J): X is the same in every channel
-    positions = probe.positions()
-    found = np.full(probe.pairs, np.nan)
-    for first in range(0, probe.pairs, len(positions)):
-        alive = {pair: (i + shift, j + shift) for pair, (i, j) in zip(range(first, probe.pairs), positions)}
-        Y = probe(X, alive)
-        for pair, (i, j) in alive.items():
-            o = int(np.argmax(np.abs(weight[:, pair])))
-            if abs(weight[o, pair]) > 1e-6 * max(1.0, float(np.abs(weight).max())):
-                found[pair] = (Y[0, o, i, j] - bias[o]) / weight[o, pair]
-    return found
+                for pair, value in _at(Y, alive, n).items():
+                    columns[:, c, pair] = value - bias
+    return columns
 
 
 def _largest_blocks(columns: np.ndarray, options: list[int], block: Callable[[int, int], np.ndarray]) -> int:
@@ -421,36 +476,52 @@ def _kernel_steps(first: np.ndarray, moved: np.ndarray, rows: np.ndarray, output
     return stride, padding, dilation
 
 
+def _kernels(probe: _Probe, bias: np.ndarray, weight: np.ndarray, tolerance: float
+             ) -> list[tuple[tuple[int, int], Attributes]]:
+    """(kernel shape, attributes but the groups) for each kernel shape whose taps (of offset group 0, the
+    first K pairs for every G) fit where they sample, for each K the pairs allow."""
+    sampled = []
+    for axis in range(2):
+        first = _sampled_at(probe, bias, weight, axis, 0)
+        # one output along the axis: no stride to see, and none that matters (1 stands for it)
+        sampled.append((first, _sampled_at(probe, bias, weight, axis, 1) if probe.out[axis] > 1 else first + 1))
+    positions = probe.positions()
+    where = np.array([positions[pair % len(positions)] for pair in range(probe.pairs)], dtype=np.float64)
+    found = []
+    for K in (K for K in range(probe.pairs, 0, -1) if probe.pairs % K == 0):
+        for kH in sorted((d for d in range(1, K + 1) if K % d == 0), key=lambda d: abs(d - K // d)):
+            kW, taps = K // kH, np.arange(K)
+            steps = [_kernel_steps(sampled[axis][0][:K], sampled[axis][1][:K], (taps // kW, taps % kW)[axis],
+                                   where[:K, axis], tolerance) for axis in range(2)]
+            if None not in steps:
+                (s_h, p_h, d_h), (s_w, p_w, d_w) = steps
+                found.append(((kH, kW), Attributes(strides=(s_h, s_w), pads=(p_h, p_w, p_h, p_w),
+                                                   dilations=(d_h, d_w), group=1, offset_group=probe.pairs // K)))
+    return found
+
+
 def read_layer(probe: _Probe, float16: bool) -> list[tuple[np.ndarray, Optional[np.ndarray], Attributes]]:
-    """(W, bias or None, attributes) the region may stand for, one per kernel shape whose taps fit."""
-    bias, columns = _columns(probe)
+    """(W, bias or None, attributes) the region may stand for, one per kernel shape whose taps fit; the cheap
+    readings first (the mask, where the taps sample), then W one channel at a time."""
+    tolerance = 0.05 if float16 else 1e-2
+    bias = probe(probe.image(), {})[0, :, 0, 0]
+    weight = _reading(probe, probe.image(np.ones(probe.size)), bias)  # (O, J)
+    _check_mask(probe, bias, weight, tolerance)
+    kernels = _kernels(probe, bias, weight, tolerance)
+    if not kernels:
+        raise NotARegion("no kernel shape fits where its taps sample")
+    columns = _columns(probe, bias)
     G = _offset_groups(columns)
-    K = probe.pairs // G
-    C = probe.channels
+    C, K = probe.channels, probe.pairs // G
     per_channel = C // G
     # W (O, C, K): each channel's columns of its own offset group
     W_full = np.stack([columns[:, c, (c // per_channel) * K:(c // per_channel + 1) * K] for c in range(C)], axis=1)
     g = _groups(W_full)
     O = W_full.shape[0]
     W = np.stack([W_full[o, (o // (O // g)) * (C // g):(o // (O // g) + 1) * (C // g)] for o in range(O)])
-    tolerance = 0.05 if float16 else 1e-2
-    positions = probe.positions()
-    where = np.array([positions[pair % len(positions)] for pair in range(K)], dtype=np.float64)
-    sampled = [(_sampled_at(probe, bias, columns, axis, 0)[:K], _sampled_at(probe, bias, columns, axis, 1)[:K])
-               for axis in range(2)]
-    found = []
-    for kH in sorted((d for d in range(1, K + 1) if K % d == 0), key=lambda d: abs(d - K // d)):
-        kW = K // kH
-        taps = np.arange(K)
-        steps = [_kernel_steps(*sampled[axis], (taps // kW, taps % kW)[axis], where[:, axis], tolerance)
-                 for axis in range(2)]
-        if None in steps:
-            continue
-        (s_h, p_h, d_h), (s_w, p_w, d_w) = steps
-        attributes = Attributes(strides=(s_h, s_w), pads=(p_h, p_w, p_h, p_w), dilations=(d_h, d_w), group=g,
-                                offset_group=G)
-        found.append((W.reshape(O, C // g, kH, kW), None if not np.any(bias) else bias, attributes))
-    return found
+    return [(W.reshape(O, C // g, *kernel), bias if np.any(bias) else None,
+             dataclasses.replace(attributes, group=g))
+            for kernel, attributes in kernels if attributes.offset_group == G]
 
 
 # --- proving -------------------------------------------------------------------------------------------
@@ -477,7 +548,10 @@ def _probe(prover: Prover, region: OwnRegion) -> _Probe:
     names = [i.name for i in session.get_inputs()]
 
     def run(*arrays: np.ndarray) -> np.ndarray:
-        return session.run(None, dict(zip(names, arrays)))[0]
+        try:
+            return session.run(None, dict(zip(names, arrays)))[0]
+        except Exception as error:  # noqa: BLE001  (onnxruntime's errors have no common type)
+            raise NotARegion(f"it does not run on probes: {seed._one_line(error)}") from None
 
     dtype = onnx.helper.tensor_dtype_to_np_dtype(prover.elem_type(region.X))
     return _Probe(run, dtype, batch, x[1], (x[2] or PROBE_SIZE, x[3] or PROBE_SIZE),
@@ -527,26 +601,29 @@ def prove_regions(model: ir.Model, progress: Optional[Callable[[str], None]] = N
     line per layer left as it was; ``progress`` hears of each proof. Changes nothing."""
     graph = model.graph
     prover = Prover(model)
+    _is_size.cache_clear()
     groups = _sampler_groups(graph, prover.rank)
     found: list[Proven] = []
     notes: list[str] = []
-    for index, (X, samplers) in enumerate(groups.items(), 1):
+    for index, (samplers, images) in enumerate(groups, 1):
         if progress:
             progress(f"proving {OWN_KIND}'s layer {index}/{len(groups)}")
-        where = f"{OWN_KIND} region of {len(samplers)} {samplers[0].op_type} nodes reading {X.name!r}"
-        try:
-            candidates = find_regions(graph, X, samplers, functools.partial(_dims, prover))
-        except NotARegion:
-            continue  # samplers of something else
-        why = None
-        for region in candidates:
+        why, where, candidates = None, "", []
+        for X in images[:_MAX_TRIES]:
+            try:
+                candidates += find_regions(graph, X, samplers, functools.partial(_dims, prover))
+            except NotARegion:
+                continue  # not X
+        for region in candidates[:_MAX_TRIES]:
             try:
                 found.append((region, _prove(prover, region)))
                 break
             except NotARegion as error:
                 why, where = error, region.describe()
         else:
-            notes.append(f"left as it was: {where} ({why})")
+            if candidates:  # a group that looks like a layer but does not prove equal
+                notes.append(f"left as it was: {where} ({why})")
+    _is_size.cache_clear()
     return found, notes
 
 
