@@ -163,7 +163,7 @@ def _sum_of(graph: ir.Graph, samplers: list[ir.Node]) -> ir.Value:
 
 def _output(graph: ir.Graph, total: ir.Value, offset: list[Optional[int]], dims: Callable) -> ir.Value:
     """Y: the sum over the taps followed through the reshapes and constant ``Add`` (the bias) that alone read
-    it, to the last value of rank 4 whose sizes are the offset's (N, O, Ho, Wo)."""
+    it, to the last value of rank 4 whose sizes are the offset's (N, O, Ho, Wo) (or of unknown shape)."""
     chain, value = [total], total
     while value not in graph.outputs:
         users = list(seed._consumers(value))
@@ -181,7 +181,9 @@ def _output(graph: ir.Graph, total: ir.Value, offset: list[Optional[int]], dims:
 
     def fits(value: ir.Value) -> bool:
         found = dims(value)
-        return found is not None and len(found) == 4 and all(
+        if found is None:  # shape inference gave up on it: the proof will tell
+            return True
+        return len(found) == 4 and all(
             a is None or b is None or a == b for a, b in zip((found[0], *found[2:]), (offset[0], *offset[2:])))
 
     fitting = [value for value in chain if fits(value)]
