@@ -341,3 +341,35 @@ def assert_same_output(shown: str, printed: str) -> None:
         assert NUMBER.sub("#", want) == NUMBER.sub("#", got), f"README shows {want!r}, the command prints {got!r}"
         for a, b in zip(NUMBER.findall(want), NUMBER.findall(got)):
             assert 0.1 <= float(a) / max(float(b), 1e-30) <= 10, (want, got)
+
+
+# --------------------------------------------------------------- graph tools users run on ONNX files
+
+
+def _onnxslim(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxslim
+
+    return onnxslim.slim(model)
+
+
+def _onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxsim
+
+    return onnxsim.simplify(model)[0]
+
+
+def _onnxoptimizer(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxoptimizer
+
+    return onnxoptimizer.optimize(model)
+
+
+def _float16(model: onnx.ModelProto) -> onnx.ModelProto:
+    from onnxconverter_common import float16
+
+    return float16.convert_float_to_float16(model, keep_io_types=True)
+
+
+#: The graph tools users run on ONNX files: (tool, the tolerance against torchvision in float64).
+GRAPH_TOOLS = {"onnxslim": (_onnxslim, 1e-4), "onnxsim": (_onnxsim, 1e-4), "onnxoptimizer": (_onnxoptimizer, 1e-4),
+         "float16": (_float16, 1e-2)}

@@ -75,7 +75,7 @@ from dcn_onnxscript.lowering.emitter import TapeEmitter
 from dcn_onnxscript.lowering.layer import FLOAT_TYPES, Layer
 from dcn_onnxscript.lowering.script.protos import SCRIPT_OPSET
 from dcn_onnxscript.lowering.validation import check_core_args, check_deform_conv2d_args, checked_layer, static_shape
-from dcn_onnxscript.rewrite import opsets, script_calls, seed
+from dcn_onnxscript.rewrite import opsets, own, script_calls, seed
 
 Progress = Callable[[str], None]
 #: The domain of the placeholder ``DeformConv`` (DeformConv-19's inputs and attributes, plus the lowering's
@@ -233,6 +233,7 @@ SOURCE_OPS: dict[tuple[str, str], Callable[[ir.Node], DeformConvCall]] = {
     ("mmcv", "MMCVDeformConv2d"): _read_mmcv_deform,
     ("mmdeploy", "MMCVDeformConv2d"): _read_mmcv_deform,
     (seed.SEED_DOMAIN, "DeformConv"): _read_deform_conv,
+    (own.OWN_DOMAIN, "DeformConv"): _read_deform_conv,
 }
 
 
@@ -298,6 +299,8 @@ def _expand_cores(model: ir.Model, impl: str) -> int:
 def _kind(node: ir.Node) -> str:
     if node.domain == seed.SEED_DOMAIN:
         return seed.SEED_KIND
+    if node.domain == own.OWN_DOMAIN:
+        return own.OWN_KIND
     domain = "" if node.domain == "ai.onnx" else node.domain
     return f"{domain}::{node.op_type}" if domain else node.op_type
 
@@ -307,6 +310,8 @@ def _describe(node: ir.Node) -> str:
         return f"torchvision::deform_conv2d (exported node {node.name!r})"
     if node.domain == seed.SEED_DOMAIN:
         return f"{seed.SEED_KIND}'s layer ending in Conv {node.name.removesuffix(seed.NODE_SUFFIX)!r}"
+    if node.domain == own.OWN_DOMAIN:
+        return f"{own.OWN_KIND}'s layer {node.name.removesuffix(seed.NODE_SUFFIX)!r}"
     return f"{_kind(node)} node {node.name!r}"
 
 
@@ -517,10 +522,14 @@ def rewrite(model: ir.Model, impl: str = table.DEFAULT, opset: Optional[int] = N
     if any((node.domain, node.op_type) == TRT_DCNV3 for node in _all_nodes(model)):
         _check_impl("::".join(TRT_DCNV3), impl, emit_opset or _onnx_opset(model))
     proven, notes = seed.prove_regions(model, progress)
+    if impl == table.NATIVE:  # this package's own layers, written as ONNX DeformConv
+        own_proven, own_notes = own.prove_regions(model, progress)
+        proven, notes = [*proven, *own_proven], [*notes, *own_notes]
     if proven:
         _check_impl(proven[0][0].describe(), impl, emit_opset or _onnx_opset(model))
     cores = _expand_cores(model, impl)
-    seed.replace_regions(model, proven)
+    seed.replace_regions(model, [p for p in proven if p[0].domain == seed.SEED_DOMAIN])
+    own.replace_regions(model, [p for p in proven if p[0].domain == own.OWN_DOMAIN])
     nodes = _source_nodes(model)
     if impl == table.NATIVE:  # ONNX's own DeformConv is already what "native" writes
         nodes = [node for node in nodes if _kind(node) != "DeformConv"]
@@ -566,7 +575,8 @@ def _rewrite(model: ir.Model, nodes: list[ir.Node], impl: str, opset: Optional[i
     change = emit_opset is not None
     counts, lowerings = _replace_deform_convs(model, nodes, impl, emit_opset, hidden=change, progress=progress)
     if counts:
-        _drop_unused_domains(model, {kind.split("::")[0] for kind in counts if "::" in kind} | {seed.SEED_DOMAIN})
+        placeholders = {seed.SEED_DOMAIN, own.OWN_DOMAIN}
+        _drop_unused_domains(model, {kind.split("::")[0] for kind in counts if "::" in kind} | placeholders)
     if change:
         try:
             model = opsets.convert_version(model, opset, convert)

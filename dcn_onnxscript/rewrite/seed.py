@@ -109,9 +109,20 @@ class Region:
     p_grid: Optional[np.ndarray]
     nodes: list[ir.Node]
 
+    #: The domain of the DeformConv node that replaces it.
+    domain = SEED_DOMAIN
+
     def describe(self) -> str:
         first = self.samplers[0]
         return f"seed region of {first.op_type} {first.name!r} (output {self.Y.name!r})"
+
+    @property
+    def name(self) -> str:
+        """What its DeformConv node is named after: its im2col Conv."""
+        return self.conv.name or "seed"
+
+    def written_shape(self, value: ir.Value) -> Optional[tuple[int, ...]]:
+        return _written_shape(value, self)
 
 
 class NotARegion(ValueError):
@@ -474,7 +485,7 @@ class Prover:
         info = self.extractor.value_infos.get(value.name)
         dims = None if info is None else [d.dim_value if d.HasField("dim_value") else None
                                           for d in info.type.tensor_type.shape.dim]
-        written = _written_shape(value, region)
+        written = region.written_shape(value)
         if dims and written and len(dims) == len(written):
             dims = [d if d is not None else w for d, w in zip(dims, written)]
         if not dims or None in dims:
@@ -490,13 +501,17 @@ class Prover:
     def elem_type(self, value: ir.Value) -> int:
         return self.extractor.value_infos[value.name].type.tensor_type.elem_type
 
-    def prove(self, region: Region, options: list[Attributes]) -> Attributes:
+    def prove(self, region: Region, options: list[Attributes],
+              shapes: Optional[dict[str, tuple[int, ...]]] = None) -> Attributes:
         """The first of ``options`` whose DeformConv computes what the region does on random and on hostile
-        inputs; :class:`NotARegion` with the closest difference when none does."""
+        inputs of ``shapes`` (input name -> shape; default: the region's static shapes); :class:`NotARegion`
+        with the closest difference when none does. Any region with X, offset, mask (or ``None``), Y, a
+        constant W and a bias (or ``None``) will do."""
         if not options:
             raise NotARegion("no stride, padding and dilation give its output size")
-        inputs = [v for v in (region.X, region.offset, region.mask) if v is not None]
-        shapes = {v.name: self.shape(v, region) for v in inputs}
+        if shapes is None:
+            inputs = [v for v in (region.X, region.offset, region.mask) if v is not None]
+            shapes = {v.name: self.shape(v, region) for v in inputs}
         try:
             session = _session(self.cut(region, list(shapes)))
             feeds = _proof_inputs(region, shapes, self.elem_type(region.X))
@@ -508,7 +523,7 @@ class Prover:
         for attributes in options:
             try:
                 native = _session(_native_model(region, attributes, shapes))
-                worst = max(_relative_difference(region_out, native.run(None, _as_float32(feed))[0])
+                worst = max(relative_difference(region_out, native.run(None, _as_float32(feed))[0])
                             for region_out, feed in zip(expected, feeds))
             except Exception:  # noqa: BLE001  (attributes that do not fit the shapes)
                 continue
@@ -578,7 +593,7 @@ def _native_model(region: Region, attributes: Attributes, shapes: dict[str, tupl
     return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", _DEFORM_CONV_OPSET)])
 
 
-def _relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
+def relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
     """max |actual - expected| relative to max(1, max |expected|); inf for other shapes or a NaN."""
     if actual.shape != expected.shape:
         return float("inf")
@@ -592,17 +607,17 @@ def _relative_difference(actual: np.ndarray, expected: np.ndarray) -> float:
 # --- replacing -----------------------------------------------------------------------------------------
 
 
-def _replace(graph: ir.Graph, region: Region, attributes: Attributes) -> ir.Node:
-    """Put one ``DeformConv`` node of :data:`SEED_DOMAIN` in the region's place; returns it."""
+def replace(graph: ir.Graph, region: Region, attributes: Attributes) -> ir.Node:
+    """Put one ``DeformConv`` node of the region's domain (:data:`SEED_DOMAIN` for the seed's) in the
+    region's place; returns it."""
     inputs: list[Optional[ir.Value]] = [region.X, region.W, region.offset, None, region.mask]
     if region.bias is not None:
-        bias = ir.Value(name=f"{region.conv.name or 'seed'}_bias",
-                        const_value=ir.tensor(region.bias, name=f"{region.conv.name or 'seed'}_bias"))
+        bias = ir.Value(name=f"{region.name}_bias", const_value=ir.tensor(region.bias, name=f"{region.name}_bias"))
         graph.register_initializer(bias)
         inputs[3] = bias
     while inputs[-1] is None:
         inputs.pop()
-    node = ir.node("DeformConv", inputs, domain=SEED_DOMAIN, name=f"{region.conv.name or 'seed'}{NODE_SUFFIX}",
+    node = ir.node("DeformConv", inputs, domain=region.domain, name=f"{region.name}{NODE_SUFFIX}",
                    attributes=dict(kernel_shape=list(_constant(region.W).shape[2:]),
                                    strides=list(attributes.strides), pads=list(attributes.pads),
                                    dilations=list(attributes.dilations), group=attributes.group,
@@ -652,4 +667,4 @@ def prove_regions(model: ir.Model, progress: Optional[Callable[[str], None]] = N
 
 def replace_regions(model: ir.Model, proven: list[Proven]) -> list[ir.Node]:
     """Replace each proven region by a :data:`SEED_DOMAIN` ``DeformConv`` node; returns those nodes."""
-    return [_replace(model.graph, region, attributes) for region, attributes in proven]
+    return [replace(model.graph, region, attributes) for region, attributes in proven]

@@ -17,24 +17,38 @@ case. float16 runs 8 random inputs up to 64×64 (smaller on the slow float16 run
 for export and checker only (onnxruntime's CPU provider has no bfloat16 kernels). OpenVINO runs at f32
 ("openvino") and at its default precision ("openvino_default", bf16 on CPUs with bf16 support: no crash,
 finite, within bf16's error).
+
+The "source" dimension (:data:`SOURCES`, ``test_rewritten_source``): files made elsewhere (torch's native
+``DeformConv``, mmcv's node, deform_conv2d_onnx_exporter 1.2.0, its fork where DCN_BENCH_FORK names a
+checkout) are rewritten with the export's lowering at its opset and run on the same runtimes; this package's
+own exports are the cases above. The default run samples it (every value of every dimension once per
+source); ``-m slow`` runs all of it.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
+import itertools
+import os
+import pathlib
 import re
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 import torch
 
+from dcn_onnxscript.rewrite import rewrite
 from faults import RKNN, Fault
 from helpers import assert_close, default_opset, layer_reference
 from matrix import (
     DTYPES,
+    GEOMETRIES,
     RESNET_SIZE,
+    VARIANTS,
     Export,
     all_matrix_cases,
     export_matrix_model,
@@ -42,9 +56,12 @@ from matrix import (
     known_failure,
     lowering_written,
     model_inputs,
+    model_of,
     pairwise_slice,
+    valid,
+    valid_export,
 )
-from runtimes import EXTRA_JOBS, run_runtime
+from runtimes import EXTRA_JOBS, MATRIX_RUNTIMES, run_runtime
 
 CASES = all_matrix_cases()
 #: The dimensions whose every pair of values the CI slice covers; every value of the others (opset, variant,
@@ -239,3 +256,96 @@ def test_ci_slice_covers_every_value_of_every_dimension():
         for field in ("exporter", "context", "lowering", "opset", "dtype", "variant", "geometry", "shapes"):
             assert {getattr(e, field) for e, _ in cases} == {getattr(e, field) for e, _ in chosen}, field
         assert {r for _, r in cases} == {r for _, r in chosen}
+
+
+# --------------------------------------------------------------- the "source" dimension: files made elsewhere
+
+#: Where the file that ``rewrite`` repairs comes from (this package's own exports are the matrix above):
+#: torch's native ``DeformConv`` export, the same with mmcv's node, deform_conv2d_onnx_exporter 1.2.0's
+#: TorchScript export, its fork's dynamo export (from a checkout named by DCN_BENCH_FORK).
+SOURCES = ("native", "mmcv", "seed", "fork")
+
+
+def _source_valid(source: str, export: Export, runtime: str) -> bool:
+    if source == "mmcv" and not export.case.mask:
+        return False  # mmcv's DeformConv node has no bias: the modulated one stands for the masked layers
+    if source == "seed" and export.opset > 17:
+        return False  # the seed's TorchScript symbolic, at the TorchScript exporter's opsets it writes
+    return valid(export, runtime) and runtime not in EXTRA_JOBS
+
+
+#: (source, export, runtime): float32 layers and blocks with static sizes (the peers write static sizes), each
+#: rewritten with the export's lowering at its opset.
+SOURCE_CASES = [
+    (source, export, runtime)
+    for source in SOURCES
+    for export in itertools.starmap(Export, itertools.product(
+        ("dynamo",), ("layer", "block"), ("auto", "gather", "grid_sample"), (13, 17, 18), ("float32",), VARIANTS,
+        GEOMETRIES, ("static",)))
+    if valid_export(export)
+    for runtime in MATRIX_RUNTIMES if _source_valid(source, export, runtime)
+]
+#: The default run samples the dimension: every value of every dimension once per source.
+SOURCE_SLICE = {(source, *case) for source in SOURCES for case in pairwise_slice(
+    [(export, runtime) for s, export, runtime in SOURCE_CASES if s == source], paired=())}
+
+
+def _mmcv(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with each ``DeformConv`` (with a mask) as mmcv's ``MMCVModulatedDeformConv2d``."""
+    for index, node in enumerate(model.graph.node):
+        if node.op_type != "DeformConv":
+            continue
+        X, W, offset, *rest = node.input
+        B, mask = (list(rest) + ["", ""])[:2]
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        pads = attributes.get("pads", [0, 0, 0, 0])
+        mmcv = onnx.helper.make_node(
+            "MMCVModulatedDeformConv2d", [X, offset, mask, W, *([B] if B else [])], list(node.output),
+            domain="mmcv", stride=attributes.get("strides", [1, 1]), padding=pads[:2],
+            dilation=attributes.get("dilations", [1, 1]), groups=attributes.get("group", 1),
+            deform_groups=attributes.get("offset_group", 1))
+        model.graph.node[index].CopyFrom(mmcv)
+    model.opset_import.append(onnx.helper.make_opsetid("mmcv", 1))
+    return model
+
+
+def _source_file(source: str, export: Export, module: torch.nn.Module, folder) -> onnx.ModelProto:
+    """The file ``source`` writes for ``module`` (the bench's export paths; see tools/bench/exports.py)."""
+    from dcn_onnxscript.tools.bench import FORK_ENV, cases, catalog, exports
+
+    fork = os.environ.get(FORK_ENV)
+    if source == "fork" and not fork:
+        pytest.skip(f"no checkout of the fork ({FORK_ENV})")
+    kind = {"native": catalog.NATIVE, "mmcv": catalog.NATIVE, "seed": catalog.DCOE, "fork": catalog.FORK}[source]
+    opset = {"seed": export.opset, "fork": catalog.FORK_OPSET}.get(source, catalog.NATIVE_OPSET)
+    inputs = tuple(torch.from_numpy(a) for a in model_inputs(export, 1))
+    case = cases.Case(export.id(), module, inputs)
+    file = folder / "source.onnx"
+    exports.export(catalog.ExportPath(source, kind, opset, None, ""), case, file, argparse.Namespace(
+        fork=pathlib.Path(fork) if fork else None))
+    model = onnx.load(str(file))
+    return _mmcv(model) if source == "mmcv" else model
+
+
+def _source_params():
+    for source, export, runtime in SOURCE_CASES:
+        marks = [] if (source, export, runtime) in SOURCE_SLICE else [pytest.mark.slow]
+        failure = known_failure(export, runtime)
+        if failure:
+            marks.append(failure.mark())
+        yield pytest.param(source, export, runtime, id=f"{source}-{export.id()}-{runtime}", marks=marks)
+
+
+@pytest.mark.parametrize("source, export, runtime", list(_source_params()))
+def test_rewritten_source(source: str, export: Export, runtime: str, tmp_path):
+    """A file made elsewhere, rewritten with the export's lowering at its opset, runs on the matrix's runtime
+    and matches float64 PyTorch (hostile offsets included)."""
+    module = model_of(export)
+    original = _source_file(source, export, module, tmp_path)
+    result = rewrite(ir.from_proto(original), impl=export.lowering, opset=export.opset)
+    assert sum(result.counts.values()) == 1 and not result.notes, (result.counts, result.notes)
+    model = ir.to_proto(result.model)
+    assert not {"DeformConv", "GatherND", "MMCVModulatedDeformConv2d"} & {n.op_type for n in model.graph.node}
+    onnx.checker.check_model(model, full_check=True)
+    assert default_opset(model) == export.opset
+    _check_float(export, module, model, runtime)

@@ -25,7 +25,7 @@ import torchvision
 from dcn_onnxscript.__main__ import main
 from dcn_onnxscript.rewrite import RewriteError, rewrite, seed
 from dcn_onnxscript.rewrite.seed import SEED_KIND
-from helpers import assert_close
+from helpers import GRAPH_TOOLS, assert_close
 from runtimes import run_onnxruntime
 
 if importlib.util.find_spec("deform_conv2d_onnx_exporter") is None:  # imported by peers.import_dcoe (torch >= 2.9)
@@ -323,42 +323,13 @@ def test_file_mixing_a_seed_layer_the_rest_of_a_model_and_a_native_deform_conv()
     assert_close(run_onnxruntime(proto, [x.numpy(), offset]), expected)
 
 
-def _onnxslim(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxslim
-
-    return onnxslim.slim(model)
-
-
-def _onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxsim
-
-    return onnxsim.simplify(model)[0]
-
-
-def _onnxoptimizer(model: onnx.ModelProto) -> onnx.ModelProto:
-    import onnxoptimizer
-
-    return onnxoptimizer.optimize(model)
-
-
-def _float16(model: onnx.ModelProto) -> onnx.ModelProto:
-    from onnxconverter_common import float16
-
-    return float16.convert_float_to_float16(model, keep_io_types=True)
-
-
-#: The graph tools users run on such files: (tool, the tolerance against torchvision in float64).
-TOOLS = {"onnxslim": (_onnxslim, 1e-4), "onnxsim": (_onnxsim, 1e-4), "onnxoptimizer": (_onnxoptimizer, 1e-4),
-         "float16": (_float16, 1e-2)}
-
-
 @pytest.mark.parametrize("tool", [pytest.param(name, marks=() if name == "onnxslim" else pytest.mark.slow)
-                                  for name in TOOLS])
+                                  for name in GRAPH_TOOLS])
 @pytest.mark.parametrize("index", [0, 4])
 def test_seed_layer_after_graph_tools_is_rewritten(tool, index):
     case = MATRIX[index]
     layer, inputs, model = seed_layer(case)
-    transform, rtol = TOOLS[tool]
+    transform, rtol = GRAPH_TOOLS[tool]
     assert_rewrites_and_matches(case, transform(model), layer, inputs, rtol=rtol)
 
 

@@ -124,6 +124,58 @@ def test_bench_of_the_cores_compares_the_lowerings_with_the_plain_export_and_eag
     (runtime_table,) = rest
     assert len(runtime_table) - 1 == len(openvino) == len(rows) - 2  # every ONNX row, no eager
     assert all(r["max_error"] < 1e-4 and r["latency_ms"] > 0 for r in openvino)
+def test_from_seed_prints_each_peer_file_before_and_after_rewrite(tmp_path) -> None:
+    """``bench --from-seed``: the peers' files (the fork's where DCN_BENCH_FORK names a checkout), each followed
+    by its rewrites, run and agree with the file they came from; the native rewrite is one DeformConv at
+    opset 19, the default one keeps the file's opset and samples without GatherND."""
+    fork = bool(os.environ.get("DCN_BENCH_FORK"))
+    result = subprocess.run(
+        [sys.executable, "-m", "dcn_onnxscript", "bench", "--from-seed", "--layers", "tiny", "--repeat", "1",
+         "--threads", "1", "--no-memory"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    rows_table, repair_table, paths_table, *_ = tables(result.stdout)
+    peers = [catalog.PATHS[catalog.DCOE], catalog.PATHS[catalog.FORK]]
+    rewrites = {peer.name: [path.name for path in catalog.rewrites_of(peer)] for peer in peers}
+    expected = [name for peer in peers for name in (peer.name, *rewrites[peer.name])] + [catalog.NATIVE]
+    assert [row[1] for row in rows_table[1:] if row[0] == "tiny"][:len(expected)] == expected
+    assert repair_table[0] == ["case", "model", "from", "nodes", "rewrite s", "session s", "median ms", "x before",
+                               "peak MB", "x before", "rel. err vs before"]
+    repaired = {row[1]: row for row in repair_table[1:]}
+    assert list(repaired) == expected[:-1]
+    held = {row[0]: row for row in paths_table[1:]}
+    for peer in peers:
+        if peer.name == catalog.FORK and not fork:
+            assert repaired[peer.name][3].startswith("skipped: no checkout of the fork")
+            assert all(repaired[name][3] == f"skipped: no {peer.name} file" for name in rewrites[peer.name])
+            continue
+        assert float(repaired[peer.name][7]) == 1.0 and "GatherND" in held[peer.name][2]
+        for name, (suffix, impl, opset, _) in zip(rewrites[peer.name], catalog.REWRITES):
+            _, _, source, nodes, rewrite_s, session_s, ms, x_ms, mb, x_mb, error = repaired[name]
+            assert source == peer.name and float(rewrite_s) > 0 and float(session_s) > 0 and float(ms) > 0
+            assert math.isfinite(float(x_ms)) and mb == x_mb == "-"  # --no-memory
+            assert float(error) <= 1e-4
+            assert "GatherND" not in held[name][2]
+            assert int(held[name][3]) == (opset or int(held[peer.name][3]))
+            assert (int(nodes) == 1) == (impl == catalog.NATIVE) == (held[name][2] == "DeformConv")
+
+
+def test_the_repair_table_gives_ratios_to_the_file_each_row_was_rewritten_from() -> None:
+    from dcn_onnxscript.tools.bench import reporting
+
+    before = reporting.Result("L1", "seed", nodes=67, session_s=0.02, latency_ms=100.0, peak_mb=110.0)
+    after = reporting.Result("L1", "seed rewritten", nodes=45, export_s=0.5, session_s=0.01, latency_ms=20.0,
+                             peak_mb=22.0, source="seed", source_error=3e-6)
+    failed = reporting.Result("L1", "other rewritten", note="nothing rewritten", source="other")
+    unrelated = reporting.Result("L1", catalog.NATIVE, nodes=1, latency_ms=15.0)
+    results = [before, after, failed, unrelated, reporting.Result("L1", "other", note="failed")]
+    _, _, *lines = reporting.format_repairs(results).splitlines()
+    rows = [cells(line) for line in lines]
+    assert [row[1] for row in rows] == ["seed", "seed rewritten", "other rewritten", "other"]
+    assert rows[0][2:] == ["-", "67", "-", "0.020", "100.00", "1.00", "110.0", "1.00", "-"]
+    assert rows[1][2:] == ["seed", "45", "0.50", "0.010", "20.00", "0.20", "22.0", "0.20", "3.0e-06"]
+    assert rows[2][2:4] == ["other", "nothing rewritten"]
 
 
 def test_a_missing_exporter_is_reported_in_its_row(monkeypatch, tmp_path) -> None:

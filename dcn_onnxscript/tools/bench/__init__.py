@@ -22,6 +22,8 @@ import pathlib
 
 from dcn_onnxscript.tools.bench.catalog import (
     BIREFNET,
+    BLOCK,
+    BLOCK_INPUT,
     CASES,
     DCOE,
     DEFAULT_CASES,
@@ -49,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sizes = ", ".join(f"{name} N{c.batch} C{c.channels} {c.size}x{c.size}" for name, c in LAYERS.items())
     parser.add_argument("--layers", nargs="+", default=list(DEFAULT_CASES), choices=CASES, metavar="CASE",
                         help=f"cases to run, of: {', '.join(CASES)}; single modulated 3x3 layers ({sizes}), "
-                             f"{NETWORK} (the DCNv2 ResNet-50 of examples/dcn_resnet50.py), {BIREFNET} (needs "
+                             f"{NETWORK} (the DCNv2 ResNet-50 of examples/dcn_resnet50.py), {BLOCK} (its first conv3 "
+                             f"bottleneck on {'x'.join(map(str, BLOCK_INPUT))}), {BIREFNET} (needs "
                              f"--birefnet), DCNv3/DCNv4 cores dcnvV-S (S×S×C: 56×56×64 G4, 28×28×128 G8, "
                              f"tiny 8×8×8 G2) (default: {' '.join(DEFAULT_CASES)})")
     parser.add_argument("--repeat", type=int, default=15, help="timed rounds per case (median reported; default 15)")
@@ -71,6 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"a checkout of github ZhengPeng7/BiRefNet for the {BIREFNET} case; its modules "
                              f"need einops, kornia, timm, huggingface_hub, opencv (default: ${BIREFNET_ENV}; "
                              "without it the case is skipped)")
+    parser.add_argument("--from-seed", action="store_true",
+                        help=f"repair rows: only the files of {DCOE} and its fork (and native, for the ratios), "
+                             "each followed by the same file after `rewrite` (the default lowering at the file's "
+                             "opset, and --impl native --opset 19), with a table of each against the file it "
+                             "was rewritten from")
     parser.add_argument("--plot", type=pathlib.Path, default=None, help="write a bar chart to this PNG file")
     parser.add_argument("--json", type=pathlib.Path, default=None,
                         help="also write the figures to this JSON file (nothing is written by default)")

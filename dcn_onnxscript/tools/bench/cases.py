@@ -1,8 +1,8 @@
 """The bench's cases: a torch module, its example inputs and what became of every export path.
 
 A case is a single deformable layer (:data:`.catalog.LAYERS`), the DCNv2 ResNet-50 of
-``examples/dcn_resnet50.py``, BiRefNet (:mod:`.birefnet`) or a DCNv3/DCNv4 core (:data:`.catalog.CORES`,
-:mod:`.internimage`).
+``examples/dcn_resnet50.py`` or one of its blocks, BiRefNet (:mod:`.birefnet`) or a DCNv3/DCNv4 core
+(:data:`.catalog.CORES`, :mod:`.internimage`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,17 @@ import torch
 from torchvision.ops import DeformConv2d
 
 from dcn_onnxscript.tools.bench import birefnet, internimage
-from dcn_onnxscript.tools.bench.catalog import BIREFNET, CORES, LAYERS, NETWORK, ExportPath, Layer, paths_of
+from dcn_onnxscript.tools.bench.catalog import (
+    BIREFNET,
+    BLOCK,
+    BLOCK_INPUT,
+    CORES,
+    LAYERS,
+    NETWORK,
+    ExportPath,
+    Layer,
+    paths_of,
+)
 
 _EXAMPLE = pathlib.Path(__file__).resolve().parents[3] / "examples" / "dcn_resnet50.py"
 
@@ -71,6 +81,8 @@ def build_module(name: str, args: argparse.Namespace) -> torch.nn.Module:
     """The eager model of case ``name``, random weights from ``args.seed``, in eval mode."""
     if name == NETWORK:
         return load_example().build_model(args.seed)
+    if name == BLOCK:
+        return load_example().build_model(args.seed).layer2[0]
     if name == BIREFNET:
         return birefnet.build(args.birefnet, args.seed)
     if name in CORES:
@@ -86,14 +98,17 @@ def image(size: int, seed: int) -> torch.Tensor:
 
 def build_case(name: str, args: argparse.Namespace) -> Case:
     """Case ``name`` with its module and inputs, nothing exported yet."""
-    module = build_module(name, args)
+    module, paths = build_module(name, args), paths_of(name, args.from_seed)
     if name == NETWORK:
-        return Case(name, module, (image(args.image_size, args.seed),), dynamic=True, paths=paths_of(name))
+        return Case(name, module, (image(args.image_size, args.seed),), dynamic=True, paths=paths)
+    if name == BLOCK:
+        x = torch.randn(*BLOCK_INPUT, generator=torch.Generator().manual_seed(args.seed))
+        return Case(name, module, (x,), dynamic=True, paths=paths)
     if name == BIREFNET:
-        return Case(name, module, (image(args.birefnet_size, args.seed),), paths=paths_of(name))
+        return Case(name, module, (image(args.birefnet_size, args.seed),), paths=paths)
     if name in CORES:
-        return Case(name, module, internimage.core_inputs(CORES[name], args.seed), paths=paths_of(name))
-    return Case(name, module, layer_inputs(LAYERS[name], args.seed), paths=paths_of(name))
+        return Case(name, module, internimage.core_inputs(CORES[name], args.seed), paths=paths)
+    return Case(name, module, layer_inputs(LAYERS[name], args.seed), paths=paths)
 
 
 def load_example() -> ModuleType:

@@ -63,7 +63,11 @@ NETWORK = "resnet50"
 #: BiRefNet (swin_v1_t backbone, 20 deformable layers in its decoder), built from a checkout of its
 #: repository, exported as its tutorial does: TorchScript, opset 17, static shapes.
 BIREFNET = "birefnet"
-CASES = (*LAYERS, NETWORK, BIREFNET, *CORES)
+#: One bottleneck of that ResNet-50 (its ``layer2[0]``: a stride-2 DCNv2 with its offset and mask predictor,
+#: between 1x1 convolutions) on a (1, 256, 56, 56) input, exported as the network is.
+BLOCK = "block"
+BLOCK_INPUT = (1, 256, 56, 56)
+CASES = (*LAYERS, BLOCK, NETWORK, BIREFNET, *CORES)
 DEFAULT_CASES = ("L1", "L2", "L3", NETWORK, BIREFNET, "dcnv3-56", "dcnv3-28", "dcnv4-56", "dcnv4-28")
 
 #: How a path exports (see :mod:`dcn_onnxscript.tools.bench.exports`): torch.onnx's dynamo exporter with
@@ -76,6 +80,8 @@ DYNAMO, TORCHSCRIPT, FUNCTION, NATIVE, NATIVE_TORCHSCRIPT, DCOE, FORK = (
     "dcoe-fork")
 #: How the cores' baseline exports: InternImage's pure-PyTorch DCNv3 core through plain ``torch.onnx``.
 PLAIN = "plain"
+#: A row that is another row's file after ``rewrite`` (``bench --from-seed``).
+REWRITE = "rewrite"
 #: deform_conv2d_onnx_exporter 1.2.0 with BiRefNet's tutorial's patch: a size TorchScript does not know is
 #: read from the input's strides.
 DCOE_PATCHED = "dcoe-patched"
@@ -87,13 +93,15 @@ STATIC_EXPORTERS = (DCOE, DCOE_PATCHED, FORK)
 class ExportPath:
     """One row of the table: ``name``, exported by ``exporter`` (one of the kinds above) at ``opset`` (None:
     the exporter's default; for the function, its own) with dcn_onnxscript's lowering ``impl`` (None: the
-    registered default, "auto"); ``about`` says it in words."""
+    registered default, "auto"); ``about`` says it in words. A :data:`REWRITE` row is row ``source``'s file
+    rewritten with ``impl`` at ``opset`` (None: the file's own)."""
 
     name: str
     exporter: str
     opset: Optional[int]
     impl: Optional[str]
     about: str
+    source: Optional[str] = None
 
 
 #: The first opset with a native ``DeformConv``.
@@ -168,8 +176,26 @@ RUNTIME_PATHS = (*LOWERINGS, DCOE, FORK)
 SKIPPABLE = (*dict.fromkeys([*PATHS, *BIREFNET_PATHS, *CORE_PATHS]), *RUNTIMES)
 
 
-def paths_of(case: str) -> dict[str, ExportPath]:
-    """The export paths (rows) of case ``case``."""
+#: How ``--from-seed`` rewrites each peer's file: (row suffix, impl, opset, in words).
+REWRITES = (
+    ("rewritten", None, None, "rewrite {source}'s file (default impl, at the file's opset)"),
+    ("rewritten native", NATIVE, NATIVE_OPSET, f"rewrite --impl native --opset {NATIVE_OPSET} of {{source}}'s file"),
+)
+
+
+def rewrites_of(source: ExportPath) -> list[ExportPath]:
+    """The rows ``--from-seed`` adds after a peer's row ``source``."""
+    return [ExportPath(f"{source.name} {suffix}", REWRITE, opset, impl, about.format(source=source.name),
+                       source.name) for suffix, impl, opset, about in REWRITES]
+
+
+def paths_of(case: str, from_seed: bool = False) -> dict[str, ExportPath]:
+    """The export paths (rows) of case ``case``; ``from_seed``: only the peers', each followed by its
+    rewrites, and native (a DCNv3/DCNv4 core has no peers' rows: its own)."""
     if case in CORES:
         return {name: path for name, path in CORE_PATHS.items() if name != PLAIN or CORES[case].version == 3}
-    return BIREFNET_PATHS if case == BIREFNET else PATHS
+    paths = BIREFNET_PATHS if case == BIREFNET else PATHS
+    if not from_seed:
+        return paths
+    rows = [row for path in paths.values() if path.exporter in STATIC_EXPORTERS for row in (path, *rewrites_of(path))]
+    return {path.name: path for path in (*rows, paths[NATIVE])}

@@ -32,6 +32,7 @@ from dcn_onnxscript.tools.bench.reporting import (
     document,
     floor_line,
     format_paths,
+    format_repairs,
     format_runtime_table,
     format_table,
     plot,
@@ -85,14 +86,19 @@ def _bench(args: argparse.Namespace, workdir: pathlib.Path) -> int:
     opset = next((opset for case in cases for name, opset in case.opsets.items() if name in table.LOWERINGS), None)
     auto = table.resolve(table.DEFAULT, opset) if opset else "-"
     rounds = f"{args.repeat}" + (f" ({BIREFNET}: {args.birefnet_repeat})" if BIREFNET in args.layers else "")
+    default = f"; '{table.DEFAULT}' at torch's default opset {opset}: {auto}" if opset else ""
     print(f"\n{', '.join(f'{k} {v}' for k, v in found.items())}; {args.threads} threads, median of "
-          f"{rounds} interleaved rounds; '{table.DEFAULT}' at torch's default opset {opset}: {auto}\n")
+          f"{rounds} interleaved rounds{default}\n")
     if any(r.case not in CORES for r in results):
         print(format_table([r for r in results if r.case not in CORES]))
     if any(r.case in CORES for r in results):
         print(f"\nDCNv3 and DCNv4 cores (3x3, channels last, batch 1; '{PLAIN}': InternImage's pure-PyTorch core "
               f"exported by plain torch.onnx, DCNv3 only):\n")
         print(format_table([r for r in results if r.case in CORES], PLAIN))
+    if any(r.source for r in results):
+        print("\nRewritten files against the files they were rewritten from (rel. err: max |difference| / "
+              "max(1, max |before|) on the bench's inputs):\n")
+        print(format_repairs(results))
     if cases:
         print("\nHow each model was exported (opset and sampling ops as the file holds them):\n")
         print(format_paths(cases))

@@ -22,12 +22,15 @@ from typing import Any, Callable, Iterator, Optional
 
 import onnx
 import onnx.version_converter
+import onnx_ir as ir
 import torch
 from onnx import helper
 from torch.onnx import symbolic_helper
 
 import dcn_onnxscript
 from dcn_onnxscript.export import _internals
+from dcn_onnxscript.lowering import table as lowering_table
+from dcn_onnxscript.rewrite import rewrite
 from dcn_onnxscript.tools.bench import peers, progress
 from dcn_onnxscript.tools.bench.cases import Case
 from dcn_onnxscript.tools.bench.catalog import (
@@ -42,6 +45,7 @@ from dcn_onnxscript.tools.bench.catalog import (
     NATIVE_OPSET,
     NATIVE_TORCHSCRIPT,
     PLAIN,
+    REWRITE,
     STATIC_EXPORTERS,
     TORCHSCRIPT,
     ExportPath,
@@ -111,8 +115,11 @@ def export_case(case: Case, workdir: pathlib.Path, args: argparse.Namespace) -> 
 
 
 def export(path: ExportPath, case: Case, file: pathlib.Path, args: argparse.Namespace) -> float:
-    """Export ``case.module`` to ``file`` along ``path``; returns the seconds it took."""
-    dynamic = case.dynamic and path.exporter not in STATIC_EXPORTERS
+    """Export ``case.module`` to ``file`` along ``path`` (a :data:`REWRITE` path: rewrite its source's file);
+    returns the seconds it took."""
+    if path.exporter == REWRITE:
+        return _rewritten(case, path, file)
+    dynamic = _is_dynamic(case, path)
     if path.exporter == DYNAMO:
         return _dynamo(case, file, path.opset, _translation_table(case, path.impl), dynamic)
     if path.exporter == PLAIN:
@@ -151,6 +158,25 @@ def _translation_table(case: Case, impl: Optional[str]) -> Optional[dict]:
 
         return dcnv3.translation_table(impl)
     return dcn_onnxscript.translation_table(impl)
+def _is_dynamic(case: Case, path: ExportPath) -> bool:
+    """Whether ``path``'s file of ``case`` has a dynamic batch, height and width (a rewrite: as its source)."""
+    if path.exporter == REWRITE:
+        path = case.paths[path.source]
+    return case.dynamic and path.exporter not in STATIC_EXPORTERS
+
+
+def _rewritten(case: Case, path: ExportPath, file: pathlib.Path) -> float:
+    """Row ``path.source``'s file rewritten (``rewrite``'s proof included) to ``file``; the seconds it took."""
+    if path.source not in case.onnx_paths:
+        raise Unavailable(f"skipped: no {path.source} file")
+    model = ir.load(case.onnx_paths[path.source])
+    start = time.perf_counter()
+    result = rewrite(model, impl=path.impl or lowering_table.DEFAULT, opset=path.opset)
+    seconds = time.perf_counter() - start
+    if not result.counts:
+        raise RuntimeError(f"nothing rewritten: {'; '.join(result.notes) or 'no deformable convolution found'}")
+    ir.save(result.model, file)
+    return seconds
 
 
 def _timed(call: Callable[[], Any]) -> float:
@@ -296,7 +322,9 @@ def _baseline(case: Case, path: ExportPath, workdir: pathlib.Path) -> Optional[t
     """(nodes, layers) of ``case`` exported with one node per deformable layer and the same shapes: native
     ``DeformConv`` for the dynamo paths (the native row's file where it fits), a stub node through the same
     TorchScript export for the others (None if that export failed)."""
-    dynamic = case.dynamic and path.exporter not in STATIC_EXPORTERS
+    dynamic = _is_dynamic(case, path)
+    if path.exporter == REWRITE:
+        path = case.paths[path.source]
     same_shapes = Case(case.name, case.module, case.inputs, dynamic=dynamic)
     if path.exporter in (TORCHSCRIPT, DCOE, DCOE_PATCHED):
         op_type, what = "DeformConv2d", f"one stub node per layer (TorchScript, opset {path.opset})"

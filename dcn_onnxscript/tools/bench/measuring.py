@@ -28,6 +28,7 @@ import numpy as np
 import onnxruntime
 import torch
 
+from dcn_onnxscript.rewrite.seed import relative_difference
 from dcn_onnxscript.tools.bench import progress
 from dcn_onnxscript.tools.bench.cases import Case, build_module
 from dcn_onnxscript.tools.bench.catalog import BIREFNET, EAGER, FLOORS
@@ -53,6 +54,10 @@ class Result:
     peak_mb: float = NAN
     max_error: float = NAN
     note: str = ""
+    #: A rewritten file's row: the row it was rewritten from, and the largest difference from that file's
+    #: output relative to max(1, max |output|).
+    source: str = ""
+    source_error: float = NAN
 
 
 def session(path: pathlib.Path, threads: int, disabled_optimizers: Sequence[str] = ()) -> onnxruntime.InferenceSession:
@@ -202,8 +207,15 @@ def fresh_process_figures(case: Case, kind: str, workdir: pathlib.Path, args: ar
                     *(["--birefnet", str(args.birefnet)] if args.birefnet else [])])
 
 
+def source_errors(case: Case, run: dict[str, Callable[[], np.ndarray]]) -> dict[str, float]:
+    """Row -> its difference from the row it was rewritten from (rewritten rows whose source runs)."""
+    sources = {kind: path.source for kind, path in case.paths.items() if path.source in run and kind in run}
+    return {kind: relative_difference(run[kind](), run[source]()) for kind, source in sources.items()}
+
+
 def measure(case: Case, workdir: pathlib.Path, args: argparse.Namespace) -> list[Result]:
-    """Every row of ``case``: nodes, export and session seconds, latency, peak memory, max error."""
+    """Every row of ``case``: nodes, export and session seconds, latency, peak memory, max error (and a
+    rewritten row's difference from its source)."""
     np.savez(workdir / f"{case.name}_inputs.npz", *[t.numpy() for t in case.inputs])
     run = runners(case, args.threads)
     fresh: dict[str, dict[str, float]] = {}
@@ -213,18 +225,19 @@ def measure(case: Case, workdir: pathlib.Path, args: argparse.Namespace) -> list
         fresh[kind] = fresh_process_figures(case, kind, workdir, args)
     repeat = args.birefnet_repeat if case.name == BIREFNET else args.repeat
     progress(f"{case.name}: latency, {repeat} interleaved rounds after {WARMUP_ROUNDS} warm-up rounds")
-    errors = max_errors(run, run[EAGER]())
+    errors, from_source = max_errors(run, run[EAGER]()), source_errors(case, run)
     medians = interleaved_medians(run, repeat)
     del run
     results = []
     for kind in [*(k for k in case.paths if k not in args.skip), EAGER, *FLOORS]:
+        source = (case.paths[kind].source if kind in case.paths else None) or ""
         if kind in case.failures:
-            results.append(Result(case.name, kind, note=case.failures[kind]))
+            results.append(Result(case.name, kind, note=case.failures[kind], source=source))
         elif kind in medians:
             per_layer, total = case.nodes.get(kind, (NAN, NAN))
             figures = fresh.get(kind, {})
             results.append(Result(
                 case.name, kind, per_layer, total, case.export_s.get(kind, NAN), figures.get("session_s", NAN),
                 1e3 * medians[kind], NAN if args.no_memory else figures.get("peak_mb", NAN),
-                errors.get(kind, NAN)))
+                errors.get(kind, NAN), source=source, source_error=from_source.get(kind, NAN)))
     return results

@@ -18,6 +18,8 @@ NAN = float("nan")
 TABLE_COLUMNS = ("case", "model", "nodes/layer", "nodes", "export s", "session s", "median ms", "x native",
                  "peak MB", "x native", "max abs err vs eager")
 PATH_COLUMNS = ("model", "export", "samples with", "opset")
+REPAIR_COLUMNS = ("case", "model", "from", "nodes", "rewrite s", "session s", "median ms", "x before", "peak MB",
+                  "x before", "rel. err vs before")
 #: The chart's colour map (20 distinct colours: a bar per row, a dozen rows and more) and legend columns.
 _COLOURS, _LEGEND_COLUMNS = "tab20", 7
 #: The packages whose versions head the output.
@@ -64,6 +66,27 @@ def format_table(results: Sequence[Result], base_row: str = NATIVE) -> str:
             r.case, r.model, _nodes(r.nodes_per_layer), _nodes(r.nodes), _number(r.export_s, ".2f"),
             _number(r.session_s, ".3f"), _number(r.latency_ms, ".2f"), _number(r.latency_ms / base.latency_ms, ".2f"),
             _number(r.peak_mb, ".1f"), _number(r.peak_mb / base.peak_mb, ".2f"), _number(r.max_error, ".1e"),
+        ]))
+    return "\n".join(lines)
+
+
+def format_repairs(results: Sequence[Result]) -> str:
+    """The rewritten rows and the rows they were rewritten from, as a markdown table, with ratios to and the
+    difference from the file each was rewritten from."""
+    sources = {(r.case, r.source) for r in results if r.source}
+    before = {(r.case, r.model): r for r in results if (r.case, r.model) in sources and not r.note}
+    lines = _header(REPAIR_COLUMNS, 3)
+    for r in results:
+        if not r.source and (r.case, r.model) not in sources:
+            continue
+        if r.note:
+            lines.append(_row([r.case, r.model, r.source or "-", r.note] + ["-"] * (len(REPAIR_COLUMNS) - 4)))
+            continue
+        base = before.get((r.case, r.source or r.model), Result(r.case, r.source))
+        lines.append(_row([
+            r.case, r.model, r.source or "-", _nodes(r.nodes), _number(r.export_s if r.source else NAN, ".2f"),
+            _number(r.session_s, ".3f"), _number(r.latency_ms, ".2f"), _number(r.latency_ms / base.latency_ms, ".2f"),
+            _number(r.peak_mb, ".1f"), _number(r.peak_mb / base.peak_mb, ".2f"), _number(r.source_error, ".1e"),
         ]))
     return "\n".join(lines)
 
