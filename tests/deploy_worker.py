@@ -6,8 +6,8 @@ aborts or segfaults on a graph takes only this process down):
 
 RUNTIME is one of :data:`RUNNERS`. INPUTS.npz holds the model's inputs by ONNX name; OUTPUT.npy gets its first
 output. Needs numpy and onnx besides the runtime; no torch. A runtime's refusal exits non-zero with its
-error on stderr. The venvs: OpenCV runs in the test venv (``opencv-python-headless`` is in the ``test``
-extra), the others in the venvs that ``.ci/deploy`` builds (``.ci/deploy-requirements.txt``: ncnn and pnnx,
+error on stderr. The venvs: OpenCV and MNN run in the test venv (``opencv-python-headless`` and ``MNN`` are in the
+``test`` extra), the others in the venvs that ``.ci/deploy`` builds (``.ci/deploy-requirements.txt``: ncnn and pnnx,
 tinygrad, Apache TVM, NNCF; ``.ci/deploy-ovep-requirements.txt``: onnxruntime-openvino, which replaces
 onnxruntime; ``.ci/deploy-rknn-requirements.txt``: rknn-toolkit2, Python 3.11).
 """
@@ -163,7 +163,32 @@ def rknn(path: pathlib.Path, feeds: Feeds) -> np.ndarray:
         toolkit.release()
 
 
+def mnn(path: pathlib.Path, feeds: Feeds) -> np.ndarray:
+    """MNN: its converter (the C++ extension ``_tools``, called with ``mnnconvert``'s own arguments: the
+    console script's telemetry wrapper pip-installs a package) to an .mnn file, run by ``MNN.nn`` in high
+    precision on CPU. Inputs are fed as given (``NCHW``: MNN's tag for "the ONNX model's own layout")."""
+    import _tools
+    import MNN.expr as F
+    import MNN.nn as nn
+
+    model = onnx.load(str(path), load_external_data=False)
+    names = [i.name for i in model.graph.input if i.name in feeds]
+    with tempfile.TemporaryDirectory() as tmp:
+        converted = os.path.join(tmp, "model.mnn")
+        _tools.mnnconvert(["mnnconvert", "-f", "ONNX", "--modelFile", str(path), "--MNNModel", converted,
+                           "--bizCode", "dcn_onnxscript"])
+        if not os.path.exists(converted):
+            raise SystemExit("MNN's converter wrote no model")
+        module = nn.load_module_from_file(converted, names, [_first_output(model)],
+                                          precision_mode=F.PrecisionMode.High)
+        arrays = [np.ascontiguousarray(feeds[n]) for n in names]
+        output = module.forward([F.const(a, list(a.shape), F.NCHW) for a in arrays])[0]
+        output = F.convert(output, F.NCHW)
+        return np.array(output.read(), copy=True).reshape(output.shape)
+
+
 RUNNERS: dict[str, Callable[[pathlib.Path, Feeds], np.ndarray]] = {
+    "mnn": mnn,
     "opencv": opencv,
     "opencv4": opencv4,
     "tvm": tvm,

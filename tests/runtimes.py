@@ -146,9 +146,9 @@ OVEP_PYTHON = os.environ.get("DCN_OVEP_PYTHON", str(_ROOT / ".venv-ovep" / "bin"
 #: The venv of OpenCV 4.x (the newest 4.x release, as users run it) that ``.ci/deploy`` builds.
 OPENCV4_PYTHON = os.environ.get("DCN_OPENCV4_PYTHON", str(_ROOT / ".venv-opencv4" / "bin" / "python"))
 _DEPLOY_WORKER = pathlib.Path(__file__).resolve().parent / "deploy_worker.py"
-#: runtime of ``deploy_worker.py`` -> the Python that has it. OpenCV 5 is in the test venv, but runs in a
+#: runtime of ``deploy_worker.py`` -> the Python that has it. OpenCV 5 and MNN are in the test venv, but run in a
 #: process of its own too: a runtime that aborts on a graph takes only that process down.
-WORKER_PYTHONS = {"opencv": sys.executable, "tvm": DEPLOY_PYTHON,
+WORKER_PYTHONS = {"opencv": sys.executable, "mnn": sys.executable, "tvm": DEPLOY_PYTHON,
                   "ncnn": DEPLOY_PYTHON, "tinygrad": DEPLOY_PYTHON, "openvino_ep": OVEP_PYTHON,
                   "opencv4": OPENCV4_PYTHON, "rknn": RKNN_PYTHON}
 #: How long one worker may take (TVM compiles the model, pnnx converts it).
@@ -214,6 +214,9 @@ MATRIX_RUNTIMES = ("onnxruntime", "openvino", "openvino_default", "tract", "trac
 #: runtime -> the pytest mark of the extra job that runs it in its own venv (not the default command).
 EXTRA_JOBS = {"tflite": "tflite", "tvm": "deploy", "ncnn": "deploy", "openvino_ep": "deploy", "tinygrad": "deploy",
               "opencv4": "deploy", "rknn": "deploy"}
+#: RKNN's NPU (and its simulator) computes a float model in float16: measured 3.4e-3 on the deploy block.
+RKNN_TOLERANCE = 1e-2
+
 
 def run_runtime(runtime: str, model: onnx.ModelProto, inputs: Inputs, whole_model: bool = False) -> np.ndarray:
     """The matrix's runners by name (see :data:`MATRIX_RUNTIMES`); ``whole_model``: a network around the

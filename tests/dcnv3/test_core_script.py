@@ -2,8 +2,8 @@
 models calling them as model-local functions, every size symbolic, checked with onnx.checker's full check and
 run on onnxruntime against the package's eager ops over generated cases (geometry, groups, offset_scale,
 remove_center), in float16/float64, under hostile offsets, at the model opsets that respell their ops, inlined
-on OpenVINO, eagerly through onnxscript; each is one self-contained proto of standard ops, built on first
-lookup only."""
+on OpenVINO, eagerly through onnxscript; each is one self-contained proto of standard ops within its node
+budget, built on first lookup only."""
 
 from __future__ import annotations
 
@@ -21,12 +21,17 @@ import dcn_onnxscript
 import dcn_onnxscript.ops  # noqa: F401  (defines the eager ops)
 from dcn_onnxscript import DOMAIN, function_protos
 from dcn_onnxscript.lowering.dcnv3 import Core
+from dcn_onnxscript.lowering.script import grid_sample
 from dcn_onnxscript.lowering.script.protos import SCRIPT_OPSET
 from helpers import HOSTILE, assert_close
 from runtimes import run_onnxruntime, run_openvino
 
 CASES = {3: generated_cases(12, version=3, seed=20261205), 4: generated_cases(12, version=4, seed=20261206)}
 NEWEST = onnx.defs.onnx_opset_version()
+#: Most nodes a core's body may have: deform_conv2d's public function's (tests/lowering/test_script.py holds it
+#: to 150; 144 today) and the layout steps computed from the attributes (tap points, channels, offset shift,
+#: identity weight: about 110).
+NODE_BUDGET = 255
 _TYPES = {np.float16: onnx.TensorProto.FLOAT16, np.float32: onnx.TensorProto.FLOAT, np.float64: onnx.TensorProto.DOUBLE}
 
 
@@ -139,6 +144,13 @@ def test_is_one_self_contained_proto_of_standard_ops(version: int) -> None:
     assert proto.domain == DOMAIN and proto.name == f"dcnv{version}"
     assert not function.function_ir.get_called_functions()
     assert all(node.domain == "" and onnx.defs.has(node.op_type) for node in proto.node)
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_body_is_within_the_node_budget(version: int) -> None:
+    (proto,) = function_protos(function_of(version))
+    assert len(proto.node) <= NODE_BUDGET
+    assert sum(node.op_type == "GridSample" for node in proto.node) == grid_sample.CHUNKS
 
 
 def test_built_on_first_lookup_only() -> None:
