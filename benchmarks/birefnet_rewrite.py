@@ -7,11 +7,13 @@ opset 17, input ``input_image``. The "after" files: that file rewritten with the
 ``--impl native --opset 19``.
 
 Per file: node count (without ``Constant``), file size, session creation (``--threads`` intra-op threads),
-median latency of ``--repeat`` interleaved rounds, peak memory (a fresh process: session creation and three
-runs, the bench's ``onnx_figures``), and the largest difference of the tutorial's output (the last one) from the
-"before" file and from eager PyTorch, relative to max(1, max |reference|). Run from the repository root:
+median latency of ``--repeat`` interleaved rounds (``--one-at-a-time``: one model after the other), peak memory
+(a fresh process: session creation and three runs, the bench's ``onnx_figures``), and the largest difference of
+the tutorial's output (the last one) from the "before" file and from eager PyTorch, relative to max(1, max
+|reference|). Run from the repository root:
 
-    python benchmarks/birefnet_rewrite.py --birefnet PATH --sizes 512 1024 --workdir /tmp/birefnet_onnx
+    python benchmarks/birefnet_rewrite.py --birefnet PATH --sizes 512 --repeat 5
+    python benchmarks/birefnet_rewrite.py --birefnet PATH --sizes 1024 --repeat 3 --one-at-a-time
 """
 
 from __future__ import annotations
@@ -62,10 +64,18 @@ def measure(size: int, module: torch.nn.Module, args: argparse.Namespace, folder
     saved = folder / f"birefnet_{size}.npz"
     np.savez(saved, image.numpy())
     created = {row: session_seconds(path, args.threads) for row, (path, _) in files.items()}
-    run = {row: last_output_runner(path, image.numpy(), args.threads) for row, (path, _) in files.items()}
-    outputs = {row: function() for row, function in run.items()}
-    seconds = measuring.interleaved_medians(run, args.repeat)
-    del run
+    if args.one_at_a_time:
+        outputs, seconds = {}, {}
+        for row, (path, _) in files.items():
+            run = {row: last_output_runner(path, image.numpy(), args.threads)}
+            outputs[row] = run[row]()
+            seconds.update(measuring.interleaved_medians(run, args.repeat, warmup=1))
+            del run
+    else:
+        run = {row: last_output_runner(path, image.numpy(), args.threads) for row, (path, _) in files.items()}
+        outputs = {row: function() for row, function in run.items()}
+        seconds = measuring.interleaved_medians(run, args.repeat)
+        del run
     peaks = {row: measuring.onnx_figures(path, saved)["peak_mb"] for row, (path, _) in files.items()}
     base = next(iter(files))
     lines = []
@@ -88,6 +98,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="time one model after the other, each session released before the next (less memory "
+                             "than interleaved rounds, which hold every session: for 1024x1024)")
     parser.add_argument("--workdir", type=pathlib.Path, default=None,
                         help="where to write and keep the models (default: a temporary directory)")
     args = parser.parse_args()
