@@ -54,6 +54,11 @@ class BrowserRun:
     create_ms: Optional[float]
     run_ms: Optional[float]
     console: list[dict]
+    #: Chrome's ``performance.memory.usedJSHeapSize`` after the run (the JS heap only), MB.
+    js_heap_mb: Optional[float] = None
+    #: Peak resident memory of Chromium's processes so far, the largest of each kind ("renderer",
+    #: "gpu-process", ...), MB; one browser serves a job's cases in turn, so a case's figure holds the earlier ones'.
+    process_peak_mb: Optional[dict[str, float]] = None
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], builds: Sequence[str] = BUILDS,
@@ -87,7 +92,8 @@ def _read(build: str, result: dict) -> BrowserRun:
     return BrowserRun(build=build, outputs=outputs, error=result.get("error"), gpu_errors=gpu_errors(console),
                       cpu_nodes=placed_on(console, CPU_EP), backend=result.get("backend"),
                       adapter=result.get("adapter"), create_ms=result.get("create_ms"), run_ms=result.get("run_ms"),
-                      console=console)
+                      console=console, js_heap_mb=result.get("js_heap_mb"),
+                      process_peak_mb=result.get("process_peak_mb"))
 
 
 #: How onnxruntime's log lines begin (it logs to the console's error stream, whatever the severity).

@@ -75,12 +75,47 @@ async function runCase(browser, origin, page_path, c, screenshot) {
     if (screenshot) {
       await page.screenshot({path: screenshot});
     }
-    return {...result, console: console_lines};
+    return {...result, process_peak_mb: processPeaks(browser.process().pid), console: console_lines};
   } catch (error) {
     return {error: String(error), console: console_lines};
   } finally {
     await page.close();
   }
+}
+
+/** Peak resident memory (VmHWM, MB) of Chromium's processes so far, the largest of each kind (browser,
+ * renderer, gpu-process, utility, ...), read from Linux's /proc: the page cannot read the memory of wasm
+ * and of the GPU process itself. */
+function processPeaks(root) {
+  const parents = {};
+  for (const pid of fs.readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
+    try {
+      parents[pid] = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ')[1];
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  const tree = new Set([String(root)]);
+  for (let grown = true; grown;) {
+    grown = false;
+    for (const [pid, parent] of Object.entries(parents)) {
+      if (tree.has(parent) && !tree.has(pid)) {
+        tree.add(pid);
+        grown = true;
+      }
+    }
+  }
+  const peaks = {};
+  for (const pid of tree) {
+    try {
+      const kind = (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').match(/--type=([\w-]+)/) || [, 'browser'])[1];
+      const peak = Number(fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmHWM:\s+(\d+)/)[1]) / 1024;
+      peaks[kind] = Math.max(peaks[kind] || 0, peak);
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  return peaks;
 }
 
 main().catch((error) => {

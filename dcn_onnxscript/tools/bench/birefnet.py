@@ -18,7 +18,6 @@ from typing import Optional
 
 import torch
 
-from dcn_onnxscript.tools.bench import exports, peers
 from dcn_onnxscript.tools.bench.catalog import Unavailable
 
 #: The backbone: the tutorial's choice where memory is short (a 44 M-parameter model).
@@ -75,6 +74,8 @@ def tutorial_export(module: torch.nn.Module, image: torch.Tensor, file: pathlib.
     """``module`` run on ``image`` (1, 3, H, W) written to ``file`` as BiRefNet's tutorial writes it:
     deform_conv2d_onnx_exporter 1.2.0 (GatherND) with the tutorial's patch, TorchScript, opset 17, static
     shapes; its last output is the prediction."""
+    from dcn_onnxscript.tools.bench import exports, peers  # exports imports cases, which imports this module
+
     dcoe = peers.import_dcoe()
     symbolic = dcoe.deform_conv2d_func(True, False)
     with warnings.catch_warnings(), peers.tutorial_patch(dcoe), exports._only_symbolic(symbolic, TUTORIAL_OPSET):
