@@ -43,26 +43,43 @@ def relative(output: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(output - reference).max()) / max(1.0, float(np.abs(reference).max()))
 
 
-def measure(size: int, module: torch.nn.Module, args: argparse.Namespace, folder: pathlib.Path) -> list[str]:
-    """The table rows of one image size."""
-    image = cases.image(size, args.seed)
-    with torch.inference_mode():
-        eager = module(image)[-1].numpy()
+#: The rewrites measured: row label, file suffix, rewrite options.
+REWRITES = (("rewrite", "default", {}), ("rewrite --impl native --opset 19", "native", dict(impl="native", opset=19)))
+
+
+def files_of(size: int, module: torch.nn.Module, image: torch.Tensor, args: argparse.Namespace,
+             folder: pathlib.Path) -> dict[str, tuple[pathlib.Path, float]]:
+    """Row -> (file, rewrite seconds): the tutorial's file and its rewrites, written to ``folder`` (``--reuse``:
+    the files an earlier run left there, without rewrite seconds)."""
     before = folder / f"birefnet_{size}_tutorial.onnx"
+    files = {"tutorial (seed 1.2.0 + patch, TorchScript 17)": (before, 0.0)}
+    if args.reuse and before.exists():
+        for label, suffix, _ in REWRITES:
+            files[f"{label} ({'native' if suffix == 'native' else 'grid_sample'})"] = (
+                folder / f"birefnet_{size}_{suffix}.onnx", float("nan"))
+        return files
     start = time.perf_counter()
     birefnet.tutorial_export(module, image, before)
     print(f"{size}: exported in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     original = onnx.load(str(before))
-    files = {"tutorial (seed 1.2.0 + patch, TorchScript 17)": (before, 0.0)}
-    for label, options in (("rewrite", {}), ("rewrite --impl native --opset 19", dict(impl="native", opset=19))):
+    for label, suffix, options in REWRITES:
         model, seconds, lowering = rewritten(original, **options)
-        path = folder / f"birefnet_{size}_{'native' if options else 'default'}.onnx"
+        path = folder / f"birefnet_{size}_{suffix}.onnx"
         onnx.save(model, str(path))
         files[f"{label} ({lowering})"] = (path, seconds)
         print(f"{size}: {label} in {seconds:.0f} s", file=sys.stderr, flush=True)
-    del original
+    return files
+
+
+def measure(size: int, module: torch.nn.Module, args: argparse.Namespace, folder: pathlib.Path) -> list[str]:
+    """The table rows of one image size. Peak memory first, from fresh processes, while this one holds no
+    session; eager PyTorch last."""
+    image = cases.image(size, args.seed)
+    files = files_of(size, module, image, args, folder)
     saved = folder / f"birefnet_{size}.npz"
     np.savez(saved, image.numpy())
+    peaks = {row: measuring.onnx_figures(path, saved)["peak_mb"] for row, (path, _) in files.items()}
+    print(f"{size}: peaks {peaks}", file=sys.stderr, flush=True)
     created = {row: session_seconds(path, args.threads) for row, (path, _) in files.items()}
     if args.one_at_a_time:
         outputs, seconds = {}, {}
@@ -76,7 +93,8 @@ def measure(size: int, module: torch.nn.Module, args: argparse.Namespace, folder
         outputs = {row: function() for row, function in run.items()}
         seconds = measuring.interleaved_medians(run, args.repeat)
         del run
-    peaks = {row: measuring.onnx_figures(path, saved)["peak_mb"] for row, (path, _) in files.items()}
+    with torch.inference_mode():
+        eager = module(image)[-1].numpy()
     base = next(iter(files))
     lines = []
     for row, (path, rewrite_seconds) in files.items():
@@ -98,6 +116,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure the files an earlier run left in --workdir instead of exporting again")
     parser.add_argument("--one-at-a-time", action="store_true",
                         help="time one model after the other, each session released before the next (less memory "
                              "than interleaved rounds, which hold every session: for 1024x1024)")
