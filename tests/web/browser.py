@@ -62,8 +62,10 @@ class BrowserRun:
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], builds: Sequence[str] = BUILDS,
-        page: str = "harness/page.html", screenshot: Optional[pathlib.Path] = None) -> dict[str, BrowserRun]:
-    """``model`` on ``feeds`` (float32) in headless Chromium with each of ``builds``: build -> run."""
+        page: str = "harness/page.html", screenshot: Optional[pathlib.Path] = None,
+        case_timeout_s: Optional[float] = None) -> dict[str, BrowserRun]:
+    """``model`` on ``feeds`` (float32) in headless Chromium with each of ``builds``: build -> run;
+    ``case_timeout_s``: how long one build may take (default: run.mjs's 240 s)."""
     with tempfile.TemporaryDirectory(prefix="dcn-web-") as folder:
         data = pathlib.Path(folder)
         onnx.save(model, data / "model.onnx")
@@ -74,10 +76,11 @@ def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], builds: Sequence[s
         outputs = [o.name for o in model.graph.output]
         job = {"chromium": str(CHROMIUM), "data": str(data), "page": page,
                "screenshot": str(screenshot) if screenshot else None,
+               "timeout_ms": 1000 * case_timeout_s if case_timeout_s else None,
                "cases": [{"build": b, "model": "model.onnx", "inputs": inputs, "outputs": outputs} for b in builds]}
         (data / "job.json").write_text(json.dumps(job))
         done = subprocess.run(["node", str(HERE / "run.mjs"), str(data / "job.json")], capture_output=True,
-                              text=True, timeout=JOB_TIMEOUT_S)
+                              text=True, timeout=max(JOB_TIMEOUT_S, len(builds) * (case_timeout_s or 0) + 120))
     if done.returncode != 0:
         raise RuntimeError(f"run.mjs failed: {done.stderr[-3000:]}")
     return {b: _read(b, result) for b, result in zip(builds, json.loads(done.stdout.strip().splitlines()[-1]))}

@@ -4,6 +4,7 @@
 // adapter. Pages and data are served by a server of its own on 127.0.0.1 only.
 //
 // JOB: {"chromium": path, "data": folder of models and inputs, "page": page under this folder,
+//       "timeout_ms": per case (optional),
 //       "cases": [{"build": "jsep" | "webgpu" | "wasm", "model": file in data,
 //                  "inputs": [{"name", "file", "dims"}], "outputs": [names]}]}
 import fs from 'node:fs';
@@ -20,6 +21,7 @@ const FLAGS = ['--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--e
 const TYPES = {'.html': 'text/html', '.mjs': 'text/javascript', '.js': 'text/javascript',
   '.wasm': 'application/wasm', '.json': 'application/json', '.png': 'image/png'};
 const CASE_TIMEOUT_MS = 240000;
+let caseTimeoutMs = CASE_TIMEOUT_MS;
 
 /** A server of `roots` (URL prefix -> folder) on 127.0.0.1 at a free port. */
 function serve(roots) {
@@ -43,7 +45,9 @@ async function main() {
     '/examples/': path.resolve(HERE, '..', '..', 'examples')});
   const origin = `http://127.0.0.1:${server.address().port}`;
   // puppeteer rewrites an --enable-features argument in place: give it a copy
-  const browser = await puppeteer.launch({executablePath: job.chromium, args: [...FLAGS], headless: true});
+  caseTimeoutMs = job.timeout_ms || CASE_TIMEOUT_MS;
+  const browser = await puppeteer.launch({executablePath: job.chromium, args: [...FLAGS], headless: true,
+    protocolTimeout: caseTimeoutMs + 60000});
   const results = [];
   try {
     for (const c of job.cases) {
@@ -69,7 +73,7 @@ async function runCase(browser, origin, page_path, c, screenshot) {
     const result = await Promise.race([
       page.evaluate((config) => window.runCase(config), c),
       new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`timed out after ${CASE_TIMEOUT_MS} ms`)), CASE_TIMEOUT_MS);
+        timer = setTimeout(() => reject(new Error(`timed out after ${caseTimeoutMs} ms`)), caseTimeoutMs);
       }),
     ]).finally(() => clearTimeout(timer));
     if (screenshot) {
