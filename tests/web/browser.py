@@ -54,11 +54,18 @@ class BrowserRun:
     create_ms: Optional[float]
     run_ms: Optional[float]
     console: list[dict]
+    #: Chrome's ``performance.memory.usedJSHeapSize`` after the run (the JS heap only), MB.
+    js_heap_mb: Optional[float] = None
+    #: Peak resident memory of Chromium's processes so far, the largest of each kind ("renderer",
+    #: "gpu-process", ...), MB; one browser serves a job's cases in turn, so a case's figure holds the earlier ones'.
+    process_peak_mb: Optional[dict[str, float]] = None
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], builds: Sequence[str] = BUILDS,
-        page: str = "harness/page.html", screenshot: Optional[pathlib.Path] = None) -> dict[str, BrowserRun]:
-    """``model`` on ``feeds`` (float32) in headless Chromium with each of ``builds``: build -> run."""
+        page: str = "harness/page.html", screenshot: Optional[pathlib.Path] = None,
+        case_timeout_s: Optional[float] = None) -> dict[str, BrowserRun]:
+    """``model`` on ``feeds`` (float32) in headless Chromium with each of ``builds``: build -> run;
+    ``case_timeout_s``: how long one build may take (default: run.mjs's 240 s)."""
     with tempfile.TemporaryDirectory(prefix="dcn-web-") as folder:
         data = pathlib.Path(folder)
         onnx.save(model, data / "model.onnx")
@@ -69,10 +76,11 @@ def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], builds: Sequence[s
         outputs = [o.name for o in model.graph.output]
         job = {"chromium": str(CHROMIUM), "data": str(data), "page": page,
                "screenshot": str(screenshot) if screenshot else None,
+               "timeout_ms": 1000 * case_timeout_s if case_timeout_s else None,
                "cases": [{"build": b, "model": "model.onnx", "inputs": inputs, "outputs": outputs} for b in builds]}
         (data / "job.json").write_text(json.dumps(job))
         done = subprocess.run(["node", str(HERE / "run.mjs"), str(data / "job.json")], capture_output=True,
-                              text=True, timeout=JOB_TIMEOUT_S)
+                              text=True, timeout=max(JOB_TIMEOUT_S, len(builds) * (case_timeout_s or 0) + 120))
     if done.returncode != 0:
         raise RuntimeError(f"run.mjs failed: {done.stderr[-3000:]}")
     return {b: _read(b, result) for b, result in zip(builds, json.loads(done.stdout.strip().splitlines()[-1]))}
@@ -87,7 +95,8 @@ def _read(build: str, result: dict) -> BrowserRun:
     return BrowserRun(build=build, outputs=outputs, error=result.get("error"), gpu_errors=gpu_errors(console),
                       cpu_nodes=placed_on(console, CPU_EP), backend=result.get("backend"),
                       adapter=result.get("adapter"), create_ms=result.get("create_ms"), run_ms=result.get("run_ms"),
-                      console=console)
+                      console=console, js_heap_mb=result.get("js_heap_mb"),
+                      process_peak_mb=result.get("process_peak_mb"))
 
 
 #: How onnxruntime's log lines begin (it logs to the console's error stream, whatever the severity).

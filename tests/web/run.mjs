@@ -4,6 +4,7 @@
 // adapter. Pages and data are served by a server of its own on 127.0.0.1 only.
 //
 // JOB: {"chromium": path, "data": folder of models and inputs, "page": page under this folder,
+//       "timeout_ms": per case (optional),
 //       "cases": [{"build": "jsep" | "webgpu" | "wasm", "model": file in data,
 //                  "inputs": [{"name", "file", "dims"}], "outputs": [names]}]}
 import fs from 'node:fs';
@@ -20,6 +21,7 @@ const FLAGS = ['--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--e
 const TYPES = {'.html': 'text/html', '.mjs': 'text/javascript', '.js': 'text/javascript',
   '.wasm': 'application/wasm', '.json': 'application/json', '.png': 'image/png'};
 const CASE_TIMEOUT_MS = 240000;
+let caseTimeoutMs = CASE_TIMEOUT_MS;
 
 /** A server of `roots` (URL prefix -> folder) on 127.0.0.1 at a free port. */
 function serve(roots) {
@@ -43,7 +45,9 @@ async function main() {
     '/examples/': path.resolve(HERE, '..', '..', 'examples')});
   const origin = `http://127.0.0.1:${server.address().port}`;
   // puppeteer rewrites an --enable-features argument in place: give it a copy
-  const browser = await puppeteer.launch({executablePath: job.chromium, args: [...FLAGS], headless: true});
+  caseTimeoutMs = job.timeout_ms || CASE_TIMEOUT_MS;
+  const browser = await puppeteer.launch({executablePath: job.chromium, args: [...FLAGS], headless: true,
+    protocolTimeout: caseTimeoutMs + 60000});
   const results = [];
   try {
     for (const c of job.cases) {
@@ -69,18 +73,53 @@ async function runCase(browser, origin, page_path, c, screenshot) {
     const result = await Promise.race([
       page.evaluate((config) => window.runCase(config), c),
       new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`timed out after ${CASE_TIMEOUT_MS} ms`)), CASE_TIMEOUT_MS);
+        timer = setTimeout(() => reject(new Error(`timed out after ${caseTimeoutMs} ms`)), caseTimeoutMs);
       }),
     ]).finally(() => clearTimeout(timer));
     if (screenshot) {
       await page.screenshot({path: screenshot});
     }
-    return {...result, console: console_lines};
+    return {...result, process_peak_mb: processPeaks(browser.process().pid), console: console_lines};
   } catch (error) {
     return {error: String(error), console: console_lines};
   } finally {
     await page.close();
   }
+}
+
+/** Peak resident memory (VmHWM, MB) of Chromium's processes so far, the largest of each kind (browser,
+ * renderer, gpu-process, utility, ...), read from Linux's /proc: the page cannot read the memory of wasm
+ * and of the GPU process itself. */
+function processPeaks(root) {
+  const parents = {};
+  for (const pid of fs.readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
+    try {
+      parents[pid] = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ')[1];
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  const tree = new Set([String(root)]);
+  for (let grown = true; grown;) {
+    grown = false;
+    for (const [pid, parent] of Object.entries(parents)) {
+      if (tree.has(parent) && !tree.has(pid)) {
+        tree.add(pid);
+        grown = true;
+      }
+    }
+  }
+  const peaks = {};
+  for (const pid of tree) {
+    try {
+      const kind = (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').match(/--type=([\w-]+)/) || [, 'browser'])[1];
+      const peak = Number(fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmHWM:\s+(\d+)/)[1]) / 1024;
+      peaks[kind] = Math.max(peaks[kind] || 0, peak);
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  return peaks;
 }
 
 main().catch((error) => {

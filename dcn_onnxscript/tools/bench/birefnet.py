@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import pathlib
 import sys
+import warnings
 from typing import Optional
 
 import torch
@@ -26,6 +27,9 @@ BACKBONE = "swin_v1_t"
 PREDICTOR_STD = 0.01
 #: What BiRefNet's modules import beyond torch and torchvision.
 REQUIREMENTS = ("einops", "kornia", "timm", "huggingface_hub", "cv2", "tqdm")
+#: The tutorial's export: opset and the names of the input and of the first output.
+TUTORIAL_OPSET = 17
+TUTORIAL_NAMES = (["input_image"], ["output_image"])
 #: Its top-level modules, imported from the checkout.
 _MODULES = ("config", "models.birefnet")
 
@@ -64,3 +68,17 @@ def _import(checkout: pathlib.Path):
         return config, importlib.import_module(_MODULES[1])
     finally:
         sys.path.remove(str(checkout))
+
+
+def tutorial_export(module: torch.nn.Module, image: torch.Tensor, file: pathlib.Path) -> None:
+    """``module`` run on ``image`` (1, 3, H, W) written to ``file`` as BiRefNet's tutorial writes it:
+    deform_conv2d_onnx_exporter 1.2.0 (GatherND) with the tutorial's patch, TorchScript, opset 17, static
+    shapes; its last output is the prediction."""
+    from dcn_onnxscript.tools.bench import exports, peers  # exports imports cases, which imports this module
+
+    dcoe = peers.import_dcoe()
+    symbolic = dcoe.deform_conv2d_func(True, False)
+    with warnings.catch_warnings(), peers.tutorial_patch(dcoe), exports._only_symbolic(symbolic, TUTORIAL_OPSET):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (image,), str(file), dynamo=False, opset_version=TUTORIAL_OPSET,
+                          input_names=TUTORIAL_NAMES[0], output_names=TUTORIAL_NAMES[1])
