@@ -27,10 +27,28 @@ import time
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import torch
-from seed_rewrite import rewritten, session_seconds
 
+from dcn_onnxscript.rewrite import rewrite
 from dcn_onnxscript.tools.bench import birefnet, cases, measuring
+
+
+def rewritten(model: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, float, str]:
+    """``model`` rewritten with ``rewrite``'s ``options``, the seconds it took, and the lowering written."""
+    start = time.perf_counter()
+    result = rewrite(ir.from_proto(model), **options)
+    seconds = time.perf_counter() - start
+    if result.notes or not result.counts:
+        raise RuntimeError(f"nothing rewritten: {result.notes}")
+    return ir.to_proto(result.model), seconds, ", ".join(sorted(result.lowerings))
+
+
+def session_seconds(path: pathlib.Path, threads: int) -> float:
+    """Seconds to create an onnxruntime session of the model at ``path``."""
+    start = time.perf_counter()
+    measuring.session(path, threads)
+    return time.perf_counter() - start
 
 
 def last_output_runner(path: pathlib.Path, image: np.ndarray, threads: int):
