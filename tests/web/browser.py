@@ -86,6 +86,15 @@ def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], builds: Sequence[s
     return {b: _read(b, result) for b, result in zip(builds, json.loads(done.stdout.strip().splitlines()[-1]))}
 
 
+def assert_matches(run: BrowserRun, expected: np.ndarray, tolerance: float) -> None:
+    """``run`` finished without an error or a GPU error, and its one output matches ``expected``."""
+    assert run.error is None, run.error
+    assert not run.gpu_errors, run.gpu_errors[:5]
+    (actual,) = run.outputs.values()
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance)
+
+
 def _read(build: str, result: dict) -> BrowserRun:
     console = result.get("console", [])
     outputs = None

@@ -159,12 +159,7 @@ def _node_name(placed: str) -> str:
 def test_export_matches_torchvision_in_the_browser(case: str, build: str):
     """Each build runs the export without a GPU error and matches torchvision in float64."""
     model, expected, runs = measured(case)
-    run = runs[build]
-    assert run.error is None, run.error
-    assert not run.gpu_errors, run.gpu_errors[:5]
-    (actual,) = run.outputs.values()
-    assert actual.shape == expected.shape
-    np.testing.assert_allclose(actual, expected, rtol=TOLERANCE, atol=TOLERANCE)
+    browser.assert_matches(runs[build], expected, TOLERANCE)
 
 
 def _gpu_resident(case: str, build: str) -> bool:
