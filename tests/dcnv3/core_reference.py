@@ -17,7 +17,6 @@ import math
 from typing import Optional
 
 import numpy as np
-import torch
 
 from dcn_onnxscript.lowering.dcnv3 import Core
 
@@ -131,19 +130,3 @@ def generated_cases(count: int, version: int, seed: int) -> list[CoreCase]:
     rng = np.random.default_rng(seed)
     one_pixel = CoreCase(Core((3, 3), (1, 1), (1, 1), (1, 1), 2, 2, version=version), size=(1, 1))
     return [one_pixel] + [random_case(rng, version) for _ in range(count - 1)]
-
-
-class CoreModule(torch.nn.Module):
-    """Calls ``torch.ops.dcn_onnxscript.dcnv3`` or ``.dcnv4`` with ``core``'s attributes."""
-
-    def __init__(self, core: Core) -> None:
-        super().__init__()
-        self.core = core
-
-    def forward(self, input, offset, mask=None):
-        c = self.core
-        attributes = (*c.kernel, *c.stride, *c.padding, *c.dilation, c.group, c.group_channels, c.offset_scale,
-                      c.remove_center)
-        if c.version == 3:
-            return torch.ops.dcn_onnxscript.dcnv3(input, offset, mask, *attributes)
-        return torch.ops.dcn_onnxscript.dcnv4(input, offset, *attributes)

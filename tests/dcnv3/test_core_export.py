@@ -11,13 +11,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from core_reference import CoreCase, CoreModule, generated_cases
+from core_reference import CoreCase, generated_cases
 
 import dcn_onnxscript.ops  # noqa: F401  (defines the ops and registers their translations)
 from dcn_onnxscript.export import dcnv3 as core_exports
 from dcn_onnxscript.export import registration
 from dcn_onnxscript.lowering.dcnv3 import Core
 from dcn_onnxscript.lowering.emitter import STORAGE_BUFFERS
+from dcn_onnxscript.tools.bench.internimage import CoreModule
 from helpers import assert_close
 from runtimes import run_onnxruntime
 

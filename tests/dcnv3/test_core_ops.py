@@ -8,10 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from core_reference import CoreCase, CoreModule, core_reference, generated_cases
+from core_reference import CoreCase, core_reference, generated_cases
 
 import dcn_onnxscript.ops  # noqa: F401  (defines the ops)
 from dcn_onnxscript.lowering.dcnv3 import Core
+from dcn_onnxscript.tools.bench.internimage import CoreModule
 from helpers import HOSTILE, assert_close
 
 CASES = generated_cases(10, version=3, seed=3) + generated_cases(10, version=4, seed=4)

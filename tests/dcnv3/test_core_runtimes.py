@@ -12,12 +12,13 @@ from typing import Optional
 import numpy as np
 import pytest
 import torch
-from core_reference import CoreCase, CoreModule
+from core_reference import CoreCase
 from test_core_export import export_module
 
 import dcn_onnxscript.ops  # noqa: F401
 from dcn_onnxscript.export import dcnv3 as core_exports
 from dcn_onnxscript.lowering.dcnv3 import Core
+from dcn_onnxscript.tools.bench.internimage import CoreModule
 from faults import RKNN, Fault
 from helpers import HOSTILE, assert_close
 from runtimes import EXTRA_JOBS, RKNN_TOLERANCE, run_openvino, run_runtime

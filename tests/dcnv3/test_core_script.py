@@ -15,7 +15,7 @@ import onnx
 import onnx.inliner
 import pytest
 import torch
-from core_reference import CoreCase, CoreModule, core_reference, generated_cases
+from core_reference import CoreCase, core_reference, generated_cases
 
 import dcn_onnxscript
 import dcn_onnxscript.ops  # noqa: F401  (defines the eager ops)
@@ -23,6 +23,7 @@ from dcn_onnxscript import DOMAIN, function_protos
 from dcn_onnxscript.lowering.dcnv3 import Core
 from dcn_onnxscript.lowering.script import grid_sample
 from dcn_onnxscript.lowering.script.protos import SCRIPT_OPSET
+from dcn_onnxscript.tools.bench.internimage import CoreModule
 from helpers import HOSTILE, assert_close
 from runtimes import run_onnxruntime, run_openvino
 

@@ -13,11 +13,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from dcnv3.core_reference import CoreCase, CoreModule
+from dcnv3.core_reference import CoreCase
 
 import dcn_onnxscript.ops  # noqa: F401  (defines the ops and registers their translations)
 from dcn_onnxscript.export import dcnv3 as core_exports
 from dcn_onnxscript.lowering.dcnv3 import Core
+from dcn_onnxscript.tools.bench.internimage import CoreModule
 
 pytestmark = [pytest.mark.web, pytest.mark.skipif(browser.missing() is not None, reason=str(browser.missing()))]
 

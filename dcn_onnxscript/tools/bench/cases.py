@@ -86,7 +86,7 @@ def build_module(name: str, args: argparse.Namespace) -> torch.nn.Module:
     if name == BIREFNET:
         return birefnet.build(args.birefnet, args.seed)
     if name in CORES:
-        return internimage.CoreModule(CORES[name])
+        return internimage.CoreModule(internimage.core_of(CORES[name]))
     torch.manual_seed(args.seed)
     return LayerModule(LAYERS[name].channels).eval()
 

@@ -123,9 +123,9 @@ def export(path: ExportPath, case: Case, file: pathlib.Path, args: argparse.Name
     if path.exporter == DYNAMO:
         return _dynamo(case, file, path.opset, _translation_table(case, path.impl), dynamic)
     if path.exporter == PLAIN:
-        from dcn_onnxscript.tools.bench.internimage import PlainCore
+        from dcn_onnxscript.tools.bench.internimage import PlainCore, core_of
 
-        plain = Case(case.name, PlainCore(CORES[case.name]), case.inputs)
+        plain = Case(case.name, PlainCore(core_of(CORES[case.name])), case.inputs)
         return _torchscript(plain, file, path.opset, dynamic)
     if path.exporter == NATIVE:
         return _dynamo(case, file, path.opset, dcn_onnxscript.translation_table(NATIVE), dynamic)

@@ -27,13 +27,13 @@ def core_of(layer: CoreLayer) -> Core:
 
 
 class CoreModule(torch.nn.Module):
-    """The package's op of ``layer``'s core: (input, offset, mask) for DCNv3, (input, offset_mask) for DCNv4."""
+    """The package's op of ``core``: (input, offset, mask) for DCNv3, (input, offset_mask) for DCNv4."""
 
-    def __init__(self, layer: CoreLayer) -> None:
+    def __init__(self, core: Core) -> None:
         super().__init__()
         import dcn_onnxscript.ops  # noqa: F401  (defines the ops)
 
-        self.core = core_of(layer)
+        self.core = core
 
     def forward(self, input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor = None) -> torch.Tensor:
         c = self.core
