@@ -31,6 +31,7 @@ import onnx_ir as ir
 import torch
 
 from dcn_onnxscript.rewrite import rewrite
+from dcn_onnxscript.rewrite.seed import relative_difference as relative
 from dcn_onnxscript.tools.bench import birefnet, cases, measuring
 
 
@@ -55,10 +56,6 @@ def last_output_runner(path: pathlib.Path, image: np.ndarray, threads: int):
     """A closure running the model at ``path`` and returning its last output (the tutorial's prediction)."""
     session = measuring.session(path, threads)
     return lambda: session.run(None, {birefnet.TUTORIAL_NAMES[0][0]: image})[-1]
-
-
-def relative(output: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.abs(output - reference).max()) / max(1.0, float(np.abs(reference).max()))
 
 
 #: The rewrites measured: row label, file suffix, rewrite options.
