@@ -17,23 +17,28 @@ What the seed writes for one layer, read from its ``deform_conv2d_func`` (step n
   weights), then ``Add`` of the bias as a (1, O, 1, 1) constant (or the ``Conv``'s own bias input, after
   graph tools that fuse it).
 
-Each region is found from its samplers: the ``Pad`` they read (X), the one ``Conv`` they feed (Y, W, and the
-bias after it), the one ``Floor`` their indices come from (offset, through ``p``'s ``Add``) and the one value
-outside that the samples are multiplied by (the mask). Its attributes come from the ``Conv`` (kernel, groups),
-the offset's channels (offset groups), the ``Pad`` and the ``p_0 + p_k`` constant (padding, stride, dilation);
-where that constant is not in the seed's form, every stride and dilation from 1 to 4 and the padding as
-padded or one less that give the offset's output size are tried. An inference is kept only once it is
-proven: the region, cut out with :class:`onnx.utils.Extractor`, and a native ``DeformConv`` of the inferred
-attributes with the region's weights run on onnxruntime on random and on hostile offsets (samples far outside
-the image, on its border, on whole pixels) and agree within :data:`TOLERANCE` (:data:`TOLERANCE_FLOAT16` in
-float16). A region that cannot be proven is left as it was, with one line saying why.
+Each region is found from the samplers that feed one ``Conv`` (the GEMM; graph tools merge what layers compute
+alike, such as the index and weight nodes of layers that read one offset and one mask, or the Pad and samplers of
+branches on one input, so the Conv is what tells the layers apart): the ``Pad`` they read (X), the ``Conv`` (Y, W,
+and the bias after it), the one ``Floor`` their indices come from (offset, through ``p``'s ``Add``) and the one
+value outside that the samples are multiplied by, other than what is computed from ``p`` (the mask). Its attributes
+come from the ``Conv`` (kernel, groups), the offset's channels (offset groups), the ``Pad`` and the ``p_0 + p_k``
+constant (padding, stride, dilation); where that constant is not in the seed's form, every stride and dilation from
+1 to 4 and the padding as padded or one less that give the offset's output size are tried. An inference is kept
+only once it is proven: the region, cut out with :class:`onnx.utils.Extractor`, and a native ``DeformConv`` of the
+inferred attributes with the region's weights run on onnxruntime on random and on hostile offsets (samples far
+outside the image, on its border, on whole pixels) and agree within :data:`TOLERANCE` (:data:`TOLERANCE_FLOAT16` in
+float16). A region that cannot be proven is left as it was, with one line saying why. Nodes that a region shares
+with others stay until the last of them is replaced.
 
-Checked on: deform_conv2d_onnx_exporter 1.2.0 with every option (GatherND or GatherElements, its OpenVINO
-patch) at opsets 12, 16 and 17, and after onnxsim, onnxslim, onnxoptimizer and onnxconverter_common's float16
-conversion; its fork (github nusu-github/deform_conv2d_onnx_exporter: the same steps in onnxscript, dynamo,
-opset 18, static shapes only). 1.0.0 and 1.1.0 read torch's scalar types from tables torch 2 no longer has,
-so they export nothing today (1.0.0 tried); 1.0.0's graph differs from 1.2.0's by one Transpose that its four
-samplers share, which is also what onnxsim makes of 1.2.0's graph.
+Checked on: deform_conv2d_onnx_exporter 1.0.0, 1.1.0 and 1.2.0 (each from its tag, exporting with torch 1.13.1:
+1.0.0 and 1.1.0 read torch's scalar types from tables torch 2 no longer has) at opsets 12 to 17 with every
+option (GatherND or GatherElements, static or, through BiRefNet's tutorial's patch, dynamic batch), 1.2.0 on
+today's torch (its OpenVINO patch too) at opsets 12, 16 and 17, and after onnxsim, onnxslim, onnxoptimizer
+and onnxconverter_common's float16 conversion, layers that share one offset and mask too; its fork (github
+nusu-github/deform_conv2d_onnx_exporter: the same steps in onnxscript, dynamo, opset 18, static shapes only).
+1.0.0's graph differs from 1.2.0's by one Transpose that its four samplers share, which is also what onnxsim
+makes of 1.2.0's graph.
 Only the main graph is searched (the exporters write none inside subgraphs or functions).
 """
 
@@ -184,14 +189,26 @@ def _is_sampler(node: ir.Node) -> bool:
     return False
 
 
-def _samplers_by_pad(graph: ir.Graph) -> dict[ir.Node, list[ir.Node]]:
-    """The seed's samplers of ``graph``, grouped by the ``Pad`` whose output they read (through reshapes)."""
-    groups: dict[ir.Node, list[ir.Node]] = collections.defaultdict(list)
+def _reads_pad(sampler: ir.Node) -> Optional[ir.Node]:
+    """The ``Pad`` whose output ``sampler`` reads (through reshapes), or ``None``."""
+    source = _through_shape_ops(sampler.inputs[0]).producer()
+    return source if source is not None and source.op_type == "Pad" else None
+
+
+def _samplers_by_conv(graph: ir.Graph) -> dict[Optional[ir.Node], list[ir.Node]]:
+    """The seed's samplers of ``graph`` (those that read a ``Pad``), grouped by the ``Conv`` (the GEMM) that
+    their samples reach first; a sampler that reaches several is in each group, one that reaches none (or only
+    past :data:`_MAX_SEARCH_NODES` nodes) under ``None``. Graph tools merge what layers compute alike, so one
+    ``Pad`` or one sampler may serve several layers: the Conv tells the layers apart."""
+    groups: dict[Optional[ir.Node], list[ir.Node]] = collections.defaultdict(list)
     for node in graph:
-        if _is_sampler(node):
-            source = _through_shape_ops(node.inputs[0]).producer()
-            if source is not None and source.op_type == "Pad":
-                groups[source].append(node)
+        if _is_sampler(node) and _reads_pad(node) is not None:
+            try:
+                _, convs = _forward([node.outputs[0]], frozenset({"Conv"}))
+            except NotARegion:
+                convs = []
+            for conv in dict.fromkeys(convs) or [None]:
+                groups[conv].append(node)
     return groups
 
 
@@ -234,13 +251,9 @@ def _backward_to(starts: Iterable[ir.Value], op_type: str) -> list[ir.Node]:
     return found
 
 
-def _the_conv(samplers: list[ir.Node]) -> tuple[ir.Node, set[ir.Node]]:
-    """The one im2col ``Conv`` (strides = kernel) that every sampler feeds, and the nodes on the way."""
-    on_way, convs = _forward((s.outputs[0] for s in samplers), frozenset({"Conv"}))
-    convs = list(dict.fromkeys(convs))
-    if len(convs) != 1:
-        raise NotARegion(f"the samplers feed {len(convs)} Conv nodes, not one")
-    conv = convs[0]
+def _check_im2col(conv: ir.Node) -> None:
+    """:class:`NotARegion` unless ``conv`` is the seed's im2col ``Conv``: a constant 4-D weight, strides = kernel,
+    no dilations or pads."""
     kernel, strides = _ints_attr(conv, "kernel_shape"), _ints_attr(conv, "strides")
     weight = _constant(conv.inputs[1])
     if weight is None or weight.ndim != 4:
@@ -251,7 +264,14 @@ def _the_conv(samplers: list[ir.Node]) -> tuple[ir.Node, set[ir.Node]]:
     if any(_ints_attr(conv, name) not in (None, expected) for name, expected in
            (("dilations", (1, 1)), ("pads", (0, 0, 0, 0)))):
         raise NotARegion(f"Conv {conv.name!r} is not the seed's im2col Conv (dilations or pads set)")
-    return conv, on_way
+
+
+def _the_pad(samplers: list[ir.Node]) -> ir.Node:
+    """The one ``Pad`` (of X) that every sampler reads."""
+    pads = list(dict.fromkeys(_reads_pad(s) for s in samplers))
+    if len(pads) != 1:
+        raise NotARegion(f"the samplers read {len(pads)} Pad nodes, not one")
+    return pads[0]
 
 
 def _output_and_bias(conv: ir.Node) -> tuple[ir.Value, Optional[np.ndarray]]:
@@ -290,12 +310,30 @@ def _offset_and_grid(samplers: list[ir.Node], rank: Rank) -> tuple[ir.Value, Opt
     return offset, _constant(grid_value), floors[0]
 
 
-def _mask(on_way: set[ir.Node], computed: set[ir.Value], X: ir.Value, offset: ir.Value,
-          rank: Rank) -> Optional[ir.Value]:
-    """The one value from outside that the nodes between the samplers and the Conv read, other than
-    constants and what is computed from X and the offset: the mask, before its reshapes; ``None`` if none."""
+def _computed_from(value: ir.Value, source: ir.Value) -> bool:
+    """Whether ``value`` is computed from ``source`` (searched backward, at most :data:`_MAX_SEARCH_NODES`)."""
+    seen: set[ir.Node] = set()
+    queue = collections.deque([value])
+    while queue:
+        current = queue.popleft()
+        if current is source:
+            return True
+        node = current.producer()
+        if node is None or node in seen or len(seen) >= _MAX_SEARCH_NODES:
+            continue
+        seen.add(node)
+        queue.extend(v for v in node.inputs if v is not None)
+    return False
+
+
+def _mask(on_way: set[ir.Node], p: ir.Value, X: ir.Value, offset: ir.Value, rank: Rank) -> Optional[ir.Value]:
+    """The one value from outside that the nodes between the samplers and the Conv multiply by, other than
+    constants, what those nodes compute and what is computed from the sampling positions ``p`` (the bilinear
+    weights): the mask, before its reshapes; ``None`` if none."""
+    computed = {output for node in on_way for output in node.outputs}
     outside = {value for node in on_way if node.op_type == "Mul" for value in node.inputs
-               if value is not None and value not in computed and not _is_constant(value)}
+               if value is not None and value not in computed and not _is_constant(value)
+               and not _computed_from(value, p)}
     masks = {_through_shape_ops(value, rank) for value in outside} - {X, offset}
     if len(masks) > 1:
         raise NotARegion(f"the samples are multiplied by {len(masks)} values from outside, not by one mask")
@@ -304,7 +342,8 @@ def _mask(on_way: set[ir.Node], computed: set[ir.Value], X: ir.Value, offset: ir
 
 def _nodes_between(graph: ir.Graph, Y: ir.Value, boundary: set[ir.Value]) -> list[ir.Node]:
     """Every node that computes Y from ``boundary`` and constants, in graph order; :class:`NotARegion` if it
-    reads anything else (a graph input, a value computed outside)."""
+    reads anything else (a graph input, a value computed outside). Its nodes may be read outside it too (where
+    graph tools merged what layers compute alike): :func:`replace` keeps those."""
     region: set[ir.Node] = set()
     queue = collections.deque([Y.producer()])
     while queue:
@@ -320,34 +359,43 @@ def _nodes_between(graph: ir.Graph, Y: ir.Value, boundary: set[ir.Value]) -> lis
             if value.producer() is None:
                 raise NotARegion(f"it reads graph input {value.name!r}, which is not its input, offset or mask")
             queue.append(value.producer())
-    for node in region:
-        for output in node.outputs:
-            if output is not Y and (output in graph.outputs or any(user not in region for user in _consumers(output))):
-                if node.op_type != "Constant":
-                    raise NotARegion(f"value {output.name!r} inside it is read outside it")
     return [node for node in graph if node in region]
 
 
-def find_region(graph: ir.Graph, pad: ir.Node, samplers: list[ir.Node], rank: Rank) -> Region:
-    """The region of the samplers that read ``pad``'s output; :class:`NotARegion` saying why it is not one.
-    ``rank`` gives a value's rank where known (the offset and mask are the first rank-4 values before the
-    seed's reshapes)."""
+def find_region(graph: ir.Graph, conv: ir.Node, samplers: list[ir.Node], rank: Rank) -> Region:
+    """The region of the samplers that feed ``conv``; :class:`NotARegion` saying why it is not one. ``rank``
+    gives a value's rank where known (the offset and mask are the first rank-4 values before the seed's
+    reshapes)."""
+    pad = _the_pad(samplers)
     X = pad.inputs[0]
     if pad.attributes.get_string("mode", "constant") != "constant" or _nonzero(pad):
         raise NotARegion(f"Pad {pad.name!r} does not pad with zeros")
-    conv, on_way = _the_conv(samplers)
+    _check_im2col(conv)
+    on_way, _ = _forward((s.outputs[0] for s in samplers), frozenset({"Conv"}))
     Y, bias = _output_and_bias(conv)
     offset, p_grid, floor = _offset_and_grid(samplers, rank)
-    # what the samplers and the sampling positions compute: the samples and the bilinear weights
-    from_positions, _ = _forward([floor.inputs[0]], frozenset({"Conv"}))
-    computed = {output for node in on_way | from_positions for output in node.outputs}
-    mask = _mask(on_way, computed, X, offset, rank)
+    mask = _mask(on_way, floor.inputs[0], X, offset, rank)
     boundary = {X, offset} | ({mask} if mask is not None else set())
     nodes = _nodes_between(graph, Y, boundary)
     if not set(samplers) <= set(nodes) or pad not in nodes:
         raise NotARegion("its samplers and Pad are not all on the way to its output")
     return Region(samplers=samplers, pad=pad, conv=conv, X=X, offset=offset, mask=mask, W=conv.inputs[1],
                   bias=bias, Y=Y, p_grid=p_grid, nodes=nodes)
+
+
+def find_regions(graph: ir.Graph, rank: Rank) -> tuple[list[Region], list[str]]:
+    """The seed regions of ``graph``, one per ``Conv`` that samplers feed, and one line per group of samplers
+    that is not a region, saying why."""
+    regions: list[Region] = []
+    notes: list[str] = []
+    for conv, samplers in _samplers_by_conv(graph).items():
+        try:
+            if conv is None:
+                raise NotARegion("its samplers feed no Conv")
+            regions.append(find_region(graph, conv, samplers, rank))
+        except NotARegion as why:
+            notes.append(f"left as it was: seed region of {samplers[0].op_type} {samplers[0].name!r} ({why})")
+    return regions, notes
 
 
 def _nonzero(pad: ir.Node) -> bool:
@@ -623,10 +671,8 @@ def replace(graph: ir.Graph, region: Region, attributes: Attributes) -> ir.Node:
                                    dilations=list(attributes.dilations), group=attributes.group,
                                    offset_group=attributes.offset_group))
     read = {value for n in region.nodes for value in n.inputs if value is not None}
-    inside = set(region.nodes)
-    # a Constant that the new node or nodes outside read too stays (every other node is read inside only)
-    removable = [n for n in region.nodes if all(user in inside for output in n.outputs if output is not region.Y
-                                                for user, _ in output.uses())]
+    kept = _read_outside(graph, region)
+    removable = [n for n in region.nodes if n not in kept]
     ir.convenience.replace_nodes_and_values(graph, insertion_point=region.Y.producer(), old_nodes=removable,
                                             new_nodes=[node], old_values=[region.Y], new_values=node.outputs)
     for value in read:
@@ -636,6 +682,19 @@ def replace(graph: ir.Graph, region: Region, attributes: Attributes) -> ir.Node:
     return node
 
 
+def _read_outside(graph: ir.Graph, region: Region) -> set[ir.Node]:
+    """The region's nodes that stay: those whose outputs (other than Y) nodes outside it, graph outputs or
+    nodes that stay read (what graph tools merged between layers, a Constant read elsewhere too)."""
+    inside = set(region.nodes)
+    kept: set[ir.Node] = set()
+    for node in reversed(region.nodes):  # graph order: readers come before what they read
+        outputs = [output for output in node.outputs if output is not region.Y]
+        if any(output in graph.outputs for output in outputs) or any(
+                user not in inside or user in kept for output in outputs for user, _ in output.uses()):
+            kept.add(node)
+    return kept
+
+
 #: A region and the attributes proven for it.
 Proven = tuple[Region, Attributes]
 
@@ -643,25 +702,19 @@ Proven = tuple[Region, Attributes]
 def prove_regions(model: ir.Model, progress: Optional[Callable[[str], None]] = None) -> tuple[list[Proven], list[str]]:
     """The seed regions of ``model``'s main graph whose attributes are proven, and one line per region that is
     left as it was; ``progress`` hears of each proof. Changes nothing."""
-    graph = model.graph
-    groups = _samplers_by_pad(graph)
-    if not groups:
+    if not _samplers_by_conv(model.graph):
         return [], []
-    found: list[Proven] = []
-    notes: list[str] = []
     prover = Prover(model)
-    for index, (pad, samplers) in enumerate(groups.items(), 1):
+    regions, notes = find_regions(model.graph, prover.rank)
+    found: list[Proven] = []
+    for index, region in enumerate(regions, 1):
         if progress:
-            progress(f"proving {SEED_KIND}'s layer {index}/{len(groups)}")
-        region = None
+            progress(f"proving {SEED_KIND}'s layer {index}/{len(regions)}")
         try:
-            region = find_region(graph, pad, samplers, prover.rank)
             options = candidates(region, prover.shape(region.X, region), prover.shape(region.offset, region))
             found.append((region, prover.prove(region, options)))
         except NotARegion as why:
-            where = region.describe() if region is not None else (
-                f"seed region of {samplers[0].op_type} {samplers[0].name!r} (Pad {pad.name!r})")
-            notes.append(f"left as it was: {where} ({why})")
+            notes.append(f"left as it was: {region.describe()} ({why})")
     return found, notes
 
 
