@@ -702,7 +702,7 @@ Proven = tuple[Region, Attributes]
 def prove_regions(model: ir.Model, progress: Optional[Callable[[str], None]] = None) -> tuple[list[Proven], list[str]]:
     """The seed regions of ``model``'s main graph whose attributes are proven, and one line per region that is
     left as it was; ``progress`` hears of each proof. Changes nothing."""
-    if not _samplers_by_conv(model.graph):
+    if not any(_is_sampler(node) and _reads_pad(node) is not None for node in model.graph):
         return [], []
     prover = Prover(model)
     regions, notes = find_regions(model.graph, prover.rank)
