@@ -13,7 +13,8 @@ offsets are both scaled, which is deform_conv2d with the offsets
     Δp' = Δp·offset_scale + (i·dilation − c)·(offset_scale − 1).
 
 So a core is deform_conv2d with groups = offset_groups = G, the offsets Δp' and masks read from the core's
-channels-last layout, and a weight that passes every channel of a group to itself (W[g·Cg + a, b, kh, kw]
+channels-last layout (the offset pairs left in the core's (Δx, Δy) order, :data:`OFFSET_ORDER`, which the
+lowerings read as given), and a weight that passes every channel of a group to itself (W[g·Cg + a, b, kh, kw]
 = 1 for a = b): the lowerings of :mod:`dcn_onnxscript.lowering.table` then write it with all their
 guarantees (hostile offsets, every opset, static and dynamic sizes). ``remove_center`` leaves out the centre
 point (kh // 2, kw // 2): its weight is zero.
