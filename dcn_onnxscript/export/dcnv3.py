@@ -22,9 +22,9 @@ from torch.onnx import symbolic_helper
 from dcn_onnxscript.export import _internals
 from dcn_onnxscript.lowering import dcnv3 as lowering
 from dcn_onnxscript.lowering import table
+from dcn_onnxscript.lowering.dcnv3 import core_of
 from dcn_onnxscript.lowering.emitter import Emitter
 from dcn_onnxscript.lowering.validation import check_core_args, static_shape
-from dcn_onnxscript.ops.dcnv3 import core_of
 
 #: The operators, by the version of their core.
 QUALIFIED_NAMES = {3: "dcn_onnxscript::dcnv3", 4: "dcn_onnxscript::dcnv4"}
@@ -63,9 +63,8 @@ def _dynamo_core(core: lowering.Core, input, offset, mask, impl: str):
                    lowering.deform_conv2d_mask(op, core, mask))
     lowering.typed(core, input, offset, X, delta, m)
     Y = dynamo.placeholder(impl, X, W, delta, None, m, core.stride, core.padding, core.dilation, core.group,
-                           core.group)
+                           core.group, lowering.OFFSET_ORDER)
     return lowering.channels_last(op, Y)
-
 
 
 def _translations(impl: str) -> dict[int, TracedOnnxFunction]:

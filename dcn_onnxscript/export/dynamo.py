@@ -26,6 +26,7 @@ from onnxscript.values import Op, Opset
 
 from dcn_onnxscript.export import _internals
 from dcn_onnxscript.export.registration import NATIVE, NATIVE_MIN_OPSET
+from dcn_onnxscript.lowering.layer import OffsetOrder
 from dcn_onnxscript.lowering.validation import checked_layer, static_shape
 from dcn_onnxscript.rewrite import opsets, rewriter
 
@@ -34,7 +35,8 @@ __all__ = ["NATIVE_MIN_OPSET", "convert_version", "placeholder", "translate"]
 
 def _placeholder() -> Op:
     """The placeholder op: ONNX ``DeformConv`` (its newest schema's inputs, types and attributes) in
-    :data:`~dcn_onnxscript.rewrite.rewriter.PENDING_DOMAIN`, plus the STRING attribute ``impl``."""
+    :data:`~dcn_onnxscript.rewrite.rewriter.PENDING_DOMAIN`, plus the STRING attributes ``impl`` and
+    ``offset_order`` (:data:`~dcn_onnxscript.rewrite.rewriter.OFFSET_ORDER`)."""
     native = onnx.defs.get_schema("DeformConv", onnx.defs.onnx_opset_version(), "")
     formal = [OpSchema.FormalParameter(p.name, p.type_str, param_option=p.option) for p in native.inputs]
     schema = OpSchema(
@@ -42,7 +44,9 @@ def _placeholder() -> Op:
         inputs=formal, outputs=[OpSchema.FormalParameter(p.name, p.type_str) for p in native.outputs],
         type_constraints=[(c.type_param_str, c.allowed_type_strs, c.description) for c in native.type_constraints],
         attributes=[*(OpSchema.Attribute(a.name, a.type, a.description) for a in native.attributes.values()),
-                    OpSchema.Attribute("impl", OpSchema.AttrType.STRING, "the lowering's name")])
+                    OpSchema.Attribute("impl", OpSchema.AttrType.STRING, "the lowering's name"),
+                    OpSchema.Attribute(rewriter.OFFSET_ORDER, OpSchema.AttrType.STRING,
+                                       "the offset pairs' order, 'yx' or 'xy'")])
     return Op(Opset(rewriter.PENDING_DOMAIN, 1), native.name, schema)
 
 
@@ -71,11 +75,13 @@ def translate(impl: str, input, weight, offset, mask, bias, stride: tuple[int, i
 
 
 def placeholder(impl: str, input, weight, offset, bias, mask, stride: tuple[int, int], padding: tuple[int, int],
-                dilation: tuple[int, int], groups: int, offset_groups: int):
-    """The placeholder of one checked deform_conv2d layer (``bias``, ``mask``: ``None`` where absent), lowered
-    through ``impl`` at the conversion step."""
+                dilation: tuple[int, int], groups: int, offset_groups: int,
+                offset_order: OffsetOrder = OffsetOrder.YX):
+    """The placeholder of one checked deform_conv2d layer (``bias``, ``mask``: ``None`` where absent; ``offset``
+    pairs in ``offset_order``), lowered through ``impl`` at the conversion step."""
     return _PLACEHOLDER(input, weight, offset, bias, mask, strides=list(stride), pads=[*padding, *padding],
-                        dilations=list(dilation), group=groups, offset_group=offset_groups, impl=impl)
+                        dilations=list(dilation), group=groups, offset_group=offset_groups, impl=impl,
+                        **{rewriter.OFFSET_ORDER: offset_order.value})
 
 
 def _is_zero(value) -> bool:

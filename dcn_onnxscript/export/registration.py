@@ -16,7 +16,7 @@ them until an export runs.
 
 from __future__ import annotations
 
-import sys
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -27,6 +27,12 @@ from dcn_onnxscript.lowering import table
 from dcn_onnxscript.lowering.table import IMPLS, NATIVE, NATIVE_MIN_OPSET  # noqa: F401  (the exporters' names)
 
 _DOMAIN = Opset("dcn_onnxscript", 1)
+#: Modules whose ``register(impl)`` and ``unregister()`` follow :func:`register` and :func:`unregister`: the
+#: DCNv3/DCNv4 cores' exports, once :mod:`dcn_onnxscript.ops` has loaded them whole (:func:`follow`). A list
+#: that modules join when they are loaded, not a look-up in ``sys.modules``: the hook may register in the
+#: middle of their import (torch.onnx loads while :mod:`dcn_onnxscript.export.dcnv3` imports it), when the
+#: module found there would be partly loaded.
+_followers: list[ModuleType] = []
 
 
 def _translation(impl: str) -> TracedOnnxFunction:
@@ -83,9 +89,9 @@ def register(impl: str = table.DEFAULT) -> None:
     _internals.set_translation(_TRANSLATIONS[_checked_impl(impl)])
     _internals.wrap_convert_version(_convert_version)
     torch.onnx.register_custom_op_symbolic(_internals.QUALIFIED_NAME, _symbolic, table.MIN_OPSET)
-    cores = _core_exports()
-    if cores is not None and impl != NATIVE:
-        cores.register(impl)
+    if impl != NATIVE:
+        for exports in _followers:
+            exports.register(impl)
 
 
 def unregister() -> None:
@@ -94,15 +100,18 @@ def unregister() -> None:
     _internals.restore_translation()
     _internals.unwrap_convert_version()
     torch.onnx.unregister_custom_op_symbolic(_internals.QUALIFIED_NAME, table.MIN_OPSET)
-    cores = _core_exports()
-    if cores is not None:
-        cores.unregister()
+    for exports in _followers:
+        exports.unregister()
 
 
-def _core_exports():
-    """:mod:`dcn_onnxscript.export.dcnv3` where :mod:`dcn_onnxscript.ops` has loaded it (the DCNv3/DCNv4 ops
-    exist then), else ``None``."""
-    return sys.modules.get("dcn_onnxscript.export.dcnv3")
+def follow(exports: ModuleType) -> None:
+    """Make :func:`register` and :func:`unregister` register and unregister ``exports`` (a module with
+    ``register(impl)`` and ``unregister()``: :mod:`dcn_onnxscript.export.dcnv3`) too, and register it now (with
+    the default lowering) where :func:`register` is in effect. Idempotent."""
+    if exports not in _followers:
+        _followers.append(exports)
+    if is_registered():
+        exports.register()
 
 
 def is_registered() -> bool:

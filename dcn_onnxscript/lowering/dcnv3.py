@@ -13,7 +13,8 @@ offsets are both scaled, which is deform_conv2d with the offsets
     Δp' = Δp·offset_scale + (i·dilation − c)·(offset_scale − 1).
 
 So a core is deform_conv2d with groups = offset_groups = G, the offsets Δp' and masks read from the core's
-channels-last layout, and a weight that passes every channel of a group to itself (W[g·Cg + a, b, kh, kw]
+channels-last layout (the offset pairs left in the core's (Δx, Δy) order, :data:`OFFSET_ORDER`, which the
+lowerings read as given), and a weight that passes every channel of a group to itself (W[g·Cg + a, b, kh, kw]
 = 1 for a = b): the lowerings of :mod:`dcn_onnxscript.lowering.table` then write it with all their
 guarantees (hostile offsets, every opset, static and dynamic sizes). ``remove_center`` leaves out the centre
 point (kh // 2, kw // 2): its weight is zero.
@@ -39,12 +40,17 @@ import onnx_ir as ir
 
 from dcn_onnxscript.lowering import table
 from dcn_onnxscript.lowering.emitter import Emitter
-from dcn_onnxscript.lowering.layer import FLOAT_TYPES, Layer
+from dcn_onnxscript.lowering.layer import FLOAT_TYPES, Layer, OffsetOrder
 from dcn_onnxscript.lowering.validation import static_shape
 
 Value = Any
 #: NHWC -> NCHW and back.
 _CHANNELS_FIRST, _CHANNELS_LAST = [0, 3, 1, 2], [0, 2, 3, 1]
+#: The order of the offset pairs the layout steps write: the cores' own (Δx, Δy), which the lowerings read as
+#: given (no pairwise swap); native ``DeformConv`` and torchvision's ``deform_conv2d`` take (Δy, Δx).
+OFFSET_ORDER = OffsetOrder.XY
+#: The core's offset parts (the coordinate of a pair, then the mask) by name, as :func:`_point_channel` numbers them.
+_PARTS = "xym"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +89,15 @@ class Core:
                      for s, k, st, p, d in zip(size, self.kernel, self.stride, self.padding, self.dilation))
 
 
+def core_of(kernel_h: int, kernel_w: int, stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int,
+            dilation_w: int, group: int, group_channels: int, offset_scale: float, remove_center: bool,
+            version: int) -> Core:
+    """The :class:`Core` of upstream's flat arguments (the ops', the exporters' and the rewriter's)."""
+    return Core(kernel=(kernel_h, kernel_w), stride=(stride_h, stride_w), padding=(pad_h, pad_w),
+                dilation=(dilation_h, dilation_w), group=group, group_channels=group_channels,
+                offset_scale=float(offset_scale), remove_center=bool(remove_center), version=version)
+
+
 def tap_points(core: Core) -> list[Optional[int]]:
     """The point index p of every tap k = kh·kW + kw (deform_conv2d's row-major order), ``None`` for the
     centre tap of a core with ``remove_center``: points run column-major, p = kw·kH + kh, the centre skipped."""
@@ -92,8 +107,8 @@ def tap_points(core: Core) -> list[Optional[int]]:
 
 
 def _point_channel(core: Core, g: int, p: Optional[int], part: int) -> int:
-    """Channel of the core's offset (part 0: Δx, 1: Δy) or mask (part 2) of point p in group g; a removed
-    centre (p ``None``) reads channel 0, which its zero weight cancels."""
+    """Channel of the core's offset (part 0: Δx, 1: Δy) or mask (part 2) of point p in group g (:data:`_PARTS`);
+    a removed centre (p ``None``) reads channel 0, which its zero weight cancels."""
     if p is None:
         return 0
     P = core.points
@@ -102,9 +117,11 @@ def _point_channel(core: Core, g: int, p: Optional[int], part: int) -> int:
     return g * 3 * P + (2 * p + part if part < 2 else 2 * P + p)
 
 
-def offset_channels(core: Core) -> np.ndarray:
-    """INT64 (2·G·K,): the core's channel of deform_conv2d's offset channel (g·K + k)·2 + a (a = 0: Δy, 1: Δx)."""
-    return np.array([_point_channel(core, g, p, 1 - a) for g in range(core.group) for p in tap_points(core)
+def offset_channels(core: Core, order: OffsetOrder = OFFSET_ORDER) -> np.ndarray:
+    """INT64 (2·G·K,): the core's channel of deform_conv2d's offset channel (g·K + k)·2 + a, coordinate a of the
+    pair in ``order`` (YX: a = 0 is Δy; XY: Δx)."""
+    parts = [_PARTS.index(axis) for axis in order.value]
+    return np.array([_point_channel(core, g, p, parts[a]) for g in range(core.group) for p in tap_points(core)
                      for a in range(2)], dtype=np.int64)
 
 
@@ -114,13 +131,15 @@ def mask_channels(core: Core) -> np.ndarray:
                     dtype=np.int64)
 
 
-def offset_shift(core: Core) -> np.ndarray:
-    """(i·dilation − c)·(offset_scale − 1) at deform_conv2d's offset channel (g·K + k)·2 + a: (2·G·K,) float64."""
+def offset_shift(core: Core, order: OffsetOrder = OFFSET_ORDER) -> np.ndarray:
+    """(i·dilation − c)·(offset_scale − 1) at deform_conv2d's offset channel (g·K + k)·2 + a, pairs in ``order``:
+    (2·G·K,) float64."""
     per_axis = []
     for k, d in zip(core.kernel, core.dilation):
         per_axis.append(np.arange(k) * d - d * (k - 1) // 2)
     rows, cols = np.meshgrid(*per_axis, indexing="ij")
-    shift = np.stack([rows.reshape(-1), cols.reshape(-1)], axis=1).reshape(-1) * (core.offset_scale - 1)
+    pairs = order.ordered(np.stack([rows.reshape(-1), cols.reshape(-1)]))
+    shift = pairs.T.reshape(-1) * (core.offset_scale - 1)
     return np.tile(shift, core.group).astype(np.float64)
 
 
@@ -142,8 +161,8 @@ def layer(core: Core, dtype: int, batch: Optional[int], input_size: tuple[Option
                          f"{dtype}")
     return Layer(kernel=core.kernel, stride=core.stride, padding=core.padding, dilation=core.dilation,
                  groups=core.group, offset_groups=core.group, in_channels=core.channels,
-                 out_channels=core.channels, dtype=dtype, bias=False, mask=True, batch=batch,
-                 input_size=input_size, output_size=output_size)
+                 out_channels=core.channels, dtype=dtype, bias=False, mask=True, offset_order=OFFSET_ORDER,
+                 batch=batch, input_size=input_size, output_size=output_size)
 
 
 def deform_conv2d_shapes(core: Core, input_shape: Optional[tuple], offset_shape: Optional[tuple]
@@ -180,15 +199,17 @@ def channels_last(op: Emitter, value: Value) -> Value:
     return op.Transpose(value, perm=_CHANNELS_LAST)
 
 
-def deform_conv2d_offset(op: Emitter, core: Core, dtype: int, offset: Value) -> Value:
-    """deform_conv2d's offset (N, 2·G·K, Ho, Wo) from the core's offset (or DCNv4's offset_mask) (N, Ho, Wo, D):
-    the channels of :func:`offset_channels`, times offset_scale, plus :func:`offset_shift`."""
-    delta = op.Gather(channels_first(op, offset), offset_channels(core), axis=1)
+def deform_conv2d_offset(op: Emitter, core: Core, dtype: int, offset: Value, order: OffsetOrder = OFFSET_ORDER
+                         ) -> Value:
+    """deform_conv2d's offset (N, 2·G·K, Ho, Wo), pairs in ``order``, from the core's offset (or DCNv4's
+    offset_mask) (N, Ho, Wo, D): the channels of :func:`offset_channels`, times offset_scale, plus
+    :func:`offset_shift`."""
+    delta = op.Gather(channels_first(op, offset), offset_channels(core, order), axis=1)
     if core.offset_scale == 1:
         return delta
     numpy_type = FLOAT_TYPES[dtype]
     scale = np.array(core.offset_scale, dtype=numpy_type)
-    return op.Add(op.Mul(delta, scale), offset_shift(core).astype(numpy_type).reshape(1, -1, 1, 1))
+    return op.Add(op.Mul(delta, scale), offset_shift(core, order).astype(numpy_type).reshape(1, -1, 1, 1))
 
 
 def deform_conv2d_mask(op: Emitter, core: Core, mask: Value) -> Value:
@@ -203,6 +224,6 @@ def lower(op: Emitter, core: Core, layer: Layer, input: Value, offset: Value, ma
     deform_conv2d ``layer`` (:func:`layer`)."""
     X = channels_first(op, input)
     W = identity_weight(core, FLOAT_TYPES[layer.dtype])
-    Y = table.build(impl, op, layer, X, W, deform_conv2d_offset(op, core, layer.dtype, offset),
+    Y = table.build(impl, op, layer, X, W, deform_conv2d_offset(op, core, layer.dtype, offset, layer.offset_order),
                     None, deform_conv2d_mask(op, core, mask))
     return channels_last(op, Y)

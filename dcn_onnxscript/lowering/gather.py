@@ -45,7 +45,7 @@ onnxconverter-common's float16 conversion would retype) and no ``CumSum`` counts
 Notation: N batch, C/O channels in/out, K = kH·kW taps, G offset groups, R conv groups, S = lcm(G, R)
 channel slices of Cs = C/S channels, J = S/R slices per conv group; M = G·K plan rows (offset group g, tap k
 at m = g·K + k, in ``offset``'s channel order), P = Ho·Wo output positions. The plan's tensors are
-(N, M, c, P): c = 2 for (y, x), 4 for the neighbours.
+(N, M, c, P): c = 2 for (y, x) (in the layer's ``offset_order``), 4 for the neighbours.
 """
 
 from __future__ import annotations
@@ -65,9 +65,10 @@ _INT32 = onnx.TensorProto.INT32
 #: Offsets are cut to ±2^24 (exact in float32 and bfloat16, beyond any image side): a sample moved there has
 #: no neighbour in the image, and ⌊Δp⌋ casts to INT32 exactly.
 _FAR = 2.0**24
-#: The (y, x) of the four neighbours top-left, top-right, bottom-left, bottom-right, as indices into the
-#: neighbour axis (low y, low x, high y, high x) of :func:`in_image`.
-_CORNER_Y, _CORNER_X = np.array([0, 0, 2, 2]), np.array([1, 3, 1, 3])
+#: The y and x of the four neighbours top-left, top-right, bottom-left, bottom-right: the low (0) or high (2)
+#: pair of the neighbour axis (low pair, high pair) of :func:`in_image`; :func:`corners` adds the axis's place
+#: in a pair.
+_LOW_HIGH_Y, _LOW_HIGH_X = np.array([0, 0, 2, 2]), np.array([0, 2, 0, 2])
 #: Neighbours per sample.
 _CORNERS = 4
 #: Gather rows are INT32 (WebGPU has no 64-bit integers; LiteRT's Split takes no INT64): a layer's image may
@@ -123,6 +124,12 @@ def _rows(layer: Layer) -> int:
     return layer.offset_groups * layer.taps
 
 
+def corners(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+    """The y and x of the four neighbours (top-left, top-right, bottom-left, bottom-right) as indices into the
+    neighbour axis of :func:`in_image`, whose pairs are in the layer's ``offset_order``."""
+    return _LOW_HIGH_Y + layer.offset_order.y, _LOW_HIGH_X + layer.offset_order.x
+
+
 # ------------------------------------------------------------------------------------------------ the plan
 
 
@@ -130,12 +137,13 @@ def output_grid(op: Emitter, layer: Layer, offset_shape: Optional[Value]) -> lis
     """p_0 + p_k of every sample, INT32, as the parts whose broadcast sum it is: one constant (1, 2M, Ho, Wo)
     when the output size is static (a sum of two constants is one that converters might fold wrongly:
     onnx2tf merges the two Adds and lays the result out as an image), else a rows part (1, 2M, Ho, 1) and a
-    columns part (1, 2M, 1, Wo). Channel 2m + a holds coordinate a (0: y, 1: x) of plan row m, as ``offset``
-    (N, 2M, Ho, Wo) does. Output position (o_y, o_x) samples tap k at o·stride - pad + p_k."""
-    M = _rows(layer)
-    p_k = layer.kernel_grid() - np.reshape(layer.padding, (2, 1))  # (2, K)
+    columns part (1, 2M, 1, Wo). Channel 2m + a holds coordinate a of plan row m (y and x
+    in the layer's ``offset_order``), as ``offset`` (N, 2M, Ho, Wo) does. Output position (o_y, o_x) samples tap k
+    at o·stride - pad + p_k."""
+    M, order = _rows(layer), layer.offset_order
+    p_k = order.ordered(layer.kernel_grid() - np.reshape(layer.padding, (2, 1)))  # (2, K)
     first = np.tile(p_k.T, (layer.offset_groups, 1)).reshape(1, 2 * M, 1, 1)  # (g, k, a) order
-    is_y = np.tile([1, 0], M).reshape(1, 2 * M, 1, 1)
+    is_y = np.tile(order.ordered(np.array([1, 0])), M).reshape(1, 2 * M, 1, 1)
     (Ho, Wo), (s_y, s_x) = layer.output_size, layer.stride
     steps_y, steps_x = _int32(is_y * s_y), _int32((1 - is_y) * s_x)
     if Ho is not None and Wo is not None:
@@ -178,17 +186,20 @@ def neighbours(op: Emitter, layer: Layer, delta: Value, grid: list[Value]) -> tu
 
 
 def last_pixel(op: Emitter, layer: Layer, x_shape: Optional[Value]) -> Value:
-    """(H - 1, W - 1, H - 1, W - 1) of X (N, C, H, W) as INT32 (4, 1), for the neighbour axis."""
+    """(H - 1, W - 1) of X (N, C, H, W) twice, each pair in the layer's ``offset_order``, as INT32 (4, 1), for
+    the neighbour axis."""
     H, W = layer.input_size
+    order = layer.offset_order
     if H is not None and W is not None:
-        return _int32([H - 1, W - 1] * 2).reshape(4, 1)
+        return _int32(np.tile(order.ordered(np.array([H - 1, W - 1])), 2)).reshape(4, 1)
     # indices of rank 1 and a Reshape: tinygrad's Gather fails on constant indices of rank 2
-    sizes = op.Cast(op.Gather(x_shape, _int64([2, 3, 2, 3])), to=_INT32)
+    sizes = op.Cast(op.Gather(x_shape, _int64(np.tile(order.ordered(np.array([2, 3])), 2))), to=_INT32)
     return op.Reshape(op.Sub(sizes, _int32(1)), _int64([4, 1]))
 
 
 def in_image(op: Emitter, low: Value, last: Value) -> tuple[Value, Value]:
-    """The low and high neighbours (N, M, 4, P) (low y, low x, high y, high x) of ``low`` (N, M, 2, P),
+    """The low and high neighbours (N, M, 4, P) (low y, low x, high y, high x; each pair in the layer's
+    ``offset_order``) of ``low`` (N, M, 2, P),
     clamped into the image (``last`` from :func:`last_pixel`) by integer ops, so that no table row can be
     out of bounds whatever the float math before did; and whether each was inside already (BOOL)."""
     both = op.Concat(low, op.Add(low, _int32(1)), axis=2)
@@ -213,9 +224,10 @@ def corner_weights(op: Emitter, layer: Layer, frac: Value, inside: Value, mask: 
                    offset_shape: Optional[Value]) -> Value:
     """Bilinear weights of the four neighbours (N, M, 4, P) in the layer's dtype, zero for a neighbour
     outside the image, times Δm_k (``mask`` (N, M, Ho, Wo), read with ``offset``'s sizes)."""
-    halves = op.Concat(op.Sub(layer.coordinates(1), frac), frac, axis=2)  # 1-fy, 1-fx, fy, fx
+    halves = op.Concat(op.Sub(layer.coordinates(1), frac), frac, axis=2)  # 1-fy, 1-fx, fy, fx (pairs in order)
     halves = op.Where(inside, halves, layer.coordinates(0))
-    weights = op.Mul(op.Gather(halves, _CORNER_Y, axis=2), op.Gather(halves, _CORNER_X, axis=2))
+    corner_y, corner_x = corners(layer)
+    weights = op.Mul(op.Gather(halves, corner_y, axis=2), op.Gather(halves, corner_x, axis=2))
     if layer.coordinate_dtype != layer.dtype:
         weights = op.Cast(weights, to=layer.dtype)
     if mask is None:
@@ -244,7 +256,8 @@ def corner_rows(op: Emitter, layer: Layer, clamped: Value, x_shape: Optional[Val
     """The gather table rows (n·H + y)·W + x of the four neighbours, INT32 (N, M, 4, P), from ``clamped``
     (N, M, 4, P) of :func:`in_image`."""
     H, W = layer.input_size
-    y, x = op.Gather(clamped, _CORNER_Y, axis=2), op.Gather(clamped, _CORNER_X, axis=2)
+    corner_y, corner_x = corners(layer)
+    y, x = op.Gather(clamped, corner_y, axis=2), op.Gather(clamped, corner_x, axis=2)
     if layer.batch is not None and layer.batch > 1 and H is not None:
         y = op.Add(y, _int32(np.arange(layer.batch) * H).reshape(-1, 1, 1, 1))
     elif layer.batch != 1:  # n counted along offset's batch axis: X's batch is a symbol tract would have to match

@@ -23,11 +23,12 @@ static layer's grid is (Δp + a constant) times a constant, with no ``Shape``, `
 batch dynamic keeps just the two ``Slice``s.
 
 The graph's patterns are ones that converters read (OpenCV, ncnn through pnnx, onnx_tool, onnx2tf, MNN):
-``GridSample`` wants (x, y) and the offsets hold (y, x), so the offset channels are split one by one and
+``GridSample`` wants (x, y) and deform_conv2d's offsets hold (y, x), so their channels are split one by one and
 concatenated pairwise swapped (a ``Gather`` of the channels is what pnnx turns into a one-channel crop and
 OpenCV cannot follow; sampling X with its spatial axes swapped instead costs a copy of X: 1.5x native
-peak memory on the bench's L2 layer); sizes come from ``Shape`` + ``Slice`` (onnx_tool ignores ``Shape``'s
-start); every tensor has rank 4 or less (onnx2tf reads rank 5 as a volume).
+peak memory on the bench's L2 layer; the DCNv3/DCNv4 cores' (x, y) offsets are read as they are); sizes
+come from ``Shape`` + ``Slice`` (onnx_tool ignores ``Shape``'s start); every tensor has rank 4 or less (onnx2tf
+reads rank 5 as a volume).
 
 Why it is safe for every input: a grid value that is not finite or lies 4 or more image sizes from the
 centre (NaN, ±Inf and huge offsets included) is replaced by 4, where both neighbours lie outside the image:
@@ -42,7 +43,7 @@ before opset 20 and no float64 ``Conv``): their positions stay float64 until the
 default ("auto") therefore lowers float64 layers with "gather", which computes in float64 throughout.
 
 Notation as in :mod:`dcn_onnxscript.lowering.gather`. Δp holds (Δx, Δy) of tap k at channels 2k and 2k + 1
-(the offset's order swapped), and so do the per-channel constants below, shaped (1, 2K, 1, 1): rank 4 like
+(deform_conv2d's order swapped), and so do the per-channel constants below, shaped (1, 2K, 1, 1): rank 4 like
 the tensors they meet, because onnx2tf moves the second axis of every constant of rank 3 or more last as if
 it were NCHW, and then that of the NCHW tensor it broadcasts against again: the folded grid (2K, Ho, Wo)
 became (1, Wo, Ho, 2K) against the offsets' (1, Ho, Wo, 2K) (transposed positions: wrong at Ho = Wo, a
@@ -57,7 +58,7 @@ import numpy as np
 
 from dcn_onnxscript.lowering import sampling
 from dcn_onnxscript.lowering.emitter import Emitter
-from dcn_onnxscript.lowering.layer import Layer
+from dcn_onnxscript.lowering.layer import Layer, OffsetOrder
 
 Value = Any
 #: A graph value, or a numpy array where the layer's static sizes fix it.
@@ -89,14 +90,16 @@ def _dynamic(*sizes: Optional[int]) -> bool:
 
 
 def tap_offsets(op: Emitter, layer: Layer, offset: Value) -> Value:
-    """Δp of ``offset`` (N, 2·G·K, Ho, Wo), (Δy, Δx) per tap, as (N·G, 2K, Ho, Wo), (Δx, Δy) per tap, in the
-    coordinate type: ``GridSample``'s order, by a ``Split`` into channels and a ``Concat`` that swaps each pair."""
+    """Δp of ``offset`` (N, 2·G·K, Ho, Wo), a pair per tap in the layer's ``offset_order``, as (N·G, 2K, Ho, Wo),
+    (Δx, Δy) per tap, in the coordinate type: ``GridSample``'s order. (Δy, Δx) pairs are swapped by a ``Split``
+    into channels and a ``Concat``; (Δx, Δy) pairs (the DCNv3/DCNv4 cores') are read as they are."""
     two_k = 2 * layer.taps
     if layer.offset_groups > 1:
         offset = op.Reshape(offset, np.array([-1, two_k, 0, 0], dtype=np.int64))
-    channels = op.split(offset, two_k, two_k, axis=1)
-    swapped = op.concat([channels[c ^ 1] for c in range(two_k)], axis=1)  # c ^ 1: the other one of its pair
-    return sampling.as_coordinates(op, layer, swapped)
+    if layer.offset_order is OffsetOrder.YX:
+        channels = op.split(offset, two_k, two_k, axis=1)
+        offset = op.concat([channels[c ^ 1] for c in range(two_k)], axis=1)  # c ^ 1: the other one of its pair
+    return sampling.as_coordinates(op, layer, offset)
 
 
 def output_positions(op: Emitter, layer: Layer, Ho_Wo: Optional[Value]) -> Folded:

@@ -7,6 +7,7 @@ Python ints: the lowerings unroll over them, so only the batch and image sizes a
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from typing import Optional
 
@@ -22,6 +23,29 @@ FLOAT_TYPES = {
 }
 
 
+class OffsetOrder(enum.Enum):
+    """The order of each tap's two offset channels: ``YX`` (Δy, Δx), deform_conv2d's and ``DeformConv``'s;
+    ``XY`` (Δx, Δy), the DCNv3/DCNv4 cores' and ``GridSample``'s (the lowerings read the pairs as given, so the
+    cores write no swap)."""
+
+    YX = "yx"
+    XY = "xy"
+
+    @property
+    def y(self) -> int:
+        """Where Δy is in a pair: 0 or 1."""
+        return self.value.index("y")
+
+    @property
+    def x(self) -> int:
+        """Where Δx is in a pair: 0 or 1."""
+        return self.value.index("x")
+
+    def ordered(self, yx: np.ndarray) -> np.ndarray:
+        """``yx`` (2, ...), y first, with its first axis in this order."""
+        return yx if self is OffsetOrder.YX else yx[::-1]
+
+
 @dataclasses.dataclass(frozen=True)
 class Layer:
     """One deform_conv2d layer in ``DeformConv``-19 terms.
@@ -29,8 +53,9 @@ class Layer:
     ``kernel`` (kH, kW), ``stride``, ``padding`` (begin pads, h and w: the end pads only set Ho and Wo,
     which the graph reads from ``offset``), ``dilation``; ``groups`` R, ``offset_groups`` G; channels C
     (input) and O (output); ``dtype`` the ONNX data type of X; ``bias`` and ``mask``: whether B and the
-    mask are given. ``batch`` N, ``input_size`` (H, W) and ``output_size`` (Ho, Wo): the sizes known at
-    build time (static shapes), ``None`` where dynamic; a lowering may write constants for what they fix.
+    mask are given; ``offset_order``: the order of each tap's pair of offset channels. ``batch`` N,
+    ``input_size`` (H, W) and ``output_size`` (Ho, Wo): the sizes known at build time (static shapes), ``None``
+    where dynamic; a lowering may write constants for what they fix.
     """
 
     kernel: tuple[int, int]
@@ -44,6 +69,7 @@ class Layer:
     dtype: int = onnx.TensorProto.FLOAT
     bias: bool = True
     mask: bool = True
+    offset_order: OffsetOrder = OffsetOrder.YX
     batch: Optional[int] = None
     input_size: tuple[Optional[int], Optional[int]] = (None, None)
     output_size: tuple[Optional[int], Optional[int]] = (None, None)

@@ -16,5 +16,4 @@ from dcn_onnxscript.ops.dcnv3 import dcnv3, dcnv4
 
 __all__ = ["dcnv3", "dcnv4"]
 
-if _registration.is_registered():
-    _exports.register()
+_registration.follow(_exports)

@@ -19,21 +19,14 @@ import torch
 from torchvision.ops import deform_conv2d
 
 from dcn_onnxscript.lowering import dcnv3 as lowering
+from dcn_onnxscript.lowering.dcnv3 import core_of
+from dcn_onnxscript.lowering.layer import OffsetOrder
 from dcn_onnxscript.lowering.validation import check_core_args
 
 __all__ = ["dcnv3", "dcnv4"]
 
 #: Offsets (in pixels, after offset_scale) at or beyond this size, or not finite, are moved to it.
 _FAR = 2.0**24
-
-
-def core_of(kernel_h: int, kernel_w: int, stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int,
-            dilation_w: int, group: int, group_channels: int, offset_scale: float, remove_center: bool,
-            version: int) -> lowering.Core:
-    """The :class:`~dcn_onnxscript.lowering.dcnv3.Core` of upstream's flat arguments."""
-    return lowering.Core(kernel=(kernel_h, kernel_w), stride=(stride_h, stride_w), padding=(pad_h, pad_w),
-                         dilation=(dilation_h, dilation_w), group=group, group_channels=group_channels,
-                         offset_scale=float(offset_scale), remove_center=bool(remove_center), version=version)
 
 
 def _channels(values: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -46,9 +39,10 @@ def _forward(core: lowering.Core, input: torch.Tensor, offset: torch.Tensor, mas
                     mask_shape=tuple(mask.shape) if core.version == 3 else None)
     computed = torch.float64 if input.dtype == torch.float64 else torch.float32
     X = input.permute(0, 3, 1, 2).to(computed)
-    delta = offset.permute(0, 3, 1, 2).to(computed).index_select(1, _channels(lowering.offset_channels(core),
-                                                                              input.device))
-    shift = _channels(lowering.offset_shift(core), input.device).to(computed).reshape(1, -1, 1, 1)
+    # torchvision's deform_conv2d reads (Δy, Δx) pairs
+    channels = lowering.offset_channels(core, OffsetOrder.YX)
+    delta = offset.permute(0, 3, 1, 2).to(computed).index_select(1, _channels(channels, input.device))
+    shift = _channels(lowering.offset_shift(core, OffsetOrder.YX), input.device).to(computed).reshape(1, -1, 1, 1)
     delta = delta * core.offset_scale + shift
     delta = torch.where(delta.abs() < _FAR, delta, _FAR)
     m = mask.permute(0, 3, 1, 2).to(computed).index_select(1, _channels(lowering.mask_channels(core), input.device))

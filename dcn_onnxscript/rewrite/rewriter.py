@@ -72,7 +72,7 @@ import onnx_ir as ir
 
 from dcn_onnxscript.lowering import dcnv3, table
 from dcn_onnxscript.lowering.emitter import TapeEmitter
-from dcn_onnxscript.lowering.layer import FLOAT_TYPES, Layer
+from dcn_onnxscript.lowering.layer import FLOAT_TYPES, Layer, OffsetOrder
 from dcn_onnxscript.lowering.script.protos import SCRIPT_OPSET
 from dcn_onnxscript.lowering.validation import check_core_args, check_deform_conv2d_args, checked_layer, static_shape
 from dcn_onnxscript.rewrite import opsets, own, script_calls, seed
@@ -82,6 +82,10 @@ Progress = Callable[[str], None]
 #: name as attribute ``impl``) that the dynamo translation writes (:mod:`dcn_onnxscript.export.dynamo`) and
 #: :func:`lower_pending` replaces once the model's final opset and weights are known.
 PENDING_DOMAIN = "dcn_onnxscript.pending"
+#: The placeholder's STRING attribute that gives the order of its offset pairs (an
+#: :class:`~dcn_onnxscript.lowering.layer.OffsetOrder` value; "yx", deform_conv2d's, where absent): the
+#: DCNv3/DCNv4 cores' layout steps keep their (Δx, Δy) pairs, which the lowerings read as given.
+OFFSET_ORDER = "offset_order"
 
 
 class RewriteError(ValueError):
@@ -277,12 +281,15 @@ def _expand_cores(model: ir.Model, impl: str) -> int:
         input, offset, mask = node.inputs
         prefix = f"{node.name or 'dcnv3'}_{index}"
         op = TapeEmitter(node_opsets[node], prefix=prefix, initializers=node.graph is model.graph)
-        X, delta, m = (dcnv3.channels_first(op, input), dcnv3.deform_conv2d_offset(op, core, input.dtype.value, offset),
+        order = OffsetOrder.YX if impl == table.NATIVE else dcnv3.OFFSET_ORDER  # DeformConv reads (Δy, Δx)
+        X, delta, m = (dcnv3.channels_first(op, input),
+                       dcnv3.deform_conv2d_offset(op, core, input.dtype.value, offset, order),
                        dcnv3.deform_conv2d_mask(op, core, mask))
         dcnv3.typed(core, input, offset, X, delta, m)
         W = op.constant(dcnv3.identity_weight(core, FLOAT_TYPES[input.dtype.value]))
-        attributes = dict(strides=list(core.stride), pads=[*core.padding, *core.padding],
-                          dilations=list(core.dilation), group=core.group, offset_group=core.group, impl=impl)
+        attributes = {"strides": list(core.stride), "pads": [*core.padding, *core.padding],
+                      "dilations": list(core.dilation), "group": core.group, "offset_group": core.group,
+                      "impl": impl, OFFSET_ORDER: order.value}
         Y = op.tape.op("DeformConv", [X, W, delta, None, m], attributes, domain=PENDING_DOMAIN)
         Y = dcnv3.channels_last(op, Y)
         for constant in op.tape.initializers:
@@ -404,8 +411,20 @@ def _read_calls(model: ir.Model, nodes: list[ir.Node], impl: str, emit_opset: Op
         if layer is None and opset < SCRIPT_OPSET and node_impl != table.NATIVE:
             raise RewriteError(f"{_describe(node)}: the weight's shape (O, C/group, kH, kW) is unknown; give it a "
                                f"static shape or rewrite at opset >= {SCRIPT_OPSET}")
+        order = _offset_order(node)
+        if order is not OffsetOrder.YX and (layer is None or node_impl == table.NATIVE):
+            raise RewriteError(f"{_describe(node)}: {OFFSET_ORDER}={order.value!r} needs a lowering and a static "
+                               f"weight shape (DeformConv and the standalone functions read 'yx')")
+        layer = layer and dataclasses.replace(layer, offset_order=order)
         calls.append((node, call, layer, opset, node_impl))
     return calls
+
+
+def _offset_order(node: ir.Node) -> OffsetOrder:
+    """The order of a placeholder's offset pairs (:data:`OFFSET_ORDER`), deform_conv2d's for every other node."""
+    if node.domain != PENDING_DOMAIN:
+        return OffsetOrder.YX
+    return OffsetOrder(node.attributes.get_string(OFFSET_ORDER, OffsetOrder.YX.value))
 
 
 def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit_opset: Optional[int],

@@ -132,9 +132,24 @@ def test_static_dynamo_export_writes_its_sizes_as_constants(impl, version):
     assert not SIZE_OPS & set(ops)
     if impl == "grid_sample":
         assert "Conv" not in ops and "MatMul" not in ops
+        assert "Concat" not in ops  # the core's (Δx, Δy) pairs are GridSample's order: no pairwise swap
         assert ops.count("GridSample") == case.core.points
     assert all(len([i for i in node.input if i]) + len(node.output) <= STORAGE_BUFFERS for node in model.graph.node)
     assert_close(run_onnxruntime(model, inputs), _eager(case, inputs).astype(np.float64), rtol=1e-4)
+
+
+#: Nodes (Constant nodes not counted) of a static 3x3 core of 4 groups exported by dynamo at opset 18, per lowering
+#: and version: the layout steps (Transposes, the channel Gathers; DCNv4 transposes offsets and masks once)
+#: around the deform_conv2d lowering, which reads the core's (Δx, Δy) offset pairs as they are.
+CORE_NODE_BUDGET = {("grid_sample", 3): 46, ("grid_sample", 4): 45, ("gather", 3): 195, ("gather", 4): 194}
+
+
+@pytest.mark.parametrize("impl, version", sorted(CORE_NODE_BUDGET))
+def test_a_static_core_stays_within_its_node_budget(impl, version):
+    case = CoreCase(Core((3, 3), (1, 1), (1, 1), (1, 1), 4, 2, version=version), (6, 6), 1)
+    inputs = case.inputs(seed=3)
+    model = export(case, "dynamo", 18, False, inputs, custom_translation_table=core_exports.translation_table(impl))
+    assert sum(node.op_type != "Constant" for node in model.graph.node) <= CORE_NODE_BUDGET[impl, version]
 
 
 @pytest.mark.parametrize("impl", ["gather", "grid_sample"])

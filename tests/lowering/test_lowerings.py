@@ -1,7 +1,7 @@
 """The lowerings themselves (dcn_onnxscript.lowering.gather and .grid_sample), written through an onnx_ir
 tape without torch.onnx: property-based random configurations against torchvision on onnxruntime and
 onnx.reference, every opset from 12 (16 for grid_sample), float16 without out-of-bounds reads under
-hostile offsets, and the node budget of one layer."""
+hostile offsets, offsets in either pair order, and the node budget of one layer."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from dcn_onnxscript.lowering import table
 from dcn_onnxscript.lowering.emitter import STORAGE_BUFFERS
-from dcn_onnxscript.lowering.layer import Layer
+from dcn_onnxscript.lowering.layer import Layer, OffsetOrder
 from helpers import HOSTILE, SweepCase, assert_close, lowering_model, sweep_layer, torchvision_reference
 from runtimes import run_onnxruntime, run_reference, run_runtime, run_tract
 
@@ -81,9 +81,18 @@ def _shaped_model(lowering: str, layer: Layer, arrays: dict, shapes: str, opset:
     return lowering_model(lowering, layer, opset, static_shapes=static)
 
 
-def _feeds(case: SweepCase, arrays: dict) -> list[np.ndarray]:
+def _feeds(case: SweepCase, arrays: dict, order: OffsetOrder = OffsetOrder.YX) -> list[np.ndarray]:
+    """The model's inputs, the offsets' pairs in ``order``."""
+    arrays = {**arrays, "offset": _in_order(arrays["offset"], order)}
     return [arrays[n] for n in ("X", "W", "offset", "B", "mask")
             if n in ("X", "W", "offset") or (n == "B" and case.use_bias) or (n == "mask" and case.use_mask)]
+
+
+def _in_order(offset: np.ndarray, order: OffsetOrder) -> np.ndarray:
+    """deform_conv2d's ``offset`` (N, 2·G·K, Ho, Wo), (Δy, Δx) pairs, with its pairs in ``order``."""
+    N, C, Ho, Wo = offset.shape
+    pairs = order.ordered(np.moveaxis(offset.reshape(N, C // 2, 2, Ho, Wo), 2, 0))
+    return np.ascontiguousarray(np.moveaxis(pairs, 0, 2).reshape(offset.shape))
 
 
 def _reference(case: SweepCase, arrays: dict) -> np.ndarray:
@@ -93,37 +102,43 @@ def _reference(case: SweepCase, arrays: dict) -> np.ndarray:
 
 @pytest.mark.parametrize("lowering", sorted(table.LOWERINGS))
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
-@given(case=sweep_cases(), opset_step=st.integers(0, 16), seed=st.integers(0, 2**16), shapes=st.sampled_from(SHAPES))
-def test_random_layers_match_torchvision(lowering: str, case: SweepCase, opset_step: int, seed: int, shapes: str):
+@given(case=sweep_cases(), opset_step=st.integers(0, 16), seed=st.integers(0, 2**16), shapes=st.sampled_from(SHAPES),
+       order=st.sampled_from(OffsetOrder))
+def test_random_layers_match_torchvision(lowering: str, case: SweepCase, opset_step: int, seed: int, shapes: str,
+                                         order: OffsetOrder):
     """Dynamic shapes, static ones with the sizes in the Layer (as exporters give them: grid_sample then
-    folds its grid into constants), or only the batch dynamic."""
+    folds its grid into constants), or only the batch dynamic; offset pairs (Δy, Δx) or (Δx, Δy)."""
     low = table.LOWERINGS[lowering].min_opset
     opset = min(low + opset_step, onnx.defs.onnx_opset_version())
     arrays = case.arrays(np.random.default_rng(seed))
-    model = _shaped_model(lowering, sweep_layer(case), arrays, shapes, opset)
+    layer = dataclasses.replace(sweep_layer(case), offset_order=order)
+    model = _shaped_model(lowering, layer, arrays, shapes, opset)
     onnx.checker.check_model(model, full_check=True)
     expected = _reference(case, arrays)
-    assert_close(run_onnxruntime(model, _feeds(case, arrays)), expected)
+    assert_close(run_onnxruntime(model, _feeds(case, arrays, order)), expected)
     if lowering == "gather" or opset >= 20:  # onnx.reference names GridSample-16's mode only from 20 on
-        assert_close(run_reference(model, _feeds(case, arrays)), expected)
+        assert_close(run_reference(model, _feeds(case, arrays, order)), expected)
 
 
 @pytest.mark.parametrize("lowering", sorted(table.LOWERINGS))
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("shapes", SHAPES)
-def test_hostile_offsets_never_read_out_of_bounds(lowering: str, dtype, shapes: str):
+@pytest.mark.parametrize("order", OffsetOrder)
+def test_hostile_offsets_never_read_out_of_bounds(lowering: str, dtype, shapes: str, order: OffsetOrder):
     """NaN, ±Inf and huge offsets at 20 % of the entries: the runtime neither crashes nor returns
     non-finite values where torchvision's are finite, in every dtype (float16 computes positions in
-    float32; every gather index is clamped by integer ops), with dynamic, static and batch-only dynamic shapes."""
+    float32; every gather index is clamped by integer ops), with dynamic, static and batch-only dynamic shapes,
+    offset pairs in either order."""
     case = SweepCase(2, 4, 6, 9, 7, (3, 3), (1, 1), (1, 1), (1, 1), 2, 2, True, True, 3.0)
     elem_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     rng = np.random.default_rng(7)
     arrays = case.arrays(rng)
-    model = _shaped_model(lowering, sweep_layer(case, elem_type), arrays, shapes)
+    layer = dataclasses.replace(sweep_layer(case, elem_type), offset_order=order)
+    model = _shaped_model(lowering, layer, arrays, shapes)
     where = rng.random(arrays["offset"].shape) < 0.2
     arrays["offset"][where] = rng.choice(HOSTILE, size=int(where.sum()))
     arrays = {k: v.astype(dtype) for k, v in arrays.items()}
-    actual = run_onnxruntime(model, _feeds(case, arrays))
+    actual = run_onnxruntime(model, _feeds(case, arrays, order))
     expected = _reference(case, {k: v.astype(np.float64) for k, v in arrays.items()})
     assert np.isfinite(actual[np.isfinite(expected)]).all()
     # grid_sample samples float64 layers in float32 (onnxruntime's GridSample has no float64 kernel < opset 20)
@@ -164,6 +179,30 @@ def test_one_layer_stays_within_the_node_budget(lowering: str, dtype: int, shape
     budget = NODE_BUDGET[lowering] + unfolded + sizes
     assert sum(nodes.values()) <= budget, nodes
     assert "DeformConv" not in nodes
+
+
+@pytest.mark.parametrize("lowering", sorted(table.LOWERINGS))
+@pytest.mark.parametrize("shapes", ["dynamic", "static"])
+@pytest.mark.parametrize("offset_groups", [1, 4])
+def test_offsets_given_xy_are_read_without_a_swap(lowering: str, shapes: str, offset_groups: int):
+    """A layer whose offsets hold (Δx, Δy) pairs (the DCNv3/DCNv4 cores') is the same graph as with
+    deform_conv2d's (Δy, Δx) pairs less the swap: grid_sample leaves out the Split and Concat nodes that
+    swap the pairs into GridSample's order, gather writes the same nodes (its constants in the other order)."""
+    layer = Layer(kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+                  offset_groups=offset_groups, in_channels=64, out_channels=64)
+    static = {"X": [1, 64, 32, 32], "W": [64, 64, 3, 3], "offset": [1, 18 * offset_groups, 32, 32], "B": [64],
+              "mask": [1, 9 * offset_groups, 32, 32]}
+    if shapes == "static":
+        layer = _with_static_sizes(layer, static)
+    folded = {"W": np.ones((64, 64, 3, 3), np.float32), "B": np.ones(64, np.float32)}
+
+    def nodes(order: OffsetOrder) -> collections.Counter:
+        return _nodes(lowering_model(lowering, dataclasses.replace(layer, offset_order=order),
+                                     static_shapes=static if shapes == "static" else None, constants=folded))
+
+    yx, xy = nodes(OffsetOrder.YX), nodes(OffsetOrder.XY)
+    assert not xy - yx
+    assert set(yx - xy) == ({"Split", "Concat"} if lowering == "grid_sample" else set())
 
 
 @pytest.mark.parametrize("lowering", sorted(table.LOWERINGS))
