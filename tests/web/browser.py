@@ -27,6 +27,9 @@ BUILDS = ("jsep", "webgpu", "wasm")
 CPU_EP = "CPUExecutionProvider"
 #: Seconds one job (a browser start and its cases) may take.
 JOB_TIMEOUT_S = 900
+#: Nodes of onnxruntime's own making (not in the model) that both WebGPU builds place on the CPU in a model of
+#: symbolic sizes: at most two ``Gather`` nodes of sizes.
+OWN_CPU_NODES = 2
 
 
 def missing() -> Optional[str]:
@@ -141,6 +144,11 @@ def placed_on(console: list[dict], provider: str) -> list[str]:
         if node and current == provider:
             nodes.append(node.group(1))
     return nodes
+
+
+def node_name(placed: str) -> str:
+    """The node name in a placement log's "OpType (name)"."""
+    return re.sub(r"^\S+ \((.*)\)$", r"\1", placed)
 
 
 def shape_only_nodes(model: onnx.ModelProto) -> set[str]:
