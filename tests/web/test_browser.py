@@ -61,10 +61,12 @@ class Block(torch.nn.Module):
         return torch.relu(self.dcn(x, offset, torch.sigmoid(mask)))
 
 
-def export(module: torch.nn.Module, exporter: str, opset: int, lowering: str, dynamic: bool) -> onnx.ModelProto:
+def export(module: torch.nn.Module, exporter: str, opset: int, lowering: str, dynamic: bool,
+           dtype: torch.dtype = torch.float32) -> onnx.ModelProto:
     """``module`` exported at EXPORTED by ``exporter`` ("dynamo": ``lowering`` through the translation table;
-    "torchscript": its "auto", which is ``lowering`` at that opset), with dynamic batch, height and width."""
-    img = torch.randn(*EXPORTED)
+    "torchscript": its "auto", which is ``lowering`` at that opset), with dynamic batch, height and width; the
+    input of ``dtype`` (the module's)."""
+    img = torch.randn(*EXPORTED, dtype=dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
