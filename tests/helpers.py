@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import onnx
+import onnx.inliner
 import torch
 import torchvision  # noqa: F401  (loads torchvision::deform_conv2d)
 from torchvision.ops import deform_conv2d as tv_deform_conv2d
@@ -279,6 +280,40 @@ def attributes(case: SweepCase) -> dict:
         "offset_group": case.offset_groups,
     }
 
+
+
+#: Ops with no kernel for these types in onnxruntime-web's JSEP WebGPU build (1.31.1), which it places on the CPU
+#: EP: Min and Max of any type, And, Clip and Split of integers (its Split is float-only).
+JSEP_ON_THE_CPU = {"Min": None, "Max": None, "And": None, "Clip": "integer", "Split": "integer"}
+
+
+def inferred_values(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Every value ``model``'s graph computes, typed by strict shape inference."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    return [*inferred.graph.value_info, *inferred.graph.output]
+
+
+def jsep_cpu_nodes(model: onnx.ModelProto) -> list[str]:
+    """The nodes of ``model``'s graph (local functions inlined first) that onnxruntime-web's JSEP has no kernel
+    for (:data:`JSEP_ON_THE_CPU`): it runs them on the CPU, with an upload between CPU and GPU that its upload
+    race corrupts (``tests/web`` checks the placement in the browser)."""
+    model = onnx.inliner.inline_local_functions(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred_values(model), *model.graph.input]}
+    integers = {onnx.TensorProto.INT32, onnx.TensorProto.INT64}
+    return [n.name or n.op_type for n in model.graph.node if n.op_type in JSEP_ON_THE_CPU
+            and (JSEP_ON_THE_CPU[n.op_type] is None or types.get(n.input[0]) in integers)]
+
+
+def wider_than_webgpu(model: onnx.ModelProto) -> list[tuple[str, int]]:
+    """(op, buffers) of every node of ``model``'s graph (local functions inlined first) with more inputs and
+    outputs together than ``STORAGE_BUFFERS`` (8): a WebGPU kernel binds one storage buffer per input and output,
+    WebGPU guarantees 8 per shader stage and onnxruntime-web's JSEP asks for no more; a node over it fails to
+    compile and the session returns garbage, with only a console error."""
+    from dcn_onnxscript.lowering.emitter import STORAGE_BUFFERS
+
+    model = onnx.inliner.inline_local_functions(model)
+    buffers = [(n.op_type, len([i for i in n.input if i]) + len(n.output)) for n in model.graph.node]
+    return [(op, count) for op, count in buffers if count > STORAGE_BUFFERS]
 
 
 #: Hostile offset values: NaN, ±Inf and huge.

@@ -25,10 +25,14 @@ nodes per tap (top and bottom pair, half the size each): 149 MB, 20-40 % slower,
 sizes; four (one neighbour each): 150 MB; the tap's ``MatMul`` + ``Add`` as one ``Gemm`` onto the sum: no
 change. Tap order is not the cause: onnxruntime runs each tap's gather, blend, product and sum before the
 next tap's gather (profiled). Cutting the plan's rows per tap by ``Gather`` (for onnxruntime-web's JSEP, whose
-``Split`` is float-only) rather than by a tree of ``Split`` nodes raised that peak to 177 MB (dynamic sizes:
-155 to 189 MB), same latency, although onnxruntime fuses the cuts back into one ``Split``
-(GatherSliceToSplitFusion) and runs the same taps on the same tensors: it only transposes X into the table
-after the plan rather than before.
+``Split`` is float-only) rather than by a tree of ``Split`` nodes raised that peak to 173 MB (dynamic sizes:
+150 to 184 MB), same latency. The cause is the graph, not an optimizer: with every graph optimizer off the
+Gather cuts peak at 175 MB (178 MB) against the Split tree's 162 MB (150 MB), and turning off onnxruntime's
+GatherSliceToSplitFusion, which fuses the cuts back into one ``Split``, moves the peak by 2-6 MB either way.
+The large tensors (the table, each tap's neighbours, blend, product and sum) are made in the same order in both
+graphs (profiled); without the arena, at the malloc peak, the Gather cuts hold 8-10 MB more (about one table,
+N·H·W x C), which the arena's growth on the first run (85 to 96 MB, dynamic 76 to 104 MB) and the pattern
+block on top of it enlarge. Writing the table first does not change it.
 
 Sizes come from one place each: H and W from X, Ho and Wo from ``offset``, and the batch only ever as an
 axis of ``offset``'s (a runtime never has to prove two inputs' symbolic sizes equal); where ``Layer``

@@ -19,9 +19,18 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from dcn_onnxscript.lowering import table
-from dcn_onnxscript.lowering.emitter import STORAGE_BUFFERS
 from dcn_onnxscript.lowering.layer import Layer, OffsetOrder
-from helpers import HOSTILE, SweepCase, assert_close, lowering_model, sweep_layer, torchvision_reference
+from helpers import (
+    HOSTILE,
+    SweepCase,
+    assert_close,
+    inferred_values,
+    jsep_cpu_nodes,
+    lowering_model,
+    sweep_layer,
+    torchvision_reference,
+    wider_than_webgpu,
+)
 from runtimes import run_onnxruntime, run_reference, run_runtime, run_tract
 
 #: Nodes one deformable layer may add, per lowering (Constant nodes excluded: exporters and the rewriter keep
@@ -280,7 +289,7 @@ def test_grid_sample_broadcasts_constants_at_the_rank_of_the_result(case: SweepC
     for node in model.graph.node:  # onnxruntime-web's WebGPU (JSEP) Conv applies no ONNX defaults
         if node.op_type == "Conv":
             assert {"kernel_shape", "strides", "dilations", "pads"} <= {a.name for a in node.attribute}, node
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in _inferred_values(model)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in inferred_values(model)
              if v.type.tensor_type.HasField("shape")}  # (no shape: rank unknown)
     checked, misfits = 0, []
     for node in model.graph.node:
@@ -302,11 +311,6 @@ def _static_layer(case: SweepCase, dtype: int = onnx.TensorProto.FLOAT) -> Layer
     """The case's layer with every size known, as exporters and the rewriter fill it from static shapes."""
     return dataclasses.replace(sweep_layer(case, dtype), batch=case.batch, input_size=(case.height, case.width),
                                output_size=case.output_size)
-
-
-def _inferred_values(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    return [*inferred.graph.value_info, *inferred.graph.output]
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
@@ -345,7 +349,7 @@ def test_gather_writes_patterns_every_converter_reads(dtype: int, shapes: str, c
         assert onnx.TensorProto.DOUBLE not in casts
     if dtype == onnx.TensorProto.FLOAT:
         assert onnx.TensorProto.FLOAT not in casts
-    values = _inferred_values(model)
+    values = inferred_values(model)
     assert not [v.name for v in values if v.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
                 and dtype != onnx.TensorProto.DOUBLE]
     assert max(len(v.type.tensor_type.shape.dim) for v in values) <= 4
@@ -365,7 +369,7 @@ def test_gather_holds_one_taps_neighbours_at_most(case: SweepCase):
                 *(arrays[name].size for name in ("X", "W")), positions * case.out_channels)
     constants = {name for n in model.graph.node if n.op_type == "Constant" for name in n.output}
     sizes = {v.name: int(np.prod([d.dim_value for d in v.type.tensor_type.shape.dim]))
-             for v in _inferred_values(model) if v.name not in constants}
+             for v in inferred_values(model) if v.name not in constants}
     assert max(sizes.values()) <= bound, max(sizes.items(), key=lambda item: item[1])
 
 
@@ -382,32 +386,23 @@ def test_gather_indexes_in_int32(shapes: str, case: SweepCase):
                            constants={"W": arrays["W"]})
     constants = {name for n in model.graph.node if n.op_type == "Constant" for name in n.output}
     sizes = ([], [1], [2], [3], [4])  # a scalar, or a shape of at most 4 known entries
-    wide = [v.name for v in _inferred_values(model) if v.type.tensor_type.elem_type == onnx.TensorProto.INT64
+    wide = [v.name for v in inferred_values(model) if v.type.tensor_type.elem_type == onnx.TensorProto.INT64
             and v.name not in constants and [d.dim_value for d in v.type.tensor_type.shape.dim] not in sizes]
     assert not wide
     assert onnx.TensorProto.INT32 in {a.i for n in model.graph.node if n.op_type == "Cast" for a in n.attribute}
-
-
-#: Ops with no kernel for these types in onnxruntime-web's JSEP WebGPU build (1.31.1), which it places on the CPU
-#: EP: Min and Max of any type, Clip and Split of integers (its Split is float-only).
-_JSEP_ON_THE_CPU = {"Min": None, "Max": None, "Clip": "integer", "Split": "integer"}
 
 
 @pytest.mark.parametrize("shapes", ["dynamic", "static"])
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(case=sweep_cases())
 def test_gather_writes_no_op_that_jsep_runs_on_the_cpu(shapes: str, case: SweepCase):
-    """No Min or Max, no Clip or Split of an integer tensor: JSEP would run them on the CPU, with an upload
-    between CPU and GPU that its upload race corrupts (``tests/web`` checks the placement in the browser)."""
+    """No Min, Max or And, no Clip or Split of an integer tensor (:func:`helpers.jsep_cpu_nodes`); the
+    standalone functions are held to the same (``tests/lowering/test_script.py``)."""
     layer = _static_layer(case) if shapes == "static" else sweep_layer(case)
     arrays = case.arrays(np.random.default_rng(0))
     model = lowering_model("gather", layer, static_shapes={n: list(v.shape) for n, v in arrays.items()},
                            constants={"W": arrays["W"]})
-    types = {v.name: v.type.tensor_type.elem_type for v in [*_inferred_values(model), *model.graph.input]}
-    integers = {onnx.TensorProto.INT32, onnx.TensorProto.INT64}
-    on_the_cpu = [n.name or n.op_type for n in model.graph.node if n.op_type in _JSEP_ON_THE_CPU
-                  and (_JSEP_ON_THE_CPU[n.op_type] is None or types.get(n.input[0]) in integers)]
-    assert not on_the_cpu
+    assert not jsep_cpu_nodes(model)
 
 
 @pytest.mark.parametrize("batch, size, fits", [
@@ -554,7 +549,7 @@ def test_splits_write_their_sizes_and_no_result_is_a_reduced_scalar(lowering: st
     for node in model.graph.node:  # onnxruntime-web's WebGPU (JSEP) Conv applies no ONNX defaults
         if node.op_type == "Conv":
             assert {"kernel_shape", "strides", "dilations", "pads"} <= {a.name for a in node.attribute}, node
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in _inferred_values(model)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in inferred_values(model)
              if v.type.tensor_type.HasField("shape")}  # (no shape: rank unknown)
     scalars = [n.name or n.op_type for n in model.graph.node
                if n.op_type in ("ReduceSum", "Reshape") and ranks.get(n.output[0]) == 0]
@@ -587,9 +582,8 @@ def wide_layers(draw) -> SweepCase:
 @example(case=SweepCase(1, 6, 6, 8, 7, (7, 7), (1, 1), (3, 3), (1, 1), 2, 3, True, True, 1.0))
 def test_no_node_needs_more_storage_buffers_than_webgpu_guarantees(lowering: str, opset: int, shapes: str,
                                                                    weights: str, case: SweepCase):
-    """No node has more inputs and outputs together than ``STORAGE_BUFFERS`` (8): a WebGPU kernel binds one
-    storage buffer per input and output, WebGPU guarantees 8 per shader stage and onnxruntime-web's JSEP asks
-    for no more; a node over it fails to compile and the session returns garbage, with only a console error."""
+    """No node has more inputs and outputs together than ``STORAGE_BUFFERS`` (8) (:func:`helpers.wider_than_webgpu`);
+    the standalone functions are held to the same (``tests/lowering/test_script.py``)."""
     if opset < table.LOWERINGS[lowering].min_opset:
         pytest.skip(f"{lowering} starts at opset {table.LOWERINGS[lowering].min_opset}")
     arrays = case.arrays(np.random.default_rng(0))
@@ -597,6 +591,5 @@ def test_no_node_needs_more_storage_buffers_than_webgpu_guarantees(lowering: str
     static = {name: list(value.shape) for name, value in arrays.items()} if shapes == "static" else None
     constants = {"W": arrays["W"], "B": arrays["B"]} if weights == "initializers" else None
     model = lowering_model(lowering, layer, opset=opset, static_shapes=static, constants=constants)
-    wide = [(n.op_type, len([i for i in n.input if i]) + len(n.output)) for n in model.graph.node
-            if len([i for i in n.input if i]) + len(n.output) > STORAGE_BUFFERS]
+    wide = wider_than_webgpu(model)
     assert not wide, wide

@@ -2,10 +2,12 @@
 against torchvision's CPU deform_conv2d over a seeded random sweep, as model-local functions on onnxruntime
 and onnx.reference, inlined on OpenVINO, eagerly through onnxscript, in float16/float64, under hostile
 offsets and at the chunk boundaries; each public FunctionProto is self-contained (no nested calls), made
-of standard ops only and within the node budget; importing the package builds none of them."""
+of standard ops only, within the node budget and, inlined, within onnxruntime-web's WebGPU rules; importing
+the package builds none of them."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -17,7 +19,16 @@ import pytest
 from dcn_onnxscript import DOMAIN, function_protos
 from dcn_onnxscript.lowering.script import VARIANTS, grid_sample
 from dcn_onnxscript.lowering.script.protos import SCRIPT_OPSET
-from helpers import HOSTILE, SweepCase, assert_close, attributes, random_case, torchvision_reference
+from helpers import (
+    HOSTILE,
+    SweepCase,
+    assert_close,
+    attributes,
+    jsep_cpu_nodes,
+    random_case,
+    torchvision_reference,
+    wider_than_webgpu,
+)
 from runtimes import run_onnxruntime, run_openvino, run_reference
 
 SEED = 20261126
@@ -27,7 +38,7 @@ LOWERINGS = sorted(VARIANTS)
 #: The lowering of the public functions (dcn_onnxscript.deform_conv2d and its variants).
 PUBLIC = "grid_sample"
 #: Most nodes a public function's body may have.
-NODE_BUDGET = 150
+NODE_BUDGET = 160
 SWEEP = [random_case(np.random.default_rng([SEED, i])) for i in range(CASES)]
 #: The (lowering, sweep index) pairs run on OpenVINO: every other case of the public functions, and one of
 #: the gather functions, whose large body OpenVINO compiles in seconds.
@@ -232,6 +243,44 @@ def test_public_function_body_is_within_the_node_budget(function) -> None:
     (proto,) = function_protos(function)
     assert len(proto.node) <= NODE_BUDGET
     assert sum(node.op_type == "GridSample" for node in proto.node) == grid_sample.CHUNKS
+
+
+#: Every public function of both lowerings, and the model opsets its WebGPU lints run at: its own and the newest.
+FUNCTIONS = [pytest.param(lowering, key, id=VARIANTS[lowering].name_of(key)) for lowering in LOWERINGS
+             for key in VARIANTS[lowering]]
+
+
+def _case_for(key: tuple[bool, bool], index: int = 0) -> SweepCase:
+    """Sweep case ``index`` with the bias and mask of the function ``key`` = (bias, mask)."""
+    return dataclasses.replace(SWEEP[index], use_bias=key[0], use_mask=key[1])
+
+
+@pytest.mark.parametrize("lowering, key", FUNCTIONS)
+@pytest.mark.parametrize("opset", [SCRIPT_OPSET, NEWEST])
+def test_public_function_writes_no_op_that_jsep_runs_on_the_cpu(lowering: str, key, opset: int) -> None:
+    """Inlined, no Min, Max or And and no Clip or Split of integers (:func:`helpers.jsep_cpu_nodes`), as the
+    exported lowerings (``tests/lowering/test_lowerings.py``)."""
+    assert not jsep_cpu_nodes(function_model(lowering, _case_for(key), opset=opset))
+
+
+@pytest.mark.parametrize("lowering, key", FUNCTIONS)
+@pytest.mark.parametrize("opset", [SCRIPT_OPSET, NEWEST])
+def test_no_node_of_a_public_function_needs_more_storage_buffers_than_webgpu_guarantees(lowering: str, key,
+                                                                                       opset: int) -> None:
+    """Inlined, no node binds more than 8 storage buffers (:func:`helpers.wider_than_webgpu`): no ``Split`` of
+    more than 6 outputs, no ``Concat`` of more than 7 inputs."""
+    wide = wider_than_webgpu(function_model(lowering, _case_for(key), opset=opset))
+    assert not wide, wide
+
+
+@pytest.mark.parametrize("function", list(VARIANTS[PUBLIC].values()), ids=lambda f: f.name)
+def test_public_function_splits_without_num_outputs(function) -> None:
+    """Every ``Split`` is given its sizes, never ``num_outputs`` (opset 18), which onnxruntime-web's JSEP gets
+    wrong (``tests/web/test_split_num_outputs.py``)."""
+    (proto,) = function_protos(function)
+    splits = [n for n in proto.node if n.op_type == "Split"]
+    assert splits and all(len(n.input) == 2 and n.input[1] for n in splits)
+    assert not [a.name for n in splits for a in n.attribute if a.name == "num_outputs"]
 
 
 def python(code: str) -> str:

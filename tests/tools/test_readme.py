@@ -37,12 +37,13 @@ def test_documented_example_runs(code: str, tmp_path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_known_issues_shows_the_upload_race_script_as_the_browser_test_runs_it() -> None:
-    """docs/known-issues.md's reproduction of onnxruntime-web's upload race is tests/web/upload_race.py's code
-    (its docstring aside), which tests/web/test_upload_race.py runs in the browser."""
-    script = ast.parse((ROOT / "tests" / "web" / "upload_race.py").read_text())
+@pytest.mark.parametrize("name", ["upload_race", "split_num_outputs"])
+def test_known_issues_shows_the_browser_reproduction_as_the_browser_test_runs_it(name: str) -> None:
+    """docs/known-issues.md's reproductions of onnxruntime-web's faults are tests/web/NAME.py's code (its docstring
+    aside), which tests/web/test_NAME.py runs in the browser."""
+    script = ast.parse((ROOT / "tests" / "web" / f"{name}.py").read_text())
     script.body = script.body[1:]
-    shown = [code for name, code in BLOCKS if name.startswith("docs/known-issues.md:") and "upload_race" in code]
+    shown = [code for label, code in BLOCKS if label.startswith("docs/known-issues.md:") and f'"{name}' in code]
     assert len(shown) == 1 and ast.dump(ast.parse(shown[0])) == ast.dump(script)
 
 

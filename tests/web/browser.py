@@ -27,6 +27,9 @@ BUILDS = ("jsep", "webgpu", "wasm")
 CPU_EP = "CPUExecutionProvider"
 #: Seconds one job (a browser start and its cases) may take.
 JOB_TIMEOUT_S = 900
+#: Nodes of onnxruntime's own making (not in the model) that both WebGPU builds place on the CPU in a model of
+#: symbolic sizes: at most two ``Gather`` nodes of sizes.
+OWN_CPU_NODES = 2
 
 
 def missing() -> Optional[str]:
@@ -64,15 +67,18 @@ class BrowserRun:
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], builds: Sequence[str] = BUILDS,
         page: str = "harness/page.html", screenshot: Optional[pathlib.Path] = None,
         case_timeout_s: Optional[float] = None) -> dict[str, BrowserRun]:
-    """``model`` on ``feeds`` (float32) in headless Chromium with each of ``builds``: build -> run;
+    """``model`` on ``feeds`` (float16 arrays as float16, others as float32) in headless Chromium with each of
+    ``builds``: build -> run;
     ``case_timeout_s``: how long one build may take (default: run.mjs's 240 s)."""
     with tempfile.TemporaryDirectory(prefix="dcn-web-") as folder:
         data = pathlib.Path(folder)
         onnx.save(model, data / "model.onnx")
         inputs = []
         for number, (name, value) in enumerate(feeds.items()):
-            np.ascontiguousarray(value, dtype=np.float32).tofile(data / f"input{number}.bin")
-            inputs.append({"name": name, "file": f"input{number}.bin", "dims": list(value.shape)})
+            dtype = np.float16 if value.dtype == np.float16 else np.float32
+            np.ascontiguousarray(value, dtype=dtype).tofile(data / f"input{number}.bin")
+            inputs.append({"name": name, "file": f"input{number}.bin", "dims": list(value.shape),
+                           "type": np.dtype(dtype).name})
         outputs = [o.name for o in model.graph.output]
         job = {"chromium": str(CHROMIUM), "data": str(data), "page": page,
                "screenshot": str(screenshot) if screenshot else None,
@@ -99,13 +105,19 @@ def _read(build: str, result: dict) -> BrowserRun:
     console = result.get("console", [])
     outputs = None
     if "outputs" in result:
-        outputs = {name: np.asarray(o["data"], dtype=np.float32).reshape(o["dims"])
-                   for name, o in result["outputs"].items()}
+        outputs = {name: _values(o) for name, o in result["outputs"].items()}
     return BrowserRun(build=build, outputs=outputs, error=result.get("error"), gpu_errors=gpu_errors(console),
                       cpu_nodes=placed_on(console, CPU_EP), backend=result.get("backend"),
                       adapter=result.get("adapter"), create_ms=result.get("create_ms"), run_ms=result.get("run_ms"),
                       console=console, js_heap_mb=result.get("js_heap_mb"),
                       process_peak_mb=result.get("process_peak_mb"))
+
+
+def _values(output: dict) -> np.ndarray:
+    """An output the page returned: float32 values, or float16's bits (read as float16)."""
+    if output.get("type") == "float16":
+        return np.asarray(output["data"], dtype=np.uint16).view(np.float16).reshape(output["dims"])
+    return np.asarray(output["data"], dtype=np.float32).reshape(output["dims"])
 
 
 #: How onnxruntime's log lines begin (it logs to the console's error stream, whatever the severity).
@@ -141,6 +153,11 @@ def placed_on(console: list[dict], provider: str) -> list[str]:
         if node and current == provider:
             nodes.append(node.group(1))
     return nodes
+
+
+def node_name(placed: str) -> str:
+    """The node name in a placement log's "OpType (name)"."""
+    return re.sub(r"^\S+ \((.*)\)$", r"\1", placed)
 
 
 def shape_only_nodes(model: onnx.ModelProto) -> set[str]:

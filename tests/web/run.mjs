@@ -6,7 +6,7 @@
 // JOB: {"chromium": path, "data": folder of models and inputs, "page": page under this folder,
 //       "timeout_ms": per case (optional),
 //       "cases": [{"build": "jsep" | "webgpu" | "wasm", "model": file in data,
-//                  "inputs": [{"name", "file", "dims"}], "outputs": [names]}]}
+//                  "inputs": [{"name", "file", "dims", "type"}], "outputs": [names]}]}
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -81,7 +81,8 @@ async function runCase(browser, origin, page_path, c, screenshot) {
     }
     return {...result, process_peak_mb: processPeaks(browser.process().pid), console: console_lines};
   } catch (error) {
-    return {error: String(error), console: console_lines};
+    const adapter = await page.evaluate(() => window.adapter).catch(() => undefined);
+    return {error: String(error), adapter, console: console_lines};
   } finally {
     await page.close();
   }

@@ -12,7 +12,6 @@ import copy
 import functools
 import io
 import itertools
-import re
 import warnings
 from typing import NamedTuple, Optional
 
@@ -62,10 +61,12 @@ class Block(torch.nn.Module):
         return torch.relu(self.dcn(x, offset, torch.sigmoid(mask)))
 
 
-def export(module: torch.nn.Module, exporter: str, opset: int, lowering: str, dynamic: bool) -> onnx.ModelProto:
+def export(module: torch.nn.Module, exporter: str, opset: int, lowering: str, dynamic: bool,
+           dtype: torch.dtype = torch.float32) -> onnx.ModelProto:
     """``module`` exported at EXPORTED by ``exporter`` ("dynamo": ``lowering`` through the translation table;
-    "torchscript": its "auto", which is ``lowering`` at that opset), with dynamic batch, height and width."""
-    img = torch.randn(*EXPORTED)
+    "torchscript": its "auto", which is ``lowering`` at that opset), with dynamic batch, height and width; the
+    input of ``dtype`` (the module's)."""
+    img = torch.randn(*EXPORTED, dtype=dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
@@ -147,12 +148,7 @@ def measured(case: str) -> tuple[onnx.ModelProto, np.ndarray, dict[str, browser.
 def _placement_of_the_layer(model: onnx.ModelProto, run: browser.BrowserRun) -> list[str]:
     """Nodes placed on the CPU EP that are not shape-only (every node, "*", where all were)."""
     shape_only = browser.shape_only_nodes(model)
-    return [n for n in run.cpu_nodes if _node_name(n) not in shape_only]
-
-
-def _node_name(placed: str) -> str:
-    """The node name in a placement log's "OpType (name)"."""
-    return re.sub(r"^\S+ \((.*)\)$", r"\1", placed)
+    return [n for n in run.cpu_nodes if browser.node_name(n) not in shape_only]
 
 
 @pytest.mark.parametrize("case, build", list(itertools.product(CASES, browser.BUILDS)))
@@ -181,11 +177,6 @@ def test_exports_keep_the_layer_on_the_gpu(case: str, build: str):
     assert runs[build].cpu_nodes == [], runs[build].cpu_nodes
 
 
-#: Nodes of onnxruntime's own making (not in the model) that both WebGPU builds place on the CPU in a dynamic
-#: export: two ``Gather`` nodes of sizes.
-OWN_CPU_NODES = 2
-
-
 @pytest.mark.parametrize("case, build", [(c, b) for c in CASES for b in ("jsep", "webgpu")
                                          if CASES[c].dynamic and (CASES[c].rewrite_to or CASES[c].opset) <= 19])
 def test_dynamic_exports_leave_only_size_nodes_to_the_cpu(case: str, build: str):
@@ -196,8 +187,8 @@ def test_dynamic_exports_leave_only_size_nodes_to_the_cpu(case: str, build: str)
     names = {node.name for node in model.graph.node}
     assert "*" not in runs[build].cpu_nodes
     fallen_back = _placement_of_the_layer(model, runs[build])
-    ours = [n for n in fallen_back if _node_name(n) in names]
-    assert ours == [] and len(fallen_back) <= OWN_CPU_NODES, fallen_back
+    ours = [n for n in fallen_back if browser.node_name(n) in names]
+    assert ours == [] and len(fallen_back) <= browser.OWN_CPU_NODES, fallen_back
 
 
 @pytest.mark.parametrize("build", [pytest.param(b, marks=NO_GRID_SAMPLE_20.mark(raises=AssertionError))

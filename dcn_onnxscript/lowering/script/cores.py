@@ -20,7 +20,7 @@ Notation: G groups, K = kH·kW taps in deform_conv2d's row-major order k = kh·k
 from __future__ import annotations
 
 from onnx.helper import make_tensor
-from onnxscript import BOOL, FLOAT, INT64, script
+from onnxscript import FLOAT, INT64, script
 from onnxscript import opset18 as op
 
 from dcn_onnxscript.lowering.script.common import Dim, Floats, Ints, T, dcn
@@ -47,11 +47,11 @@ def _tap_points(kernel: Ints, remove_center: Dim):
     two = op.Constant(value_ints=[2])
     point = kw * kH + kh  # column-major, with the centre
     centre = op.Div(kW, two) * kH + op.Div(kH, two)
-    removed = op.And(op.Equal(point, centre), op.Cast(remove_center, to=BOOL.dtype))  # (K,)
+    # 0/1 in INT64 rather than BOOL: onnxruntime-web's JSEP has no And or Not kernel (they would run on the CPU)
+    removed = op.Cast(op.Equal(point, centre), to=INT64.dtype) * remove_center  # (K,)
     after = op.Cast(op.Greater(point, centre), to=INT64.dtype) * remove_center  # later points move down one
-    zero = op.Constant(value_ints=[0])
-    kept = op.Cast(op.Not(removed), to=FLOAT.dtype)
-    return op.Where(removed, zero, point - after), kept
+    kept = op.Constant(value_ints=[1]) - removed
+    return (point - after) * kept, op.Cast(kept, to=FLOAT.dtype)
 
 
 @script(dcn, default_opset=op)

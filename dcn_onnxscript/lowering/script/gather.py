@@ -108,13 +108,27 @@ def _to_slices(t, G: Dim, R: Dim, S: Dim):
 
 
 @script(dcn, default_opset=op)
-def _inside(y: T, x: T, H: Dim, W: Dim):
-    """Whether a sample at (y, x) has any in-image neighbour: -1 < y < H and -1 < x < W (torchvision's
-    test). NaN fails it, as do ±Inf and any huge value. Shapes: any, broadcast alike; returns BOOL."""
-    minus_one = op.CastLike(-1, y)
-    inside_y = op.And(op.Greater(y, minus_one), op.Less(y, op.CastLike(H, y)))
-    inside_x = op.And(op.Greater(x, minus_one), op.Less(x, op.CastLike(W, x)))
-    return op.And(inside_y, inside_x)
+def _inside(p: T, size: Dim):
+    """Whether a sample at ``p`` has an in-image neighbour along an axis of ``size`` pixels: -1 < p < size
+    (torchvision's test), as one comparison |2p + 1 - size| < size + 1 rather than two and an ``And``, which
+    onnxruntime-web's JSEP has no kernel for (it would run on the CPU). NaN fails it, as do ±Inf and any huge
+    value. Shape: that of ``p``; returns BOOL."""
+    extent = op.CastLike(size, p)
+    one = op.CastLike(1, p)
+    return op.Less(op.Abs(p + p + (one - extent)), extent + one)
+
+
+@script(dcn, default_opset=op)
+def _at_least(value: Ints, bound: Ints) -> Ints:
+    """``value`` raised to ``bound`` where below it, by a comparison and ``Where``: onnxruntime-web's JSEP has
+    no ``Max`` or ``Min`` kernel (they would run on the CPU)."""
+    return op.Where(op.Greater(bound, value), bound, value)
+
+
+@script(dcn, default_opset=op)
+def _at_most(value: Ints, bound: Ints) -> Ints:
+    """``value`` lowered to ``bound`` where above it (see :func:`_at_least`)."""
+    return op.Where(op.Greater(value, bound), bound, value)
 
 
 @script(dcn, default_opset=op)
@@ -133,7 +147,8 @@ def _axis_neighbours(p: T, size: Dim):
     w_low = (op.CastLike(1, p) - frac) * op.CastLike(op.GreaterOrEqual(low, 0), p)
     w_high = frac * op.CastLike(op.LessOrEqual(high, last), p)
     # Both indices clamped on both sides by integer ops: in range whatever the float math before did.
-    return op.Min(op.Max(low, 0), last), op.Min(op.Max(high, 0), last), w_low, w_high
+    zero = op.CastLike(0, low)
+    return _at_most(_at_least(low, zero), last), _at_most(_at_least(high, zero), last), w_low, w_high
 
 
 @script(dcn, default_opset=op)
@@ -192,12 +207,12 @@ def _bilinear_taps(
     y = op.CastLike(p0_y + pk_y, dy) + dy  # p = p_0 + p_k + Δp, (N, G, P, K)
     x = op.CastLike(p0_x + pk_x, dx) + dx
 
-    # Samples with no in-image neighbour contribute zero; moving them to (-1, -1) keeps that true and
-    # keeps NaN/Inf/huge values away from the integer cast below.
-    inside = _inside(y, x, H, W)
+    # A sample with no in-image neighbour along an axis contributes zero; moving its coordinate on that axis
+    # to -1 keeps that true (neighbours -1 and 0, weights 1 and 0) and keeps NaN/Inf/huge values away from
+    # the integer cast below.
     minus_one = op.CastLike(-1, y)
-    y = _to_slices(op.Where(inside, y, minus_one), G, R, S)
-    x = _to_slices(op.Where(inside, x, minus_one), G, R, S)
+    y = _to_slices(op.Where(_inside(y, H), y, minus_one), G, R, S)
+    x = _to_slices(op.Where(_inside(x, W), x, minus_one), G, R, S)
     m = _to_slices(op.Expand(op.CastLike(modulation, dy), op.Shape(dy)), G, R, S)
 
     y_low, y_high, wy_low, wy_high = _axis_neighbours(y, H)
@@ -264,14 +279,15 @@ def _chunked_product(rows: T, corners: Ints, weights: T, w: T) -> T:
     P = op.Shape(corners, start=2, end=3)
     # Samples per output position: N·K·C; a chunk gathers at least 2^19 of them (4x that in neighbours).
     per_position = op.ReduceProd(op.Gather(op.Shape(corners), [0, 1, 3, 4])) * op.Shape(rows, start=1, end=2)
-    size = op.Max(op.Div(P + 31, [32]), op.Div(per_position + 524287, per_position))
+    size = _at_least(op.Div(P + 31, [32]), op.Div(per_position + 524287, per_position))
     # A chunk past the last position repeats position P - 1 instead of being empty (empty tensors crash
     # OpenVINO's CPU plugin); the final Slice drops those repeats.
-    starts = op.Min(op.Range(0, 32, 1) * size, P - 1)
-    ends = op.Max(op.Min(starts + size, P), starts + 1)
+    starts = _at_most(op.Range(0, 32, 1) * size, P - 1)
+    ends = _at_least(_at_most(starts + size, P), starts + 1)
     blend = op.Unsqueeze(weights, [-2])
     shape = op.Concat(op.Shape(corners, start=0, end=2), [-1], op.Shape(w, start=1, end=2), axis=0)
-    product = op.Concat(
+    # Joined in runs of at most 7 chunks: a Concat binds a storage buffer per input and output (WebGPU: 8).
+    first = op.Concat(
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=0),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=1),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=2),
@@ -279,6 +295,9 @@ def _chunked_product(rows: T, corners: Ints, weights: T, w: T) -> T:
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=4),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=5),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=6),
+        axis=2,
+    )
+    second = op.Concat(
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=7),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=8),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=9),
@@ -286,6 +305,9 @@ def _chunked_product(rows: T, corners: Ints, weights: T, w: T) -> T:
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=11),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=12),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=13),
+        axis=2,
+    )
+    third = op.Concat(
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=14),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=15),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=16),
@@ -293,6 +315,9 @@ def _chunked_product(rows: T, corners: Ints, weights: T, w: T) -> T:
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=18),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=19),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=20),
+        axis=2,
+    )
+    fourth = op.Concat(
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=21),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=22),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=23),
@@ -300,12 +325,16 @@ def _chunked_product(rows: T, corners: Ints, weights: T, w: T) -> T:
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=25),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=26),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=27),
+        axis=2,
+    )
+    fifth = op.Concat(
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=28),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=29),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=30),
         _chunk_product(rows, corners, blend, w, starts, ends, shape, chunk=31),
         axis=2,
     )
+    product = op.Concat(first, second, third, fourth, fifth, axis=2)
     return op.Slice(product, [0], P, [2])
 
 

@@ -55,11 +55,12 @@ from dcn_onnxscript.lowering.script.protos import flatten
 
 #: Chunks of output positions (see the module docstring); the unrolled calls in :func:`_product` are as many.
 CHUNKS = 12
-#: Where a sample with no in-image neighbour along an axis moves to (pixels): both of its neighbours
-#: along that axis, -2 and -1, lie outside the image.
-_NOWHERE = -2.0
-#: ``GridSample``'s coordinate of the positions that pad the last chunk: -3 lies at least 1.5 pixels before
-#: the first pixel (-1 is the first pixel's outer edge), so its samples are zero.
+#: Chunks per half: :func:`_chunks` cuts the positions in two halves of six (a Split binds at most 8 buffers).
+_PER_HALF = 6
+#: ``GridSample``'s coordinate of a sample that reads nothing: one with no in-image neighbour along an axis, and
+#: the positions that pad the last chunk. -3 lies at least 1.5 pixels before the first pixel (-1 is the first
+#: pixel's outer edge), so its samples are zero.
+_NOWHERE = -3.0
 _PADDING = -3.0
 
 
@@ -104,13 +105,15 @@ def _grid(p: Floats, H_W: Ints) -> Floats:
 
     A coordinate outside (-1, size), where the sample has no in-image neighbour (NaN, ±Inf and huge values
     included: every comparison with NaN is false), moves to :data:`_NOWHERE`: the sample still counts zero,
-    and no non-finite or huge value reaches ``GridSample``.
+    and no non-finite or huge value reaches ``GridSample``. Outside (-1, size) is |g| ≥ 1 + 1/size for the
+    grid coordinate g: one comparison rather than two and an ``And``, which onnxruntime-web's JSEP has no
+    kernel for (it would run on the CPU).
     """
     size = op.Reshape(op.Cast(H_W, to=FLOAT.dtype), op.Constant(value_ints=[-1, 1, 1, 1]))  # (2, 1, 1, 1)
-    inside = op.And(op.Greater(p, op.Constant(value_float=-1.0)), op.Less(p, size))
     reciprocal = op.Reciprocal(size)
-    scaled = op.Where(inside, p, op.Constant(value_float=_NOWHERE)) * (reciprocal + reciprocal)
-    x_y = op.Gather(scaled + (reciprocal - op.Constant(value_float=1.0)), op.Constant(value_ints=[1, 0]), axis=0)
+    g = p * (reciprocal + reciprocal) + (reciprocal - op.Constant(value_float=1.0))
+    inside = op.Less(op.Abs(g), reciprocal + op.Constant(value_float=1.0))
+    x_y = op.Gather(op.Where(inside, g, op.Constant(value_float=_NOWHERE)), op.Constant(value_ints=[1, 0]), axis=0)
     return op.Transpose(x_y, perm=[1, 2, 3, 0])
 
 
@@ -140,6 +143,19 @@ def _chunk_product(X_groups: Floats, grid: Floats, modulation: Floats, w: Floats
 
 
 @script(dcn, default_opset=op)
+def _chunks(t: Floats, size: Ints, axis: int):
+    """``t`` cut along ``axis`` into :data:`CHUNKS` chunks of ``size`` (1,) each (``t`` holds CHUNKS·size
+    there): two halves, each cut into six. Every ``Split`` binds its data, its sizes and at most 6 outputs:
+    WebGPU guarantees 8 storage buffers per kernel, and onnxruntime-web's JSEP asks for no more. The sizes are
+    written out as an input, not as ``num_outputs``, which JSEP's ``Split`` gets wrong."""
+    six = op.Constant(value_ints=[_PER_HALF])
+    first, second = op.Split(t, op.Expand(size * six, op.Constant(value_ints=[2])), axis=axis)
+    c0, c1, c2, c3, c4, c5 = op.Split(first, op.Expand(size, six), axis=axis)
+    c6, c7, c8, c9, c10, c11 = op.Split(second, op.Expand(size, six), axis=axis)
+    return c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11
+
+
+@script(dcn, default_opset=op)
 def _int(value: int) -> Ints:
     """The int attribute ``value`` as an INT64 (1,) tensor."""
     return op.Reshape(op.Constant(value_int=value), op.Constant(value_ints=[1]))
@@ -157,12 +173,13 @@ def _product(X: T, W: T, offset: T, modulation: Floats, strides: Ints, pads: Int
     Ho_Wo = op.Shape(offset, start=2, end=4)
     P = op.ReduceProd(Ho_Wo, keepdims=1)
     # Pad P to the next multiple of CHUNKS: (-P) mod CHUNKS positions (Mod of integers takes the divisor's sign).
-    end_pad = op.Concat(op.Constant(value_ints=[0]), op.Mod(op.Neg(P), op.Constant(value_ints=[CHUNKS])), axis=0)
-    g0, g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11 = op.Split(
-        op.Pad(grid, end_pad, op.Constant(value_float=_PADDING), op.Constant(value_ints=[2])), axis=2,
-        num_outputs=CHUNKS)
-    m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11 = op.Split(
-        op.Pad(modulation, end_pad, None, op.Constant(value_ints=[3])), axis=3, num_outputs=CHUNKS)  # pads 0
+    padding = op.Mod(op.Neg(P), op.Constant(value_ints=[CHUNKS]))
+    end_pad = op.Concat(op.Constant(value_ints=[0]), padding, axis=0)
+    size = op.Div(P + padding, op.Constant(value_ints=[CHUNKS]))  # (1,): positions per chunk
+    g0, g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11 = _chunks(
+        op.Pad(grid, end_pad, op.Constant(value_float=_NOWHERE), op.Constant(value_ints=[2])), size, axis=2)
+    m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11 = _chunks(
+        op.Pad(modulation, end_pad, None, op.Constant(value_ints=[3])), size, axis=3)  # pads 0
 
     N = op.Shape(X, start=0, end=1)
     O = op.Shape(W, start=0, end=1)
@@ -172,15 +189,16 @@ def _product(X: T, W: T, offset: T, modulation: Floats, strides: Ints, pads: Int
         op.Shape(grid, start=0, end=1), minus_one, op.Shape(X, start=2, end=4), axis=0))
     w = op.Reshape(op.Cast(W, to=FLOAT.dtype), op.Concat(R, op.Div(O, R), minus_one, axis=0))
     columns = op.Concat(N, R, minus_one, op.Shape(g0, start=2, end=3), axis=0)  # every chunk's size
-    product = op.Concat(
+    # Joined as the chunks were cut, two halves of six: a Concat of 12 would bind 13 storage buffers (WebGPU: 8).
+    first = op.Concat(
         _chunk_product(X_groups, g0, m0, w, columns), _chunk_product(X_groups, g1, m1, w, columns),
         _chunk_product(X_groups, g2, m2, w, columns), _chunk_product(X_groups, g3, m3, w, columns),
-        _chunk_product(X_groups, g4, m4, w, columns), _chunk_product(X_groups, g5, m5, w, columns),
+        _chunk_product(X_groups, g4, m4, w, columns), _chunk_product(X_groups, g5, m5, w, columns), axis=3)
+    second = op.Concat(
         _chunk_product(X_groups, g6, m6, w, columns), _chunk_product(X_groups, g7, m7, w, columns),
         _chunk_product(X_groups, g8, m8, w, columns), _chunk_product(X_groups, g9, m9, w, columns),
-        _chunk_product(X_groups, g10, m10, w, columns), _chunk_product(X_groups, g11, m11, w, columns),
-        axis=3,
-    )  # (N, R, O/R, CHUNKS·size)
+        _chunk_product(X_groups, g10, m10, w, columns), _chunk_product(X_groups, g11, m11, w, columns), axis=3)
+    product = op.Concat(first, second, axis=3)  # (N, R, O/R, CHUNKS·size)
     # Cast back before the Slice: onnxruntime drops a cast to the same type, but not one that writes Y.
     Y = op.Slice(op.CastLike(product, X), op.Constant(value_ints=[0]), P, op.Constant(value_ints=[3]))
     return op.Reshape(Y, op.Concat(N, O, Ho_Wo, axis=0))
