@@ -9,7 +9,7 @@ all taps at once, C/4 times smaller than one tap's neighbours: the sample positi
 their neighbours along each axis clamped into the image, the four neighbours' rows in the gather table and
 their bilinear weights times Δm_k (positions and rows in INT32). Then per tap (and channel slice): gather,
 blend, multiply, add. Steps, one function each, in that order below. A 3x3 layer takes 83 nodes with static
-sizes, 126 with dynamic ones (weights folded; ``Constant`` nodes not counted).
+sizes, 125 with dynamic ones (weights folded; ``Constant`` nodes not counted).
 
 Why one ``Gather`` of the four neighbours and a batched (1 x 4)·(4 x C/S) ``MatMul`` per tap: measured on
 onnxruntime against a ``Mul`` + ``ReduceSum`` blend (with the neighbours' axis first or last) and against
