@@ -13,7 +13,10 @@ because onnxruntime's and ``onnx.reference``'s ``GridSample`` return non-zero va
 ncnn's ``GridSample`` reads no pixel for a NaN position (its integer in-image test fails), so there a NaN
 offset still samples nothing.
 
-The gather lowering (opsets below 16, float64 layers) indexes with integer arithmetic, which ncnn lacks
+pnnx also writes a ``Gather`` at constant indices (the DCNv3/DCNv4 cores' picks of offset and mask channels) as
+``Tensor.select`` of the index list, which its ncnn output makes a ``Crop`` of one index; there each one along an axis of static size (pnnx fixes the sizes) becomes a
+``Split`` of its data at the bounds of its runs of consecutive indices and a ``Concat`` of the parts in its
+order. The gather lowering (opsets below 16, float64 layers) indexes with integer arithmetic, which ncnn lacks
 altogether; ncnn takes models exported at opset 16 or later in float32.
 
 OpenCV 4.x (``--for opencv4``; measured on 4.14.0, the newest 4.x) has no ``GridSample`` layer at all: its
@@ -34,7 +37,12 @@ concatenated), cut back into each node's output by a ``Slice`` and a ``Reshape``
 rewritten too (the toolkit builds them at the sizes ``load_onnx`` is given): where a size is not static, the
 ``Slice`` bounds and the output shapes are read with ``Shape`` from each node's indices and the table at run
 time. The one ``Gather`` holds every tap's neighbours at once: on onnxruntime's CPU that takes about 4.5
-times the gather lowering's peak memory, so it is this target's form only, not the lowering's.
+times the gather lowering's peak memory, so it is this target's form only, not the lowering's. The toolkit's
+``build`` also crashes (a floating-point exception) on the lowering's INT32 clamps, ``Greater`` + ``Where``,
+which become ``Max`` and ``Min``, and its constant folding fails on the sum over taps, a chain of ``Add``
+nodes, at few output positions of a dynamic export, which becomes a ``Concat`` of the terms and a
+``ReduceSum``. ``Max`` and ``Min`` are this target's form only: onnxruntime-web's WebGPU (JSEP) has no kernel
+for them, which is why the lowering writes ``Greater`` + ``Where``.
 """
 
 from __future__ import annotations
