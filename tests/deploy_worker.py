@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -77,7 +78,8 @@ def tvm(path: pathlib.Path, feeds: Feeds) -> np.ndarray:
 def ncnn(path: pathlib.Path, feeds: Feeds) -> np.ndarray:
     """ncnn through pnnx (``pnnx MODEL.onnx inputshape=... fp16=0``, the converter ncnn recommends; without
     ``fp16=0`` it stores the weights as float16), run in float32 (no fp16/bf16 storage or arithmetic). ncnn
-    has no batch axis: batch-1 inputs only."""
+    has no batch axis: batch-1 inputs only, fed without their batch axis, or with it where pnnx found none (its
+    own test script feeds them with ``batch_index=233``: the DCNv3/DCNv4 cores' channels-last inputs)."""
     import importlib.util
 
     import ncnn as ncnn_
@@ -105,13 +107,24 @@ def ncnn(path: pathlib.Path, feeds: Feeds) -> np.ndarray:
             unknown = sorted({line.split()[0] for line in param.read_text().splitlines()[2:]
                               if line.split()[0].startswith(("torch.", "Tensor.", "pnnx.", "F."))})
             raise SystemExit(f"ncnn cannot load pnnx's model; layers it lacks: {unknown}")
+        batchless = _pnnx_batchless(onnx_path.with_name(f"{onnx_path.stem}_ncnn.py"))
         extractor = net.create_extractor()
         for index, name in enumerate(names):
-            extractor.input(f"in{index}", ncnn_.Mat(np.ascontiguousarray(feeds[name][0], dtype=np.float32)).clone())
+            value = feeds[name] if f"in{index}" in batchless else feeds[name][0]
+            extractor.input(f"in{index}", ncnn_.Mat(np.ascontiguousarray(value, dtype=np.float32)).clone())
         status, output = extractor.extract("out0")
         if status != 0:
             raise SystemExit(f"ncnn extract failed with status {status}")
-        return np.array(output)[None]
+        return np.array(output) if "out0" in batchless else np.array(output)[None]
+
+
+def _pnnx_batchless(script: pathlib.Path) -> set[str]:
+    """The blobs (``in0``, ``out0``, ...) that pnnx's ncnn test script ``script`` passes with
+    ``batch_index=233``: those whose first axis pnnx did not take for a batch, which ncnn then holds whole."""
+    text = script.read_text() if script.exists() else ""
+    inputs = re.findall(r'ex\.input\("(\w+)", ncnn\.Mat\(\w+\.numpy\(\), batch_index=233\)', text)
+    outputs = re.findall(r'out\.append\(torch\.from_numpy\((\w+)\.numpy\(batch_index=233\)', text)
+    return {*inputs, *outputs}
 
 
 def openvino_ep(path: pathlib.Path, feeds: Feeds) -> np.ndarray:

@@ -292,11 +292,6 @@ _OPENCV4_DYNAMIC = {
 
 def _deploy_failure(export: Export, runtime: str, writes_gather: bool) -> Optional[Union[Fault, Limitation]]:
     """:func:`known_failure` of the deployment runtimes (float32 exports)."""
-    if runtime == "tvm" and writes_gather and export.dynamic:
-        return Fault("apache-tvm", "0.27.0.post1", "the Relax frontend: 'Reshape expects the input tensor to have "
-                     "known shape when there is some dimension length to infer': broadcasting the dynamic gather "
-                     "plan's positions (a Range) leaves it without a shape; writing the shape out fails too ('the "
-                     "given one is relax.TensorType')", DEPLOY)
     if runtime == "tinygrad" and not writes_gather:
         return Fault("tinygrad", "0.14.0", "the ONNX runner has no GridSample (tests/tools/test_deploy.py)", DEPLOY)
     if runtime == "openvino_ep" and not writes_gather and export.opset >= 20:

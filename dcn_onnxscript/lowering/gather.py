@@ -9,7 +9,7 @@ all taps at once, C/4 times smaller than one tap's neighbours: the sample positi
 their neighbours along each axis clamped into the image, the four neighbours' rows in the gather table and
 their bilinear weights times Δm_k (positions and rows in INT32). Then per tap (and channel slice): gather,
 blend, multiply, add. Steps, one function each, in that order below. A 3x3 layer takes 83 nodes with static
-sizes, 126 with dynamic ones (weights folded; ``Constant`` nodes not counted).
+sizes, 125 with dynamic ones (weights folded; ``Constant`` nodes not counted).
 
 Why one ``Gather`` of the four neighbours and a batched (1 x 4)·(4 x C/S) ``MatMul`` per tap: measured on
 onnxruntime against a ``Mul`` + ``ReduceSum`` blend (with the neighbours' axis first or last) and against
@@ -54,6 +54,7 @@ at m = g·K + k, in ``offset``'s channel order), P = Ho·Wo output positions. Th
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -61,7 +62,7 @@ import onnx
 
 from dcn_onnxscript.lowering import sampling
 from dcn_onnxscript.lowering.emitter import Emitter
-from dcn_onnxscript.lowering.layer import Layer
+from dcn_onnxscript.lowering.layer import Layer, OffsetOrder
 
 Value = Any
 
@@ -100,27 +101,47 @@ def check_rows_fit(layer: Layer) -> None:
                          f"impl='grid_sample' (opset 16 or later) or a smaller batch")
 
 
-def _size(op: Emitter, shape: Optional[Value], axis: int, known: Optional[int]) -> Value:
-    """INT64 scalar: size ``axis`` of an input whose ``Shape`` is ``shape``, a constant when ``known``."""
-    return _int64(known) if known is not None else op.Gather(shape, _int64(axis))
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """The layer's dynamic sizes, each INT64 (1,) sliced once from its input's ``Shape`` (``None`` where static):
+    N, Ho and Wo from ``offset``, H and W from X. Sizes are read by ``Slice``, never by ``Gather``: Apache TVM
+    keeps a ``Slice`` of a ``Shape`` as sizes but turns a ``Gather`` of one into a tensor, after which what it
+    shapes (the positions' ``Range``, Y's ``Reshape``) has no known shape and TVM cannot compile the model."""
+
+    N: Optional[Value] = None
+    H: Optional[Value] = None
+    W: Optional[Value] = None
+    Ho: Optional[Value] = None
+    Wo: Optional[Value] = None
 
 
-def _counted(op: Emitter, shape: Optional[Value], axis: int, known: Optional[int]) -> Value:
-    """INT32 (1,): size ``axis`` like :func:`_size`, but a dynamic size is counted at run time (the sum of
-    that many ones) rather than read from the shape: tract keeps sizes read from shapes as symbols, and its
-    decluttering fails on index data multiplied by one ("TooEarly"). Of shape (1,), not a scalar: the
-    OpenVINO execution provider leaves a ``ReduceSum`` or ``Reshape`` with a rank-0 output to the CPU."""
+def input_sizes(op: Emitter, layer: Layer, X: Value, offset: Value) -> Sizes:
+    """The :class:`Sizes` of the layer's inputs, each ``Shape`` written once and only where it holds a size
+    that is not static."""
+    (H, W), (Ho, Wo) = layer.input_size, layer.output_size
+    x_shape = op.Shape(X) if H is None or W is None else None
+    offset_shape = op.Shape(offset) if None in (layer.batch, Ho, Wo) else None
+
+    def sliced(shape: Optional[Value], axis: int, known: Optional[int]) -> Optional[Value]:
+        return None if known is not None else sampling.dims(op, shape, axis, axis + 1)
+
+    return Sizes(N=sliced(offset_shape, 0, layer.batch), H=sliced(x_shape, 2, H), W=sliced(x_shape, 3, W),
+                 Ho=sliced(offset_shape, 2, Ho), Wo=sliced(offset_shape, 3, Wo))
+
+
+def _either(size: Optional[Value], known: Optional[int]) -> Value:
+    """INT64 (1,): the dynamic ``size`` of :class:`Sizes`, else the constant ``known``."""
+    return _int64([known]) if size is None else size
+
+
+def _counted(op: Emitter, size: Optional[Value], known: Optional[int]) -> Value:
+    """INT32 (1,): a size of :class:`Sizes`, a constant when ``known``; a dynamic size is counted at run time
+    (the sum of that many ones) rather than cast: tract keeps sizes read from shapes as symbols, and its
+    decluttering fails on index data multiplied by one ("TooEarly"). Of shape (1,), not a scalar: the OpenVINO
+    execution provider leaves a ``ReduceSum`` or ``Reshape`` with a rank-0 output to the CPU."""
     if known is not None:
         return _int32([known])
-    return op.ReduceSum(op.ConstantOfShape(op.Gather(shape, _int64([axis])), value=_int32([1])), keepdims=1)
-
-
-def input_shapes(op: Emitter, layer: Layer, X: Value, offset: Value) -> tuple[Optional[Value], Optional[Value]]:
-    """``Shape`` of X and of ``offset``, each written once and only if a size it holds is not static: H and W
-    are read from X, N, Ho and Wo from ``offset``."""
-    x_shape = op.Shape(X) if None in layer.input_size else None
-    offset_shape = op.Shape(offset) if layer.batch is None or None in layer.output_size else None
-    return x_shape, offset_shape
+    return op.ReduceSum(op.ConstantOfShape(size, value=_int32([1])), keepdims=1)
 
 
 def _rows(layer: Layer) -> int:
@@ -137,7 +158,7 @@ def corners(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------------------ the plan
 
 
-def output_grid(op: Emitter, layer: Layer, offset_shape: Optional[Value]) -> list[Value]:
+def output_grid(op: Emitter, layer: Layer, sizes: Sizes) -> list[Value]:
     """p_0 + p_k of every sample, INT32, as the parts whose broadcast sum it is: one constant (1, 2M, Ho, Wo)
     when the output size is static (a sum of two constants is one that converters might fold wrongly:
     onnx2tf merges the two Adds and lays the result out as an image), else a rows part (1, 2M, Ho, 1) and a
@@ -155,18 +176,18 @@ def output_grid(op: Emitter, layer: Layer, offset_shape: Optional[Value]) -> lis
     if Ho is not None:
         rows = _int32(np.arange(Ho).reshape(-1, 1) * steps_y + first)
     else:
-        o_y = op.Reshape(_positions(op, offset_shape, 2), _int64([-1, 1]))
+        o_y = op.Reshape(_positions(op, sizes.Ho), _int64([-1, 1]))
         rows = op.Add(op.Mul(o_y, steps_y), _int32(first))
     if Wo is not None:
         cols = _int32(np.arange(Wo) * steps_x)
     else:
-        cols = op.Mul(_positions(op, offset_shape, 3), steps_x)
+        cols = op.Mul(_positions(op, sizes.Wo), steps_x)
     return [rows, cols]
 
 
-def _positions(op: Emitter, shape: Value, axis: int) -> Value:
-    """INT32 0 … n - 1 for the dynamic size n of ``axis`` of the input whose ``Shape`` is ``shape``."""
-    return op.Range(_int32(0), op.Cast(_size(op, shape, axis, None), to=_INT32), _int32(1))
+def _positions(op: Emitter, size: Value) -> Value:
+    """INT32 0 … n - 1 for a dynamic size n of :class:`Sizes`."""
+    return op.Range(_int32(0), op.Cast(op.squeeze(size), to=_INT32), _int32(1))
 
 
 def offsets(op: Emitter, layer: Layer, offset: Value) -> Value:
@@ -189,16 +210,17 @@ def neighbours(op: Emitter, layer: Layer, delta: Value, grid: list[Value]) -> tu
     return op.Reshape(low, per_axis), op.Reshape(frac, per_axis)
 
 
-def last_pixel(op: Emitter, layer: Layer, x_shape: Optional[Value]) -> Value:
+def last_pixel(op: Emitter, layer: Layer, sizes: Sizes) -> Value:
     """(H - 1, W - 1) of X (N, C, H, W) twice, each pair in the layer's ``offset_order``, as INT32 (4, 1), for
     the neighbour axis."""
     H, W = layer.input_size
     order = layer.offset_order
     if H is not None and W is not None:
         return _int32(np.tile(order.ordered(np.array([H - 1, W - 1])), 2)).reshape(4, 1)
-    # indices of rank 1 and a Reshape: tinygrad's Gather fails on constant indices of rank 2
-    sizes = op.Cast(op.Gather(x_shape, _int64(np.tile(order.ordered(np.array([2, 3])), 2))), to=_INT32)
-    return op.Reshape(op.Sub(sizes, _int32(1)), _int64([4, 1]))
+    pair = [_either(sizes.H, H), _either(sizes.W, W)]
+    if order is not OffsetOrder.YX:
+        pair.reverse()
+    return op.Reshape(op.Sub(op.Cast(op.Concat(*pair, *pair, axis=0), to=_INT32), _int32(1)), _int64([4, 1]))
 
 
 def in_image(op: Emitter, low: Value, last: Value) -> tuple[Value, Value]:
@@ -225,7 +247,7 @@ def _at_most(op: Emitter, value: Value, bound: Value) -> Value:
 
 
 def corner_weights(op: Emitter, layer: Layer, frac: Value, inside: Value, mask: Optional[Value],
-                   offset_shape: Optional[Value]) -> Value:
+                   sizes: Sizes) -> Value:
     """Bilinear weights of the four neighbours (N, M, 4, P) in the layer's dtype, zero for a neighbour
     outside the image, times Δm_k (``mask`` (N, M, Ho, Wo), read with ``offset``'s sizes)."""
     halves = op.Concat(op.Sub(layer.coordinates(1), frac), frac, axis=2)  # 1-fy, 1-fx, fy, fx (pairs in order)
@@ -236,27 +258,25 @@ def corner_weights(op: Emitter, layer: Layer, frac: Value, inside: Value, mask: 
         weights = op.Cast(weights, to=layer.dtype)
     if mask is None:
         return weights
-    return op.Mul(weights, mask_per_sample(op, layer, mask, offset_shape))
+    return op.Mul(weights, mask_per_sample(op, layer, mask, sizes))
 
 
-def mask_per_sample(op: Emitter, layer: Layer, mask: Value, offset_shape: Optional[Value]) -> Value:
-    """Δm of ``mask`` (N, M, Ho, Wo) as (N, M, 1, P), with N, Ho and Wo from ``offset``. With dynamic sizes the
-    mask is read through a ``Gather`` of its flat values at 0 … N·M·P - 1 laid out in offset's sizes: a
-    ``Reshape`` would make tract prove that the mask's own symbols (``torch.export.Dim.AUTO`` gives each input
-    its own) equal offset's, which it cannot."""
+def mask_per_sample(op: Emitter, layer: Layer, mask: Value, sizes: Sizes) -> Value:
+    """Δm of ``mask`` (N, M, Ho, Wo) as (N, M, 1, P), with N, Ho and Wo from ``offset`` (:class:`Sizes`). With
+    dynamic sizes the mask is read through a ``Gather`` of its flat values at 0 … N·M·P - 1 laid out in offset's
+    sizes: a ``Reshape`` would make tract prove that the mask's own symbols (``torch.export.Dim.AUTO`` gives each
+    input its own) equal offset's, which it cannot."""
     M, (Ho, Wo) = _rows(layer), layer.output_size
     if layer.batch is not None and Ho is not None and Wo is not None:
         return op.Reshape(mask, _int64([layer.batch, M, 1, Ho * Wo]))
-    batch = op.Gather(offset_shape, _int64([0]))
-    positions = op.Mul(op.Gather(offset_shape, _int64([2])), op.Gather(offset_shape, _int64([3])))
+    batch, positions = _either(sizes.N, layer.batch), op.Mul(_either(sizes.Ho, Ho), _either(sizes.Wo, Wo))
     count = op.squeeze(op.Mul(op.Mul(batch, positions), _int64(M)))  # as products: tract sizes Range
     flat = op.Range(_int32(0), op.Cast(count, to=_INT32), _int32(1))  # < N·H·W·M·C: fits where the table does
     shape = op.Concat(batch, _int64([M, 1]), positions, axis=0)
     return op.Gather(op.Reshape(mask, _int64([-1])), op.Reshape(flat, shape), axis=0)
 
 
-def corner_rows(op: Emitter, layer: Layer, clamped: Value, x_shape: Optional[Value],
-                offset_shape: Optional[Value]) -> Value:
+def corner_rows(op: Emitter, layer: Layer, clamped: Value, sizes: Sizes) -> Value:
     """The gather table rows (n·H + y)·W + x of the four neighbours, INT32 (N, M, 4, P), from ``clamped``
     (N, M, 4, P) of :func:`in_image`."""
     H, W = layer.input_size
@@ -265,10 +285,10 @@ def corner_rows(op: Emitter, layer: Layer, clamped: Value, x_shape: Optional[Val
     if layer.batch is not None and layer.batch > 1 and H is not None:
         y = op.Add(y, _int32(np.arange(layer.batch) * H).reshape(-1, 1, 1, 1))
     elif layer.batch != 1:  # n counted along offset's batch axis: X's batch is a symbol tract would have to match
-        image = _positions(op, offset_shape, 0) if layer.batch is None else _int32(np.arange(layer.batch))
-        y = op.Add(y, op.Reshape(op.Mul(image, _counted(op, x_shape, 2, H)), _int64([-1, 1, 1, 1])))
+        image = _positions(op, sizes.N) if layer.batch is None else _int32(np.arange(layer.batch))
+        y = op.Add(y, op.Reshape(op.Mul(image, _counted(op, sizes.H, H)), _int64([-1, 1, 1, 1])))
     # every row fits INT32: rows < N·H·W < 2^31 (check_rows_fit)
-    return op.Add(op.Mul(y, _counted(op, x_shape, 3, W)), x)
+    return op.Add(op.Mul(y, _counted(op, sizes.W, W)), x)
 
 
 def per_row(op: Emitter, layer: Layer, t: Value, sample_shape: Sequence[int], integer: bool = False) -> list[Value]:
@@ -331,12 +351,13 @@ def group_biases(op: Emitter, layer: Layer, B: Optional[Value]) -> list[Optional
     return [op.Gather(per_group, _int64(r), axis=0) for r in range(R)]
 
 
-def output(op: Emitter, layer: Layer, sums: list[Value], offset_shape: Optional[Value]) -> Value:
+def output(op: Emitter, layer: Layer, sums: list[Value], sizes: Sizes) -> Value:
     """Y (N, O, Ho, Wo) from the R conv groups' sums (1, N·P, 1, O/R); Ho and Wo from ``offset``."""
     Y = op.concat(sums, axis=3)  # (1, N·P, 1, O)
-    if None in layer.output_size:
-        Ho_Wo = op.Gather(offset_shape, _int64([2, 3]))
-        shape = op.Concat(_int64([-1]), Ho_Wo, _int64([layer.out_channels]), axis=0)
+    (Ho, Wo) = layer.output_size
+    if Ho is None or Wo is None:
+        shape = op.Concat(_int64([-1]), _either(sizes.Ho, Ho), _either(sizes.Wo, Wo), _int64([layer.out_channels]),
+                          axis=0)
     else:
         shape = _int64([-1, *layer.output_size, layer.out_channels])
     return op.Transpose(op.Reshape(Y, shape), perm=[0, 3, 1, 2])
@@ -347,11 +368,11 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
     """Y (N, O, Ho, Wo) of ``X`` (N, C, H, W), ``W`` (O, C/R, kH, kW), ``offset`` (N, 2·G·K, Ho, Wo), optional
     ``B`` (O) and ``mask`` (N, G·K, Ho, Wo) (``None``: DCNv1): the sum over slices and taps of samples · w_k."""
     check_rows_fit(layer)
-    x_shape, offset_shape = input_shapes(op, layer, X, offset)
-    low, frac = neighbours(op, layer, offsets(op, layer, offset), output_grid(op, layer, offset_shape))
-    clamped, inside = in_image(op, low, last_pixel(op, layer, x_shape))
-    weights = per_row(op, layer, corner_weights(op, layer, frac, inside, mask, offset_shape), [1, _CORNERS])
-    rows = per_row(op, layer, corner_rows(op, layer, clamped, x_shape, offset_shape), [_CORNERS], integer=True)
+    sizes = input_sizes(op, layer, X, offset)
+    low, frac = neighbours(op, layer, offsets(op, layer, offset), output_grid(op, layer, sizes))
+    clamped, inside = in_image(op, low, last_pixel(op, layer, sizes))
+    weights = per_row(op, layer, corner_weights(op, layer, frac, inside, mask, sizes), [1, _CORNERS])
+    rows = per_row(op, layer, corner_rows(op, layer, clamped, sizes), [_CORNERS], integer=True)
     tables, w_k, biases = gather_tables(op, layer, X), tap_weights(op, layer, W), group_biases(op, layer, B)
     K, J, per_offset_group = layer.taps, layer.slices // layer.groups, layer.slices // layer.offset_groups
     every = [(s, k) for s in range(layer.slices) for k in range(K)]
@@ -377,4 +398,4 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
             sums[r] = op.Add(sums[r], current)
         else:
             sums[r] = current if biases[r] is None else op.Add(current, biases[r])
-    return output(op, layer, sums, offset_shape)
+    return output(op, layer, sums, sizes)

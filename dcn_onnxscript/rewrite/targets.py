@@ -13,8 +13,12 @@ because onnxruntime's and ``onnx.reference``'s ``GridSample`` return non-zero va
 ncnn's ``GridSample`` reads no pixel for a NaN position (its integer in-image test fails), so there a NaN
 offset still samples nothing.
 
-The gather lowering (opsets below 16, float64 layers) indexes with integer arithmetic, which ncnn lacks
-altogether; ncnn takes models exported at opset 16 or later in float32.
+pnnx also writes a ``Gather`` at constant indices (the DCNv3/DCNv4 cores' picks of offset and mask channels) as
+``Tensor.select`` of the index list, which its ncnn output makes a ``Crop`` of one index; there each one along an
+axis of static size (pnnx fixes the sizes) becomes a ``Split`` of its data at the bounds of its runs of
+consecutive indices and a ``Concat`` of the parts in its order. The gather lowering (opsets below 16, float64
+layers) indexes with integer arithmetic, which ncnn lacks altogether; ncnn takes models exported at opset 16 or
+later in float32.
 
 OpenCV 4.x (``--for opencv4``; measured on 4.14.0, the newest 4.x) has no ``GridSample`` layer at all: its
 importer refuses every grid_sample export ("Can't create layer ... of type GridSample"). There every
@@ -34,7 +38,12 @@ concatenated), cut back into each node's output by a ``Slice`` and a ``Reshape``
 rewritten too (the toolkit builds them at the sizes ``load_onnx`` is given): where a size is not static, the
 ``Slice`` bounds and the output shapes are read with ``Shape`` from each node's indices and the table at run
 time. The one ``Gather`` holds every tap's neighbours at once: on onnxruntime's CPU that takes about 4.5
-times the gather lowering's peak memory, so it is this target's form only, not the lowering's.
+times the gather lowering's peak memory, so it is this target's form only, not the lowering's. The toolkit's
+``build`` also crashes (a floating-point exception) on the lowering's INT32 clamps, ``Greater`` + ``Where``,
+which become ``Max`` and ``Min``, and its constant folding fails on the sum over taps, a chain of ``Add``
+nodes, at few output positions of a dynamic export, which becomes a ``Concat`` of the terms and a
+``ReduceSum``. ``Max`` and ``Min`` are this target's form only: onnxruntime-web's WebGPU (JSEP) has no kernel
+for them, which is why the lowering writes ``Greater`` + ``Where``.
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
+from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
 from onnxscript.rewriter import pattern
 
 
@@ -284,9 +293,216 @@ def gathers_per_table(model: ir.Model) -> int:
     return merged
 
 
+_INTEGERS = (ir.DataType.INT32, ir.DataType.INT64)
+
+
+def _raised(op: Any, value: Any, bound: Any, moved_to: Any) -> Any:
+    """The gather lowering's lower clamp: ``bound`` where ``bound > value``, else ``value`` (``bound`` once or
+    written twice: a lowering given a constant writes one ``Constant`` per use)."""
+    return op.Where(op.Greater(bound, value), moved_to, value)
+
+
+def _lowered(op: Any, value: Any, bound: Any, moved_to: Any) -> Any:
+    """The gather lowering's upper clamp: ``bound`` where ``value > bound``, else ``value``."""
+    return op.Where(op.Greater(value, bound), moved_to, value)
+
+
+def _same(a: ir.Value, b: ir.Value) -> bool:
+    """One value, or two constants of equal contents and shape."""
+    if a is b:
+        return True
+    x, y = ir.convenience.get_const_tensor(a), ir.convenience.get_const_tensor(b)
+    return x is not None and y is not None and x.shape == y.shape and np.array_equal(x.numpy(), y.numpy())
+
+
+def _is_integer_clamp(context: Any, value: Any, bound: Any, moved_to: Any, **_: Any) -> bool:
+    """``bound`` and ``moved_to`` are one, of the integer type of ``value`` (a float clamp differs from
+    ``Max``/``Min`` on NaN)."""
+    return value.dtype in _INTEGERS and bound.dtype == value.dtype and _same(bound, moved_to)
+
+
+def _max(op: Any, value: Any, bound: Any, moved_to: Any) -> Any:
+    return op.Max(value, bound)
+
+
+def _min(op: Any, value: Any, bound: Any, moved_to: Any) -> Any:
+    return op.Min(value, bound)
+
+
+#: ``Where(Greater(b, v), b, v)`` -> ``Max(v, b)`` and ``Where(Greater(v, b), b, v)`` -> ``Min(v, b)`` (integers).
+CLAMPS_AS_MAX_MIN = pattern.RewriteRuleSet([pattern.RewriteRule(_raised, _max, _is_integer_clamp),
+                                            pattern.RewriteRule(_lowered, _min, _is_integer_clamp)])
+
+
+def clamps_as_max_min(model: ir.Model) -> int:
+    """Replace every integer clamp of the gather lowering (``Greater`` + ``Where``) in ``model`` by ``Max`` or
+    ``Min``, in place (shapes and types inferred first); returns how many were replaced."""
+    ShapeInferencePass()(model)
+    return CLAMPS_AS_MAX_MIN.apply_to_model(model)
+
+
+def _runs(indices: np.ndarray) -> list[tuple[int, int]]:
+    """``indices`` (1-D, non-negative) as runs of consecutive indices, (start, end) each, in their order."""
+    runs: list[tuple[int, int]] = []
+    for i in indices.tolist():
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def _constant_gather(node: ir.Node) -> Optional[tuple[int, np.ndarray]]:
+    """``(axis, indices)`` of a ``Gather`` at constant indices of rank 0 or 1 along an axis of static size
+    (indices made non-negative), else ``None``."""
+    if node.op_type != "Gather" or node.domain != "" or len(node.inputs) != 2 or node.inputs[0].shape is None:
+        return None
+    tensor = ir.convenience.get_const_tensor(node.inputs[1])
+    rank = len(node.inputs[0].shape)
+    axis = _attribute(node, "axis", 0) % rank if rank else 0
+    size = node.inputs[0].shape[axis] if rank else None
+    if tensor is None or tensor.numpy().ndim > 1 or not isinstance(size, int):
+        return None
+    return axis, tensor.numpy().astype(np.int64) % size
+
+
+def _split_concat(graph: ir.Graph, node: ir.Node, axis: int, indices: np.ndarray, opset: int) -> None:
+    """``node`` (``Gather`` of ``indices`` along ``axis``) as one ``Split`` of its data at every run's bounds
+    and a ``Concat`` of the parts in the indices' order (a ``Squeeze`` of the one part for a scalar index), in
+    ``graph``."""
+    data, size, runs = node.inputs[0], node.inputs[0].shape[axis], _runs(indices.reshape(-1))
+    bounds = sorted({0, size, *(b for run in runs for b in run)})
+    tape = ir.tape.Tape()
+    sizes = np.diff(bounds).astype(np.int64)
+    if len(sizes) == 1:
+        parts = [data]
+    elif opset >= 13:
+        split = tape.op("Constant", [], {"value": ir.tensor(sizes)})
+        parts = tape.op_multi_out("Split", [data, split], {"axis": axis}, num_outputs=len(sizes))
+    else:
+        parts = tape.op_multi_out("Split", [data], {"axis": axis, "split": sizes.tolist()}, num_outputs=len(sizes))
+    chosen = [parts[k] for start, end in runs for k in range(bounds.index(start), bounds.index(end))]
+    result = chosen[0] if len(chosen) == 1 else tape.op("Concat", chosen, {"axis": axis})
+    if indices.ndim == 0 and opset >= 13:
+        result = tape.op("Squeeze", [result, tape.op("Constant", [], {"value": ir.tensor(np.array([axis]))})])
+    elif indices.ndim == 0:
+        result = tape.op("Squeeze", [result], {"axes": [axis]})
+    ir.convenience.replace_all_uses_with(node.outputs[0], result)
+    if node.outputs[0] in graph.outputs:
+        graph.outputs[graph.outputs.index(node.outputs[0])] = result
+    graph.insert_after(node, tape.nodes)
+    graph.remove(node, safe=True)
+
+
+def constant_gathers_as_split(model: ir.Model) -> int:
+    """Replace every ``Gather`` at constant indices (rank 0 or 1) along an axis of static size in ``model`` (main graph,
+    subgraphs, local functions) by a ``Split`` and a ``Concat`` (shapes inferred first), in place; returns how
+    many were replaced."""
+    ShapeInferencePass()(model)
+    opset = model.opset_imports.get("", 1)
+    graphs = [model.graph, *model.functions.values()]
+    graphs += [sub for graph in list(graphs) for sub in graph.subgraphs()]
+    replaced = 0
+    for graph in graphs:
+        for node in list(graph):
+            found = _constant_gather(node)
+            if found is not None:
+                _split_concat(graph, node, *found, opset)
+                replaced += 1
+    return replaced
+
+
+def ncnn_form(model: ir.Model) -> int:
+    """``model`` in ncnn's patterns (:func:`guards_as_clip`, :func:`constant_gathers_as_split`), in place;
+    returns how many patterns were replaced."""
+    return guards_as_clip(model) + constant_gathers_as_split(model)
+
+
+def _is_inner_add(node: Optional[ir.Node], graph: ir.Graph) -> bool:
+    """An ``Add`` of ``graph`` whose one use is another ``Add``: a term of a longer sum."""
+    if node is None or node.op_type != "Add" or node.domain != "" or node.graph is not graph:
+        return False
+    uses = list(node.outputs[0].uses())
+    return (len(uses) == 1 and uses[0].node.op_type == "Add" and uses[0].node.domain == ""
+            and node.outputs[0] not in graph.outputs)
+
+
+def _terms(node: ir.Node, graph: ir.Graph, chain: list[ir.Node]) -> list[ir.Value]:
+    """The terms of the sum ``node`` ends (an ``Add`` of ``Add`` s, each used once), its ``Add`` s into ``chain``."""
+    chain.append(node)
+    terms = []
+    for value in node.inputs:
+        producer = value.producer()
+        terms += _terms(producer, graph, chain) if _is_inner_add(producer, graph) else [value]
+    return terms
+
+
+def _stacking_axis(terms: list[ir.Value]) -> Optional[int]:
+    """An axis of size 1 in each of ``terms`` (all of one rank, every other axis of one static size or of a
+    symbolic size in each), along which their ``Concat`` holds one term per index; ``None`` where there is none."""
+    shapes = [t.shape for t in terms]
+    if any(shape is None for shape in shapes) or len({len(shape) for shape in shapes}) != 1:
+        return None
+    dims = list(zip(*shapes))
+    ones = [axis for axis, sizes in enumerate(dims) if all(size == 1 for size in sizes)]
+    consistent = all(len(set(sizes)) == 1 or not any(isinstance(size, int) for size in sizes) for sizes in dims)
+    return ones[0] if ones and consistent else None
+
+
+def _concat_sum(graph: ir.Graph, root: ir.Node, opset: int) -> bool:
+    """The sum ``root`` ends as ``ReduceSum(Concat(terms))`` of its terms of one shape (three or more), the
+    other terms (a bias) added after; ``False`` (nothing written) where there are fewer such terms."""
+    chain: list[ir.Node] = []
+    terms = _terms(root, graph, chain)
+    rank = None if root.outputs[0].shape is None else len(root.outputs[0].shape)
+    stacked = [t for t in terms if t.shape is not None and len(t.shape) == rank]
+    axis = _stacking_axis(stacked) if len(stacked) >= 3 else None
+    if axis is None:
+        return False
+    tape = ir.tape.Tape()
+    joined = tape.op("Concat", stacked, {"axis": axis})
+    if opset >= 13:
+        axes = tape.op("Constant", [], {"value": ir.tensor(np.array([axis], dtype=np.int64))})
+        total = tape.op("ReduceSum", [joined, axes], {"keepdims": 1})
+    else:
+        total = tape.op("ReduceSum", [joined], {"axes": [axis], "keepdims": 1})
+    for term in terms:
+        if not any(term is t for t in stacked):
+            total = tape.op("Add", [total, term])
+    ir.convenience.replace_all_uses_with(root.outputs[0], total)
+    if root.outputs[0] in graph.outputs:
+        graph.outputs[graph.outputs.index(root.outputs[0])] = total
+    graph.insert_after(root, tape.nodes)
+    for node in chain:
+        graph.remove(node, safe=True)
+    return True
+
+
+def sums_as_concat(model: ir.Model) -> int:
+    """Replace every sum of three or more terms of one shape written as a chain of ``Add`` s in ``model`` (main
+    graph, subgraphs, local functions; e.g. the gather lowering's sum over taps) by a ``Concat`` of the terms
+    and a ``ReduceSum`` (shapes inferred first), in place; returns how many sums were replaced."""
+    ShapeInferencePass()(model)
+    opset = model.opset_imports.get("", 1)
+    graphs = [model.graph, *model.functions.values()]
+    graphs += [sub for graph in list(graphs) for sub in graph.subgraphs()]
+    replaced = 0
+    for graph in graphs:
+        roots = [node for node in graph if node.op_type == "Add" and node.domain == ""
+                 and not _is_inner_add(node, graph)]
+        replaced += sum(_concat_sum(graph, root, opset) for root in roots)
+    return replaced
+
+
+def rknn_form(model: ir.Model) -> int:
+    """``model`` in rknn-toolkit2's patterns (:func:`gathers_per_table`, :func:`clamps_as_max_min`,
+    :func:`sums_as_concat`), in place; returns how many patterns were replaced."""
+    return gathers_per_table(model) + clamps_as_max_min(model) + sums_as_concat(model)
+
+
 #: target -> what writes the model in its patterns (in place; returns how many were replaced).
-_PATTERNS: dict[str, Callable[[ir.Model], int]] = {"ncnn": guards_as_clip, "opencv4": grid_samples_as_gather,
-                                                    "rknn": gathers_per_table}
+_PATTERNS: dict[str, Callable[[ir.Model], int]] = {"ncnn": ncnn_form, "opencv4": grid_samples_as_gather,
+                                                    "rknn": rknn_form}
 #: The targets :func:`for_target` knows.
 TARGETS = tuple(_PATTERNS)
 
@@ -296,5 +512,7 @@ def for_target(model: ir.Model, target: str) -> int:
     patterns were replaced."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
-    return _PATTERNS[target](model)
+    replaced = _PATTERNS[target](model)
+    RemoveUnusedNodesPass()(model)  # the constants the replaced nodes read
+    return replaced
 

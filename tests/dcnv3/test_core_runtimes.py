@@ -1,11 +1,12 @@
 """Exported cores on the generated matrix's runtimes (onnxruntime is in the other tests): those of the test venv
 (OpenVINO, tract, OpenCV 5, ``onnx.reference``, MNN) by default, the deployment ones in venvs of their own
-(onnxruntime's OpenVINO provider, OpenCV 4.x, the RKNN simulator) under the ``deploy`` marker, as the generated
-DCNv2 matrix runs them; both lowerings, static and dynamic sizes, hostile offsets (NaN, ±Inf, huge: zero
-contribution) mixed in."""
+(onnxruntime's OpenVINO provider, OpenCV 4.x, the RKNN simulator, Apache TVM, tinygrad, ncnn via pnnx) under the
+``deploy`` marker and LiteRT under the ``tflite`` marker, as the generated DCNv2 matrix runs them; both
+lowerings, static and dynamic sizes, hostile offsets (NaN, ±Inf, huge: zero contribution) mixed in."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Optional
 
@@ -19,11 +20,12 @@ import dcn_onnxscript.ops  # noqa: F401
 from dcn_onnxscript.export import dcnv3 as core_exports
 from dcn_onnxscript.lowering.dcnv3 import Core
 from dcn_onnxscript.tools.bench.internimage import CoreModule
-from faults import RKNN, Fault
+from faults import DEPLOY, RKNN, Fault, Limitation
 from helpers import HOSTILE, assert_close
 from runtimes import EXTRA_JOBS, RKNN_TOLERANCE, run_openvino, run_runtime
 
-RUNTIMES = ("openvino", "tract", "tract_symbolic", "reference", "opencv", "mnn", "openvino_ep", "opencv4", "rknn")
+RUNTIMES = ("openvino", "tract", "tract_symbolic", "reference", "opencv", "mnn", "openvino_ep", "opencv4", "rknn",
+            "tflite", "ncnn", "tvm", "tinygrad")
 #: (lowering, opset): grid_sample at its lowest opset, gather below it.
 LOWERINGS = (("grid_sample", 16), ("gather", 12))
 CORES = {3: CoreCase(Core((3, 3), (1, 1), (1, 1), (1, 1), 2, 4, offset_scale=0.5, version=3), (6, 5), 2),
@@ -45,16 +47,17 @@ def with_hostile_offsets(case: CoreCase, inputs: list, seed: int) -> list:
 def _valid(runtime: str, dynamic: bool) -> bool:
     """As the generated matrix: tract with concrete input facts runs static exports (it cannot unify them with
     the exporter's symbolic value_info), tract with symbolic ones dynamic exports; OpenCV 4.x (``rewrite --for
-    opencv4``) and the RKNN toolkit take static sizes only."""
-    return {"tract": not dynamic, "tract_symbolic": dynamic, "opencv4": not dynamic,
-            "rknn": not dynamic}.get(runtime, True)
+    opencv4``), the RKNN toolkit, onnx2tf (LiteRT) and pnnx (ncnn) take static sizes only."""
+    return {"tract": not dynamic, "tract_symbolic": dynamic, "opencv4": not dynamic, "rknn": not dynamic,
+            "tflite": not dynamic, "ncnn": not dynamic}.get(runtime, True)
 
 
 EVERY = [p for p in itertools.product(RUNTIMES, CORES, LOWERINGS, (False, True)) if _valid(p[0], p[3])]
+#: Runtimes that take static sizes only (:func:`_valid`), and tract_symbolic, which takes dynamic ones only.
+_ONE_KIND = ("tract", "tract_symbolic", "opencv4", "rknn", "tflite", "ncnn")
 #: By default each runtime with two of the four (core, lowering) pairs, one of each lowering, the pairs moving
 #: on from runtime to runtime; static and dynamic in turn where both are valid; every combination in the slow run.
-COVERING = [(runtime, version, lowering, i % 2 == 1 if runtime not in ("tract", "tract_symbolic", "opencv4", "rknn")
-             else runtime == "tract_symbolic")
+COVERING = [(runtime, version, lowering, i % 2 == 1 if runtime not in _ONE_KIND else runtime == "tract_symbolic")
             for i, runtime in enumerate(RUNTIMES) for j, (version, lowering) in enumerate(
                 itertools.product(CORES, LOWERINGS)) if (j - i) % 4 in (0, 3)]
 #: onnx.reference's fault, as in the generated matrix (tests/matrix.py).
@@ -74,6 +77,14 @@ _RKNN_HOSTILE_GATHER = Fault("rknn-toolkit2", "2.5.0", "the RK3588 simulator's o
                              "holds NaN where offset_mask holds NaN, ±Inf or ±1e30 offsets (finite ones up to 6e4 "
                              "match within 7.6e-3; DCNv3's, whose masks come in a tensor of their own, match) "
                              "(docs/known-issues.md)", RKNN)
+
+
+#: The deployment runtimes' faults and limitations, as in the generated matrix (tests/matrix.py).
+_TINYGRAD_GRID_SAMPLE = Fault("tinygrad", "0.14.0", "the ONNX runner has no GridSample (tests/tools/test_deploy.py)",
+                              DEPLOY)
+_NCNN_GATHER = Limitation("the gather lowering indexes with integer ops (Greater/Equal -> Where, Cast to INT64), "
+                          "which pnnx writes as torch.gt/eq/where and Tensor.to and ncnn lacks: ncnn takes "
+                          "grid_sample exports (opset >= 16; docs/deploy.md)")
 
 
 def _params(params: list) -> list:
@@ -99,6 +110,10 @@ def _known_fault(runtime: str, version: int, lowering, dynamic: bool) -> Optiona
         return _RKNN_HOSTILE_GRID
     if runtime == "rknn" and version == 4:
         return _RKNN_HOSTILE_GATHER
+    if runtime == "tinygrad" and impl == "grid_sample":
+        return _TINYGRAD_GRID_SAMPLE
+    if runtime == "ncnn" and impl == "gather":
+        return _NCNN_GATHER
     return None
 
 
@@ -107,8 +122,14 @@ def _id(param) -> str:
     return f"{runtime}-v{version}-{impl}{opset}-{'dynamic' if dynamic else 'static'}"
 
 
+def _case(runtime: str, version: int) -> CoreCase:
+    """The core case ``runtime`` runs: batch 1 for ncnn, which has no batch axis."""
+    case = CORES[version]
+    return dataclasses.replace(case, batch=1) if runtime == "ncnn" else case
+
+
 def _run(runtime: str, version: int, lowering, dynamic: bool) -> None:
-    (impl, opset), case = lowering, CORES[version]
+    (impl, opset), case = lowering, _case(runtime, version)
     inputs = case.inputs(seed=3)
     model = export_module(CoreModule(case.core), "dynamo", opset, dynamic, inputs,
                           custom_translation_table=core_exports.translation_table(impl))

@@ -42,7 +42,6 @@ import pytest
 import torch
 
 from dcn_onnxscript.rewrite import rewrite
-from faults import RKNN, Fault
 from helpers import assert_close, default_opset, layer_reference
 from matrix import (
     DTYPES,
@@ -112,7 +111,7 @@ def _params(slow: bool):
         marks = [getattr(pytest.mark, job)] if job else []
         if (export, runtime) not in chosen:
             marks.append(pytest.mark.slow)
-        failure = known_failure(export, runtime) or _sized_failure(export, runtime)
+        failure = known_failure(export, runtime)
         if failure:
             marks.append(failure.mark())
         yield pytest.param(export, runtime, id=f"{export.id()}-{runtime}", marks=marks)
@@ -175,23 +174,6 @@ def _reference(export: Export, module64: torch.nn.Module, inputs) -> np.ndarray:
 def _float_sizes(export: Export):
     """(batch, (H, W)) of the two inputs a float32 or float64 case runs at."""
     return _sizes(export, 2, 64 if export.context == "resnet50" else 12, seed=5)
-
-
-#: The most output positions N·Ho·Wo at which rknn-toolkit2 2.5.0 was seen to fail on a dynamic gather export
-#: (3×3 layer: 13-16 and fewer fail, 18 and more match; 2×3 strided layer: 12 fails).
-RKNN_FEW_POSITIONS = 16
-
-
-def _sized_failure(export: Export, runtime: str):
-    """A :class:`~faults.Fault` that a dynamic case meets only at some of the sizes it runs at, or ``None``."""
-    if (runtime == "rknn" and export.dynamic and lowering_written(export) == "gather"
-            and any(batch * int(np.prod(export.case.output_size(size))) <= RKNN_FEW_POSITIONS
-                    for batch, size in _float_sizes(export))):
-        return Fault("rknn-toolkit2", "2.5.0", "build's constant folding fails on a dynamic gather export loaded at "
-                     "few output positions (N·Ho·Wo of 16 or less): 'The input tensor cannot be reshaped to the "
-                     "requested shape. Input shape:{N·Ho·Wo,O,1,1}, requested shape:{1,1,1,1}' (onnxruntime runs "
-                     "the model; more positions match) (docs/known-issues.md)", RKNN)
-    return None
 
 
 def _check_float(export: Export, module, model, runtime: str) -> None:
