@@ -21,7 +21,10 @@ memory each in a fresh process, the error against torchvision eager.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import dataclasses
+import gc
 import json
 import pathlib
 import subprocess
@@ -220,6 +223,16 @@ def eager_memory_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def release_memory() -> float:
+    """Give what this process freed back to the system (the exports and the rewrites' proofs leave gigabytes
+    that the C allocator keeps for reuse), so that a process measured beside it has the memory; returns the
+    MB it then holds."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # glibc only
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return rss_mb("VmRSS")
+
+
 def runs_of(case: str, args: argparse.Namespace) -> int:
     """Runs of a model measured on its own: :data:`WARMUP_RUNS`, then the case's timed rounds."""
     return WARMUP_RUNS + (args.birefnet_repeat if case == BIREFNET else args.repeat)
@@ -290,6 +303,7 @@ def measure(case: Case, workdir: pathlib.Path, args: argparse.Namespace) -> list
 def _one_at_a_time(case: Case, workdir: pathlib.Path, args: argparse.Namespace) -> tuple[dict, dict, dict, dict]:
     """(fresh-process figures, median seconds, max errors against eager, differences from the source) of every
     row, each model measured in a process of its own (eager last), then the floors interleaved here."""
+    progress(f"{case.name}: this process holds {release_memory():.0f} MB")
     fresh: dict[str, dict[str, Any]] = {}
     outputs: dict[str, np.ndarray] = {}
     for kind in [*(k for k in case.paths if k in case.onnx_paths), EAGER]:
