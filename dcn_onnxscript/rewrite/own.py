@@ -8,8 +8,9 @@ computed indices) and sums what it samples into Y. From its samplers:
 
 - **X**: a value of rank 4 that they all sample, followed back through layout ops of one data input (reshapes,
   slices of groups, padding), the furthest first;
-- **Y**: the first value that every sampler feeds (the sum over the taps), followed through reshapes and the
-  bias ``Add`` to the last of the offset's sizes (N, O, Ho, Wo);
+- **Y**: the first value that every sampler feeds (the sum over the taps), followed through reshapes, the
+  bias ``Add`` and a ``Cast`` (a float16 layer computes in float32 and casts its output back) to the last of
+  the offset's sizes (N, O, Ho, Wo);
 - **the offset**: a value of rank 4 with an even number of channels that every sampling position is computed
   from (sizes read with ``Shape`` aside), the one nearest X first;
 - **the mask**: a value of rank 4 with half the offset's channels that Y is computed from and that neither
@@ -20,9 +21,12 @@ The region, cut out with :class:`onnx.utils.Extractor`, is then run on probes (a
 at one output position, the mask 1, X one channel at a time and constant over the image, gives W's column of
 that channel and tap (Y minus the bias, which X = 0 gives); X a ramp along the height or the width gives
 where that tap samples, at two neighbouring output positions: the stride, the padding and the dilation. The
-offset groups and the groups are the largest whose blocks hold all of W. The result is proven on random and
-hostile inputs against a native ``DeformConv`` (:meth:`.seed.Prover.prove`); a region that does not prove
-equal is left as it was, with one line saying why.
+offset groups and the groups are the largest whose blocks hold all of W. Each input is fed in its own type.
+The result is proven on random and hostile inputs against a native ``DeformConv`` (:meth:`.seed.Prover.prove`,
+within 1e-2 where any of X, the offset, the mask or Y is float16); a region that does not prove equal is left
+as it was, with one line saying why. The ``DeformConv`` computes in the type X, the offset, the mask and Y
+share; where they do not share one (a float16 layer inside a float32 model), it computes in float32 with
+Casts around it.
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ _PROOF_SIZE, _PROOF_BATCH = (23, 19), 2
 _PROBE_BATCH = 16
 #: Offset and mask candidates tried per region.
 _MAX_TRIES = 8
+#: The types ``DeformConv`` computes in (its ``T``), and the one it computes a region of mixed types in.
+_DEFORM_CONV_TYPES = frozenset({onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE})
+_MIXED_TYPE = onnx.TensorProto.FLOAT
 
 
 @dataclasses.dataclass
@@ -77,7 +84,21 @@ class OwnRegion:
     nodes: list[ir.Node]
     W: Optional[ir.Value] = None
     bias: Optional[np.ndarray] = None
+    #: The ONNX types of X, the offset, the mask and Y, once probed.
+    types: dict[ir.Value, int] = dataclasses.field(default_factory=dict)
     domain = OWN_DOMAIN
+
+    @property
+    def inputs(self) -> list[ir.Value]:
+        """X, the offset and the mask (where there is one)."""
+        return [v for v in (self.X, self.offset, self.mask) if v is not None]
+
+    @property
+    def elem_type(self) -> int:
+        """The ONNX type its DeformConv computes in: that of X, the offset, the mask and Y where they share one,
+        else :data:`_MIXED_TYPE` (with Casts around it)."""
+        types = set(self.types.values())
+        return types.pop() if len(types) == 1 else _MIXED_TYPE
 
     def describe(self) -> str:
         return f"{OWN_KIND} region of {len(self.samplers)} {self.samplers[0].op_type} nodes (output {self.Y.name!r})"
@@ -162,8 +183,9 @@ def _sum_of(graph: ir.Graph, samplers: list[ir.Node]) -> ir.Value:
 
 
 def _output(graph: ir.Graph, total: ir.Value, offset: list[Optional[int]], dims: Callable) -> ir.Value:
-    """Y: the sum over the taps followed through the reshapes and constant ``Add`` (the bias) that alone read
-    it, to the last value of rank 4 whose sizes are the offset's (N, O, Ho, Wo) (or of unknown shape)."""
+    """Y: the sum over the taps followed through the reshapes, the constant ``Add`` (the bias) and the ``Cast``
+    to a float type that alone read it, to the last value of rank 4 whose sizes are the offset's (N, O, Ho, Wo)
+    (or of unknown shape)."""
     chain, value = [total], total
     while value not in graph.outputs:
         users = list(seed._consumers(value))
@@ -173,6 +195,9 @@ def _output(graph: ir.Graph, total: ir.Value, offset: list[Optional[int]], dims:
         if user.op_type == "Add":
             other = user.inputs[1] if user.inputs[0] is value else user.inputs[0]
             if not seed._is_constant(other):
+                break
+        elif user.op_type == "Cast":  # a float16 layer computed in float32, cast back to its type
+            if seed._int_attr(user, "to", 0) not in _DEFORM_CONV_TYPES:
                 break
         elif user.op_type not in seed._SHAPE_OPS:
             break
@@ -324,10 +349,11 @@ def find_regions(graph: ir.Graph, X: ir.Value, samplers: list[ir.Node], dims: Ca
 
 @dataclasses.dataclass
 class _Probe:
-    """Runs a region on chosen inputs: X (N, C, H, W), offset (N, 2J, Ho, Wo), mask (N, J, Ho, Wo), J = G·K."""
+    """Runs a region on chosen inputs: X (N, C, H, W), offset (N, 2J, Ho, Wo), mask (N, J, Ho, Wo), J = G·K,
+    each fed in its own type (``dtypes``: X's, the offset's, the mask's)."""
 
     run: Callable[..., np.ndarray]
-    dtype: np.dtype
+    dtypes: tuple[np.dtype, ...]
     batch: int
     channels: int
     size: tuple[int, int]
@@ -352,7 +378,7 @@ class _Probe:
         for pair, (i, j) in alive.items():
             offset[:, 2 * pair:2 * pair + 2, i, j] = 0.0
         feeds = [X, offset] + ([np.full((self.batch, self.pairs, *self.out), mask)] if self.has_mask else [])
-        return self.run(*(a.astype(self.dtype) for a in feeds)).astype(np.float64)
+        return self.run(*(a.astype(dtype) for a, dtype in zip(feeds, self.dtypes))).astype(np.float64)
 
     def image(self, values: Optional[np.ndarray] = None) -> np.ndarray:
         """X holding ``values`` (H, W) in every channel (zeros by default)."""
@@ -542,9 +568,8 @@ def _probe(prover: Prover, region: OwnRegion) -> _Probe:
     if not x or not offset or x[1] is None or offset[1] is None:
         raise NotARegion("its input's or offset's channels are not static")
     batch = x[0] or offset[0] or min(x[1], _PROBE_BATCH)
-    inputs = [v.name for v in (region.X, region.offset, region.mask) if v is not None]
     try:
-        session = seed._session(prover.cut(region, inputs))
+        session = seed._session(prover.cut(region, [v.name for v in region.inputs]))
     except Exception as error:  # noqa: BLE001  (the extractor and onnxruntime raise assorted types)
         raise NotARegion(f"it does not run on its own: {seed._one_line(error)}") from None
     names = [i.name for i in session.get_inputs()]
@@ -555,8 +580,8 @@ def _probe(prover: Prover, region: OwnRegion) -> _Probe:
         except Exception as error:  # noqa: BLE001  (onnxruntime's errors have no common type)
             raise NotARegion(f"it does not run on probes: {seed._one_line(error)}") from None
 
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(prover.elem_type(region.X))
-    return _Probe(run, dtype, batch, x[1], (x[2] or PROBE_SIZE, x[3] or PROBE_SIZE),
+    dtypes = tuple(onnx.helper.tensor_dtype_to_np_dtype(prover.elem_type(v)) for v in region.inputs)
+    return _Probe(run, dtypes, batch, x[1], (x[2] or PROBE_SIZE, x[3] or PROBE_SIZE),
                   (offset[2] or PROBE_OUTPUT, offset[3] or PROBE_OUTPUT), offset[1] // 2, region.mask is not None)
 
 
@@ -577,11 +602,13 @@ def _proof_shapes(prover: Prover, region: OwnRegion, W: np.ndarray,
 
 def _prove(prover: Prover, region: OwnRegion) -> Attributes:
     """The attributes proven for ``region`` (its W and bias set); :class:`NotARegion` saying why not."""
-    float16 = prover.elem_type(region.X) == onnx.TensorProto.FLOAT16
-    readings = read_layer(_probe(prover, region), float16)
+    region.types = {v: prover.elem_type(v) for v in (*region.inputs, region.Y)}
+    if not set(region.types.values()) <= _DEFORM_CONV_TYPES:
+        raise NotARegion("its inputs and output are not all of float16, float32 or float64")
+    readings = read_layer(_probe(prover, region), onnx.TensorProto.FLOAT16 in region.types.values())
     if not readings:
         raise NotARegion("no kernel shape fits where its taps sample")
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(prover.elem_type(region.X))
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(region.elem_type)
     why = None
     for W, bias, attributes in readings:
         name = f"{region.name}_weight"
@@ -629,13 +656,45 @@ def prove_regions(model: ir.Model, progress: Optional[Callable[[str], None]] = N
     return found, notes
 
 
+def _cast(graph: ir.Graph, value: ir.Value, elem_type: int, name: str) -> ir.Node:
+    """A ``Cast`` of ``value`` to ``elem_type`` (its output typed), not yet in ``graph``."""
+    cast = ir.node("Cast", [value], attributes=dict(to=elem_type), name=name)
+    cast.outputs[0].dtype = ir.DataType(elem_type)
+    cast.outputs[0].shape = value.shape
+    return cast
+
+
+def _cast_around(graph: ir.Graph, node: ir.Node, region: OwnRegion) -> None:
+    """``node`` (the ``DeformConv`` in ``region``'s place) computing in the region's type: each input of another
+    type cast to it before, and its output cast back to Y's type."""
+    elem_type = region.elem_type
+    for index, value in ((0, region.X), (2, region.offset), (4, region.mask)):
+        if value is not None and region.types[value] != elem_type:
+            cast = _cast(graph, value, elem_type, f"{node.name}_cast_{index}")
+            graph.insert_before(node, cast)
+            node.replace_input_with(index, cast.outputs[0])
+    Y = node.outputs[0]
+    Y.dtype = ir.DataType(region.types[region.Y])
+    if region.types[region.Y] == elem_type:
+        return
+    back = _cast(graph, Y, region.types[region.Y], f"{node.name}_cast_back")
+    graph.insert_after(node, back)
+    Y.replace_all_uses_with(back.outputs[0], replace_graph_outputs=True)
+    back.replace_input_with(0, Y)
+    back.outputs[0].name, Y.name = Y.name, f"{Y.name}_{ir.DataType(elem_type).name.lower()}"
+    Y.dtype = ir.DataType(elem_type)
+
+
 def replace_regions(model: ir.Model, proven: list[Proven]) -> list[ir.Node]:
-    """Replace each proven region by an :data:`OWN_DOMAIN` ``DeformConv`` node (its W an initializer)."""
+    """Replace each proven region by an :data:`OWN_DOMAIN` ``DeformConv`` node (its W an initializer), with
+    Casts around it where it computes in another type than its inputs' or output's."""
     nodes = []
     for index, (region, attributes) in enumerate(proven):
         weight = region.W
         if weight.name in model.graph.initializers:
             weight.name = weight.const_value.name = f"{weight.name}_{index}"
         model.graph.register_initializer(weight)
-        nodes.append(seed.replace(model.graph, region, attributes))
+        node = seed.replace(model.graph, region, attributes)
+        _cast_around(model.graph, node, region)
+        nodes.append(node)
     return nodes

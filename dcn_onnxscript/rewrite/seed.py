@@ -546,8 +546,10 @@ class Prover:
             return None
         return len(info.type.tensor_type.shape.dim)
 
-    def elem_type(self, value: ir.Value) -> int:
-        return self.extractor.value_infos[value.name].type.tensor_type.elem_type
+    def elem_type(self, value: ir.Value | str) -> int:
+        """The ONNX type of ``value`` (or of the value of that name)."""
+        name = value if isinstance(value, str) else value.name
+        return self.extractor.value_infos[name].type.tensor_type.elem_type
 
     def prove(self, region: Region, options: list[Attributes],
               shapes: Optional[dict[str, tuple[int, ...]]] = None) -> Attributes:
@@ -562,11 +564,13 @@ class Prover:
             shapes = {v.name: self.shape(v, region) for v in inputs}
         try:
             session = _session(self.cut(region, list(shapes)))
-            feeds = _proof_inputs(region, shapes, self.elem_type(region.X))
+            types = {name: self.elem_type(name) for name in shapes}
+            feeds = _proof_inputs(region, shapes, types)
             expected = [session.run(None, feed)[0] for feed in feeds]
         except Exception as error:  # noqa: BLE001  (the extractor and onnxruntime raise assorted types)
             raise NotARegion(f"it does not run on its own: {_one_line(error)}") from None
-        tolerance = TOLERANCE_FLOAT16 if self.elem_type(region.X) == _ONNX_FLOAT16 else TOLERANCE
+        float16 = _ONNX_FLOAT16 in {*types.values(), self.elem_type(region.Y)}
+        tolerance = TOLERANCE_FLOAT16 if float16 else TOLERANCE
         closest = np.inf
         for attributes in options:
             try:
@@ -592,11 +596,12 @@ def _session(model: onnx.ModelProto):
     return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _proof_inputs(region: Region, shapes: dict[str, tuple[int, ...]], elem_type: int) -> list[dict[str, np.ndarray]]:
-    """Two feeds: random inputs (offsets of a few pixels), and the same with hostile offsets: samples far
-    outside the image, just outside and on its border, on whole and half pixels."""
+def _proof_inputs(region: Region, shapes: dict[str, tuple[int, ...]],
+                  types: dict[str, int]) -> list[dict[str, np.ndarray]]:
+    """Two feeds, each input in its ONNX type (``types``, by name): random inputs (offsets of a few pixels), and
+    the same with hostile offsets: samples far outside the image, just outside and on its border, on whole and
+    half pixels."""
     rng = np.random.default_rng(_PROOF_SEED)
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
     X, offset = region.X.name, region.offset.name
     height, width = shapes[X][2:]
     random = {X: rng.standard_normal(shapes[X]), offset: rng.standard_normal(shapes[offset]) * 2}
@@ -606,7 +611,8 @@ def _proof_inputs(region: Region, shapes: dict[str, tuple[int, ...]], elem_type:
     hostile = dict(random)
     hostile[offset] = rng.choice(np.array([-1000.0, -far, -1.0, -0.5, 0.0, 0.5, 1.0, far, 1000.0, height - 1,
                                            width - 1, 1 - height, 1 - width]), size=shapes[offset])
-    return [{name: value.astype(dtype) for name, value in feed.items()} for feed in (random, hostile)]
+    return [{name: value.astype(onnx.helper.tensor_dtype_to_np_dtype(types[name])) for name, value in feed.items()}
+            for feed in (random, hostile)]
 
 
 def _one_line(error: BaseException) -> str:

@@ -124,14 +124,15 @@ def test_bench_of_the_cores_compares_the_lowerings_with_the_plain_export_and_eag
     (runtime_table,) = rest
     assert len(runtime_table) - 1 == len(openvino) == len(rows) - 2  # every ONNX row, no eager
     assert all(r["max_error"] < 1e-4 and r["latency_ms"] > 0 for r in openvino)
-def test_from_seed_prints_each_peer_file_before_and_after_rewrite(tmp_path) -> None:
-    """``bench --from-seed``: the peers' files (the fork's where DCN_BENCH_FORK names a checkout), each followed
-    by its rewrites, run and agree with the file they came from; the native rewrite is one DeformConv at
-    opset 19, the default one keeps the file's opset and samples without GatherND."""
+def test_from_seed_one_at_a_time_prints_each_peer_file_before_and_after_rewrite(tmp_path) -> None:
+    """``bench --from-seed --one-at-a-time``: the peers' files (the fork's where DCN_BENCH_FORK names a
+    checkout), each followed by its rewrites, each measured in a process of its own (eager too), run and agree
+    with the file they came from; the native rewrite is one DeformConv at opset 19, the default one keeps the
+    file's opset and samples without GatherND."""
     fork = bool(os.environ.get("DCN_BENCH_FORK"))
     result = subprocess.run(
-        [sys.executable, "-m", "dcn_onnxscript", "bench", "--from-seed", "--layers", "tiny", "--repeat", "1",
-         "--threads", "1", "--no-memory"],
+        [sys.executable, "-m", "dcn_onnxscript", "bench", "--from-seed", "--one-at-a-time", "--layers", "tiny",
+         "--repeat", "1", "--threads", "1"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -140,6 +141,11 @@ def test_from_seed_prints_each_peer_file_before_and_after_rewrite(tmp_path) -> N
     rewrites = {peer.name: [path.name for path in catalog.rewrites_of(peer)] for peer in peers}
     expected = [name for peer in peers for name in (peer.name, *rewrites[peer.name])] + [catalog.NATIVE]
     assert [row[1] for row in rows_table[1:] if row[0] == "tiny"][:len(expected)] == expected
+    ran = [name for name in [*expected, catalog.EAGER] if not name.startswith(catalog.FORK) or fork]
+    assert [line.split("tiny: ")[1].split(": session")[0] for line in result.stderr.splitlines()
+            if "in a process of its own" in line] == ran
+    eager = next(row for row in rows_table[1:] if row[1] == catalog.EAGER)
+    assert float(eager[6]) > 0 and float(eager[8]) > 0 and float(eager[10]) == 0.0
     assert repair_table[0] == ["case", "model", "from", "nodes", "rewrite s", "session s", "median ms", "x before",
                                "peak MB", "x before", "rel. err vs before"]
     repaired = {row[1]: row for row in repair_table[1:]}
@@ -154,11 +160,22 @@ def test_from_seed_prints_each_peer_file_before_and_after_rewrite(tmp_path) -> N
         for name, (suffix, impl, opset, _) in zip(rewrites[peer.name], catalog.REWRITES):
             _, _, source, nodes, rewrite_s, session_s, ms, x_ms, mb, x_mb, error = repaired[name]
             assert source == peer.name and float(rewrite_s) > 0 and float(session_s) > 0 and float(ms) > 0
-            assert math.isfinite(float(x_ms)) and mb == x_mb == "-"  # --no-memory
+            assert math.isfinite(float(x_ms)) and float(mb) > 0 and math.isfinite(float(x_mb))
             assert float(error) <= 1e-4
             assert "GatherND" not in held[name][2]
             assert int(held[name][3]) == (opset or int(held[peer.name][3]))
             assert (int(nodes) == 1) == (impl == catalog.NATIVE) == (held[name][2] == "DeformConv")
+
+
+def test_birefnet_from_seed_rows_are_its_tutorial_file_and_its_rewrites() -> None:
+    """``bench --from-seed --layers birefnet``: the file BiRefNet's tutorial writes (deform_conv2d_onnx_exporter
+    with its patch, TorchScript, opset 17), then that file after each rewrite, and nothing else."""
+    tutorial = catalog.BIREFNET_PATHS[catalog.DCOE_PATCHED]
+    assert (tutorial.exporter, tutorial.opset) == (catalog.DCOE_PATCHED, 17)
+    rows = catalog.paths_of(catalog.BIREFNET, from_seed=True)
+    assert list(rows.values()) == [tutorial, *catalog.rewrites_of(tutorial)]
+    assert {path.source for path in list(rows.values())[1:]} == {tutorial.name}
+    assert [(path.impl, path.opset) for path in list(rows.values())[1:]] == [(None, None), (catalog.NATIVE, 19)]
 
 
 def test_the_repair_table_gives_ratios_to_the_file_each_row_was_rewritten_from() -> None:

@@ -75,10 +75,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"need einops, kornia, timm, huggingface_hub, opencv (default: ${BIREFNET_ENV}; "
                              "without it the case is skipped)")
     parser.add_argument("--from-seed", action="store_true",
-                        help=f"repair rows: only the files of {DCOE} and its fork (and native, for the ratios), "
-                             "each followed by the same file after `rewrite` (the default lowering at the file's "
-                             "opset, and --impl native --opset 19), with a table of each against the file it "
-                             "was rewritten from")
+                        help=f"repair rows: only the files of {DCOE} and its fork (and native, for the ratios; "
+                             f"{BIREFNET}: its tutorial's file alone), each followed by the same file after "
+                             "`rewrite` (the default lowering at the file's opset, and --impl native --opset 19), "
+                             "with a table of each against the file it was rewritten from")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="measure each model in a process of its own, one after the other (session, a warm-up "
+                             "run and the timed runs, peak memory, output), so that no model's memory holds "
+                             f"another's, instead of interleaved rounds in one process: for {BIREFNET} at "
+                             "--birefnet-size 1024, whose tutorial file alone peaks at about 12 GB")
     parser.add_argument("--plot", type=pathlib.Path, default=None, help="write a bar chart to this PNG file")
     parser.add_argument("--json", type=pathlib.Path, default=None,
                         help="also write the figures to this JSON file (nothing is written by default)")

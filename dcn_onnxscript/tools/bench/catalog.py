@@ -141,8 +141,10 @@ BIREFNET_PATHS = {
         PATHS[f"torchscript-{BIREFNET_OPSET}"],
         ExportPath(DCOE, DCOE, BIREFNET_OPSET, None, "deform_conv2d_onnx_exporter 1.2.0 as installed: "
                    "torch.onnx.export(dynamo=False, opset_version=17), static shapes"),
-        ExportPath(DCOE_PATCHED, DCOE_PATCHED, BIREFNET_OPSET, None, "the same with BiRefNet's tutorial's patch "
-                   "of it (a size TorchScript does not know read from the input's strides)"),
+        ExportPath(DCOE_PATCHED, DCOE_PATCHED, BIREFNET_OPSET, None, "BiRefNet's tutorial's export: "
+                   "deform_conv2d_onnx_exporter 1.2.0 with the tutorial's patch (a size TorchScript does not know "
+                   "read from the input's strides), torch.onnx.export(dynamo=False, opset_version=17), static "
+                   "shapes, the tutorial's input and output names"),
         ExportPath(NATIVE, NATIVE_TORCHSCRIPT, NATIVE_OPSET, None, "torch.onnx.export(dynamo=False, "
                    "opset_version=19) with a symbolic writing one DeformConv node per layer"),
     )
@@ -191,11 +193,15 @@ def rewrites_of(source: ExportPath) -> list[ExportPath]:
 
 def paths_of(case: str, from_seed: bool = False) -> dict[str, ExportPath]:
     """The export paths (rows) of case ``case``; ``from_seed``: only the peers', each followed by its
-    rewrites, and native (a DCNv3/DCNv4 core has no peers' rows: its own)."""
+    rewrites, and native (a DCNv3/DCNv4 core has no peers' rows: its own; BiRefNet's are its tutorial's file
+    and its rewrites alone, the file its users have)."""
     if case in CORES:
         return {name: path for name, path in CORE_PATHS.items() if name != PLAIN or CORES[case].version == 3}
     paths = BIREFNET_PATHS if case == BIREFNET else PATHS
     if not from_seed:
         return paths
+    if case == BIREFNET:
+        tutorial = paths[DCOE_PATCHED]
+        return {path.name: path for path in (tutorial, *rewrites_of(tutorial))}
     rows = [row for path in paths.values() if path.exporter in STATIC_EXPORTERS for row in (path, *rewrites_of(path))]
     return {path.name: path for path in (*rows, paths[NATIVE])}

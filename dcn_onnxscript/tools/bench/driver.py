@@ -27,7 +27,7 @@ from dcn_onnxscript.tools.bench.catalog import (
 )
 from dcn_onnxscript.tools.bench.exports import export_case
 from dcn_onnxscript.tools.bench.floors import add_floors
-from dcn_onnxscript.tools.bench.measuring import Result, measure
+from dcn_onnxscript.tools.bench.measuring import WARMUP_RUNS, Result, measure
 from dcn_onnxscript.tools.bench.reporting import (
     document,
     floor_line,
@@ -87,8 +87,10 @@ def _bench(args: argparse.Namespace, workdir: pathlib.Path) -> int:
     auto = table.resolve(table.DEFAULT, opset) if opset else "-"
     rounds = f"{args.repeat}" + (f" ({BIREFNET}: {args.birefnet_repeat})" if BIREFNET in args.layers else "")
     default = f"; '{table.DEFAULT}' at torch's default opset {opset}: {auto}" if opset else ""
+    how = (f"runs after {WARMUP_RUNS} warm-up run, each model in a process of its own" if args.one_at_a_time
+           else "interleaved rounds")
     print(f"\n{', '.join(f'{k} {v}' for k, v in found.items())}; {args.threads} threads, median of "
-          f"{rounds} interleaved rounds{default}\n")
+          f"{rounds} {how}{default}\n")
     if any(r.case not in CORES for r in results):
         print(format_table([r for r in results if r.case not in CORES]))
     if any(r.case in CORES for r in results):
@@ -123,7 +125,8 @@ def _bench(args: argparse.Namespace, workdir: pathlib.Path) -> int:
     if args.json:
         facts = dict(versions=found, threads=args.threads, repeat=args.repeat,
                      birefnet_repeat=args.birefnet_repeat, image_size=args.image_size,
-                     birefnet_size=args.birefnet_size, wall_s=wall_s, load_average=[load_before, load_after],
+                     birefnet_size=args.birefnet_size, one_at_a_time=args.one_at_a_time, wall_s=wall_s,
+                     load_average=[load_before, load_after],
                      floors=floors)
         document_ = document(results, runtime_results + core_runtime_results, cases, **facts)
         args.json.write_text(json.dumps(document_, indent=1) + "\n")

@@ -31,9 +31,10 @@ import dcn_onnxscript
 from dcn_onnxscript.export import _internals
 from dcn_onnxscript.lowering import table as lowering_table
 from dcn_onnxscript.rewrite import rewrite
-from dcn_onnxscript.tools.bench import peers, progress
+from dcn_onnxscript.tools.bench import birefnet, peers, progress
 from dcn_onnxscript.tools.bench.cases import Case
 from dcn_onnxscript.tools.bench.catalog import (
+    BIREFNET,
     CORES,
     DCOE,
     DCOE_PATCHED,
@@ -139,6 +140,8 @@ def export(path: ExportPath, case: Case, file: pathlib.Path, args: argparse.Name
         return _torchscript(case, file, path.opset, dynamic, _native_symbolic)
     if path.exporter == DCOE:
         return _torchscript(case, file, path.opset, dynamic, peers.import_dcoe().deform_conv2d_func(True, False))
+    if path.exporter == DCOE_PATCHED and case.name == BIREFNET:
+        return _timed(lambda: birefnet.tutorial_export(case.module, case.inputs[0], file))
     if path.exporter == DCOE_PATCHED:
         dcoe = peers.import_dcoe()
         with peers.tutorial_patch(dcoe):

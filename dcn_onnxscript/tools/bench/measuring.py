@@ -11,12 +11,20 @@ memory each in a fresh process, the error against torchvision eager.
   reported, after two warm-up rounds. Every onnxruntime session gets ``--threads`` intra-op threads with
   spinning off (a spinning pool would steal the cores of the next model in the round), and torch gets the
   same number of threads.
+* **One at a time** (``--one-at-a-time``): each model in a process of its own, one after the other, so that no
+  model's memory holds another's (BiRefNet at 1024×1024 peaks at about 12 GB): the process creates the session
+  (``--threads``, as above; timed), runs the model once to warm up and ``--repeat`` times more (timed), and
+  reports the median, the peak memory of all of that (measured as above) and its output; eager likewise. The
+  errors come from those outputs; the floors of a layer run interleaved in this process, after the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import dataclasses
+import gc
 import json
 import pathlib
 import subprocess
@@ -36,8 +44,8 @@ from dcn_onnxscript.tools.bench.catalog import BIREFNET, EAGER, FLOORS
 NAN = float("nan")
 #: Runs of a model in the fresh process that measures its peak memory.
 PEAK_RUNS = 3
-#: Untimed rounds before the timed ones.
-WARMUP_ROUNDS = 2
+#: Untimed rounds before the timed ones; runs before the timed ones of a model measured on its own.
+WARMUP_ROUNDS, WARMUP_RUNS = 2, 1
 
 
 @dataclasses.dataclass
@@ -126,7 +134,9 @@ def max_errors(run: dict[str, Callable[[], np.ndarray]], reference: np.ndarray) 
 
 
 #: The fresh process that times an onnxruntime session's creation and measures its peak memory (numpy
-#: and onnxruntime only, so that it starts fast): argv = model path, inputs .npz, runs.
+#: and onnxruntime only, so that it starts fast): argv = model path, inputs .npz, runs, then for
+#: ``--one-at-a-time`` the intra-op threads and where to save the first output (the session as
+#: :func:`session` makes it; the seconds of every run reported).
 _ORT_WORKER = """
 import json, sys, time
 import numpy as np, onnxruntime
@@ -142,13 +152,23 @@ arrays = [inputs[f"arr_{i}"] for i in range(len(inputs.files))]
 with open("/proc/self/clear_refs", "w") as clear_refs:
     clear_refs.write("5")
 baseline = rss_mb("VmRSS")
+options = onnxruntime.SessionOptions()
+if len(sys.argv) > 4:
+    options.intra_op_num_threads = int(sys.argv[4])
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 start = time.perf_counter()
-session = onnxruntime.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+session = onnxruntime.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
 session_s = time.perf_counter() - start
 feeds = {arg.name: array for arg, array in zip(session.get_inputs(), arrays)}
-for _ in range(int(sys.argv[3])):
-    session.run(None, feeds)
-print(json.dumps({"session_s": session_s, "peak_mb": rss_mb("VmHWM") - baseline}))
+seconds = []
+for run in range(int(sys.argv[3])):
+    start = time.perf_counter()
+    output = session.run(None, feeds)[0]
+    seconds.append(time.perf_counter() - start)
+    if run == 0 and len(sys.argv) > 5:
+        np.save(sys.argv[5], output)
+print(json.dumps({"session_s": session_s, "peak_mb": rss_mb("VmHWM") - baseline, "seconds": seconds}))
 """
 
 
@@ -175,13 +195,52 @@ def measure_own_peak(start: Callable[[], Callable[[], object]], runs: int = PEAK
 
 def eager_memory_worker(args: argparse.Namespace) -> int:
     """In a fresh process: print {"peak_mb": ...} of the eager model of case ``args.case`` (memory does not
-    depend on the weights' values)."""
+    depend on the weights' values); with ``--one-at-a-time``, the peak of :func:`runs_of` runs, their
+    seconds, and its first output saved to :func:`output_file`."""
     torch.set_num_threads(args.threads)
     inputs = np.load(args.workdir / f"{args.case}_inputs.npz")
     tensors = [torch.from_numpy(inputs[f"arr_{i}"]) for i in range(len(inputs.files))]
     module = build_module(args.case, args)
-    print(json.dumps({"peak_mb": measure_own_peak(lambda: eager_runner(module, tensors))}))
+    if not args.one_at_a_time:
+        print(json.dumps({"peak_mb": measure_own_peak(lambda: eager_runner(module, tensors))}))
+        return 0
+    seconds: list[float] = []
+
+    def timed() -> Callable[[], None]:
+        run = eager_runner(module, tensors)
+
+        def timed_run() -> None:
+            start = time.perf_counter()
+            output = run()
+            seconds.append(time.perf_counter() - start)
+            if len(seconds) == 1:
+                np.save(output_file(args.workdir, args.case, EAGER), output)
+
+        return timed_run
+
+    peak = measure_own_peak(timed, runs_of(args.case, args))
+    print(json.dumps({"peak_mb": peak, "seconds": seconds}))
     return 0
+
+
+def release_memory() -> float:
+    """Give what this process freed back to the system (the exports and the rewrites' proofs leave gigabytes
+    that the C allocator keeps for reuse), so that a process measured beside it has the memory; returns the
+    MB it then holds."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # glibc only
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return rss_mb("VmRSS")
+
+
+def runs_of(case: str, args: argparse.Namespace) -> int:
+    """Runs of a model measured on its own: :data:`WARMUP_RUNS`, then the case's timed rounds."""
+    return WARMUP_RUNS + (args.birefnet_repeat if case == BIREFNET else args.repeat)
+
+
+def output_file(workdir: pathlib.Path, case: str, kind: str) -> pathlib.Path:
+    """Where a model measured on its own leaves its output."""
+    return workdir / f"{case}_{kind}_output.npy".replace(" ", "_")
 
 
 def _worker(command: list[str]) -> dict[str, float]:
@@ -197,13 +256,20 @@ def onnx_figures(path: pathlib.Path, inputs: pathlib.Path) -> dict[str, float]:
     return _worker([sys.executable, "-c", _ORT_WORKER, str(path), str(inputs), str(PEAK_RUNS)])
 
 
-def fresh_process_figures(case: Case, kind: str, workdir: pathlib.Path, args: argparse.Namespace) -> dict[str, float]:
-    """{"session_s", "peak_mb"} of an ONNX model, {"peak_mb"} of eager, each from a fresh process."""
+def fresh_process_figures(case: Case, kind: str, workdir: pathlib.Path, args: argparse.Namespace) -> dict[str, Any]:
+    """{"session_s", "peak_mb"} of an ONNX model, {"peak_mb"} of eager, each from a fresh process; with
+    ``--one-at-a-time``, also the "seconds" of each of :func:`runs_of` runs, the first output saved to
+    :func:`output_file`."""
     inputs = workdir / f"{case.name}_inputs.npz"
     if kind != EAGER:
-        return onnx_figures(case.onnx_paths[kind], inputs)
+        if not args.one_at_a_time:
+            return onnx_figures(case.onnx_paths[kind], inputs)
+        return _worker([sys.executable, "-c", _ORT_WORKER, str(case.onnx_paths[kind]), str(inputs),
+                        str(runs_of(case.name, args)), str(args.threads), str(output_file(workdir, case.name, kind))])
     return _worker([sys.executable, "-m", "dcn_onnxscript", "bench", "--memory-of", EAGER, "--case", case.name,
                     "--workdir", str(workdir), "--threads", str(args.threads), "--seed", str(args.seed),
+                    "--repeat", str(args.repeat), "--birefnet-repeat", str(args.birefnet_repeat),
+                    *(["--one-at-a-time"] if args.one_at_a_time else []),
                     *(["--birefnet", str(args.birefnet)] if args.birefnet else [])])
 
 
@@ -217,8 +283,11 @@ def measure(case: Case, workdir: pathlib.Path, args: argparse.Namespace) -> list
     """Every row of ``case``: nodes, export and session seconds, latency, peak memory, max error (and a
     rewritten row's difference from its source)."""
     np.savez(workdir / f"{case.name}_inputs.npz", *[t.numpy() for t in case.inputs])
+    if args.one_at_a_time:
+        fresh, medians, errors, from_source = _one_at_a_time(case, workdir, args)
+        return _results(case, args, fresh, medians, errors, from_source)
     run = runners(case, args.threads)
-    fresh: dict[str, dict[str, float]] = {}
+    fresh: dict[str, dict[str, Any]] = {}
     for kind in [*(k for k in case.paths if k in run), *([] if args.no_memory else [EAGER])]:
         what = "peak memory" if kind == EAGER else "session time" + ("" if args.no_memory else " and peak memory")
         progress(f"{case.name}: {kind}: {what} in a fresh process")
@@ -228,6 +297,40 @@ def measure(case: Case, workdir: pathlib.Path, args: argparse.Namespace) -> list
     errors, from_source = max_errors(run, run[EAGER]()), source_errors(case, run)
     medians = interleaved_medians(run, repeat)
     del run
+    return _results(case, args, fresh, medians, errors, from_source)
+
+
+def _one_at_a_time(case: Case, workdir: pathlib.Path, args: argparse.Namespace) -> tuple[dict, dict, dict, dict]:
+    """(fresh-process figures, median seconds, max errors against eager, differences from the source) of every
+    row, each model measured in a process of its own (eager last), then the floors interleaved here."""
+    progress(f"{case.name}: this process holds {release_memory():.0f} MB")
+    fresh: dict[str, dict[str, Any]] = {}
+    outputs: dict[str, np.ndarray] = {}
+    for kind in [*(k for k in case.paths if k in case.onnx_paths), EAGER]:
+        progress(f"{case.name}: {kind}: session, {runs_of(case.name, args)} runs and peak memory in a process of "
+                 "its own")
+        try:
+            fresh[kind] = fresh_process_figures(case, kind, workdir, args)
+        except RuntimeError as error:  # an ONNX model onnxruntime refuses; reported in its row
+            case.failures[kind] = f"onnxruntime: {' '.join(str(error).split()[-30:])}"[:200]
+            progress(f"{case.name}: {kind}: {case.failures[kind]}")
+            continue
+        outputs[kind] = np.load(output_file(workdir, case.name, kind))
+    medians = {kind: float(np.median(figures["seconds"][WARMUP_RUNS:])) for kind, figures in fresh.items()}
+    floors = {name: onnx_runner(case.onnx_paths[name], case.floor_inputs[name], args.threads)
+              for name in FLOORS if name in case.onnx_paths}
+    if floors:
+        medians.update(interleaved_medians(floors, args.repeat))
+    eager = outputs.get(EAGER)
+    errors = {kind: float(np.abs(output - eager).max()) for kind, output in outputs.items() if eager is not None}
+    sources = {kind: path.source for kind, path in case.paths.items() if path.source in outputs and kind in outputs}
+    from_source = {kind: relative_difference(outputs[kind], outputs[source]) for kind, source in sources.items()}
+    return fresh, medians, errors, from_source
+
+
+def _results(case: Case, args: argparse.Namespace, fresh: dict[str, dict[str, Any]], medians: dict[str, float],
+             errors: dict[str, float], from_source: dict[str, float]) -> list[Result]:
+    """The rows of ``case`` from what was measured."""
     results = []
     for kind in [*(k for k in case.paths if k not in args.skip), EAGER, *FLOORS]:
         source = (case.paths[kind].source if kind in case.paths else None) or ""
