@@ -23,6 +23,13 @@ import dcn_onnxscript  # noqa: F401  (registers the translations, as a user's sc
 Inputs = Sequence[np.ndarray]
 
 
+def conv_output_size(size: Sequence[int], kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+                     dilation: Sequence[int]) -> tuple[int, ...]:
+    """(Ho, Wo) of a convolution over ``size`` (H, W) with these (h, w) pairs."""
+    return tuple((s + 2 * p - d * (k - 1) - 1) // st + 1
+                 for s, k, st, p, d in zip(size, kernel, stride, padding, dilation))
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One deform_conv2d layer configuration; inputs are made at ``size`` = (H, W) and ``batch``."""
@@ -41,10 +48,7 @@ class Case:
     batch: int = 1
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        return tuple(
-            (s + 2 * p - d * (k - 1) - 1) // st + 1
-            for s, k, st, p, d in zip(size, self.kernel, self.stride, self.padding, self.dilation)
-        )
+        return conv_output_size(size, self.kernel, self.stride, self.padding, self.dilation)
 
 
 class DeformConvLayer(torch.nn.Module):
@@ -210,12 +214,7 @@ class SweepCase:
 
     @property
     def output_size(self) -> tuple[int, int]:
-        return tuple(
-            (size + 2 * p - d * (k - 1) - 1) // s + 1
-            for size, k, s, p, d in zip(
-                (self.height, self.width), self.kernel, self.stride, self.padding, self.dilation
-            )
-        )
+        return conv_output_size((self.height, self.width), self.kernel, self.stride, self.padding, self.dilation)
 
     def arrays(self, rng: np.random.Generator, dtype=np.float32) -> dict[str, np.ndarray]:
         """X (N, C, H, W), W (O, C/groups, kH, kW), offset, B (O) and mask with this case's shapes."""

@@ -273,13 +273,18 @@ def _gathered_shape(tape: ir.tape.Tape, i64: Callable[..., ir.Value], table: ir.
     return parts[0] if len(parts) == 1 else tape.op("Concat", parts, {"axis": 0})
 
 
+def _every_graph(model: ir.Model) -> list[ir.Graph | ir.Function]:
+    """The main graph, every model-local function, and the subgraphs of both (``If``/``Loop`` bodies)."""
+    graphs = [model.graph, *model.functions.values()]
+    return graphs + [sub for graph in graphs for sub in graph.subgraphs()]
+
+
 def gathers_per_table(model: ir.Model) -> int:
     """Merge, in every graph of ``model`` (main graph, subgraphs, local functions), the ``Gather`` nodes that
     read one tensor along one axis at computed indices into one ``Gather`` each (shapes inferred first), in
     place; returns how many ``Gather`` nodes were merged away."""
     ShapeInferencePass()(model)
-    graphs = [model.graph, *model.functions.values()]
-    graphs += [sub for graph in list(graphs) for sub in graph.subgraphs()]
+    graphs = _every_graph(model)
     merged = 0
     for graph in graphs:
         groups: dict[tuple[int, int], list[ir.Node]] = {}
@@ -400,8 +405,7 @@ def constant_gathers_as_split(model: ir.Model) -> int:
     many were replaced."""
     ShapeInferencePass()(model)
     opset = model.opset_imports.get("", 1)
-    graphs = [model.graph, *model.functions.values()]
-    graphs += [sub for graph in list(graphs) for sub in graph.subgraphs()]
+    graphs = _every_graph(model)
     replaced = 0
     for graph in graphs:
         for node in list(graph):
@@ -484,8 +488,7 @@ def sums_as_concat(model: ir.Model) -> int:
     and a ``ReduceSum`` (shapes inferred first), in place; returns how many sums were replaced."""
     ShapeInferencePass()(model)
     opset = model.opset_imports.get("", 1)
-    graphs = [model.graph, *model.functions.values()]
-    graphs += [sub for graph in list(graphs) for sub in graph.subgraphs()]
+    graphs = _every_graph(model)
     replaced = 0
     for graph in graphs:
         roots = [node for node in graph if node.op_type == "Add" and node.domain == ""

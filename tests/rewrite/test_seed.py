@@ -25,7 +25,7 @@ import torchvision
 from dcn_onnxscript.__main__ import main
 from dcn_onnxscript.rewrite import RewriteError, rewrite, seed
 from dcn_onnxscript.rewrite.seed import SEED_KIND
-from helpers import GRAPH_TOOLS, assert_close
+from helpers import GRAPH_TOOLS, assert_close, conv_output_size
 from runtimes import run_onnxruntime
 
 if importlib.util.find_spec("deform_conv2d_onnx_exporter") is None:  # imported by peers.import_dcoe (torch >= 2.9)
@@ -49,8 +49,7 @@ class SeedCase:
 
     @property
     def out_size(self) -> tuple[int, int]:
-        return tuple((s + 2 * p - d * (k - 1) - 1) // st + 1 for s, p, d, k, st in
-                     zip(self.size, self.padding, self.dilation, self.kernel, self.stride))
+        return conv_output_size(self.size, self.kernel, self.stride, self.padding, self.dilation)
 
     def __str__(self) -> str:
         return (f"k{self.kernel}-s{self.stride}-p{self.padding}-d{self.dilation}-g{self.groups}-og"

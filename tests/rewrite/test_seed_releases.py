@@ -25,7 +25,7 @@ import torchvision
 
 from dcn_onnxscript.rewrite import rewrite
 from dcn_onnxscript.rewrite.seed import SEED_KIND
-from helpers import assert_close
+from helpers import assert_close, conv_output_size
 from runtimes import run_onnxruntime
 
 pytestmark = pytest.mark.deploy
@@ -61,8 +61,7 @@ class ReleaseCase:
 
     @property
     def out_size(self) -> tuple[int, int]:
-        return tuple((s + 2 * p - d * (k - 1) - 1) // st + 1 for s, p, d, k, st in
-                     zip(self.size, self.padding, self.dilation, self.kernel, self.stride))
+        return conv_output_size(self.size, self.kernel, self.stride, self.padding, self.dilation)
 
     @property
     def batch(self) -> int:
