@@ -62,7 +62,7 @@ import onnx
 
 from dcn_onnxscript.lowering import sampling
 from dcn_onnxscript.lowering.emitter import Emitter
-from dcn_onnxscript.lowering.layer import Layer, OffsetOrder
+from dcn_onnxscript.lowering.layer import Layer
 
 Value = Any
 
@@ -217,9 +217,7 @@ def last_pixel(op: Emitter, layer: Layer, sizes: Sizes) -> Value:
     order = layer.offset_order
     if H is not None and W is not None:
         return _int32(np.tile(order.ordered(np.array([H - 1, W - 1])), 2)).reshape(4, 1)
-    pair = [_either(sizes.H, H), _either(sizes.W, W)]
-    if order is not OffsetOrder.YX:
-        pair.reverse()
+    pair = order.ordered([_either(sizes.H, H), _either(sizes.W, W)])
     return op.Reshape(op.Sub(op.Cast(op.Concat(*pair, *pair, axis=0), to=_INT32), _int32(1)), _int64([4, 1]))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import onnx
@@ -41,8 +41,8 @@ class OffsetOrder(enum.Enum):
         """Where Δx is in a pair: 0 or 1."""
         return self.value.index("x")
 
-    def ordered(self, yx: np.ndarray) -> np.ndarray:
-        """``yx`` (2, ...), y first, with its first axis in this order."""
+    def ordered(self, yx: Sequence) -> Sequence:
+        """``yx`` (2, ...), y first (an array or a pair), with its first axis in this order."""
         return yx if self is OffsetOrder.YX else yx[::-1]
 
 
