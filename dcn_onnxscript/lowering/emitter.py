@@ -82,7 +82,11 @@ class Emitter:
         the sizes of its parts written out (an input from opset 13, an attribute before). Neither
         ``num_outputs`` (opset 18) nor the count of outputs alone: pnnx reads both as a split of unknown
         sizes and writes an ncnn ``Slice`` without slices, which crashes ncnn."""
-        return self._split_tree(value, [size // parts] * parts, axis)
+        return self.split_sizes(value, [size // parts] * parts, axis)
+
+    def split_sizes(self, value: Any, sizes: Sequence[int], axis: int) -> list:
+        """``value`` cut into parts of static ``sizes`` along ``axis``, as :meth:`split` writes them."""
+        return self._split_tree(value, list(sizes), axis)
 
     def _split_tree(self, value: Any, sizes: list[int], axis: int) -> list:
         """``value`` cut into parts of ``sizes`` along ``axis``: one ``Split`` into runs of consecutive parts

@@ -9,6 +9,11 @@ sum holds Y, so no more than one tap's samples (N, C, Ho, Wo) are ever alive: 1/
 native kernel holds the im2col columns of a batch, and each tap's product is a full-sized GEMM. Offset
 groups G sample X as N·G images of C/G channels.
 
+Where the weights pass every channel through (the DCNv3/DCNv4 cores', :mod:`dcn_onnxscript.lowering.dcnv3`)
+there is no product to write: the taps are sampled in runs of :data:`RUN_TAPS`, one ``GridSample`` per run
+whose grid holds a row of output positions per tap, (N·G, n, Ho·Wo, 2); the samples are weighed by the masks
+and summed over the run's axis, so a run's n taps of samples are alive at once.
+
 Steps, one function each: the offsets Δp, the output positions p_0, the half image sizes, the grid of
 every tap, the images, the masks, the samples of one tap, the weights of one tap, and the sum. The
 positions are computed once for all taps and split; the layer's kernel, strides, pads, dilations and
@@ -68,6 +73,12 @@ Folded = Union[Value, np.ndarray]
 _SAMPLED = 1
 #: Grid values at or beyond this distance from the image centre (in half image sizes) are moved to it.
 _FAR = 4.0
+#: Taps one ``GridSample`` samples together where their products are the samples themselves (the DCNv3/DCNv4
+#: cores' pass-through weights, :func:`runs_of`): nine calls over N·G images each wake onnxruntime's threads
+#: N·G times, which costs two threads 15–30% of a core's latency; one call over all K taps holds K taps'
+#: samples and their product at once, as InternImage's own export does. Three: a third of the calls, and a
+#: third of those samples.
+RUN_TAPS = 3
 #: NCHW -> NHWC: the grid's layout, (x, y) pairs last.
 _CHANNELS_LAST = [0, 2, 3, 1]
 #: The shape of a per-channel constant, (1, 2K, 1, 1): rank 4 (onnx2tf, see the module's docstring).
@@ -135,11 +146,11 @@ def half_sizes(op: Emitter, layer: Layer, X_shape: Optional[Value]) -> Folded:
     return op.Gather(op.Concat(widths, heights, axis=0), first_and_last)
 
 
-def grids(op: Emitter, layer: Layer, delta: Value, p0: Folded, halves: Folded) -> list[Value]:
-    """``GridSample``'s grid of every tap: K values (N·G, Ho, Wo, 2), (x, y) in align_corners=0 units
-    g = (p + 1/2 - S/2) / (S/2) of X (S = W for x, H for y), from ``delta`` Δp (N·G, 2K, Ho, Wo), ``p0``
-    (:func:`output_positions`) and ``halves`` (:func:`half_sizes`). Every tensor on the way has rank 4 or
-    less (onnx2tf reads rank 5 as a volume and transposes it)."""
+def grid(op: Emitter, layer: Layer, delta: Value, p0: Folded, halves: Folded) -> Value:
+    """``GridSample``'s grid values of every tap: (N·G, 2K, Ho, Wo) float32, (x, y) of tap k at channels 2k and
+    2k + 1, in align_corners=0 units g = (p + 1/2 - S/2) / (S/2) of X (S = W for x, H for y), from ``delta`` Δp
+    (N·G, 2K, Ho, Wo), ``p0`` (:func:`output_positions`) and ``halves`` (:func:`half_sizes`). Every tensor on
+    the way has rank 4 or less (onnx2tf reads rank 5 as a volume and transposes it)."""
     first = sampling.first_tap(layer, shift=0.5)[::-1].T.reshape(_PER_CHANNEL)  # p_k - pad - s + 1/2, (x, y)
     if isinstance(halves, np.ndarray):
         centres = first - halves
@@ -150,9 +161,14 @@ def grids(op: Emitter, layer: Layer, delta: Value, p0: Folded, halves: Folded) -
     g = op.Where(op.Less(op.Abs(g), layer.coordinates(_FAR)), g, layer.coordinates(_FAR))
     if layer.coordinate_dtype != _SAMPLED:
         g = op.Cast(g, to=_SAMPLED)
-    # split on the literal 2K axis: every part has exactly the sizes (N·G, Ho, Wo, 2) (a split of a symbolic
-    # size such as K·Wo gets rounded sizes in tract, which then pile up layer after layer)
-    return op.split(op.Transpose(g, perm=_CHANNELS_LAST), layer.taps, 2 * layer.taps, axis=3)
+    return g
+
+
+def grids(op: Emitter, layer: Layer, grid_: Value) -> list[Value]:
+    """The grid of every tap: K values (N·G, Ho, Wo, 2) of ``grid_`` (:func:`grid`). Split on the literal 2K
+    axis: every part has exactly those sizes (a split of a symbolic size such as K·Wo gets rounded sizes in
+    tract, which then pile up layer after layer)."""
+    return op.split(op.Transpose(grid_, perm=_CHANNELS_LAST), layer.taps, 2 * layer.taps, axis=3)
 
 
 def sampled_images(op: Emitter, layer: Layer, X: Value) -> Value:
@@ -175,13 +191,86 @@ def tap_masks(op: Emitter, layer: Layer, N: Optional[Value], Ho_Wo: Optional[Val
     return op.split(_sampled(op, layer, mask), K, K, axis=1)
 
 
+def _grid_sample(op: Emitter, images: Value, grid_: Value) -> Value:
+    """Bilinear samples of ``images`` (N·G, C/G, H, W) float32 at ``grid_`` (N·G, h, w, 2), zero outside:
+    (N·G, C/G, h, w)."""
+    mode = "linear" if op.opset >= 20 else "bilinear"
+    return op.GridSample(images, grid_, align_corners=0, mode=mode, padding_mode="zeros")
+
+
 def tap_samples(op: Emitter, layer: Layer, images: Value, grid: Value, mask: Optional[Value]) -> Value:
     """x(p) · Δm_k of one tap for every channel: (N·G, C/G, Ho, Wo) float32 (:func:`as_channels` makes it
     (N, C, Ho, Wo)), from ``images`` (N·G, C/G, H, W) float32, its ``grid`` (N·G, Ho, Wo, 2) and its ``mask``
     (N·G, 1, Ho, Wo) float32."""
-    mode = "linear" if op.opset >= 20 else "bilinear"
-    samples = op.GridSample(images, grid, align_corners=0, mode=mode, padding_mode="zeros")
+    samples = _grid_sample(op, images, grid)
     return samples if mask is None else op.Mul(samples, mask)
+
+
+def runs_of(kept: list[bool], most: int = RUN_TAPS) -> list[list[int]]:
+    """The kept taps as runs of consecutive taps that one ``GridSample`` samples together: each stretch of kept
+    taps cut into ⌈n / ``most``⌉ runs of near-equal length (3x3: three runs of 3; 3x3 less its centre: four runs
+    of 2)."""
+    runs: list[list[int]] = []
+    stretch: list[int] = []
+    for k, keep in enumerate([*kept, False]):
+        if keep:
+            stretch.append(k)
+        elif stretch:
+            runs += [[int(t) for t in run] for run in np.array_split(stretch, -(-len(stretch) // most))]
+            stretch = []
+    return runs
+
+
+def _run_parts(op: Emitter, layer: Layer, value: Value, runs: list[list[int]]) -> list[Value]:
+    """The taps of every run of ``value`` (N·G, K, …), the taps on axis 1; the taps of no run are cut off and
+    dropped."""
+    sizes, wanted, k = [], [], 0
+    for run in runs:
+        if run[0] > k:
+            sizes.append(run[0] - k)
+            wanted.append(False)
+        sizes.append(len(run))
+        wanted.append(True)
+        k = run[-1] + 1
+    if k < layer.taps:
+        sizes.append(layer.taps - k)
+        wanted.append(False)
+    return [part for part, keep in zip(op.split_sizes(value, sizes, axis=1), wanted) if keep]
+
+
+def run_grids(op: Emitter, layer: Layer, grid_: Value, runs: list[list[int]]) -> list[Value]:
+    """The grid of every run of n taps (:func:`runs_of`): (N·G, n, Ho·Wo, 2), a row of output positions per tap,
+    from ``grid_`` (N·G, 2K, Ho, Wo) (:func:`grid`)."""
+    pairs = op.Reshape(grid_, np.array([0, layer.taps, 2, -1], dtype=np.int64))  # (N·G, K, 2, Ho·Wo)
+    return _run_parts(op, layer, op.Transpose(pairs, perm=[0, 1, 3, 2]), runs)
+
+
+def run_masks(op: Emitter, layer: Layer, N: Optional[Value], Ho_Wo: Optional[Value], mask: Value,
+              runs: list[list[int]]) -> list[Value]:
+    """Δm of every run of n taps (:func:`runs_of`): (N·G, 1, n, Ho·Wo) float32, from ``mask`` (N, G·K, Ho, Wo),
+    cut to X's batch ``N`` and the offset's ``Ho_Wo`` where they are dynamic."""
+    mask = _sampled(op, layer, sampling.cut_to(op, mask, N, Ho_Wo))
+    if layer.offset_groups > 1:
+        mask = op.Reshape(mask, np.array([-1, layer.taps, 0, 0], dtype=np.int64))  # (N·G, K, Ho, Wo)
+    parts = _run_parts(op, layer, mask, runs)
+    return [op.Reshape(part, np.array([0, 1, len(run), -1], dtype=np.int64)) for part, run in zip(parts, runs)]
+
+
+def run_samples(op: Emitter, layer: Layer, images: Value, grid_: Value, mask: Value) -> Value:
+    """Σ_k x(p)·Δm_k over one run of n taps for every channel: (N·G, C/G, Ho·Wo) float32, from ``images``
+    (N·G, C/G, H, W) float32, the run's ``grid_`` (N·G, n, Ho·Wo, 2) and ``mask`` (N·G, 1, n, Ho·Wo) float32.
+    The sum runs over the middle axis (contiguous rows: a last axis of n costs onnxruntime's ``ReduceSum``
+    three times as much)."""
+    samples = _grid_sample(op, images, grid_)  # (N·G, C/G, n, Ho·Wo)
+    return op.ReduceSum(op.Mul(samples, mask), np.array([2], dtype=np.int64), keepdims=0)
+
+
+def run_sum_as_channels(op: Emitter, layer: Layer, Y: Value, Ho_Wo: Optional[Value]) -> Value:
+    """The runs' sum ``Y`` (N·G, C/G, Ho·Wo) as (N, C, Ho, Wo); ``Ho_Wo`` (INT64 (2,)) where they are dynamic."""
+    Ho, Wo = layer.output_size
+    channels = np.array([-1, layer.in_channels], dtype=np.int64)
+    shape = np.array([*channels, Ho, Wo], dtype=np.int64) if Ho_Wo is None else op.Concat(channels, Ho_Wo, axis=0)
+    return op.Reshape(Y, shape)
 
 
 def as_channels(op: Emitter, layer: Layer, samples: Value) -> Value:
@@ -223,24 +312,29 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
     delta = tap_offsets(op, layer, offset)
     images = sampled_images(op, layer, X)
     p0, halves = output_positions(op, layer, Ho_Wo), half_sizes(op, layer, X_shape)
-    Y = None
     w_k = tap_weights(op, layer, W)
     kept = sampling.kept(w_k)
-    # Taps whose weights pass every channel through (the DCNv3/DCNv4 cores'), with no bias, are summed as the
-    # samples come, per offset group, and reshaped once.
-    grouped = B is None and all(sampling.passes_through(w, layer.groups) for w, keep in zip(w_k, kept) if keep)
-    for grid, tap_mask, weights, keep in zip(grids(op, layer, delta, p0, halves),
-                                             tap_masks(op, layer, N, Ho_Wo, mask), w_k, kept):
+    grid_ = grid(op, layer, delta, p0, halves)
+    # Taps whose weights pass every channel through (the DCNv3/DCNv4 cores'), with a mask and no bias, are
+    # sampled RUN_TAPS at a time, weighed and summed per offset group, and reshaped once.
+    if mask is not None and B is None and all(sampling.passes_through(w, layer.groups)
+                                              for w, keep in zip(w_k, kept) if keep):
+        runs = runs_of(kept)
+        Y = None
+        for run_grid, run_mask in zip(run_grids(op, layer, grid_, runs), run_masks(op, layer, N, Ho_Wo, mask, runs)):
+            run_sum = run_samples(op, layer, images, run_grid, run_mask)
+            Y = run_sum if Y is None else op.Add(Y, run_sum)
+        Y = run_sum_as_channels(op, layer, Y, Ho_Wo)
+        return Y if layer.dtype == _SAMPLED else op.Cast(Y, to=layer.dtype)
+    Y = None
+    for tap_grid, tap_mask, weights, keep in zip(grids(op, layer, grid_), tap_masks(op, layer, N, Ho_Wo, mask),
+                                                 w_k, kept):
         if not keep:
             continue
         first_tap_bias = [_bias(op, layer, B)] if Y is None and B is not None else []
-        product = tap_samples(op, layer, images, grid, tap_mask)
-        if not grouped:
-            product = as_channels(op, layer, product)
+        product = as_channels(op, layer, tap_samples(op, layer, images, tap_grid, tap_mask))
         if first_tap_bias or not sampling.passes_through(weights, layer.groups):
             # every attribute written: onnxruntime-web's WebGPU (JSEP) Conv applies no ONNX defaults
             product = op.Conv(product, weights, *first_tap_bias, group=layer.groups, **_ONE_BY_ONE)
         Y = product if Y is None else op.Add(Y, product)
-    if grouped:
-        Y = as_channels(op, layer, Y)
     return Y if layer.dtype == _SAMPLED else op.Cast(Y, to=layer.dtype)
