@@ -1,4 +1,5 @@
-"""The torch ops ``dcn_onnxscript::dcnv3`` / ``::dcnv4`` in eager mode against the numpy reference."""
+"""The torch ops ``dcn_onnxscript::dcnv3`` / ``::dcnv4`` in eager mode against the numpy reference, on the CPU and,
+where torch sees one, on a CUDA device (marker ``cuda``: ``pytest -m cuda tests/dcnv3``)."""
 
 from __future__ import annotations
 
@@ -17,16 +18,23 @@ from helpers import HOSTILE, assert_close
 
 CASES = generated_cases(10, version=3, seed=3) + generated_cases(10, version=4, seed=4)
 SLOW_CASES = generated_cases(60, version=3, seed=33) + generated_cases(60, version=4, seed=44)
+#: The devices the eager op is checked on: the CPU, and CUDA where torch sees a device.
+DEVICES = [pytest.param("cpu"),
+           pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                             reason="torch sees no CUDA device")])]
 
 
-def _eager(case: CoreCase, inputs) -> np.ndarray:
+def _eager(case: CoreCase, inputs, device: str = "cpu") -> np.ndarray:
+    """The op's output for ``inputs`` (numpy) computed on ``device``, back as numpy."""
     with torch.no_grad():
-        return CoreModule(case.core)(*(torch.from_numpy(a) for a in inputs)).numpy()
+        output = CoreModule(case.core)(*(torch.from_numpy(a).to(device) for a in inputs))
+    assert output.device.type == device
+    return output.cpu().numpy()
 
 
-def _check_against_reference(case: CoreCase, dtype, rtol: float) -> None:
+def _check_against_reference(case: CoreCase, dtype, rtol: float, device: str = "cpu") -> None:
     inputs = case.inputs(seed=7, dtype=dtype)
-    actual = _eager(case, inputs)
+    actual = _eager(case, inputs, device)
     assert actual.dtype == dtype
     assert_close(actual, core_reference(case.core, *inputs), rtol=rtol)
 
@@ -43,14 +51,17 @@ def test_eager_op_matches_the_reference_on_the_full_matrix(case):
         _check_against_reference(case, dtype, rtol)
 
 
-@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float16, 5e-3)], ids=["float64", "float16"])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype, rtol", [(np.float32, 1e-5), (np.float64, 1e-12), (np.float16, 5e-3)],
+                         ids=["float32", "float64", "float16"])
 @pytest.mark.parametrize("case", CASES[::5], ids=str)
-def test_eager_op_keeps_the_dtype_and_matches_the_reference(case, dtype, rtol):
-    _check_against_reference(case, dtype, rtol)
+def test_eager_op_keeps_the_dtype_and_matches_the_reference(case, dtype, rtol, device):
+    _check_against_reference(case, dtype, rtol, device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("version", [3, 4])
-def test_hostile_offsets_contribute_zero(version):
+def test_hostile_offsets_contribute_zero(version, device):
     case = CoreCase(Core((3, 3), (1, 1), (1, 1), (1, 1), 2, 3, offset_scale=0.5, version=version), size=(5, 4),
                     batch=2)
     inputs = case.inputs(seed=1)
@@ -61,7 +72,7 @@ def test_hostile_offsets_contribute_zero(version):
         P, channel = case.core.points, np.arange(offset.shape[-1])
         at &= (channel % (3 * P) < 2 * P) & (channel < 3 * P * case.core.group)
     offset[at] = rng.choice(HOSTILE, int(at.sum())).astype(np.float32)
-    assert_close(_eager(case, inputs), core_reference(case.core, *inputs), rtol=1e-5)
+    assert_close(_eager(case, inputs, device), core_reference(case.core, *inputs), rtol=1e-5)
 
 
 def _call(version: int, input_shape, offset_shape, mask_shape=None, kernel=(3, 3), group=2, group_channels=4,
