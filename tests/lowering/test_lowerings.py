@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from dcn_onnxscript.lowering import table
+from dcn_onnxscript.lowering import grid_sample, table
 from dcn_onnxscript.lowering.layer import Layer, OffsetOrder
 from helpers import (
     HOSTILE,
@@ -127,6 +127,42 @@ def test_random_layers_match_torchvision(lowering: str, case: SweepCase, opset_s
     assert_close(run_onnxruntime(model, _feeds(case, arrays, order)), expected)
     if lowering == "gather" or opset >= 20:  # onnx.reference names GridSample-16's mode only from 20 on
         assert_close(run_reference(model, _feeds(case, arrays, order)), expected)
+
+
+def _pass_through_weights(case: SweepCase, zero_taps: list[bool]) -> np.ndarray:
+    """W (C, C/groups, kH, kW) that passes every channel of a group to itself at each tap (the DCNv3/DCNv4 cores'
+    weight), zero at the taps ``zero_taps`` marks."""
+    n = case.channels // case.groups
+    W = np.tile(np.eye(n, dtype=np.float32), (case.groups, 1))[:, :, None, None] * np.ones((1, 1, *case.kernel))
+    W[:, :, np.array(zero_taps).reshape(case.kernel)] = 0
+    return W.astype(np.float32)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(case=sweep_cases(), data=st.data(), seed=st.integers(0, 2**16), static=st.booleans(),
+       order=st.sampled_from(OffsetOrder))
+def test_pass_through_weights_sample_their_taps_in_runs(case: SweepCase, data, seed: int, static: bool,
+                                                        order: OffsetOrder):
+    """A layer whose known weights pass every channel of a group to itself (the cores' form: groups = offset
+    groups), with a mask and no bias, some taps zero (a removed centre): grid_sample writes no product and one
+    ``GridSample`` per run of at most RUN_TAPS consecutive non-zero taps, and matches torchvision."""
+    case = dataclasses.replace(case, groups=case.offset_groups, out_channels=case.channels, use_mask=True,
+                               use_bias=False)
+    assume(case.channels % case.groups == 0)
+    K = case.kernel[0] * case.kernel[1]
+    zero_taps = data.draw(st.lists(st.booleans(), min_size=K, max_size=K).filter(lambda z: not all(z)))
+    arrays = {**case.arrays(np.random.default_rng(seed)), "W": _pass_through_weights(case, zero_taps)}
+    layer = dataclasses.replace(sweep_layer(case), offset_order=order)
+    shapes = {name: list(value.shape) for name, value in arrays.items()}
+    if static:
+        layer = _with_static_sizes(layer, shapes)
+    model = lowering_model("grid_sample", layer, static_shapes=shapes if static else None, constants={"W": arrays["W"]})
+    onnx.checker.check_model(model, full_check=True)
+    ops = _nodes(model)
+    stretches = [len(run) for run in "".join(".x"[z] for z in zero_taps).split("x") if run]
+    assert ops["Conv"] == 0 and ops["GridSample"] == sum(-(-n // grid_sample.RUN_TAPS) for n in stretches)
+    feeds = [arrays["X"], _in_order(arrays["offset"], order), arrays["mask"]]
+    assert_close(run_onnxruntime(model, feeds), _reference(case, arrays))
 
 
 @pytest.mark.parametrize("lowering", sorted(table.LOWERINGS))
