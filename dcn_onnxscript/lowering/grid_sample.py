@@ -74,10 +74,11 @@ _SAMPLED = 1
 #: Grid values at or beyond this distance from the image centre (in half image sizes) are moved to it.
 _FAR = 4.0
 #: Taps one ``GridSample`` samples together where their products are the samples themselves (the DCNv3/DCNv4
-#: cores' pass-through weights, :func:`runs_of`): nine calls over N·G images each wake onnxruntime's threads
-#: N·G times, which costs two threads 15–30% of a core's latency; one call over all K taps holds K taps'
-#: samples and their product at once, as InternImage's own export does. Three: a third of the calls, and a
-#: third of those samples.
+#: cores' pass-through weights, :func:`runs_of`). onnxruntime's ``GridSample`` wakes its threads once per image,
+#: so a call per tap over N·G images costs two threads more than the work: 1.16–1.42× the latency of
+#: InternImage's plain export of a core, against 0.98–1.05× in runs of three. One call over all K taps holds K
+#: taps' samples and their product at once, as that export does (0.99× its memory at 28×28×128); three hold a
+#: third of them (0.50–0.69×).
 RUN_TAPS = 3
 #: NCHW -> NHWC: the grid's layout, (x, y) pairs last.
 _CHANNELS_LAST = [0, 2, 3, 1]
@@ -146,7 +147,7 @@ def half_sizes(op: Emitter, layer: Layer, X_shape: Optional[Value]) -> Folded:
     return op.Gather(op.Concat(widths, heights, axis=0), first_and_last)
 
 
-def grid(op: Emitter, layer: Layer, delta: Value, p0: Folded, halves: Folded) -> Value:
+def grid_values(op: Emitter, layer: Layer, delta: Value, p0: Folded, halves: Folded) -> Value:
     """``GridSample``'s grid values of every tap: (N·G, 2K, Ho, Wo) float32, (x, y) of tap k at channels 2k and
     2k + 1, in align_corners=0 units g = (p + 1/2 - S/2) / (S/2) of X (S = W for x, H for y), from ``delta`` Δp
     (N·G, 2K, Ho, Wo), ``p0`` (:func:`output_positions`) and ``halves`` (:func:`half_sizes`). Every tensor on
@@ -164,11 +165,11 @@ def grid(op: Emitter, layer: Layer, delta: Value, p0: Folded, halves: Folded) ->
     return g
 
 
-def grids(op: Emitter, layer: Layer, grid_: Value) -> list[Value]:
-    """The grid of every tap: K values (N·G, Ho, Wo, 2) of ``grid_`` (:func:`grid`). Split on the literal 2K
+def grids(op: Emitter, layer: Layer, values: Value) -> list[Value]:
+    """The grid of every tap: K values (N·G, Ho, Wo, 2) of ``values`` (:func:`grid_values`). Split on the literal 2K
     axis: every part has exactly those sizes (a split of a symbolic size such as K·Wo gets rounded sizes in
     tract, which then pile up layer after layer)."""
-    return op.split(op.Transpose(grid_, perm=_CHANNELS_LAST), layer.taps, 2 * layer.taps, axis=3)
+    return op.split(op.Transpose(values, perm=_CHANNELS_LAST), layer.taps, 2 * layer.taps, axis=3)
 
 
 def sampled_images(op: Emitter, layer: Layer, X: Value) -> Value:
@@ -191,11 +192,11 @@ def tap_masks(op: Emitter, layer: Layer, N: Optional[Value], Ho_Wo: Optional[Val
     return op.split(_sampled(op, layer, mask), K, K, axis=1)
 
 
-def _grid_sample(op: Emitter, images: Value, grid_: Value) -> Value:
-    """Bilinear samples of ``images`` (N·G, C/G, H, W) float32 at ``grid_`` (N·G, h, w, 2), zero outside:
+def _grid_sample(op: Emitter, images: Value, grid: Value) -> Value:
+    """Bilinear samples of ``images`` (N·G, C/G, H, W) float32 at ``grid`` (N·G, h, w, 2), zero outside:
     (N·G, C/G, h, w)."""
     mode = "linear" if op.opset >= 20 else "bilinear"
-    return op.GridSample(images, grid_, align_corners=0, mode=mode, padding_mode="zeros")
+    return op.GridSample(images, grid, align_corners=0, mode=mode, padding_mode="zeros")
 
 
 def tap_samples(op: Emitter, layer: Layer, images: Value, grid: Value, mask: Optional[Value]) -> Value:
@@ -238,10 +239,10 @@ def _run_parts(op: Emitter, layer: Layer, value: Value, runs: list[list[int]]) -
     return [part for part, keep in zip(op.split_sizes(value, sizes, axis=1), wanted) if keep]
 
 
-def run_grids(op: Emitter, layer: Layer, grid_: Value, runs: list[list[int]]) -> list[Value]:
+def run_grids(op: Emitter, layer: Layer, values: Value, runs: list[list[int]]) -> list[Value]:
     """The grid of every run of n taps (:func:`runs_of`): (N·G, n, Ho·Wo, 2), a row of output positions per tap,
-    from ``grid_`` (N·G, 2K, Ho, Wo) (:func:`grid`)."""
-    pairs = op.Reshape(grid_, np.array([0, layer.taps, 2, -1], dtype=np.int64))  # (N·G, K, 2, Ho·Wo)
+    from ``values`` (N·G, 2K, Ho, Wo) (:func:`grid_values`)."""
+    pairs = op.Reshape(values, np.array([0, layer.taps, 2, -1], dtype=np.int64))  # (N·G, K, 2, Ho·Wo)
     return _run_parts(op, layer, op.Transpose(pairs, perm=[0, 1, 3, 2]), runs)
 
 
@@ -256,12 +257,12 @@ def run_masks(op: Emitter, layer: Layer, N: Optional[Value], Ho_Wo: Optional[Val
     return [op.Reshape(part, np.array([0, 1, len(run), -1], dtype=np.int64)) for part, run in zip(parts, runs)]
 
 
-def run_samples(op: Emitter, layer: Layer, images: Value, grid_: Value, mask: Value) -> Value:
+def run_samples(op: Emitter, layer: Layer, images: Value, grid: Value, mask: Value) -> Value:
     """Σ_k x(p)·Δm_k over one run of n taps for every channel: (N·G, C/G, Ho·Wo) float32, from ``images``
-    (N·G, C/G, H, W) float32, the run's ``grid_`` (N·G, n, Ho·Wo, 2) and ``mask`` (N·G, 1, n, Ho·Wo) float32.
+    (N·G, C/G, H, W) float32, the run's ``grid`` (N·G, n, Ho·Wo, 2) and ``mask`` (N·G, 1, n, Ho·Wo) float32.
     The sum runs over the middle axis (contiguous rows: a last axis of n costs onnxruntime's ``ReduceSum``
     three times as much)."""
-    samples = _grid_sample(op, images, grid_)  # (N·G, C/G, n, Ho·Wo)
+    samples = _grid_sample(op, images, grid)  # (N·G, C/G, n, Ho·Wo)
     return op.ReduceSum(op.Mul(samples, mask), np.array([2], dtype=np.int64), keepdims=0)
 
 
@@ -314,20 +315,20 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
     p0, halves = output_positions(op, layer, Ho_Wo), half_sizes(op, layer, X_shape)
     w_k = tap_weights(op, layer, W)
     kept = sampling.kept(w_k)
-    grid_ = grid(op, layer, delta, p0, halves)
+    values = grid_values(op, layer, delta, p0, halves)
     # Taps whose weights pass every channel through (the DCNv3/DCNv4 cores'), with a mask and no bias, are
     # sampled RUN_TAPS at a time, weighed and summed per offset group, and reshaped once.
     if mask is not None and B is None and all(sampling.passes_through(w, layer.groups)
                                               for w, keep in zip(w_k, kept) if keep):
         runs = runs_of(kept)
         Y = None
-        for run_grid, run_mask in zip(run_grids(op, layer, grid_, runs), run_masks(op, layer, N, Ho_Wo, mask, runs)):
+        for run_grid, run_mask in zip(run_grids(op, layer, values, runs), run_masks(op, layer, N, Ho_Wo, mask, runs)):
             run_sum = run_samples(op, layer, images, run_grid, run_mask)
             Y = run_sum if Y is None else op.Add(Y, run_sum)
         Y = run_sum_as_channels(op, layer, Y, Ho_Wo)
         return Y if layer.dtype == _SAMPLED else op.Cast(Y, to=layer.dtype)
     Y = None
-    for tap_grid, tap_mask, weights, keep in zip(grids(op, layer, grid_), tap_masks(op, layer, N, Ho_Wo, mask),
+    for tap_grid, tap_mask, weights, keep in zip(grids(op, layer, values), tap_masks(op, layer, N, Ho_Wo, mask),
                                                  w_k, kept):
         if not keep:
             continue
