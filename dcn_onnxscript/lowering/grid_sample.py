@@ -241,11 +241,9 @@ def _run_parts(op: Emitter, layer: Layer, value: Value, runs: list[list[int]]) -
 
 def run_grids(op: Emitter, layer: Layer, values: Value, runs: list[list[int]]) -> list[Value]:
     """The grid of every run of n taps (:func:`runs_of`): (N·G, n, Ho·Wo, 2), a row of output positions per tap,
-    from ``values`` (N·G, 2K, Ho, Wo) (:func:`grid_values`): the pairs moved last, then the taps before the
-    positions, two ``Transpose``s that each move one axis (onnxruntime's ``Transpose`` of the last two axes of
-    (N·G, K, 2, Ho·Wo) took 2–4 times as long as both)."""
-    pairs = op.Reshape(op.Transpose(values, perm=_CHANNELS_LAST), np.array([0, -1, layer.taps, 2], dtype=np.int64))
-    return _run_parts(op, layer, op.Transpose(pairs, perm=[0, 2, 1, 3]), runs)  # (N·G, K, Ho·Wo, 2), cut
+    from ``values`` (N·G, 2K, Ho, Wo) (:func:`grid_values`)."""
+    pairs = op.Reshape(values, np.array([0, layer.taps, 2, -1], dtype=np.int64))  # (N·G, K, 2, Ho·Wo)
+    return _run_parts(op, layer, op.Transpose(pairs, perm=[0, 1, 3, 2]), runs)
 
 
 def run_masks(op: Emitter, layer: Layer, N: Optional[Value], Ho_Wo: Optional[Value], mask: Value,
