@@ -29,8 +29,6 @@ from packaging.version import Version
 _CI = pathlib.Path(__file__).resolve().parents[1] / ".ci"
 #: The requirements files of the extra venvs (in .ci/), which pin the releases their runtimes' faults were seen in.
 DEPLOY, OVEP, TFLITE = "deploy-requirements.txt", "deploy-ovep-requirements.txt", "tflite-requirements.txt"
-#: pnnx, installed into the deploy venv without its dependencies.
-PNNX = "deploy-pnnx-requirements.txt"
 OPENCV4, RKNN = "deploy-opencv4-requirements.txt", "deploy-rknn-requirements.txt"
 #: The browser harness's npm lock file (relative to .ci/), which pins onnxruntime-web; the release installed
 #: beside it (node_modules) is read first.

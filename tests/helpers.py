@@ -348,6 +348,15 @@ def lowering_model(lowering: str, layer, opset: int = 18, static_shapes: Optiona
     return ir.to_proto(ir.Model(graph, ir_version=8))
 
 
+def pass_through_weights(case: SweepCase, zero_taps: list[bool]) -> np.ndarray:
+    """W (C, C/groups, kH, kW) float32 that passes every channel of a group to itself at each tap (the DCNv3/DCNv4
+    cores' weight), zero at the taps ``zero_taps`` marks."""
+    n = case.channels // case.groups
+    W = np.tile(np.eye(n, dtype=np.float32), (case.groups, 1))[:, :, None, None] * np.ones((1, 1, *case.kernel))
+    W[:, :, np.array(zero_taps).reshape(case.kernel)] = 0
+    return W.astype(np.float32)
+
+
 def sweep_layer(case: SweepCase, dtype: int = onnx.TensorProto.FLOAT):
     """The :class:`dcn_onnxscript.lowering.layer.Layer` of a sweep case."""
     from dcn_onnxscript.lowering.layer import Layer

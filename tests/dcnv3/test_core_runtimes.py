@@ -20,7 +20,7 @@ import dcn_onnxscript.ops  # noqa: F401
 from dcn_onnxscript.export import dcnv3 as core_exports
 from dcn_onnxscript.lowering.dcnv3 import Core
 from dcn_onnxscript.tools.bench.internimage import CoreModule
-from faults import DEPLOY, PNNX, RKNN, Fault, Limitation
+from faults import DEPLOY, RKNN, Fault, Limitation
 from helpers import HOSTILE, assert_close
 from runtimes import EXTRA_JOBS, RKNN_TOLERANCE, run_openvino, run_runtime
 
@@ -83,11 +83,6 @@ _RKNN_HOSTILE_GATHER = Fault("rknn-toolkit2", "2.5.0", "the RK3588 simulator's o
 #: The deployment runtimes' faults and limitations, as in the generated matrix (tests/matrix.py).
 _TINYGRAD_GRID_SAMPLE = Fault("tinygrad", "0.14.0", "the ONNX runner has no GridSample (tests/tools/test_deploy.py)",
                               DEPLOY)
-#: pnnx's fault on the cores' grid_sample lowering (docs/known-issues.md).
-_PNNX_RUNS = Fault("pnnx", "20261020", "pnnx's ncnn output of the cores' grid_sample lowering (three points per "
-                   "GridSample: the grid and mask reshaped to (N·G, n, Ho·Wo, ·) and cut into runs) keeps the N·G "
-                   "axis in one Reshape and drops it as the batch in the next Slice or Reshape: ncnn's extract "
-                   "fails (status -1) (docs/known-issues.md)", PNNX)
 _NCNN_GATHER = Limitation("the gather lowering indexes with integer ops (Greater/Equal -> Where, Cast to INT64), "
                           "which pnnx writes as torch.gt/eq/where and Tensor.to and ncnn lacks: ncnn takes "
                           "grid_sample exports (opset >= 16; docs/deploy.md)")
@@ -120,8 +115,6 @@ def _known_fault(runtime: str, version: int, lowering, dynamic: bool) -> Optiona
         return _TINYGRAD_GRID_SAMPLE
     if runtime == "ncnn" and impl == "gather":
         return _NCNN_GATHER
-    if runtime == "ncnn" and impl == "grid_sample":
-        return _PNNX_RUNS
     return None
 
 

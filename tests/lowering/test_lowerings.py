@@ -27,6 +27,7 @@ from helpers import (
     inferred_values,
     jsep_cpu_nodes,
     lowering_model,
+    pass_through_weights,
     sweep_layer,
     torchvision_reference,
     wider_than_webgpu,
@@ -129,15 +130,6 @@ def test_random_layers_match_torchvision(lowering: str, case: SweepCase, opset_s
         assert_close(run_reference(model, _feeds(case, arrays, order)), expected)
 
 
-def _pass_through_weights(case: SweepCase, zero_taps: list[bool]) -> np.ndarray:
-    """W (C, C/groups, kH, kW) that passes every channel of a group to itself at each tap (the DCNv3/DCNv4 cores'
-    weight), zero at the taps ``zero_taps`` marks."""
-    n = case.channels // case.groups
-    W = np.tile(np.eye(n, dtype=np.float32), (case.groups, 1))[:, :, None, None] * np.ones((1, 1, *case.kernel))
-    W[:, :, np.array(zero_taps).reshape(case.kernel)] = 0
-    return W.astype(np.float32)
-
-
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(case=sweep_cases(), data=st.data(), seed=st.integers(0, 2**16), static=st.booleans(),
        order=st.sampled_from(OffsetOrder))
@@ -151,7 +143,7 @@ def test_pass_through_weights_sample_their_taps_in_runs(case: SweepCase, data, s
     assume(case.channels % case.groups == 0)
     K = case.kernel[0] * case.kernel[1]
     zero_taps = data.draw(st.lists(st.booleans(), min_size=K, max_size=K).filter(lambda z: not all(z)))
-    arrays = {**case.arrays(np.random.default_rng(seed)), "W": _pass_through_weights(case, zero_taps)}
+    arrays = {**case.arrays(np.random.default_rng(seed)), "W": pass_through_weights(case, zero_taps)}
     layer = dataclasses.replace(sweep_layer(case), offset_order=order)
     shapes = {name: list(value.shape) for name, value in arrays.items()}
     if static:

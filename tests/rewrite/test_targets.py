@@ -17,8 +17,18 @@ import torch
 
 import dcn_onnxscript  # noqa: F401  (registers the translation)
 from dcn_onnxscript.__main__ import main
+from dcn_onnxscript.lowering.layer import OffsetOrder
 from dcn_onnxscript.rewrite import targets
-from helpers import Case, DeformConvLayer, lowering_model, make_inputs, random_case, sweep_layer
+from helpers import (
+    Case,
+    DeformConvLayer,
+    assert_close,
+    lowering_model,
+    make_inputs,
+    pass_through_weights,
+    random_case,
+    sweep_layer,
+)
 from runtimes import run_onnxruntime
 
 #: Non-finite and huge offsets on which the guard and its ``Clip`` agree (NaN is where they differ).
@@ -63,6 +73,38 @@ def test_ncnn_writes_the_guard_as_clip_and_computes_the_same(seed: int):
     names = [i.name for i in original.graph.input]
     feeds = [arrays[name] for name in names]
     np.testing.assert_array_equal(run_onnxruntime(rewritten, feeds), run_onnxruntime(original, feeds))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ncnn_writes_runs_of_taps_one_tap_per_grid_sample(seed: int):
+    """A layer whose weights pass every channel of a group to itself (the DCNv3/DCNv4 cores' form, some taps
+    zero), static sizes at a random opset from 16: the lowering samples it in runs of taps, which ``--for ncnn``
+    writes as one ``GridSample`` per non-zero tap with no ``ReduceSum`` left (pnnx drops the runs' N·G axis), and
+    onnxruntime's result stays that of the model it came from."""
+    rng = np.random.default_rng(seed)
+    case = random_case(rng)
+    channels = case.offset_groups * int(rng.integers(1, 4))
+    case = dataclasses.replace(case, groups=case.offset_groups, channels=channels, out_channels=channels,
+                               use_mask=True, use_bias=False)
+    K = case.kernel[0] * case.kernel[1]
+    zero_taps = rng.random(K) < 0.2
+    zero_taps[int(rng.integers(K))] = False
+    arrays = {**case.arrays(rng), "W": pass_through_weights(case, list(zero_taps))}
+    static = {name: list(value.shape) for name, value in arrays.items()}
+    layer = dataclasses.replace(sweep_layer(case), batch=case.batch, input_size=(case.height, case.width),
+                                output_size=case.output_size, offset_order=OffsetOrder.XY)
+    original = lowering_model("grid_sample", layer, opset=int(rng.integers(16, 24)), static_shapes=static,
+                              constants={"W": arrays["W"]})
+    runs = [n.op_type for n in original.graph.node].count("GridSample")
+    model = ir.from_proto(original)
+    assert targets.runs_as_taps(model) == runs
+    targets.for_target(model, "ncnn")
+    written = _op_types(model)
+    assert written.count("GridSample") == K - zero_taps.sum() and "ReduceSum" not in written
+    rewritten = ir.to_proto(model)
+    onnx.checker.check_model(rewritten, full_check=True)
+    feeds = [arrays[i.name] for i in original.graph.input]
+    assert_close(run_onnxruntime(rewritten, feeds), run_onnxruntime(original, feeds), rtol=1e-6)
 
 
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
