@@ -31,6 +31,31 @@ def conv_output_size(size: Sequence[int], kernel: Sequence[int], stride: Sequenc
 
 
 @dataclasses.dataclass(frozen=True)
+class SeedCase:
+    """One DeformConv2d layer and the opset deform_conv2d_onnx_exporter exports it at (the seed's files)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    offset_groups: int
+    mask: bool
+    bias: bool
+    opset: int
+    size: tuple[int, int]
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        return conv_output_size(self.size, self.kernel, self.stride, self.padding, self.dilation)
+
+    def __str__(self) -> str:
+        return (f"k{self.kernel}-s{self.stride}-p{self.padding}-d{self.dilation}-g{self.groups}-og"
+                f"{self.offset_groups}-{'mask' if self.mask else 'nomask'}-{'bias' if self.bias else 'nobias'}"
+                f"-opset{self.opset}").replace(" ", "")
+
+
+@dataclasses.dataclass(frozen=True)
 class Case:
     """One deform_conv2d layer configuration; inputs are made at ``size`` = (H, W) and ``batch``."""
 
@@ -357,13 +382,16 @@ def pass_through_weights(case: SweepCase, zero_taps: list[bool]) -> np.ndarray:
     return W.astype(np.float32)
 
 
-def sweep_layer(case: SweepCase, dtype: int = onnx.TensorProto.FLOAT):
-    """The :class:`dcn_onnxscript.lowering.layer.Layer` of a sweep case."""
+def sweep_layer(case: SweepCase, dtype: int = onnx.TensorProto.FLOAT, static: bool = False):
+    """The :class:`dcn_onnxscript.lowering.layer.Layer` of a sweep case; with ``static``, every size known (N,
+    (H, W), (Ho, Wo)), as exporters and the rewriter fill them in from static shapes."""
     from dcn_onnxscript.lowering.layer import Layer
 
+    sizes = dict(batch=case.batch, input_size=(case.height, case.width), output_size=case.output_size) if static \
+        else {}
     return Layer(kernel=case.kernel, stride=case.stride, padding=case.padding, dilation=case.dilation,
                  groups=case.groups, offset_groups=case.offset_groups, in_channels=case.channels,
-                 out_channels=case.out_channels, dtype=dtype, bias=case.use_bias, mask=case.use_mask)
+                 out_channels=case.out_channels, dtype=dtype, bias=case.use_bias, mask=case.use_mask, **sizes)
 
 
 #: A number in a shown output, compared by order of magnitude (errors move with the machine's BLAS).

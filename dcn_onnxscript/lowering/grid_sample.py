@@ -186,10 +186,16 @@ def tap_masks(op: Emitter, layer: Layer, N: Optional[Value], Ho_Wo: Optional[Val
     K = layer.taps
     if mask is None:
         return [None] * K
+    return op.split(group_masks(op, layer, N, Ho_Wo, mask), K, K, axis=1)
+
+
+def group_masks(op: Emitter, layer: Layer, N: Optional[Value], Ho_Wo: Optional[Value], mask: Value) -> Value:
+    """Δm of ``mask`` (N, G·K, Ho, Wo) as (N·G, K, Ho, Wo) float32, cut to X's batch ``N`` and the offset's
+    ``Ho_Wo`` where they are dynamic."""
     mask = sampling.cut_to(op, mask, N, Ho_Wo)
     if layer.offset_groups > 1:
-        mask = op.Reshape(mask, np.array([-1, K, 0, 0], dtype=np.int64))
-    return op.split(_sampled(op, layer, mask), K, K, axis=1)
+        mask = op.Reshape(mask, np.array([-1, layer.taps, 0, 0], dtype=np.int64))
+    return _sampled(op, layer, mask)
 
 
 def _grid_sample(op: Emitter, images: Value, grid: Value) -> Value:
@@ -248,12 +254,9 @@ def run_grids(op: Emitter, layer: Layer, values: Value, runs: list[list[int]]) -
 
 def run_masks(op: Emitter, layer: Layer, N: Optional[Value], Ho_Wo: Optional[Value], mask: Value,
               runs: list[list[int]]) -> list[Value]:
-    """Δm of every run of n taps (:func:`runs_of`): (N·G, 1, n, Ho·Wo) float32, from ``mask`` (N, G·K, Ho, Wo),
-    cut to X's batch ``N`` and the offset's ``Ho_Wo`` where they are dynamic."""
-    mask = _sampled(op, layer, sampling.cut_to(op, mask, N, Ho_Wo))
-    if layer.offset_groups > 1:
-        mask = op.Reshape(mask, np.array([-1, layer.taps, 0, 0], dtype=np.int64))  # (N·G, K, Ho, Wo)
-    parts = _run_parts(op, layer, mask, runs)
+    """Δm of every run of n taps (:func:`runs_of`): (N·G, 1, n, Ho·Wo) float32, from ``mask`` (N, G·K, Ho, Wo)
+    (:func:`group_masks`)."""
+    parts = _run_parts(op, layer, group_masks(op, layer, N, Ho_Wo, mask), runs)
     return [op.Reshape(part, np.array([0, 1, len(run), -1], dtype=np.int64)) for part, run in zip(parts, runs)]
 
 

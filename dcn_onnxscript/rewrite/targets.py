@@ -460,7 +460,8 @@ def _run_of_taps(node: ir.Node) -> Optional[tuple[ir.Value, ir.Value, int, int, 
     form: its grid rows cut from the grid values (N·G, 2K, Ho, Wo) reshaped to (N·G, K, 2, Ho·Wo) and
     transposed, its samples weighed by a run of the masks (N·G, K, Ho, Wo) and summed by a ``ReduceSum`` over
     axis 2): the grid values, the masks, the first tap, the taps, and the ``ReduceSum``; else ``None``."""
-    if node.op_type != "GridSample" or node.domain != "" or _static(node.inputs[1]) is None:
+    grid = _static(node.inputs[1]) if node.op_type == "GridSample" and node.domain == "" else None
+    if grid is None:
         return None
     rows, first = _cut_from(node.inputs[1])
     pairs = rows.producer()
@@ -472,12 +473,11 @@ def _run_of_taps(node: ir.Node) -> Optional[tuple[ir.Value, ir.Value, int, int, 
     sizes = _static(values) if values is not None else None
     if sizes is None or len(sizes) != 4 or shape != [0, sizes[1] // 2, 2, -1]:
         return None
-    taps = _static(node.inputs[1])[1]
+    taps = grid[1]
     weighed = _only_consumer(node.outputs[0], "Mul")
     summed = _only_consumer(weighed.outputs[0], "ReduceSum") if weighed is not None else None
-    if summed is None or len(summed.inputs) < 2 or ir.convenience.get_const_tensor(summed.inputs[1]) is None \
-            or ir.convenience.get_const_tensor(summed.inputs[1]).numpy().tolist() != [2] \
-            or _attribute(summed, "keepdims", 1) != 0:
+    axes = ir.convenience.get_const_tensor(summed.inputs[1]) if summed is not None and len(summed.inputs) > 1 else None
+    if axes is None or axes.numpy().tolist() != [2] or _attribute(summed, "keepdims", 1) != 0:
         return None
     run_mask = weighed.inputs[1] if weighed.inputs[0] is node.outputs[0] else weighed.inputs[0]
     mask_rows = _constant_shape(run_mask.producer(), "Reshape")

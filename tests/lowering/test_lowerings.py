@@ -340,12 +340,6 @@ def test_grid_sample_broadcasts_constants_at_the_rank_of_the_result(case: SweepC
 # ------------------------------------------------------------------------------------------------ gather
 
 
-def _static_layer(case: SweepCase, dtype: int = onnx.TensorProto.FLOAT) -> Layer:
-    """The case's layer with every size known, as exporters and the rewriter fill it from static shapes."""
-    return dataclasses.replace(sweep_layer(case, dtype), batch=case.batch, input_size=(case.height, case.width),
-                               output_size=case.output_size)
-
-
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(case=sweep_cases(), opset_step=st.integers(0, 11), seed=st.integers(0, 2**16))
 def test_gather_with_static_sizes_writes_constants_and_matches_torchvision(case: SweepCase, opset_step: int, seed: int):
@@ -354,7 +348,7 @@ def test_gather_with_static_sizes_writes_constants_and_matches_torchvision(case:
     arrays = case.arrays(np.random.default_rng(seed))
     shapes = {name: list(value.shape) for name, value in arrays.items()}
     opset = table.LOWERINGS["gather"].min_opset + opset_step
-    model = lowering_model("gather", _static_layer(case), opset, static_shapes=shapes)
+    model = lowering_model("gather", sweep_layer(case, static=True), opset, static_shapes=shapes)
     onnx.checker.check_model(model, full_check=True)
     assert not {n.op_type for n in model.graph.node} & {"Shape", "Range", "ConstantOfShape", "CumSum"}
     assert_close(run_onnxruntime(model, _feeds(case, arrays)), _reference(case, arrays))
@@ -370,7 +364,7 @@ def test_gather_writes_patterns_every_converter_reads(dtype: int, shapes: str, c
     (onnx_tool), ``Abs``/``Less`` guards (ncnn), ``Cast(to=FLOAT)`` in a float32 model (onnxconverter-common's
     float16 conversion keeps its ``to``), values of rank 5 or more (onnx2tf), with W folded as exporters have
     it."""
-    layer = _static_layer(case, dtype) if shapes == "static" else sweep_layer(case, dtype)
+    layer = sweep_layer(case, dtype, static=shapes == "static")
     arrays = case.arrays(np.random.default_rng(0))
     model = lowering_model("gather", layer, static_shapes={n: list(v.shape) for n, v in arrays.items()},
                            constants={"W": arrays["W"].astype(onnx.helper.tensor_dtype_to_np_dtype(dtype))})
@@ -395,8 +389,8 @@ def test_gather_holds_one_taps_neighbours_at_most(case: SweepCase):
     tap's samples for one channel slice (4·N·Ho·Wo·C/S), the plan of all taps (4·N·G·K·Ho·Wo), or is X, W or
     Y in another layout."""
     arrays = case.arrays(np.random.default_rng(0))
-    model = lowering_model("gather", _static_layer(case), static_shapes={n: list(v.shape) for n, v in arrays.items()})
-    layer = _static_layer(case)
+    layer = sweep_layer(case, static=True)
+    model = lowering_model("gather", layer, static_shapes={n: list(v.shape) for n, v in arrays.items()})
     positions = case.batch * int(np.prod(case.output_size))
     bound = max(4 * positions * max(layer.slice_channels, layer.offset_groups * layer.taps),
                 *(arrays[name].size for name in ("X", "W")), positions * case.out_channels)
@@ -413,7 +407,7 @@ def test_gather_holds_one_taps_neighbours_at_most(case: SweepCase):
 def test_gather_indexes_in_int32(shapes: str, case: SweepCase):
     """The plan's positions and rows, and the mask's flat indices, are INT32 (WebGPU has no 64-bit integers):
     every INT64 value computed is a size or a shape (rank 1, at most 4 entries)."""
-    layer = _static_layer(case) if shapes == "static" else sweep_layer(case)
+    layer = sweep_layer(case, static=shapes == "static")
     arrays = case.arrays(np.random.default_rng(0))
     model = lowering_model("gather", layer, static_shapes={n: list(v.shape) for n, v in arrays.items()},
                            constants={"W": arrays["W"]})
@@ -431,7 +425,7 @@ def test_gather_indexes_in_int32(shapes: str, case: SweepCase):
 def test_gather_writes_no_op_that_jsep_runs_on_the_cpu(shapes: str, case: SweepCase):
     """No Min, Max or And, no Clip or Split of an integer tensor (:func:`helpers.jsep_cpu_nodes`); the
     standalone functions are held to the same (``tests/lowering/test_script.py``)."""
-    layer = _static_layer(case) if shapes == "static" else sweep_layer(case)
+    layer = sweep_layer(case, static=shapes == "static")
     arrays = case.arrays(np.random.default_rng(0))
     model = lowering_model("gather", layer, static_shapes={n: list(v.shape) for n, v in arrays.items()},
                            constants={"W": arrays["W"]})
@@ -571,7 +565,7 @@ def test_splits_write_their_sizes_and_no_result_is_a_reduced_scalar(lowering: st
     takes no defaults (``dilations should be 2D``)."""
     opset = min(table.LOWERINGS[lowering].min_opset + opset_step, 23)
     arrays = case.arrays(np.random.default_rng(0))
-    layer = _static_layer(case) if shapes == "static" else sweep_layer(case)
+    layer = sweep_layer(case, static=shapes == "static")
     static = {name: list(value.shape) for name, value in arrays.items()} if shapes == "static" else None
     model = lowering_model(lowering, layer, opset=opset, static_shapes=static, constants={"W": arrays["W"]})
     for node in model.graph.node:
@@ -620,7 +614,7 @@ def test_no_node_needs_more_storage_buffers_than_webgpu_guarantees(lowering: str
     if opset < table.LOWERINGS[lowering].min_opset:
         pytest.skip(f"{lowering} starts at opset {table.LOWERINGS[lowering].min_opset}")
     arrays = case.arrays(np.random.default_rng(0))
-    layer = _static_layer(case) if shapes == "static" else sweep_layer(case)
+    layer = sweep_layer(case, static=shapes == "static")
     static = {name: list(value.shape) for name, value in arrays.items()} if shapes == "static" else None
     constants = {"W": arrays["W"], "B": arrays["B"]} if weights == "initializers" else None
     model = lowering_model(lowering, layer, opset=opset, static_shapes=static, constants=constants)

@@ -6,7 +6,6 @@ layer with the rest of a model and a native DeformConv; the command line's repor
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.util
 import io
 import os
@@ -25,36 +24,11 @@ import torchvision
 from dcn_onnxscript.__main__ import main
 from dcn_onnxscript.rewrite import RewriteError, rewrite, seed
 from dcn_onnxscript.rewrite.seed import SEED_KIND
-from helpers import GRAPH_TOOLS, assert_close, conv_output_size
+from helpers import GRAPH_TOOLS, SeedCase, assert_close
 from runtimes import run_onnxruntime
 
 if importlib.util.find_spec("deform_conv2d_onnx_exporter") is None:  # imported by peers.import_dcoe (torch >= 2.9)
     pytest.skip("deform_conv2d_onnx_exporter is not installed", allow_module_level=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class SeedCase:
-    """One DeformConv2d layer and the opset deform_conv2d_onnx_exporter exports it at."""
-
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-    groups: int
-    offset_groups: int
-    mask: bool
-    bias: bool
-    opset: int
-    size: tuple[int, int]
-
-    @property
-    def out_size(self) -> tuple[int, int]:
-        return conv_output_size(self.size, self.kernel, self.stride, self.padding, self.dilation)
-
-    def __str__(self) -> str:
-        return (f"k{self.kernel}-s{self.stride}-p{self.padding}-d{self.dilation}-g{self.groups}-og"
-                f"{self.offset_groups}-{'mask' if self.mask else 'nomask'}-{'bias' if self.bias else 'nobias'}"
-                f"-opset{self.opset}").replace(" ", "")
 
 
 #: The opsets the seed's TorchScript exports are written at (its floor is 12).

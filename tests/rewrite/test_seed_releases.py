@@ -25,7 +25,7 @@ import torchvision
 
 from dcn_onnxscript.rewrite import rewrite
 from dcn_onnxscript.rewrite.seed import SEED_KIND
-from helpers import assert_close, conv_output_size
+from helpers import SeedCase, assert_close
 from runtimes import run_onnxruntime
 
 pytestmark = pytest.mark.deploy
@@ -42,26 +42,12 @@ _OTHER_BATCH = 3
 
 
 @dataclasses.dataclass(frozen=True)
-class ReleaseCase:
-    """One layer, the release that exports it and how."""
+class ReleaseCase(SeedCase):
+    """One layer (:class:`SeedCase`), the release that exports it and how."""
 
     release: str
-    opset: int
-    mask: bool
-    bias: bool
     dynamic: bool
     use_gathernd: bool
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-    groups: int
-    offset_groups: int
-    size: tuple[int, int]
-
-    @property
-    def out_size(self) -> tuple[int, int]:
-        return conv_output_size(self.size, self.kernel, self.stride, self.padding, self.dilation)
 
     @property
     def batch(self) -> int:

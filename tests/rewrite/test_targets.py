@@ -53,11 +53,9 @@ def test_ncnn_writes_the_guard_as_clip_and_computes_the_same(seed: int):
     rng = np.random.default_rng(seed)
     case, opset = random_case(rng), int(rng.integers(16, 24))
     arrays = case.arrays(rng)
-    layer, static = sweep_layer(case), None
+    layer, static = sweep_layer(case, static=bool(seed % 2)), None
     if seed % 2:  # static sizes, as the exporters fill them in from static shapes
         static = {name: list(value.shape) for name, value in arrays.items()}
-        layer = dataclasses.replace(layer, batch=case.batch, input_size=(case.height, case.width),
-                                    output_size=case.output_size)
     original = lowering_model("grid_sample", layer, opset=opset, static_shapes=static, constants={"W": arrays["W"]})
     model = ir.from_proto(original)
     assert targets.for_target(model, "ncnn") == 1
@@ -91,8 +89,7 @@ def test_ncnn_writes_runs_of_taps_one_tap_per_grid_sample(seed: int):
     zero_taps[int(rng.integers(K))] = False
     arrays = {**case.arrays(rng), "W": pass_through_weights(case, list(zero_taps))}
     static = {name: list(value.shape) for name, value in arrays.items()}
-    layer = dataclasses.replace(sweep_layer(case), batch=case.batch, input_size=(case.height, case.width),
-                                output_size=case.output_size, offset_order=OffsetOrder.XY)
+    layer = dataclasses.replace(sweep_layer(case, static=True), offset_order=OffsetOrder.XY)
     original = lowering_model("grid_sample", layer, opset=int(rng.integers(16, 24)), static_shapes=static,
                               constants={"W": arrays["W"]})
     runs = [n.op_type for n in original.graph.node].count("GridSample")
@@ -139,8 +136,7 @@ def test_ncnn_writes_constant_gathers_as_split_and_concat(seed: int):
     case, opset = random_case(rng), int(rng.integers(12, 24))
     arrays = case.arrays(rng)
     static = {name: list(value.shape) for name, value in arrays.items()}
-    layer = dataclasses.replace(sweep_layer(case), batch=case.batch, input_size=(case.height, case.width),
-                                output_size=case.output_size)
+    layer = sweep_layer(case, static=True)
     original = lowering_model("gather", layer, opset=opset, static_shapes=static, constants={"W": arrays["W"]})
     picks = _constant_gathers(original)
     model = ir.from_proto(original)
@@ -179,8 +175,7 @@ def test_opencv4_writes_static_grid_samples_as_gathers_and_computes_the_same(see
     case, opset = random_case(rng), int(rng.integers(16, 24))
     arrays = case.arrays(rng)
     static = {name: list(value.shape) for name, value in arrays.items()}
-    layer = dataclasses.replace(sweep_layer(case), batch=case.batch, input_size=(case.height, case.width),
-                                output_size=case.output_size)
+    layer = sweep_layer(case, static=True)
     original = lowering_model("grid_sample", layer, opset=opset, static_shapes=static, constants={"W": arrays["W"]})
     model = ir.from_proto(original)
     samplers = [node.op_type for node in original.graph.node].count("GridSample")
@@ -216,11 +211,9 @@ def test_rknn_gathers_each_table_once_and_computes_the_same(seed: int):
     rng = np.random.default_rng(seed)
     case, opset = random_case(rng), int(rng.integers(12, 24))
     arrays = case.arrays(rng)
-    layer, static, sizes = sweep_layer(case), None, [case]
+    layer, static, sizes = sweep_layer(case, static=bool(seed % 2)), None, [case]
     if seed % 2:  # static sizes, as the exporters fill them in from static shapes
         static = {name: list(value.shape) for name, value in arrays.items()}
-        layer = dataclasses.replace(layer, batch=case.batch, input_size=(case.height, case.width),
-                                    output_size=case.output_size)
     else:
         sizes.append(dataclasses.replace(case, height=case.height + 3, width=case.width + 2))
     original = lowering_model("gather", layer, opset=opset, static_shapes=static, constants={"W": arrays["W"]})
