@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import onnx
+import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 #: Debian's chromium (``apt-get install chromium``); puppeteer-core downloads none.
@@ -99,6 +100,34 @@ def assert_matches(run: BrowserRun, expected: np.ndarray, tolerance: float) -> N
     (actual,) = run.outputs.values()
     assert actual.shape == expected.shape
     np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance)
+
+
+#: The WebGPU feature float16 kernels need.
+SHADER_F16 = "shader-f16"
+#: A float16 run's error may be this many times onnxruntime CPU's (both against float64), plus a floor relative to
+#: the output's scale: float16 sums differ in order between runtimes.
+FLOAT16_ERROR_FACTOR, FLOAT16_ERROR_FLOOR = 2.0, 2e-3
+
+
+def _scaled_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |actual - expected| relative to max(1, max |expected|)."""
+    return float(np.max(np.abs(actual.astype(np.float64) - expected)) / max(1.0, np.max(np.abs(expected))))
+
+
+def assert_float16_matches(run: BrowserRun, expected: np.ndarray, cpu: np.ndarray) -> None:
+    """``run`` (of a float16 model) gave a float16 output as close to ``expected`` (float64) as onnxruntime CPU's
+    ``cpu`` is, within :data:`FLOAT16_ERROR_FACTOR` and :data:`FLOAT16_ERROR_FLOOR`; a WebGPU build whose adapter
+    lacks ``shader-f16`` is skipped, saying so (without it JSEP's float16 shaders fail to compile, and the run
+    returns garbage; the native EP refuses the session)."""
+    if run.build != "wasm" and SHADER_F16 not in ((run.adapter or {}).get("features") or []):
+        pytest.skip(f"the WebGPU adapter ({(run.adapter or {}).get('architecture')}) has no {SHADER_F16}, which "
+                    f"float16 kernels need (without it JSEP's float16 shaders fail to compile, and the run returns "
+                    f"garbage; the native EP refuses the session)")
+    assert run.error is None, run.error
+    assert not run.gpu_errors, run.gpu_errors[:5]
+    (actual,) = run.outputs.values()
+    assert actual.dtype == np.float16 and actual.shape == expected.shape
+    assert _scaled_error(actual, expected) <= FLOAT16_ERROR_FACTOR * _scaled_error(cpu, expected) + FLOAT16_ERROR_FLOOR
 
 
 def _read(build: str, result: dict) -> BrowserRun:

@@ -1,6 +1,7 @@
 """The DCNv3 and DCNv4 cores (``import dcn_onnxscript.ops``) in a real browser: exported by dynamo through each
 lowering, static and dynamic sizes, run on onnxruntime-web's two WebGPU builds and wasm and compared with the
-eager op in float64; the static exports keep every node on the GPU. Marker ``web``."""
+eager op in float64; the static exports keep every node on the GPU; float16 exports match as closely as
+onnxruntime's CPU provider does (WebGPU skipped without ``shader-f16``). Marker ``web``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import warnings
 import browser
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 from dcnv3.core_reference import CoreCase
@@ -35,10 +37,10 @@ CASES = {f"dcnv{version}-{lowering}-{'dynamic' if dynamic else 'static'}": (vers
          for version, lowering, dynamic in itertools.product((3, 4), ("grid_sample", "gather"), (False, True))}
 
 
-def export(case: CoreCase, lowering: str, dynamic: bool) -> onnx.ModelProto:
-    """dynamo's export of ``case``'s core through ``lowering``; with ``dynamic``, the batch (one for all inputs)
-    and the image sizes dynamic."""
-    inputs = tuple(torch.from_numpy(a) for a in case.inputs(seed=0))
+def export(case: CoreCase, lowering: str, dynamic: bool, dtype=np.float32) -> onnx.ModelProto:
+    """dynamo's export of ``case``'s core through ``lowering`` for inputs of ``dtype``; with ``dynamic``, the batch
+    (one for all inputs) and the image sizes dynamic."""
+    inputs = tuple(torch.from_numpy(a) for a in case.inputs(seed=0, dtype=dtype))
     shapes = None
     if dynamic:
         n, auto = torch.export.Dim("n"), torch.export.Dim.AUTO
@@ -77,3 +79,25 @@ def test_static_core_exports_keep_every_node_on_the_gpu(case: str, build: str):
     _, _, runs = measured(case)
     assert runs[build].error is None, runs[build].error
     assert runs[build].cpu_nodes == [], runs[build].cpu_nodes
+
+
+@functools.lru_cache(maxsize=None)
+def measured_float16(version: int, lowering: str) -> tuple[np.ndarray, np.ndarray, dict[str, browser.BrowserRun]]:
+    """The eager op's output in float64 for float16 inputs, onnxruntime CPU's and the three builds' runs of the
+    static float16 export."""
+    case = CORES[version]
+    model = export(case, lowering, False, np.float16)
+    inputs = case.inputs(seed=1, dtype=np.float16)
+    with torch.no_grad():
+        expected = CoreModule(case.core)(*(torch.from_numpy(a).double() for a in inputs)).numpy()
+    feeds = {value.name: a for value, a in zip(model.graph.input, inputs)}
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (cpu,) = session.run(None, feeds)
+    return expected, cpu, browser.run(model, feeds)
+
+
+@pytest.mark.parametrize("version, lowering, build", list(itertools.product(CORES, ("grid_sample", "gather"),
+                                                                           browser.BUILDS)))
+def test_float16_core_export_matches_the_eager_op_in_the_browser(version: int, lowering: str, build: str):
+    expected, cpu, runs = measured_float16(version, lowering)
+    browser.assert_float16_matches(runs[build], expected, cpu)

@@ -21,11 +21,6 @@ from test_browser import EXPORTED, RUN_DYNAMIC, Block, export
 
 pytestmark = [pytest.mark.web, pytest.mark.skipif(browser.missing() is not None, reason=str(browser.missing()))]
 
-#: The WebGPU feature float16 kernels need.
-SHADER_F16 = "shader-f16"
-#: The browser's error may be this many times onnxruntime CPU's (both against float64), plus a floor relative to
-#: the output's scale: float16 sums differ in order between runtimes.
-ERROR_FACTOR, ERROR_FLOOR = 2.0, 2e-3
 #: case id -> (lowering, dynamic sizes).
 CASES = {f"{lowering}-{'dynamic' if dynamic else 'static'}": (lowering, dynamic)
          for lowering, dynamic in itertools.product(("grid_sample", "gather"), (False, True))}
@@ -46,21 +41,7 @@ def measured(case: str) -> tuple[np.ndarray, np.ndarray, dict[str, browser.Brows
     return expected, cpu, browser.run(model, {model.graph.input[0].name: img})
 
 
-def _error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """max |actual - expected| relative to max(1, max |expected|)."""
-    return float(np.max(np.abs(actual.astype(np.float64) - expected)) / max(1.0, np.max(np.abs(expected))))
-
-
 @pytest.mark.parametrize("case, build", list(itertools.product(CASES, browser.BUILDS)))
 def test_float16_export_matches_torchvision_in_the_browser(case: str, build: str):
     expected, cpu, runs = measured(case)
-    run = runs[build]
-    if build != "wasm" and SHADER_F16 not in ((run.adapter or {}).get("features") or []):
-        pytest.skip(f"the WebGPU adapter ({(run.adapter or {}).get('architecture')}) has no {SHADER_F16}, which "
-                    f"float16 kernels need (without it JSEP's float16 shaders fail to compile, and the run returns "
-                    f"garbage; the native EP refuses the session)")
-    assert run.error is None, run.error
-    assert not run.gpu_errors, run.gpu_errors[:5]
-    (actual,) = run.outputs.values()
-    assert actual.dtype == np.float16 and actual.shape == expected.shape
-    assert _error(actual, expected) <= ERROR_FACTOR * _error(cpu, expected) + ERROR_FLOOR
+    browser.assert_float16_matches(runs[build], expected, cpu)
