@@ -1,70 +1,73 @@
 """The DCNv3 and DCNv4 cores (``dcn_onnxscript::dcnv3`` / ``::dcnv4``, :mod:`dcn_onnxscript.ops`) in both
 ``torch.onnx`` exporters.
 
-Each core is the deform_conv2d layer of :mod:`dcn_onnxscript.lowering.dcnv3`, so each exporter writes it the
-way it writes ``torchvision::deform_conv2d``:
+Each exporter writes a core through :func:`dcn_onnxscript.lowering.dcnv3.lower` ("grid_sample" straight from
+the cores' layouts, "gather" as the deform_conv2d layer the core equals), the way it writes
+``torchvision::deform_conv2d``:
 
-- dynamo: the translation writes the core's layout steps (transposes, the channel ``Gather``s, the offsets'
-  scale) and the deform_conv2d placeholder of :mod:`dcn_onnxscript.export.dynamo` with the constant weight;
-  the conversion step lowers the placeholder at the final opset, as for any deform_conv2d;
+- dynamo: the translation checks the call and writes one placeholder node (the core's inputs and attributes,
+  :data:`dcn_onnxscript.rewrite.rewriter.CORE_OPS`); the conversion step lowers it at the final opset, as it
+  lowers deform_conv2d's placeholders;
 - TorchScript: the symbolic writes the whole core through ``g.op`` ("auto" lowering at the export's opset).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
-import numpy as np
-import onnx_ir as ir
-from onnxscript.values import Opset, TracedOnnxFunction
+from onnx.defs import OpSchema
+from onnxscript.values import Op, Opset, TracedOnnxFunction
 from torch.onnx import symbolic_helper
 
 from dcn_onnxscript.export import _internals
 from dcn_onnxscript.lowering import dcnv3 as lowering
 from dcn_onnxscript.lowering import table
 from dcn_onnxscript.lowering.dcnv3 import core_of
-from dcn_onnxscript.lowering.emitter import Emitter
 from dcn_onnxscript.lowering.validation import check_core_args, static_shape
+from dcn_onnxscript.rewrite import rewriter
 
 #: The operators, by the version of their core.
 QUALIFIED_NAMES = {3: "dcn_onnxscript::dcnv3", 4: "dcn_onnxscript::dcnv4"}
 _DOMAIN = Opset("dcn_onnxscript", 1)
 
 
-class TracingEmitter(Emitter):
-    """Writes through onnxscript's ops while the dynamo exporter traces a translation (at its graph's opset)."""
+def _core_placeholder(version: int) -> Op:
+    """The placeholder of a core of ``version`` (:data:`~dcn_onnxscript.rewrite.rewriter.CORE_OPS`): inputs
+    ``input``, ``offset``, ``mask`` (DCNv4: ``input``, ``offset_mask``), InternImage's ``TRTDCNv3`` attributes and
+    the lowering's name ``impl``, in :data:`~dcn_onnxscript.rewrite.rewriter.PENDING_DOMAIN`."""
+    names = ["input", "offset", "mask"] if version == 3 else ["input", "offset_mask"]
+    ints = [f"{name}_{axis}" for name in ("kernel", "stride", "pad", "dilation") for axis in "hw"]
+    attributes = [*(OpSchema.Attribute(name, OpSchema.AttrType.INT, name) for name in
+                    (*ints, "group", "group_channels", "remove_center")),
+                  OpSchema.Attribute("offset_scale", OpSchema.AttrType.FLOAT, "offset_scale"),
+                  OpSchema.Attribute("impl", OpSchema.AttrType.STRING, "the lowering's name")]
+    schema = OpSchema(
+        f"dcnv{version}", rewriter.PENDING_DOMAIN, 1, doc="a DCNv3/DCNv4 core, lowered at torch.onnx's conversion step",
+        inputs=[OpSchema.FormalParameter(name, "T") for name in names],
+        outputs=[OpSchema.FormalParameter("output", "T")],
+        type_constraints=[("T", ["tensor(float16)", "tensor(float)", "tensor(double)", "tensor(bfloat16)"],
+                           "the core's dtype")],
+        attributes=attributes)
+    return Op(Opset(rewriter.PENDING_DOMAIN, 1), schema.name, schema)
 
-    def __init__(self, opset: int) -> None:
-        super().__init__(opset)
-        self._ops = Opset("", opset)
 
-    def _node(self, op_type: str, inputs: list, attributes: dict[str, Any], outputs: int):
-        return getattr(self._ops, op_type)(*inputs, **attributes)
-
-    def _constant(self, array: np.ndarray):
-        tensor = ir.tensor(array)
-        value = self._ops.Constant(value=tensor)
-        # the exporter leaves a Constant's output untyped; the conversion step reads the weight's shape
-        value.shape, value.dtype = tensor.shape, tensor.dtype
-        return value
+_CORE_PLACEHOLDERS = {version: _core_placeholder(version) for version in (3, 4)}
 
 
-def _dynamo_core(core: lowering.Core, input, offset, mask, impl: str):
-    """One core call in the dynamo exporter: checked, then its layout steps around a deform_conv2d placeholder."""
-    from dcn_onnxscript.export import dynamo
-
+def _dynamo_core(core: lowering.Core, inputs: list, impl: str):
+    """One core call in the dynamo exporter: checked, then its placeholder (lowered through ``impl`` at the
+    conversion step, at the final opset, by :func:`dcn_onnxscript.rewrite.rewriter.lower_pending`)."""
+    input, offset = inputs[:2]
     check_core_args(core, input_shape=static_shape(input), offset_shape=static_shape(offset),
-                    mask_shape=static_shape(mask) if core.version == 3 else None)
-    op = TracingEmitter(_internals.exporter_opset())
-    dtype = int(input.dtype)
-    lowering.layer(core, dtype, None, (None, None), (None, None))  # the dtype check; the conversion step lowers
-    W = op.constant(lowering.identity_weight(core, lowering.FLOAT_TYPES[dtype]))
-    X, delta, m = (lowering.channels_first(op, input), lowering.deform_conv2d_offset(op, core, dtype, offset),
-                   lowering.deform_conv2d_mask(op, core, mask))
-    lowering.typed(core, input, offset, X, delta, m)
-    Y = dynamo.placeholder(impl, X, W, delta, None, m, core.stride, core.padding, core.dilation, core.group,
-                           core.group, lowering.OFFSET_ORDER)
-    return lowering.channels_last(op, Y)
+                    mask_shape=static_shape(inputs[2]) if core.version == 3 else None)
+    lowering.layer(core, int(input.dtype), None, (None, None), (None, None))  # the dtype check
+    (kernel_h, kernel_w), (stride_h, stride_w), (pad_h, pad_w), (dilation_h, dilation_w) = (
+        core.kernel, core.stride, core.padding, core.dilation)
+    return _CORE_PLACEHOLDERS[core.version](
+        *inputs, kernel_h=kernel_h, kernel_w=kernel_w, stride_h=stride_h, stride_w=stride_w, pad_h=pad_h,
+        pad_w=pad_w, dilation_h=dilation_h, dilation_w=dilation_w, group=core.group,
+        group_channels=core.group_channels, offset_scale=core.offset_scale, remove_center=int(core.remove_center),
+        impl=impl)
 
 
 def _translations(impl: str) -> dict[int, TracedOnnxFunction]:
@@ -76,7 +79,7 @@ def _translations(impl: str) -> dict[int, TracedOnnxFunction]:
         """dcn_onnxscript::dcnv3(Tensor input, Tensor offset, Tensor mask, SymInt kernel_h, SymInt kernel_w, SymInt stride_h, SymInt stride_w, SymInt pad_h, SymInt pad_w, SymInt dilation_h, SymInt dilation_w, SymInt group, SymInt group_channels, float offset_scale, bool remove_center) -> Tensor"""  # noqa: E501
         core = core_of(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
                        group_channels, offset_scale, remove_center, version=3)
-        return _dynamo_core(core, input, offset, mask, impl)
+        return _dynamo_core(core, [input, offset, mask], impl)
 
     def dcnv4(input, offset_mask, kernel_h: int, kernel_w: int, stride_h: int, stride_w: int, pad_h: int,
               pad_w: int, dilation_h: int, dilation_w: int, group: int, group_channels: int, offset_scale: float,
@@ -84,7 +87,7 @@ def _translations(impl: str) -> dict[int, TracedOnnxFunction]:
         """dcn_onnxscript::dcnv4(Tensor input, Tensor offset_mask, SymInt kernel_h, SymInt kernel_w, SymInt stride_h, SymInt stride_w, SymInt pad_h, SymInt pad_w, SymInt dilation_h, SymInt dilation_w, SymInt group, SymInt group_channels, float offset_scale, bool remove_center) -> Tensor"""  # noqa: E501
         core = core_of(kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, group,
                        group_channels, offset_scale, remove_center, version=4)
-        return _dynamo_core(core, input, offset_mask, offset_mask, impl)
+        return _dynamo_core(core, [input, offset_mask], impl)
 
     return {3: TracedOnnxFunction(_DOMAIN, dcnv3), 4: TracedOnnxFunction(_DOMAIN, dcnv4)}
 

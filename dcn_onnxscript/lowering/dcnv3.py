@@ -220,8 +220,15 @@ def deform_conv2d_mask(op: Emitter, core: Core, mask: Value) -> Value:
 def lower(op: Emitter, core: Core, layer: Layer, input: Value, offset: Value, mask: Value, impl: str = table.AUTO
          ) -> Value:
     """The core's output (N, Ho, Wo, G·Cg) of ``input`` (N, H, W, G·Cg), ``offset`` and ``mask`` (DCNv4: both the
-    ``offset_mask``) in the layouts of the module docstring, through lowering ``impl`` of the equivalent
-    deform_conv2d ``layer`` (:func:`layer`)."""
+    ``offset_mask``) in the layouts of the module docstring, through lowering ``impl`` (resolved at ``op.opset``
+    and the dtype) of the equivalent deform_conv2d ``layer`` (:func:`layer`, whose sizes are the core's static
+    ones): "grid_sample" reads the cores' layouts directly (:mod:`dcn_onnxscript.lowering.dcnv3_grid_sample`),
+    "gather" through the layout steps around the deform_conv2d lowering."""
+    if table.resolve(impl, op.opset, layer.dtype) == "grid_sample":
+        table.lowering("grid_sample", op.opset)  # the opset check
+        from dcn_onnxscript.lowering import dcnv3_grid_sample
+
+        return dcnv3_grid_sample.lower(op, core, layer, input, offset, mask)
     X = channels_first(op, input)
     W = identity_weight(core, FLOAT_TYPES[layer.dtype])
     Y = table.build(impl, op, layer, X, W, deform_conv2d_offset(op, core, layer.dtype, offset, layer.offset_order),

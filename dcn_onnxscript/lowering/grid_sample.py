@@ -9,11 +9,6 @@ sum holds Y, so no more than one tap's samples (N, C, Ho, Wo) are ever alive: 1/
 native kernel holds the im2col columns of a batch, and each tap's product is a full-sized GEMM. Offset
 groups G sample X as N·G images of C/G channels.
 
-Where the weights pass every channel through (the DCNv3/DCNv4 cores', :mod:`dcn_onnxscript.lowering.dcnv3`)
-there is no product to write: the taps are sampled in runs of :data:`RUN_TAPS`, one ``GridSample`` per run
-whose grid holds a row of output positions per tap, (N·G, n, Ho·Wo, 2); the samples are weighed by the masks
-and summed over the run's axis, so a run's n taps of samples are alive at once.
-
 Steps, one function each: the offsets Δp, the output positions p_0, the half image sizes, the grid of
 every tap, the images, the masks, the samples of one tap, the weights of one tap, and the sum. The
 positions are computed once for all taps and split; the layer's kernel, strides, pads, dilations and
@@ -70,25 +65,18 @@ Value = Any
 Folded = Union[Value, np.ndarray]
 
 #: The type ``GridSample`` and the convolutions run in: FLOAT.
-_SAMPLED = 1
+SAMPLED = 1
 #: Grid values at or beyond this distance from the image centre (in half image sizes) are moved to it.
 _FAR = 4.0
-#: Taps one ``GridSample`` samples together where their products are the samples themselves (the DCNv3/DCNv4
-#: cores' pass-through weights, :func:`runs_of`). onnxruntime's ``GridSample`` wakes its threads once per image,
-#: so a call per tap over N·G images costs two threads more than the work: 1.16–1.42× the latency of
-#: InternImage's plain export of a core, against 0.98–1.05× in runs of three. One call over all K taps holds K
-#: taps' samples and their product at once, as that export does (0.99× its memory at 28×28×128); three hold a
-#: third of them (0.50–0.69×).
-RUN_TAPS = 3
 #: NCHW -> NHWC: the grid's layout, (x, y) pairs last.
 _CHANNELS_LAST = [0, 2, 3, 1]
 #: The shape of a per-channel constant, (1, 2K, 1, 1): rank 4 (onnx2tf, see the module's docstring).
 _PER_CHANNEL = (1, -1, 1, 1)
 
 
-def _sampled(op: Emitter, layer: Layer, value: Value) -> Value:
+def sampled(op: Emitter, layer: Layer, value: Value) -> Value:
     """``value`` of the layer's dtype as float32."""
-    return value if layer.dtype == _SAMPLED else op.Cast(value, to=_SAMPLED)
+    return value if layer.dtype == SAMPLED else op.Cast(value, to=SAMPLED)
 
 
 def _per_channel(layer: Layer, pair) -> np.ndarray:
@@ -132,19 +120,11 @@ def output_positions(op: Emitter, layer: Layer, Ho_Wo: Optional[Value]) -> Folde
 
 def half_sizes(op: Emitter, layer: Layer, X_shape: Optional[Value]) -> Folded:
     """(W/2, H/2) of X at the x and y channel of every tap, (1, 2K, 1, 1) of the coordinate type: a constant
-    when (H, W) are static, else from X's ``Shape`` ``X_shape``. A float32 layer sums halves instead of
-    casting the sizes: onnxconverter-common's float16 conversion retypes a ``Cast(to=FLOAT)``'s output but
-    keeps its ``to`` (its issue 320), which a float32 model must therefore not have; other dtypes cast."""
+    when (H, W) are static, else from X's ``Shape`` ``X_shape`` (:func:`sampling.half_sizes`)."""
     H, W = layer.input_size
     if not _dynamic(H, W):
         return layer.coordinates(_per_channel(layer, [W / 2, H / 2]))
-    if layer.coordinate_dtype != _SAMPLED or layer.dtype != _SAMPLED:
-        sizes = op.Gather(X_shape, _per_channel(layer, np.array([3, 2], dtype=np.int64)))
-        return op.Mul(op.Cast(sizes, to=layer.coordinate_dtype), layer.coordinates(0.5))
-    halves = op.ConstantOfShape(sampling.dims(op, X_shape, 2, 4), value=layer.coordinates([0.5]))  # (H, W)
-    widths, heights = op.ReduceSum(halves, np.array([1]), keepdims=0), op.ReduceSum(halves, np.array([0]), keepdims=0)
-    first_and_last = _per_channel(layer, np.array([0, -1], dtype=np.int64))  # W/2 starts, H/2 ends (H + W,)
-    return op.Gather(op.Concat(widths, heights, axis=0), first_and_last)
+    return sampling.half_sizes(op, layer, X_shape, 2, _per_channel(layer, [0, 1]))
 
 
 def grid_values(op: Emitter, layer: Layer, delta: Value, p0: Folded, halves: Folded) -> Value:
@@ -159,10 +139,20 @@ def grid_values(op: Emitter, layer: Layer, delta: Value, p0: Folded, halves: Fol
         g = op.Mul(op.Add(delta, base), layer.coordinates(1 / halves))
     else:  # one Div of the grid instead of a Reciprocal and a Mul: one node less, no slower
         g = op.Div(op.Add(delta, op.Add(p0, op.Sub(first, halves))), halves)
+    return guarded(op, layer, g)
+
+
+def guarded(op: Emitter, layer: Layer, g: Value) -> Value:
+    """Grid values ``g`` of the coordinate type as float32, every one that is not finite or lies :data:`_FAR`
+    or more half sizes from the centre moved to :data:`_FAR`, where ``GridSample`` reads zero (see the module
+    docstring)."""
     g = op.Where(op.Less(op.Abs(g), layer.coordinates(_FAR)), g, layer.coordinates(_FAR))
-    if layer.coordinate_dtype != _SAMPLED:
-        g = op.Cast(g, to=_SAMPLED)
-    return g
+    return g if layer.coordinate_dtype == SAMPLED else op.Cast(g, to=SAMPLED)
+
+
+def in_dtype(op: Emitter, layer: Layer, Y: Value) -> Value:
+    """``Y`` float32 as the layer's dtype."""
+    return Y if layer.dtype == SAMPLED else op.Cast(Y, to=layer.dtype)
 
 
 def grids(op: Emitter, layer: Layer, values: Value) -> list[Value]:
@@ -174,7 +164,7 @@ def grids(op: Emitter, layer: Layer, values: Value) -> list[Value]:
 
 def sampled_images(op: Emitter, layer: Layer, X: Value) -> Value:
     """``X`` (N, C, H, W) as N·G images (N·G, C/G, H, W) float32."""
-    images = _sampled(op, layer, X)
+    images = sampled(op, layer, X)
     if layer.offset_groups == 1:
         return images
     return op.Reshape(images, np.array([-1, layer.in_channels // layer.offset_groups, 0, 0], dtype=np.int64))
@@ -186,19 +176,13 @@ def tap_masks(op: Emitter, layer: Layer, N: Optional[Value], Ho_Wo: Optional[Val
     K = layer.taps
     if mask is None:
         return [None] * K
-    return op.split(group_masks(op, layer, N, Ho_Wo, mask), K, K, axis=1)
-
-
-def group_masks(op: Emitter, layer: Layer, N: Optional[Value], Ho_Wo: Optional[Value], mask: Value) -> Value:
-    """Δm of ``mask`` (N, G·K, Ho, Wo) as (N·G, K, Ho, Wo) float32, cut to X's batch ``N`` and the offset's
-    ``Ho_Wo`` where they are dynamic."""
     mask = sampling.cut_to(op, mask, N, Ho_Wo)
     if layer.offset_groups > 1:
-        mask = op.Reshape(mask, np.array([-1, layer.taps, 0, 0], dtype=np.int64))
-    return _sampled(op, layer, mask)
+        mask = op.Reshape(mask, np.array([-1, K, 0, 0], dtype=np.int64))
+    return op.split(sampled(op, layer, mask), K, K, axis=1)
 
 
-def _grid_sample(op: Emitter, images: Value, grid: Value) -> Value:
+def bilinear_samples(op: Emitter, images: Value, grid: Value) -> Value:
     """Bilinear samples of ``images`` (N·G, C/G, H, W) float32 at ``grid`` (N·G, h, w, 2), zero outside:
     (N·G, C/G, h, w)."""
     mode = "linear" if op.opset >= 20 else "bilinear"
@@ -209,72 +193,8 @@ def tap_samples(op: Emitter, layer: Layer, images: Value, grid: Value, mask: Opt
     """x(p) · Δm_k of one tap for every channel: (N·G, C/G, Ho, Wo) float32 (:func:`as_channels` makes it
     (N, C, Ho, Wo)), from ``images`` (N·G, C/G, H, W) float32, its ``grid`` (N·G, Ho, Wo, 2) and its ``mask``
     (N·G, 1, Ho, Wo) float32."""
-    samples = _grid_sample(op, images, grid)
+    samples = bilinear_samples(op, images, grid)
     return samples if mask is None else op.Mul(samples, mask)
-
-
-def runs_of(kept: list[bool], most: int = RUN_TAPS) -> list[list[int]]:
-    """The kept taps as runs of consecutive taps that one ``GridSample`` samples together: each stretch of kept
-    taps cut into ⌈n / ``most``⌉ runs of near-equal length (3x3: three runs of 3; 3x3 less its centre: four runs
-    of 2)."""
-    runs: list[list[int]] = []
-    stretch: list[int] = []
-    for k, keep in enumerate([*kept, False]):
-        if keep:
-            stretch.append(k)
-        elif stretch:
-            runs += [[int(t) for t in run] for run in np.array_split(stretch, -(-len(stretch) // most))]
-            stretch = []
-    return runs
-
-
-def _run_parts(op: Emitter, layer: Layer, value: Value, runs: list[list[int]]) -> list[Value]:
-    """The taps of every run of ``value`` (N·G, K, …), the taps on axis 1; the taps of no run are cut off and
-    dropped."""
-    sizes, wanted, k = [], [], 0
-    for run in runs:
-        if run[0] > k:
-            sizes.append(run[0] - k)
-            wanted.append(False)
-        sizes.append(len(run))
-        wanted.append(True)
-        k = run[-1] + 1
-    if k < layer.taps:
-        sizes.append(layer.taps - k)
-        wanted.append(False)
-    return [part for part, keep in zip(op.split_sizes(value, sizes, axis=1), wanted) if keep]
-
-
-def run_grids(op: Emitter, layer: Layer, values: Value, runs: list[list[int]]) -> list[Value]:
-    """The grid of every run of n taps (:func:`runs_of`): (N·G, n, Ho·Wo, 2), a row of output positions per tap,
-    from ``values`` (N·G, 2K, Ho, Wo) (:func:`grid_values`)."""
-    pairs = op.Reshape(values, np.array([0, layer.taps, 2, -1], dtype=np.int64))  # (N·G, K, 2, Ho·Wo)
-    return _run_parts(op, layer, op.Transpose(pairs, perm=[0, 1, 3, 2]), runs)
-
-
-def run_masks(op: Emitter, layer: Layer, N: Optional[Value], Ho_Wo: Optional[Value], mask: Value,
-              runs: list[list[int]]) -> list[Value]:
-    """Δm of every run of n taps (:func:`runs_of`): (N·G, 1, n, Ho·Wo) float32, from ``mask`` (N, G·K, Ho, Wo)
-    (:func:`group_masks`)."""
-    parts = _run_parts(op, layer, group_masks(op, layer, N, Ho_Wo, mask), runs)
-    return [op.Reshape(part, np.array([0, 1, len(run), -1], dtype=np.int64)) for part, run in zip(parts, runs)]
-
-
-def run_samples(op: Emitter, layer: Layer, images: Value, grid: Value, mask: Value) -> Value:
-    """Σ_k x(p)·Δm_k over one run of n taps for every channel: (N·G, C/G, Ho·Wo) float32, from ``images``
-    (N·G, C/G, H, W) float32, the run's ``grid`` (N·G, n, Ho·Wo, 2) and ``mask`` (N·G, 1, n, Ho·Wo) float32.
-    The sum runs over the middle axis (contiguous rows: a last axis of n costs onnxruntime's ``ReduceSum``
-    three times as much)."""
-    samples = _grid_sample(op, images, grid)  # (N·G, C/G, n, Ho·Wo)
-    return op.ReduceSum(op.Mul(samples, mask), np.array([2], dtype=np.int64), keepdims=0)
-
-
-def run_sum_as_channels(op: Emitter, layer: Layer, Y: Value, Ho_Wo: Optional[Value]) -> Value:
-    """The runs' sum ``Y`` (N·G, C/G, Ho·Wo) as (N, C, Ho, Wo); ``Ho_Wo`` (INT64 (2,)) where they are dynamic."""
-    Ho, Wo = layer.output_size
-    channels = np.array([-1, layer.in_channels], dtype=np.int64)
-    shape = np.array([*channels, Ho, Wo], dtype=np.int64) if Ho_Wo is None else op.Concat(channels, Ho_Wo, axis=0)
-    return op.Reshape(Y, shape)
 
 
 def as_channels(op: Emitter, layer: Layer, samples: Value) -> Value:
@@ -292,13 +212,13 @@ def tap_weights(op: Emitter, layer: Layer, W: Value) -> list[Value]:
     if known is not None:
         taps = known.astype(np.float32).reshape(O, C_R, K, 1)
         return [np.ascontiguousarray(taps[:, :, k:k + 1]) for k in range(K)]
-    return op.split(_sampled(op, layer, op.Reshape(W, np.array([O, C_R, K, 1], dtype=np.int64))), K, K, axis=2)
+    return op.split(sampled(op, layer, op.Reshape(W, np.array([O, C_R, K, 1], dtype=np.int64))), K, K, axis=2)
 
 
 def _bias(op: Emitter, layer: Layer, B: Value) -> Value:
     """``B`` (O) as float32; folded when known."""
     known = op.known(B)
-    return known.astype(np.float32) if known is not None else _sampled(op, layer, B)
+    return known.astype(np.float32) if known is not None else sampled(op, layer, B)
 
 
 #: The per-tap 1x1 ``Conv``'s attributes besides ``group``, all written out.
@@ -319,17 +239,6 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
     w_k = tap_weights(op, layer, W)
     kept = sampling.kept(w_k)
     values = grid_values(op, layer, delta, p0, halves)
-    # Taps whose weights pass every channel through (the DCNv3/DCNv4 cores'), with a mask and no bias, are
-    # sampled RUN_TAPS at a time, weighed and summed per offset group, and reshaped once.
-    if mask is not None and B is None and all(sampling.passes_through(w, layer.groups)
-                                              for w, keep in zip(w_k, kept) if keep):
-        runs = runs_of(kept)
-        Y = None
-        for run_grid, run_mask in zip(run_grids(op, layer, values, runs), run_masks(op, layer, N, Ho_Wo, mask, runs)):
-            run_sum = run_samples(op, layer, images, run_grid, run_mask)
-            Y = run_sum if Y is None else op.Add(Y, run_sum)
-        Y = run_sum_as_channels(op, layer, Y, Ho_Wo)
-        return Y if layer.dtype == _SAMPLED else op.Cast(Y, to=layer.dtype)
     Y = None
     for tap_grid, tap_mask, weights, keep in zip(grids(op, layer, values), tap_masks(op, layer, N, Ho_Wo, mask),
                                                  w_k, kept):
@@ -341,4 +250,4 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
             # every attribute written: onnxruntime-web's WebGPU (JSEP) Conv applies no ONNX defaults
             product = op.Conv(product, weights, *first_tap_bias, group=layer.groups, **_ONE_BY_ONE)
         Y = product if Y is None else op.Add(Y, product)
-    return Y if layer.dtype == _SAMPLED else op.Cast(Y, to=layer.dtype)
+    return in_dtype(op, layer, Y)

@@ -15,9 +15,10 @@ names every input's sizes apart).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
+import onnx
 
 from dcn_onnxscript.lowering.emitter import Emitter
 from dcn_onnxscript.lowering.layer import Layer
@@ -43,14 +44,16 @@ def with_batch_of(op: Emitter, N: Optional[Value], value: Value) -> Value:
     return value if N is None else op.Slice(value, np.array([0]), N, np.array([0]))
 
 
-def cut_to(op: Emitter, value: Value, N: Optional[Value], Ho_Wo: Optional[Value]) -> Value:
-    """``value`` (N', C, Ho', Wo') cut to the batch ``N`` (INT64 (1,)) and the sizes ``Ho_Wo`` (INT64 (2,)),
+def cut_to(op: Emitter, value: Value, N: Optional[Value], Ho_Wo: Optional[Value],
+           spatial_axes: Sequence[int] = (2, 3)) -> Value:
+    """``value`` (N', C, Ho', Wo') (or channels last, (N', Ho', Wo', C), with ``spatial_axes`` [1, 2]) cut to the
+    batch ``N`` (INT64 (1,)) and the sizes ``Ho_Wo`` (INT64 (2,)),
     each where given (dynamic): its sizes then are those of their sources. Only those axes are sliced, never an
     axis kept whole by an end beyond its size (onnxruntime-web's JSEP ``Slice`` gets the output's shape wrong
     when it has to clamp an end). The ends are the :func:`dims` values themselves, concatenated: Apache TVM keeps
     a ``Slice`` or ``Concat`` of a ``Shape`` as sizes, but turns a ``Gather`` of one into a tensor, after which
     the cut value's shape is unknown and TVM cannot compile the model."""
-    axes = ([0] if N is not None else []) + ([2, 3] if Ho_Wo is not None else [])
+    axes = ([0] if N is not None else []) + (list(spatial_axes) if Ho_Wo is not None else [])
     ends = [size for size in (N, Ho_Wo) if size is not None]
     if not ends:
         return value
@@ -71,6 +74,22 @@ def output_grid(op: Emitter, layer: Layer, Ho_Wo: Value, shape: np.ndarray, axis
     stride = np.ones(len(shape), dtype=np.int64)
     stride[axis] = 2
     return op.Mul(grid, layer.coordinates(layer.stride).reshape(stride))
+
+
+def half_sizes(op: Emitter, layer: Layer, shape: Value, height_axis: int, axes: np.ndarray) -> Value:
+    """(W/2, H/2) of an image whose ``Shape`` ``shape`` holds H at ``height_axis`` and W after it, at the places
+    of ``axes`` (an int array of any shape, 0 where x's half width goes and 1 where y's half height goes), of
+    the coordinate type. A float32 layer sums halves instead of casting the sizes: onnxconverter-common's
+    float16 conversion retypes a ``Cast(to=FLOAT)``'s output but keeps its ``to`` (its issue 320), which a
+    float32 model must therefore not have; other dtypes cast."""
+    axes = np.asarray(axes)
+    if layer.coordinate_dtype != layer.dtype or layer.dtype != onnx.TensorProto.FLOAT:
+        sizes = op.Gather(shape, (height_axis + 1 - axes).astype(np.int64))  # x: W, y: H
+        return op.Mul(op.Cast(sizes, to=layer.coordinate_dtype), layer.coordinates(0.5))
+    halves = op.ConstantOfShape(dims(op, shape, height_axis, height_axis + 2), value=layer.coordinates([0.5]))
+    widths, heights = op.ReduceSum(halves, np.array([1]), keepdims=0), op.ReduceSum(halves, np.array([0]), keepdims=0)
+    first_and_last = (-axes).astype(np.int64)  # W/2 starts, H/2 ends (H + W,)
+    return op.Gather(op.Concat(widths, heights, axis=0), first_and_last)
 
 
 def first_tap(layer: Layer, shift: float) -> np.ndarray:

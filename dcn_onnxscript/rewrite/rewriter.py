@@ -243,64 +243,98 @@ SOURCE_OPS: dict[tuple[str, str], Callable[[ir.Node], DeformConvCall]] = {
 
 #: InternImage's DCNv3 node, as its autograd function's symbolic writes it.
 TRT_DCNV3 = ("mmdeploy", "TRTDCNv3")
+#: (domain, op_type) -> core version of the DCNv3/DCNv4 core nodes: InternImage's, and the placeholders the dynamo
+#: translation of the cores writes (:mod:`dcn_onnxscript.export.dcnv3`): inputs ``input``, ``offset``, ``mask``
+#: (DCNv4: ``input``, ``offset_mask``), ``TRTDCNv3``'s attributes, and the lowering's name as ``impl``.
+CORE_OPS: dict[tuple[str, str], int] = {TRT_DCNV3: 3, (PENDING_DOMAIN, "dcnv3"): 3, (PENDING_DOMAIN, "dcnv4"): 4}
 
 
-def _read_trt_dcnv3(node: ir.Node) -> dcnv3.Core:
-    """The :class:`~dcn_onnxscript.lowering.dcnv3.Core` of a ``TRTDCNv3(input, offset, mask)`` node."""
-    _check_input_count(node, 3, 3)
+@dataclasses.dataclass(frozen=True)
+class CoreCall:
+    """A DCNv3 or DCNv4 core read off a node: its attributes and inputs (DCNv4: ``mask`` is the offset_mask
+    again)."""
+
+    core: dcnv3.Core
+    input: ir.Value
+    offset: ir.Value
+    mask: ir.Value
+
+
+def _read_core(node: ir.Node) -> CoreCall:
+    """The :class:`CoreCall` of a node of :data:`CORE_OPS`."""
+    version = CORE_OPS[(node.domain, node.op_type)]
+    _check_input_count(node, 6 - version, 6 - version)  # DCNv3: input, offset, mask; DCNv4: input, offset_mask
 
     def pair(name: str, default: int = 1) -> tuple[int, int]:
         return _int(node, f"{name}_h", default), _int(node, f"{name}_w", default)
 
     scale = _attr(node, "offset_scale")
-    return dcnv3.Core(kernel=pair("kernel"), stride=pair("stride"), padding=pair("pad", 0),
+    core = dcnv3.Core(kernel=pair("kernel"), stride=pair("stride"), padding=pair("pad", 0),
                       dilation=pair("dilation"), group=_int(node, "group", 1),
                       group_channels=_int(node, "group_channels", 1),
                       offset_scale=1.0 if scale is None else scale.as_float(),
-                      remove_center=bool(_int(node, "remove_center", 0)), version=3)
+                      remove_center=bool(_int(node, "remove_center", 0)), version=version)
+    input, offset, *mask = node.inputs
+    return CoreCall(core, input, offset, mask[0] if mask else offset)
 
 
-def _expand_cores(model: ir.Model, impl: str) -> int:
-    """Replace each ``TRTDCNv3`` node by its layout steps around a placeholder deform_conv2d of lowering ``impl``
-    (:data:`PENDING_DOMAIN`), written at its graph's opset; returns how many. Nothing is changed when one is
-    refused."""
+def _checked_core(node: ir.Node, call: CoreCall) -> Layer:
+    """The deform_conv2d :class:`Layer` of ``call`` (:func:`dcn_onnxscript.lowering.dcnv3.layer`, its static
+    sizes those of the core's inputs) after the core's checks; :class:`RewriteError` naming the node unless
+    the lowerings can compute it."""
+    core = call.core
+    input_shape, offset_shape = static_shape(call.input), static_shape(call.offset)
+    try:
+        check_core_args(core, input_shape=input_shape, offset_shape=offset_shape,
+                        mask_shape=static_shape(call.mask) if core.version == 3 else None)
+        if call.input.dtype is None:
+            raise ValueError("the input's data type is unknown")
+        N, H, W, _ = input_shape or (None,) * 4
+        Ho, Wo = offset_shape[1:3] if offset_shape is not None else (None, None)
+        return dcnv3.layer(core, call.input.dtype.value, N, (H, W), (Ho, Wo))
+    except ValueError as error:
+        raise RewriteError(f"{_describe(node)}: {error}") from None
+
+
+def _expand_cores(model: ir.Model) -> int:
+    """Replace each ``TRTDCNv3`` node by its layout steps around ONNX ``DeformConv`` (impl "native": G groups
+    and offset groups, the constant weight that passes each channel to itself), written at its graph's opset;
+    returns how many. Nothing is changed when one is refused."""
     nodes = [node for node in _all_nodes(model) if (node.domain, node.op_type) == TRT_DCNV3]
-    node_opsets, checked = _node_opsets(model), []
-    for node in nodes:
-        core = _read_trt_dcnv3(node)
-        input, offset, mask = node.inputs
-        try:
-            check_core_args(core, input_shape=static_shape(input), offset_shape=static_shape(offset),
-                            mask_shape=static_shape(mask))
-            if input.dtype is None:
-                raise ValueError("the input's data type is unknown")
-        except ValueError as error:
-            raise RewriteError(f"{_describe(node)}: {error}") from None
-        checked.append((node, core))
-    for index, (node, core) in enumerate(checked, 1):
-        input, offset, mask = node.inputs
+    node_opsets = _node_opsets(model)
+    checked = [(node, _read_core(node)) for node in nodes]
+    for node, call in checked:
+        _checked_core(node, call)
+    for index, (node, call) in enumerate(checked, 1):
+        core, input = call.core, call.input
         prefix = f"{node.name or 'dcnv3'}_{index}"
         op = TapeEmitter(node_opsets[node], prefix=prefix, initializers=node.graph is model.graph)
-        order = OffsetOrder.YX if impl == table.NATIVE else dcnv3.OFFSET_ORDER  # DeformConv reads (Δy, Δx)
+        order = OffsetOrder.YX  # DeformConv reads (Δy, Δx)
         X, delta, m = (dcnv3.channels_first(op, input),
-                       dcnv3.deform_conv2d_offset(op, core, input.dtype.value, offset, order),
-                       dcnv3.deform_conv2d_mask(op, core, mask))
-        dcnv3.typed(core, input, offset, X, delta, m)
+                       dcnv3.deform_conv2d_offset(op, core, input.dtype.value, call.offset, order),
+                       dcnv3.deform_conv2d_mask(op, core, call.mask))
+        dcnv3.typed(core, input, call.offset, X, delta, m)
         W = op.constant(dcnv3.identity_weight(core, FLOAT_TYPES[input.dtype.value]))
         attributes = {"strides": list(core.stride), "pads": [*core.padding, *core.padding],
                       "dilations": list(core.dilation), "group": core.group, "offset_group": core.group,
-                      "impl": impl, OFFSET_ORDER: order.value}
+                      "impl": table.NATIVE, OFFSET_ORDER: order.value}
         Y = op.tape.op("DeformConv", [X, W, delta, None, m], attributes, domain=PENDING_DOMAIN)
         Y = dcnv3.channels_last(op, Y)
         for constant in op.tape.initializers:
             node.graph.register_initializer(constant)
-        for number, new in enumerate(op.tape.nodes):
-            new.name = f"{prefix}/{new.op_type}_{number}"
-            for output in new.outputs:
-                output.name = f"{prefix}/{number}_{output.index()}"
+        _name_nodes(op.tape.nodes, prefix)
         ir.convenience.replace_nodes_and_values(node.graph, insertion_point=node, old_nodes=[node],
                                                 new_nodes=op.tape.nodes, old_values=node.outputs, new_values=[Y])
     return len(checked)
+
+
+def _name_nodes(nodes: Sequence[ir.Node], prefix: str) -> None:
+    """Name ``nodes`` and their outputs after ``prefix`` and their place: unique in the whole model, subgraphs
+    included (SSA)."""
+    for number, new in enumerate(nodes):
+        new.name = f"{prefix}/{new.op_type}_{number}"
+        for output in new.outputs:
+            output.name = f"{prefix}/{number}_{output.index()}"
 
 
 def _kind(node: ir.Node) -> str:
@@ -313,6 +347,8 @@ def _kind(node: ir.Node) -> str:
 
 
 def _describe(node: ir.Node) -> str:
+    if (node.domain, node.op_type) in CORE_OPS and node.domain == PENDING_DOMAIN:
+        return f"dcn_onnxscript::{node.op_type} (exported node {node.name!r})"
     if node.domain == PENDING_DOMAIN:
         return f"torchvision::deform_conv2d (exported node {node.name!r})"
     if node.domain == seed.SEED_DOMAIN:
@@ -370,7 +406,7 @@ def _checked_layer(node: ir.Node, call: DeformConvCall) -> Optional[Layer]:
 def _source_nodes(graph: ir.Graph | ir.Function | ir.Model) -> list[ir.Node]:
     """The nodes to rewrite, subgraphs included (and, for a model, local functions)."""
     nodes = _all_nodes(graph) if isinstance(graph, ir.Model) else ir.traversal.RecursiveGraphIterator(graph)
-    return [node for node in nodes if (node.domain, node.op_type) in SOURCE_OPS]
+    return [node for node in nodes if (node.domain, node.op_type) in SOURCE_OPS.keys() | CORE_OPS.keys()]
 
 
 def _node_opsets(model: ir.Model) -> dict[ir.Node, int]:
@@ -403,10 +439,14 @@ def _read_calls(model: ir.Model, nodes: list[ir.Node], impl: str, emit_opset: Op
     calls = []
     node_opsets = _node_opsets(model)
     for node in nodes:
-        call = SOURCE_OPS[(node.domain, node.op_type)](node)
         opset = emit_opset or node_opsets[node]
         node_impl = node.attributes.get_string("impl", impl) if node.domain == PENDING_DOMAIN else impl
         _check_impl(_describe(node), node_impl, opset)
+        if (node.domain, node.op_type) in CORE_OPS:
+            call = _read_core(node)
+            calls.append((node, call, _checked_core(node, call), opset, node_impl))
+            continue
+        call = SOURCE_OPS[(node.domain, node.op_type)](node)
         layer = _checked_layer(node, call)
         if layer is None and opset < SCRIPT_OPSET and node_impl != table.NATIVE:
             raise RewriteError(f"{_describe(node)}: the weight's shape (O, C/group, kH, kW) is unknown; give it a "
@@ -455,19 +495,20 @@ def _replace_deform_convs(model: ir.Model, nodes: list[ir.Node], impl: str, emit
             prefix = f"{node.name or 'deform_conv'}_{index}"
             # Constants as initializers in the main graph; as Constant nodes in subgraphs and functions.
             op = TapeEmitter(opset, prefix=prefix, initializers=node.graph is model.graph)
-            Y = table.build(name, op, layer, call.X, call.W, call.offset, call.B, call.mask)
+            if isinstance(call, CoreCall):
+                Y = dcnv3.lower(op, call.core, layer, call.input, call.offset, call.mask, name)
+            else:
+                Y = table.build(name, op, layer, call.X, call.W, call.offset, call.B, call.mask)
             new_nodes = op.tape.nodes
             for constant in op.tape.initializers:
                 node.graph.register_initializer(constant)
-            for number, new in enumerate(new_nodes):
-                new.name = f"{prefix}/{new.op_type}_{number}"
-                for output in new.outputs:  # unique in the whole model, subgraphs included (SSA)
-                    output.name = f"{prefix}/{number}_{output.index()}"
-                if hidden:
-                    new.domain = opsets.HIDDEN_DOMAIN
+            _name_nodes(new_nodes, prefix)
+            for new in new_nodes if hidden else ():
+                new.domain = opsets.HIDDEN_DOMAIN
         ir.convenience.replace_nodes_and_values(node.graph, insertion_point=node, old_nodes=[node],
                                                 new_nodes=new_nodes, old_values=node.outputs, new_values=[Y])
-        _drop_folded_weights(model, [call.W, call.B])
+        if isinstance(call, DeformConvCall):
+            _drop_folded_weights(model, [call.W, call.B])
         counts[_kind(node)] += 1
         if progress and (index % step == 0 or index == len(calls)):
             progress(f"replaced {index}/{len(calls)} deformable convolutions")
@@ -538,15 +579,13 @@ def rewrite(model: ir.Model, impl: str = table.DEFAULT, opset: Optional[int] = N
     emit_opset = _emit_opset(model, opset)
     # every node and region is checked before anything changes: a refusal leaves the model as it was
     _read_calls(model, _source_nodes(model), impl, emit_opset)
-    if any((node.domain, node.op_type) == TRT_DCNV3 for node in _all_nodes(model)):
-        _check_impl("::".join(TRT_DCNV3), impl, emit_opset or _onnx_opset(model))
     proven, notes = seed.prove_regions(model, progress)
     if impl == table.NATIVE:  # this package's own layers, written as ONNX DeformConv
         own_proven, own_notes = own.prove_regions(model, progress)
         proven, notes = [*proven, *own_proven], [*notes, *own_notes]
     if proven:
         _check_impl(proven[0][0].describe(), impl, emit_opset or _onnx_opset(model))
-    cores = _expand_cores(model, impl)
+    cores = _expand_cores(model) if impl == table.NATIVE else 0
     seed.replace_regions(model, [p for p in proven if p[0].domain == seed.SEED_DOMAIN])
     own.replace_regions(model, [p for p in proven if p[0].domain == own.OWN_DOMAIN])
     nodes = _source_nodes(model)
@@ -554,7 +593,7 @@ def rewrite(model: ir.Model, impl: str = table.DEFAULT, opset: Optional[int] = N
         nodes = [node for node in nodes if _kind(node) != "DeformConv"]
     result = _rewrite(model, nodes, impl, opset, _onnx_converter, progress)
     result.notes = tuple(notes)
-    if cores:  # the cores' placeholders count as the nodes they replaced
+    if cores:  # the native cores' DeformConv placeholders count as the nodes they replaced
         pending = f"{PENDING_DOMAIN}::DeformConv"
         result.counts[pending] -= cores
         result.counts["::".join(TRT_DCNV3)] += cores

@@ -13,15 +13,15 @@ because onnxruntime's and ``onnx.reference``'s ``GridSample`` return non-zero va
 ncnn's ``GridSample`` reads no pixel for a NaN position (its integer in-image test fails), so there a NaN
 offset still samples nothing.
 
-pnnx also writes a ``Gather`` at constant indices (the DCNv3/DCNv4 cores' picks of offset and mask channels) as
-``Tensor.select`` of the index list, which its ncnn output makes a ``Crop`` of one index; there each one along an
-axis of static size (pnnx fixes the sizes) becomes a ``Split`` of its data at the bounds of its runs of consecutive
-indices and a ``Concat`` of the parts in its order. pnnx also loses the first axis, N·G, of the grid_sample
-lowering's runs of taps (the DCNv3/DCNv4 cores' form: one ``GridSample`` per run, its grid the grid values reshaped
-to (N·G, K, 2, Ho·Wo) and cut into runs): it keeps that axis in the first ``Reshape`` and drops it as the batch in
-the next ``Slice`` or ``Reshape``; there each run becomes one ``GridSample`` per tap, the lowering's form for other
-layers. The gather lowering (opsets below 16, float64 layers) indexes with integer arithmetic, which ncnn lacks
-altogether; ncnn takes models exported at opset 16 or later in float32.
+pnnx also writes a ``Gather`` at constant indices (the DCNv3/DCNv4 cores' picks of offset and mask channels in
+the gather lowering) as ``Tensor.select`` of the index list, which its ncnn output makes a ``Crop`` of one index;
+there each one along an axis of static size (pnnx fixes the sizes) becomes a ``Split`` of its data at the bounds of
+its runs of consecutive indices and a ``Concat`` of the parts in its order. ncnn cannot follow the grid_sample
+lowering's runs of points (the DCNv3/DCNv4 cores' form: one ``GridSample`` per run of n points over N·G images,
+its grid (N·G, n, Ho·Wo, 2), its samples weighed and summed over the run's axis): extraction fails. There each run
+becomes one ``GridSample`` per point, its grid (N·G, 1, Ho·Wo, 2), weighed and added, which ncnn runs. The gather
+lowering (opsets below 16, float64 layers) indexes with integer arithmetic, which ncnn lacks altogether; ncnn takes
+models exported at opset 16 or later in float32.
 
 OpenCV 4.x (``--for opencv4``; measured on 4.14.0, the newest 4.x) has no ``GridSample`` layer at all: its
 importer refuses every grid_sample export ("Can't create layer ... of type GridSample"). There every
@@ -428,17 +428,6 @@ def _split_sizes(node: ir.Node) -> Optional[list[int]]:
     return None if sizes is None else list(sizes)
 
 
-def _cut_from(value: ir.Value) -> tuple[ir.Value, int]:
-    """The tensor ``value`` was cut from along axis 1 by a tree of ``Split`` nodes, and where on that axis
-    ``value`` starts (``value`` itself and 0 where no ``Split`` along axis 1 made it)."""
-    start = 0
-    while (node := value.producer()) is not None and node.op_type == "Split" and node.domain == "" \
-            and _attribute(node, "axis", 0) == 1 and (sizes := _split_sizes(node)) is not None:
-        start += sum(sizes[:value.index()])
-        value = node.inputs[0]
-    return value, start
-
-
 def _constant_shape(node: Optional[ir.Node], op_type: str) -> Optional[list[int]]:
     """The constant shape (``Reshape``) or permutation (``Transpose``) of ``node`` if it is an ``op_type``."""
     if node is None or node.op_type != op_type or node.domain != "":
@@ -455,77 +444,54 @@ def _only_consumer(value: ir.Value, op_type: str) -> Optional[ir.Node]:
     return users[0] if len(users) == 1 and users[0].op_type == op_type and users[0].domain == "" else None
 
 
-def _run_of_taps(node: ir.Node) -> Optional[tuple[ir.Value, ir.Value, int, int, ir.Node]]:
-    """Where ``node`` is a ``GridSample`` of the grid_sample lowering's runs of taps (the DCNv3/DCNv4 cores'
-    form: its grid rows cut from the grid values (N·G, 2K, Ho, Wo) reshaped to (N·G, K, 2, Ho·Wo) and
-    transposed, its samples weighed by a run of the masks (N·G, K, Ho, Wo) and summed by a ``ReduceSum`` over
-    axis 2): the grid values, the masks, the first tap, the taps, and the ``ReduceSum``; else ``None``."""
+def _run_of_points(node: ir.Node) -> Optional[tuple[ir.Node, ir.Node]]:
+    """Where ``node`` is a ``GridSample`` of a run of points (the DCNv3/DCNv4 cores' grid_sample form: its grid
+    (M, n, Ho·Wo, 2) with n > 1, its samples weighed by a ``Mul`` with the run's masks (M, 1, n, Ho·Wo) and summed
+    by a ``ReduceSum`` over axis 2): the ``Mul`` and the ``ReduceSum``; else ``None``."""
     grid = _static(node.inputs[1]) if node.op_type == "GridSample" and node.domain == "" else None
-    if grid is None:
+    if grid is None or len(grid) != 4 or grid[1] < 2:
         return None
-    rows, first = _cut_from(node.inputs[1])
-    pairs = rows.producer()
-    if _constant_shape(pairs, "Transpose") != [0, 1, 3, 2]:
-        return None
-    reshape = pairs.inputs[0].producer()
-    shape = _constant_shape(reshape, "Reshape")
-    values = reshape.inputs[0] if shape is not None else None
-    sizes = _static(values) if values is not None else None
-    if sizes is None or len(sizes) != 4 or shape != [0, sizes[1] // 2, 2, -1]:
-        return None
-    taps = grid[1]
     weighed = _only_consumer(node.outputs[0], "Mul")
     summed = _only_consumer(weighed.outputs[0], "ReduceSum") if weighed is not None else None
     axes = ir.convenience.get_const_tensor(summed.inputs[1]) if summed is not None and len(summed.inputs) > 1 else None
     if axes is None or axes.numpy().tolist() != [2] or _attribute(summed, "keepdims", 1) != 0:
         return None
-    run_mask = weighed.inputs[1] if weighed.inputs[0] is node.outputs[0] else weighed.inputs[0]
-    mask_rows = _constant_shape(run_mask.producer(), "Reshape")
-    if mask_rows != [0, 1, taps, -1]:
+    masks = weighed.inputs[1] if weighed.inputs[0] is node.outputs[0] else weighed.inputs[0]
+    if _static(masks) != (grid[0], 1, grid[1], grid[2]):
         return None
-    masks, mask_first = _cut_from(run_mask.producer().inputs[0])
-    if mask_first != first or _static(masks) is None or _static(masks)[1] != sizes[1] // 2:
-        return None
-    return values, masks, first, taps, summed
+    return weighed, summed
 
 
-def _split_taps(tape: ir.tape.Tape, value: ir.Value, axis: int, taps: int, width: int) -> list[ir.Value]:
-    """``value`` cut into ``taps`` parts of ``width`` along ``axis`` by one ``Split`` with its sizes written."""
-    sizes = tape.op("Constant", [], {"value": ir.tensor(np.full(taps, width, dtype=np.int64))})
-    return list(tape.op_multi_out("Split", [value, sizes], {"axis": axis}, num_outputs=taps))
+def _split_points(tape: ir.tape.Tape, value: ir.Value, axis: int, points: int) -> list[ir.Value]:
+    """``value`` cut into ``points`` parts of one along ``axis`` by one ``Split`` with its sizes written."""
+    sizes = tape.op("Constant", [], {"value": ir.tensor(np.ones(points, dtype=np.int64))})
+    return list(tape.op_multi_out("Split", [value, sizes], {"axis": axis}, num_outputs=points))
 
 
-def runs_as_taps(model: ir.Model) -> int:
-    """Write the grid_sample lowering's runs of taps (one ``GridSample`` per run: the DCNv3/DCNv4 cores' form)
-    in every graph of ``model`` as one ``GridSample`` per tap, as the lowering writes other layers (shapes
-    inferred first), in place; returns how many runs were written so. pnnx follows N·G, the first axis of the
-    runs' grids and masks, through one ``Reshape`` and then drops it as the batch; the per-tap form reshapes
-    only the sum."""
+def runs_as_points(model: ir.Model) -> int:
+    """Write the grid_sample lowering's runs of points (one ``GridSample`` per run: the DCNv3/DCNv4 cores' form)
+    in every graph of ``model`` as one ``GridSample`` per point, weighed and added (shapes inferred first), in
+    place; returns how many runs were written so. ncnn fails to extract the runs' form."""
     ShapeInferencePass()(model)
     written = 0
     for graph in _every_graph(model):
-        tap_grids: dict[int, list[ir.Value]] = {}
-        tap_masks: dict[int, list[ir.Value]] = {}
         for node in list(graph):
-            found = _run_of_taps(node)
+            found = _run_of_points(node)
             if found is None:
                 continue
-            values, masks, first, taps, summed = found
+            weighed, summed = found
+            masks = weighed.inputs[1] if weighed.inputs[0] is node.outputs[0] else weighed.inputs[0]
+            points = _static(node.inputs[1])[1]
             tape = ir.tape.Tape()
-            K = _static(values)[1] // 2
-            if id(values) not in tap_grids:
-                pairs_last = tape.op("Transpose", [values], {"perm": [0, 2, 3, 1]})
-                tap_grids[id(values)] = _split_taps(tape, pairs_last, 3, K, 2)
-            if id(masks) not in tap_masks:
-                tap_masks[id(masks)] = _split_taps(tape, masks, 1, K, 1)
             total = None
-            for k in range(first, first + taps):
-                sampled = tape.op("GridSample", [node.inputs[0], tap_grids[id(values)][k]],
+            grids, point_masks = _split_points(tape, node.inputs[1], 1, points), _split_points(tape, masks, 2, points)
+            for grid, mask in zip(grids, point_masks):
+                sampled = tape.op("GridSample", [node.inputs[0], grid],
                                   {name: attribute.value for name, attribute in node.attributes.items()})
-                weighed = tape.op("Mul", [sampled, tap_masks[id(masks)][k]])
-                total = weighed if total is None else tape.op("Add", [total, weighed])
+                weighed_point = tape.op("Mul", [sampled, mask])
+                total = weighed_point if total is None else tape.op("Add", [total, weighed_point])
             graph.insert_before(summed, tape.nodes)
-            for use in list(summed.outputs[0].uses()):  # the sum is (N·G, C/G, Ho, Wo) now: no shapes downstream
+            for use in list(summed.outputs[0].uses()):  # the sum is (M, C, 1, Ho·Wo) now: no shapes downstream
                 _forget_shapes(use.node)
             ir.convenience.replace_all_uses_with(summed.outputs[0], total)
             written += 1
@@ -546,8 +512,8 @@ def _forget_shapes(node: ir.Node) -> None:
 
 def ncnn_form(model: ir.Model) -> int:
     """``model`` in ncnn's patterns (:func:`guards_as_clip`, :func:`constant_gathers_as_split`,
-    :func:`runs_as_taps`), in place; returns how many patterns were replaced."""
-    return guards_as_clip(model) + constant_gathers_as_split(model) + runs_as_taps(model)
+    :func:`runs_as_points`), in place; returns how many patterns were replaced."""
+    return guards_as_clip(model) + constant_gathers_as_split(model) + runs_as_points(model)
 
 
 def _is_inner_add(node: Optional[ir.Node], graph: ir.Graph) -> bool:

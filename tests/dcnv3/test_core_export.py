@@ -17,8 +17,8 @@ import dcn_onnxscript.ops  # noqa: F401  (defines the ops and registers their tr
 from dcn_onnxscript.export import dcnv3 as core_exports
 from dcn_onnxscript.export import registration
 from dcn_onnxscript.lowering.dcnv3 import Core
+from dcn_onnxscript.lowering.dcnv3_grid_sample import run_lengths
 from dcn_onnxscript.lowering.emitter import STORAGE_BUFFERS
-from dcn_onnxscript.lowering.grid_sample import RUN_TAPS
 from dcn_onnxscript.tools.bench.internimage import CoreModule
 from helpers import assert_close
 from runtimes import run_onnxruntime
@@ -123,10 +123,9 @@ SIZE_OPS = {"Shape", "Slice", "ConstantOfShape", "CumSum"}
 @pytest.mark.parametrize("impl", ["gather", "grid_sample"])
 @pytest.mark.parametrize("version", [3, 4])
 def test_static_dynamo_export_writes_its_sizes_as_constants(impl, version):
-    """The layout steps carry the core's static shapes to the deform_conv2d lowering: no size is read at run
-    time; the grid_sample lowering samples the points RUN_TAPS at a time (the centre left out: two stretches of
-    four points) and sums them per group with no product by the identity weight, and no node needs more than
-    WebGPU's storage buffers."""
+    """The placeholder carries the core's static shapes to the lowering: no size is read at run time; the
+    grid_sample lowering samples the points in runs (the centre left out: eight points) and sums them per group
+    with no product, and no node needs more than WebGPU's storage buffers."""
     case = CoreCase(Core((3, 3), (1, 1), (1, 1), (1, 1), 2, 4, remove_center=True, version=version), (6, 5), 2)
     inputs = case.inputs(seed=2)
     model = export(case, "dynamo", 18, False, inputs, custom_translation_table=core_exports.translation_table(impl))
@@ -135,15 +134,16 @@ def test_static_dynamo_export_writes_its_sizes_as_constants(impl, version):
     if impl == "grid_sample":
         assert "Conv" not in ops and "MatMul" not in ops
         assert "Concat" not in ops  # the core's (Δx, Δy) pairs are GridSample's order: no pairwise swap
-        assert ops.count("GridSample") == 2 * -(-4 // RUN_TAPS)
+        assert ops.count("GridSample") == len(run_lengths(8))
     assert all(len([i for i in node.input if i]) + len(node.output) <= STORAGE_BUFFERS for node in model.graph.node)
     assert_close(run_onnxruntime(model, inputs), _eager(case, inputs).astype(np.float64), rtol=1e-4)
 
 
 #: Nodes (Constant nodes not counted) of a static 3x3 core of 4 groups exported by dynamo at opset 18, per lowering
-#: and version: the layout steps (Transposes, the channel Gathers; DCNv4 transposes offsets and masks once)
-#: around the deform_conv2d lowering, which reads the core's (Δx, Δy) offset pairs as they are.
-CORE_NODE_BUDGET = {("grid_sample", 3): 33, ("grid_sample", 4): 32, ("gather", 3): 195, ("gather", 4): 194}
+#: and version: grid_sample reads the core's layouts as they are (DCNv4 cuts its padded offset_mask and splits it
+#: into offsets and masks) and samples the points in two runs; gather is the layout steps (Transposes, the channel
+#: Gathers) around the deform_conv2d lowering.
+CORE_NODE_BUDGET = {("grid_sample", 3): 25, ("grid_sample", 4): 27, ("gather", 3): 195, ("gather", 4): 194}
 
 
 @pytest.mark.parametrize("impl, version", sorted(CORE_NODE_BUDGET))

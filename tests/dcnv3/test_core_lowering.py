@@ -8,41 +8,20 @@ import itertools
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 import pytest
+from core_models import core_model
 from core_reference import CoreCase, core_reference, generated_cases
 
 from dcn_onnxscript.lowering import dcnv3 as lowering
 from dcn_onnxscript.lowering.dcnv3 import Core
-from dcn_onnxscript.lowering.emitter import TapeEmitter
-from dcn_onnxscript.lowering.layer import Layer
+from dcn_onnxscript.lowering.dcnv3_grid_sample import RUN_POINTS, run_lengths
 from helpers import HOSTILE, assert_close
 from runtimes import run_onnxruntime
 
-_TYPES = {np.float16: onnx.TensorProto.FLOAT16, np.float32: onnx.TensorProto.FLOAT, np.float64: onnx.TensorProto.DOUBLE}
 #: (lowering, opset): each lowering at its lowest opset and at one where the ops it writes change form.
 VARIANTS = [("gather", 12), ("grid_sample", 16), ("gather", 18), ("grid_sample", 20), ("auto", 15)]
 #: dtype -> rtol against the float64 reference (float16 outputs are rounded to float16).
 DTYPES = {np.float32: 1e-4, np.float64: 1e-10, np.float16: 5e-3}
-
-
-def core_model(case: CoreCase, impl: str, opset: int, dtype=np.float32, static: bool = True) -> onnx.ModelProto:
-    """A model of one core call written by :func:`lowering.lower`: inputs input, offset[, mask]."""
-    core, onnx_type = case.core, _TYPES[dtype]
-    N, (H, W), (Ho, Wo) = case.batch, case.size, case.output_size
-    shapes = {"input": [N, H, W, core.channels], "offset": [N, Ho, Wo, case.offset_channels()],
-              "mask": [N, Ho, Wo, core.group * core.points]}
-    names = ["input", "offset", "mask"][:3 if core.version == 3 else 2]
-    values = {n: ir.Value(name=n, type=ir.TensorType(ir.DataType(onnx_type)),
-                          shape=ir.Shape(shapes[n] if static else [f"{n}{i}" for i in range(4)])) for n in names}
-    layer: Layer = lowering.layer(core, onnx_type, N if static else None, (H, W) if static else (None, None),
-                                  (Ho, Wo) if static else (None, None))
-    op = TapeEmitter(opset, initializers=False)
-    Y = lowering.lower(op, core, layer, values["input"], values["offset"], values.get("mask", values["offset"]),
-                       impl)
-    Y.name, Y.type, Y.shape = "Y", ir.TensorType(ir.DataType(onnx_type)), ir.Shape(["N", "Ho", "Wo", "C"])
-    graph = ir.Graph([values[n] for n in names], [Y], nodes=op.tape.nodes, opset_imports={"": opset}, name="core")
-    return ir.to_proto(ir.Model(graph, ir_version=8))
 
 
 def _run_and_compare(case: CoreCase, impl: str, opset: int, dtype, static: bool, inputs=None) -> None:
@@ -107,3 +86,16 @@ def test_remove_center_gives_the_centre_tap_a_zero_weight():
     assert not weight[:, :, 1, 1].any()
     # points run column-major over the kernel, the centre skipped (DCNv3's and DCNv4's kernels)
     assert lowering.tap_points(core) == [0, 3, 5, 1, None, 6, 2, 4, 7]
+
+
+@pytest.mark.parametrize("case", generated_cases(8, version=3, seed=21) + generated_cases(8, version=4, seed=22),
+                         ids=str)
+def test_grid_sample_reads_the_cores_layouts_as_they_are(case: CoreCase):
+    """A static core lowered by grid_sample reads its offsets and masks where they lie: no ``Gather`` of channels,
+    one ``Transpose`` each for the input, the grid, the masks and the output, and one ``GridSample`` per run of
+    at most RUN_POINTS points (run lengths within one of each other, covering every point)."""
+    runs = run_lengths(case.core.points)
+    assert sum(runs) == case.core.points and max(runs) <= RUN_POINTS and max(runs) - min(runs) <= 1
+    ops = [node.op_type for node in core_model(case, "grid_sample", 18).graph.node]
+    assert "Gather" not in ops and ops.count("Transpose") == 4
+    assert ops.count("GridSample") == len(runs)

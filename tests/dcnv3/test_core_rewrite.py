@@ -123,5 +123,6 @@ def test_rewrite_to_native_writes_the_layout_steps_around_onnx_deform_conv(dynam
 def test_rewrite_to_native_below_opset_19_is_refused():
     case = CASES[0]
     model = trt_dcnv3_model(case, case.inputs(), 16, False)
-    with pytest.raises(rewriter.RewriteError, match="mmdeploy::TRTDCNv3: impl='native' writes ONNX DeformConv"):
+    with pytest.raises(rewriter.RewriteError,
+                       match="mmdeploy::TRTDCNv3 node '/TRTDCNv3': impl='native' writes ONNX DeformConv"):
         rewriter.rewrite(ir.from_proto(model), impl="native")

@@ -69,11 +69,7 @@ _REFERENCE_GRID_SAMPLE = Fault("onnx", "1.23.2", "onnx.reference implements only
 #: MNN returns NaN for them (docs/known-issues.md).
 _MNN_WHERE_NAN = Fault("MNN", "3.6.1", "Where(Less(Abs(x), 4), x, 4) returns NaN for x = NaN (ONNX: 4, Less(NaN, 4) "
                        "is false), so NaN offsets reach GridSample and the output (docs/known-issues.md)")
-#: rknn-toolkit2's faults on offsets that float16, the NPU's type, cannot hold (as in the generated matrix).
-_RKNN_HOSTILE_GRID = Fault("rknn-toolkit2", "2.5.0", "the RK3588 simulator samples offsets that are NaN, ±Inf or "
-                           "beyond float16's range (the hostile inputs) as if they were finite, in DCNv4's "
-                           "grid_sample lowering (DCNv3's, reading the offset pairs without a swap, matches) "
-                           "(docs/known-issues.md)", RKNN)
+#: rknn-toolkit2's fault on offsets that float16, the NPU's type, cannot hold (as in the generated matrix).
 _RKNN_HOSTILE_GATHER = Fault("rknn-toolkit2", "2.5.0", "the RK3588 simulator's output of DCNv4's gather lowering "
                              "holds NaN where offset_mask holds NaN, ±Inf or ±1e30 offsets (finite ones up to 6e4 "
                              "match within 7.6e-3; DCNv3's, whose masks come in a tensor of their own, match) "
@@ -107,9 +103,7 @@ def _known_fault(runtime: str, version: int, lowering, dynamic: bool) -> Optiona
         return _REFERENCE_GRID_SAMPLE
     if runtime == "mnn" and impl == "grid_sample":
         return _MNN_WHERE_NAN
-    if runtime == "rknn" and impl == "grid_sample" and version == 4:
-        return _RKNN_HOSTILE_GRID
-    if runtime == "rknn" and version == 4:
+    if runtime == "rknn" and impl == "gather" and version == 4:
         return _RKNN_HOSTILE_GATHER
     if runtime == "tinygrad" and impl == "grid_sample":
         return _TINYGRAD_GRID_SAMPLE

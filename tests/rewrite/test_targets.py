@@ -14,10 +14,11 @@ import onnx
 import onnx_ir as ir
 import pytest
 import torch
+from core_models import core_model
+from core_reference import generated_cases
 
 import dcn_onnxscript  # noqa: F401  (registers the translation)
 from dcn_onnxscript.__main__ import main
-from dcn_onnxscript.lowering.layer import OffsetOrder
 from dcn_onnxscript.rewrite import targets
 from helpers import (
     Case,
@@ -25,7 +26,6 @@ from helpers import (
     assert_close,
     lowering_model,
     make_inputs,
-    pass_through_weights,
     random_case,
     sweep_layer,
 )
@@ -74,34 +74,29 @@ def test_ncnn_writes_the_guard_as_clip_and_computes_the_same(seed: int):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_ncnn_writes_runs_of_taps_one_tap_per_grid_sample(seed: int):
-    """A layer whose weights pass every channel of a group to itself (the DCNv3/DCNv4 cores' form, some taps
-    zero), static sizes at a random opset from 16: the lowering samples it in runs of taps, which ``--for ncnn``
-    writes as one ``GridSample`` per non-zero tap with no ``ReduceSum`` left (pnnx drops the runs' N·G axis), and
-    onnxruntime's result stays that of the model it came from."""
+def test_ncnn_writes_the_cores_runs_one_point_per_grid_sample(seed: int):
+    """A random DCNv3 or DCNv4 core (static sizes, batch 1 as ncnn runs) lowered by grid_sample at a random opset
+    from 16 samples its points in runs: ``--for ncnn`` writes one ``GridSample`` per point with no ``ReduceSum``
+    left (ncnn fails to extract the runs), and onnxruntime's result stays that of the model it came from, with
+    infinite and far offsets mixed in."""
     rng = np.random.default_rng(seed)
-    case = random_case(rng)
-    channels = case.offset_groups * int(rng.integers(1, 4))
-    case = dataclasses.replace(case, groups=case.offset_groups, channels=channels, out_channels=channels,
-                               use_mask=True, use_bias=False)
-    K = case.kernel[0] * case.kernel[1]
-    zero_taps = rng.random(K) < 0.2
-    zero_taps[int(rng.integers(K))] = False
-    arrays = {**case.arrays(rng), "W": pass_through_weights(case, list(zero_taps))}
-    static = {name: list(value.shape) for name, value in arrays.items()}
-    layer = dataclasses.replace(sweep_layer(case, static=True), offset_order=OffsetOrder.XY)
-    original = lowering_model("grid_sample", layer, opset=int(rng.integers(16, 24)), static_shapes=static,
-                              constants={"W": arrays["W"]})
+    version = 3 + seed % 2
+    case = dataclasses.replace(generated_cases(2, version=version, seed=seed)[1], batch=1)
+    original = core_model(case, "grid_sample", int(rng.integers(16, 24)))
     runs = [n.op_type for n in original.graph.node].count("GridSample")
     model = ir.from_proto(original)
-    assert targets.runs_as_taps(model) == runs
+    assert targets.runs_as_points(model) == runs
     targets.for_target(model, "ncnn")
     written = _op_types(model)
-    assert written.count("GridSample") == K - zero_taps.sum() and "ReduceSum" not in written
+    assert written.count("GridSample") == case.core.points and "ReduceSum" not in written
     rewritten = ir.to_proto(model)
     onnx.checker.check_model(rewritten, full_check=True)
-    feeds = [arrays[i.name] for i in original.graph.input]
-    assert_close(run_onnxruntime(rewritten, feeds), run_onnxruntime(original, feeds), rtol=1e-6)
+    inputs = case.inputs(seed=seed)
+    inputs[1] = _far_offsets(inputs[1], rng)
+    if version == 4:  # offsets only, not DCNv4's masks
+        masks = np.arange(inputs[1].shape[-1]) % (3 * case.core.points) >= 2 * case.core.points
+        inputs[1][..., masks] = case.inputs(seed=seed)[1][..., masks]
+    assert_close(run_onnxruntime(rewritten, inputs), run_onnxruntime(original, inputs), rtol=1e-6)
 
 
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])

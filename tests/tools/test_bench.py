@@ -19,6 +19,7 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from dcn_onnxscript.__main__ import main
 from dcn_onnxscript.tools.bench import catalog
 
 COLUMNS = ["case", "model", "nodes/layer", "nodes", "export s", "session s", "median ms", "x native", "peak MB",
@@ -125,17 +126,18 @@ def test_bench_of_the_cores_compares_the_lowerings_with_the_plain_export_and_eag
     assert len(runtime_table) - 1 == len(openvino) == len(rows) - 2  # every ONNX row, no eager
     assert all(r["max_error"] < 1e-4 and r["latency_ms"] > 0 for r in openvino)
 def test_from_seed_one_at_a_time_prints_each_peer_file_before_and_after_rewrite(tmp_path) -> None:
-    """``bench --from-seed --one-at-a-time``: the peers' files (the fork's where DCN_BENCH_FORK names a
-    checkout), each followed by its rewrites, each measured in a process of its own (eager too), run and agree
-    with the file they came from; the native rewrite is one DeformConv at opset 19, the default one keeps the
-    file's opset and samples without GatherND."""
+    """``bench --from-seed --one-at-a-time --spinning``: the peers' files (the fork's where DCN_BENCH_FORK names
+    a checkout), each followed by its rewrites, each measured in a process of its own (eager too; onnxruntime's
+    threads spinning), run and agree with the file they came from; the native rewrite is one DeformConv at opset
+    19, the default one keeps the file's opset and samples without GatherND."""
     fork = bool(os.environ.get("DCN_BENCH_FORK"))
     result = subprocess.run(
-        [sys.executable, "-m", "dcn_onnxscript", "bench", "--from-seed", "--one-at-a-time", "--layers", "tiny",
-         "--repeat", "1", "--threads", "1"],
+        [sys.executable, "-m", "dcn_onnxscript", "bench", "--from-seed", "--one-at-a-time", "--spinning", "--layers",
+         "tiny", "--repeat", "1", "--threads", "1"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
+    assert "onnxruntime's threads spin" in result.stdout
     rows_table, repair_table, paths_table, *_ = tables(result.stdout)
     peers = [catalog.PATHS[catalog.DCOE], catalog.PATHS[catalog.FORK]]
     rewrites = {peer.name: [path.name for path in catalog.rewrites_of(peer)] for peer in peers}
@@ -303,3 +305,9 @@ def test_the_bench_package_has_small_modules_and_no_import_circle() -> None:
             assert imported(tree.body) == {"catalog"}
         else:
             assert imported(ast.walk(tree)) <= {"__init__", *order[: order.index(module)]}, module
+
+
+def test_spinning_needs_one_at_a_time(capsys) -> None:
+    """Spinning threads of interleaved sessions steal each other's cores: ``--spinning`` alone is refused."""
+    assert main(["bench", "--spinning", "--layers", "tiny"]) == 2
+    assert "--spinning needs --one-at-a-time" in capsys.readouterr().err

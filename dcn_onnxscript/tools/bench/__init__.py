@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import sys
 
 from dcn_onnxscript.tools.bench.catalog import (
     BIREFNET,
@@ -84,6 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "run and the timed runs, peak memory, output), so that no model's memory holds "
                              f"another's, instead of interleaved rounds in one process: for {BIREFNET} at "
                              "--birefnet-size 1024, whose tutorial file alone peaks at about 12 GB")
+    parser.add_argument("--spinning", action="store_true",
+                        help="with --one-at-a-time: onnxruntime's intra-op threads spin while they wait for work "
+                             "(onnxruntime's default; interleaved sessions would steal each other's cores, so "
+                             "they do not spin otherwise)")
     parser.add_argument("--plot", type=pathlib.Path, default=None, help="write a bar chart to this PNG file")
     parser.add_argument("--json", type=pathlib.Path, default=None,
                         help="also write the figures to this JSON file (nothing is written by default)")
@@ -99,6 +104,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.spinning and not args.one_at_a_time:
+        print("bench: --spinning needs --one-at-a-time: interleaved sessions whose threads spin steal each other's "
+              "cores", file=sys.stderr)
+        return 2
     if args.memory_of:
         from dcn_onnxscript.tools.bench.measuring import eager_memory_worker
 

@@ -88,7 +88,7 @@ def _bench(args: argparse.Namespace, workdir: pathlib.Path) -> int:
     rounds = f"{args.repeat}" + (f" ({BIREFNET}: {args.birefnet_repeat})" if BIREFNET in args.layers else "")
     default = f"; '{table.DEFAULT}' at torch's default opset {opset}: {auto}" if opset else ""
     how = (f"runs after {WARMUP_RUNS} warm-up run, each model in a process of its own" if args.one_at_a_time
-           else "interleaved rounds")
+           else "interleaved rounds") + ("; onnxruntime's threads spin" if args.spinning else "")
     print(f"\n{', '.join(f'{k} {v}' for k, v in found.items())}; {args.threads} threads, median of "
           f"{rounds} {how}{default}\n")
     if any(r.case not in CORES for r in results):
@@ -125,7 +125,8 @@ def _bench(args: argparse.Namespace, workdir: pathlib.Path) -> int:
     if args.json:
         facts = dict(versions=found, threads=args.threads, repeat=args.repeat,
                      birefnet_repeat=args.birefnet_repeat, image_size=args.image_size,
-                     birefnet_size=args.birefnet_size, one_at_a_time=args.one_at_a_time, wall_s=wall_s,
+                     birefnet_size=args.birefnet_size, one_at_a_time=args.one_at_a_time, spinning=args.spinning,
+                     wall_s=wall_s,
                      load_average=[load_before, load_after],
                      floors=floors)
         document_ = document(results, runtime_results + core_runtime_results, cases, **facts)

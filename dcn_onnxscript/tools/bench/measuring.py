@@ -13,9 +13,10 @@ memory each in a fresh process, the error against torchvision eager.
   same number of threads.
 * **One at a time** (``--one-at-a-time``): each model in a process of its own, one after the other, so that no
   model's memory holds another's (BiRefNet at 1024×1024 peaks at about 12 GB): the process creates the session
-  (``--threads``, as above; timed), runs the model once to warm up and ``--repeat`` times more (timed), and
-  reports the median, the peak memory of all of that (measured as above) and its output; eager likewise. The
-  errors come from those outputs; the floors of a layer run interleaved in this process, after the rest.
+  (``--threads``, as above, its threads spinning with ``--spinning``, onnxruntime's default; timed), runs the
+  model once to warm up and ``--repeat`` times more (timed), and reports the median, the peak memory of all of
+  that (measured as above) and its output; eager likewise. The errors come from those outputs; the floors of a
+  layer run interleaved in this process, after the rest.
 """
 
 from __future__ import annotations
@@ -135,8 +136,8 @@ def max_errors(run: dict[str, Callable[[], np.ndarray]], reference: np.ndarray) 
 
 #: The fresh process that times an onnxruntime session's creation and measures its peak memory (numpy
 #: and onnxruntime only, so that it starts fast): argv = model path, inputs .npz, runs, then for
-#: ``--one-at-a-time`` the intra-op threads and where to save the first output (the session as
-#: :func:`session` makes it; the seconds of every run reported).
+#: ``--one-at-a-time`` the intra-op threads, where to save the first output and whether the threads spin ("1") (the
+#: session as :func:`session` makes it, or spinning; the seconds of every run reported).
 _ORT_WORKER = """
 import json, sys, time
 import numpy as np, onnxruntime
@@ -156,7 +157,7 @@ options = onnxruntime.SessionOptions()
 if len(sys.argv) > 4:
     options.intra_op_num_threads = int(sys.argv[4])
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", sys.argv[6])
 start = time.perf_counter()
 session = onnxruntime.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
 session_s = time.perf_counter() - start
@@ -265,7 +266,8 @@ def fresh_process_figures(case: Case, kind: str, workdir: pathlib.Path, args: ar
         if not args.one_at_a_time:
             return onnx_figures(case.onnx_paths[kind], inputs)
         return _worker([sys.executable, "-c", _ORT_WORKER, str(case.onnx_paths[kind]), str(inputs),
-                        str(runs_of(case.name, args)), str(args.threads), str(output_file(workdir, case.name, kind))])
+                        str(runs_of(case.name, args)), str(args.threads), str(output_file(workdir, case.name, kind)),
+                        str(int(args.spinning))])
     return _worker([sys.executable, "-m", "dcn_onnxscript", "bench", "--memory-of", EAGER, "--case", case.name,
                     "--workdir", str(workdir), "--threads", str(args.threads), "--seed", str(args.seed),
                     "--repeat", str(args.repeat), "--birefnet-repeat", str(args.birefnet_repeat),
