@@ -98,12 +98,19 @@ def core_of(kernel_h: int, kernel_w: int, stride_h: int, stride_w: int, pad_h: i
                 offset_scale=float(offset_scale), remove_center=bool(remove_center), version=version)
 
 
+def kernel_points(core: Core) -> list[tuple[int, int]]:
+    """(kh, kw), the kernel index of every point in the cores' order: column-major, p = kw·kH + kh, the centre
+    left out with ``remove_center``."""
+    (kH, kW), centre = core.kernel, (core.kernel[0] // 2, core.kernel[1] // 2)
+    return [(kh, kw) for kw in range(kW) for kh in range(kH) if not (core.remove_center and (kh, kw) == centre)]
+
+
 def tap_points(core: Core) -> list[Optional[int]]:
     """The point index p of every tap k = kh·kW + kw (deform_conv2d's row-major order), ``None`` for the
-    centre tap of a core with ``remove_center``: points run column-major, p = kw·kH + kh, the centre skipped."""
-    (kH, kW), centre = core.kernel, (core.kernel[0] // 2, core.kernel[1] // 2)
-    order = [(kh, kw) for kw in range(kW) for kh in range(kH) if not (core.remove_center and (kh, kw) == centre)]
-    return [order.index((kh, kw)) if (kh, kw) in order else None for kh in range(kH) for kw in range(kW)]
+    centre tap of a core with ``remove_center`` (:func:`kernel_points`)."""
+    order = kernel_points(core)
+    return [order.index((kh, kw)) if (kh, kw) in order else None
+            for kh in range(core.kernel[0]) for kw in range(core.kernel[1])]
 
 
 def _point_channel(core: Core, g: int, p: Optional[int], part: int) -> int:

@@ -35,7 +35,7 @@ import numpy as np
 import onnx_ir as ir
 
 from dcn_onnxscript.lowering import grid_sample, sampling
-from dcn_onnxscript.lowering.dcnv3 import Core, channels_first, channels_last
+from dcn_onnxscript.lowering.dcnv3 import Core, channels_first, channels_last, kernel_points
 from dcn_onnxscript.lowering.emitter import Emitter
 from dcn_onnxscript.lowering.layer import Layer
 
@@ -55,23 +55,16 @@ def _dynamic(*sizes: Optional[int]) -> bool:
     return None in sizes
 
 
-def kernel_points(core: Core) -> np.ndarray:
-    """(i_h, i_w), the kernel index of every point in the cores' order (column-major, p = i_w·kH + i_h, the
-    centre left out with ``remove_center``): (P, 2) int."""
-    (kH, kW), centre = core.kernel, (core.kernel[0] // 2, core.kernel[1] // 2)
-    return np.array([(ih, iw) for iw in range(kW) for ih in range(kH)
-                     if not (core.remove_center and (ih, iw) == centre)], dtype=np.int64).reshape(-1, 2)
-
-
 def point_shifts(core: Core, layer: Layer) -> np.ndarray:
     """What p_0 lacks for point p, per axis: p_p = c - pad + (i·dilation - c)·offset_scale, c = ⌊dilation·(k -
-    1) / 2⌋ (the cores' kernel grid, scaled about its centre), plus 1/2 (align_corners=0 counts pixels from
+    1) / 2⌋, i the point's kernel index (:func:`kernel_points`; the cores' kernel grid, scaled about its centre),
+    plus 1/2 (align_corners=0 counts pixels from
     their edges); (x, y) of point p at 2p and 2p + 1, shaped (1, 1, 1, 2P) of the coordinate type."""
-    yx = []
+    yx, indices = [], np.array(kernel_points(core)).reshape(-1, 2)
     for axis in (0, 1):
         k, d, pad = core.kernel[axis], core.dilation[axis], core.padding[axis]
         c = d * (k - 1) // 2
-        yx.append(c - pad + (kernel_points(core)[:, axis] * d - c) * core.offset_scale + 0.5)
+        yx.append(c - pad + (indices[:, axis] * d - c) * core.offset_scale + 0.5)
     return layer.coordinates(np.stack([yx[1], yx[0]], axis=1).reshape(1, 1, 1, -1))
 
 
