@@ -14,7 +14,7 @@ channels-first ``Transpose`` and back, no ``Gather`` of channels):
   input (S = W for x, H for y): Δp times offset_scale / (S/2), plus a constant (1, Ho·Wo, 1, 2P) for p_0 + p_p,
   both folded where the sizes are static; then the guard against hostile offsets of
   :mod:`dcn_onnxscript.lowering.grid_sample`;
-- the grids of runs of :data:`~dcn_onnxscript.lowering.grid_sample.RUN_TAPS` points, (N·G, n, Ho·Wo, 2), a
+- the grids of runs of :data:`RUN_POINTS` points, (N·G, n, Ho·Wo, 2), a
   row of output positions per point: one ``Transpose`` of the grid (groups before positions) and a ``Split``;
 - the masks (N, Ho, Wo, G·P) (DCNv4: the split's P masks per group) as (N·G, 1, P, Ho·Wo), split likewise;
 - the input (N, H, W, G·Cg) as N·G images (N·G, Cg, H, W); each run sampled by one ``GridSample``
