@@ -17,7 +17,8 @@ channels-last layout (the offset pairs left in the core's (Δx, Δy) order, :dat
 lowerings read as given), and a weight that passes every channel of a group to itself (W[g·Cg + a, b, kh, kw]
 = 1 for a = b): the lowerings of :mod:`dcn_onnxscript.lowering.table` then write it with all their
 guarantees (hostile offsets, every opset, static and dynamic sizes). ``remove_center`` leaves out the centre
-point (kh // 2, kw // 2): its weight is zero.
+point (kh // 2, kw // 2): its weight is zero. :func:`lower` writes "gather" so; "grid_sample" reads the cores'
+layouts directly (:mod:`dcn_onnxscript.lowering.dcnv3_grid_sample`), the same sum.
 
 Layouts (read from the kernels, ``dcnv3_im2col_cuda.cuh`` and ``dcnv4_im2col_cuda.cuh``): points are
 ordered column-major over the kernel, p = iw·kH + ih (the centre skipped with ``remove_center``);
@@ -186,10 +187,9 @@ def deform_conv2d_shapes(core: Core, input_shape: Optional[tuple], offset_shape:
 
 
 def typed(core: Core, input: ir.Value, offset: ir.Value, X: ir.Value, delta: ir.Value, mask: ir.Value) -> None:
-    """Give the layout steps' outputs ``X``, ``delta`` and ``mask`` (onnx_ir values: the dynamo exporter's and the
-    rewriter's) the input's type and the shapes of :func:`deform_conv2d_shapes`: the deform_conv2d placeholder
-    between them is then lowered with its static sizes written as constants, not read at run time (no
-    ``Shape``, ``Slice`` or ``CumSum`` of them)."""
+    """Give the layout steps' outputs ``X``, ``delta`` and ``mask`` (onnx_ir values: the rewriter's, around the
+    ``DeformConv`` of ``--impl native``) the input's type and the shapes of :func:`deform_conv2d_shapes`, so that
+    the node between them has its static shapes."""
     for value, shape in zip((X, delta, mask), deform_conv2d_shapes(core, static_shape(input), static_shape(offset))):
         value.dtype = input.dtype
         if shape is not None:
