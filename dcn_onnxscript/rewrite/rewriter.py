@@ -45,8 +45,9 @@ Nodes recognised, wherever they are: the main graph, ``If``/``Loop``/``Scan`` bo
     attributes ``kernel_h``, ``kernel_w``, ``stride_h``, ``stride_w``, ``pad_h``, ``pad_w``, ``dilation_h``,
     ``dilation_w``, ``group``, ``group_channels``, ``offset_scale``, ``im2col_step`` (a CUDA batching knob,
     ignored) and ``remove_center``, as ``DCNv3Function.symbolic`` in InternImage's
-    ``ops_dcnv3/functions/dcnv3_func.py`` writes them. The core is its layout steps around a deform_conv2d
-    layer, which is then lowered as above.
+    ``ops_dcnv3/functions/dcnv3_func.py`` writes them. The core is lowered as the exporters lower it
+    (:func:`dcn_onnxscript.lowering.dcnv3.lower`); with ``impl="native"``, its layout steps around a
+    ``DeformConv``.
 
 deform_conv2d_onnx_exporter's layers (1.x and its fork: some 60 to 120 primitive nodes around four samplers)
     found, their attributes inferred and proven, each replaced by one ``DeformConv`` first
