@@ -14,8 +14,8 @@ channels-first ``Transpose`` and back, no ``Gather`` of channels):
   input (S = W for x, H for y): Δp times offset_scale / (S/2), plus a constant (1, Ho·Wo, 1, 2P) for p_0 + p_p,
   both folded where the sizes are static; then the guard against hostile offsets of
   :mod:`dcn_onnxscript.lowering.grid_sample`;
-- the grids of runs of :data:`RUN_POINTS` points, (N·G, n, Ho·Wo, 2), a
-  row of output positions per point: one ``Transpose`` of the grid (groups before positions) and a ``Split``;
+- the grids of runs of :data:`RUN_POINTS` points, (N·G, n, Ho·Wo, 2), a row of output positions per point: one
+  ``Transpose`` of the grid (groups before positions) and a ``Split``;
 - the masks (N, Ho, Wo, G·P) (DCNv4: the split's P masks per group) as (N·G, 1, P, Ho·Wo), split likewise;
 - the input (N, H, W, G·Cg) as N·G images (N·G, Cg, H, W); each run sampled by one ``GridSample``
   (N·G, Cg, n, Ho·Wo), weighed by its masks and summed over its points; the runs' sum as (N, Ho, Wo, G·Cg).
@@ -38,6 +38,7 @@ from dcn_onnxscript.lowering import grid_sample, sampling
 from dcn_onnxscript.lowering.dcnv3 import Core, channels_first, channels_last, kernel_points
 from dcn_onnxscript.lowering.emitter import Emitter
 from dcn_onnxscript.lowering.layer import Layer
+from dcn_onnxscript.lowering.validation import static_shape
 
 Value = Any
 #: The input's and the offset's spatial axes, channels last: (H, W) of (N, H, W, C).
@@ -51,15 +52,12 @@ _SPATIAL = [1, 2]
 RUN_POINTS = 5
 
 
-def _dynamic(*sizes: Optional[int]) -> bool:
-    return None in sizes
-
 
 def point_shifts(core: Core, layer: Layer) -> np.ndarray:
     """What p_0 lacks for point p, per axis: p_p = c - pad + (i·dilation - c)·offset_scale, c = ⌊dilation·(k -
     1) / 2⌋, i the point's kernel index (:func:`kernel_points`; the cores' kernel grid, scaled about its centre),
-    plus 1/2 (align_corners=0 counts pixels from
-    their edges); (x, y) of point p at 2p and 2p + 1, shaped (1, 1, 1, 2P) of the coordinate type."""
+    plus 1/2 (align_corners=0 counts pixels from their edges); (x, y) of point p at 2p and 2p + 1, shaped
+    (1, 1, 1, 2P) of the coordinate type."""
     yx, indices = [], np.array(kernel_points(core)).reshape(-1, 2)
     for axis in (0, 1):
         k, d, pad = core.kernel[axis], core.dilation[axis], core.padding[axis]
@@ -78,7 +76,7 @@ def output_positions(op: Emitter, core: Core, layer: Layer, Ho_Wo: Optional[Valu
     of the coordinate type; a constant when (Ho, Wo) are static, else built on ``Ho_Wo`` (INT64 (2,), the
     offset's)."""
     (sy, sx), (Ho, Wo) = core.stride, layer.output_size
-    if not _dynamic(Ho, Wo):
+    if not sampling.dynamic(Ho, Wo):
         rows, cols = np.meshgrid(np.arange(Ho) * sy, np.arange(Wo) * sx, indexing="ij")
         xy = np.stack([cols.reshape(-1), rows.reshape(-1)], axis=1)  # (Ho·Wo, 2)
         return layer.coordinates(np.tile(xy, (1, core.points)).reshape(1, Ho * Wo, 1, -1))
@@ -97,7 +95,7 @@ def half_sizes(op: Emitter, core: Core, layer: Layer, input_shape: Optional[Valu
     """(W/2, H/2) of the input at the x and y place of every point, (1, 1, 1, 2P) of the coordinate type: a
     constant when (H, W) are static, else from the input's ``Shape`` ``input_shape``."""
     H, W = layer.input_size
-    if not _dynamic(H, W):
+    if not sampling.dynamic(H, W):
         return layer.coordinates(_xy(core, [W / 2, H / 2]))
     return sampling.half_sizes(op, layer, input_shape, 1, _xy(core, [0, 1]))
 
@@ -122,8 +120,8 @@ def group_offsets_and_masks(op: Emitter, core: Core, layer: Layer, offset: Value
 
 def _channels(value: Value) -> Optional[int]:
     """The last size of ``value`` (N, Ho, Wo, D) where an onnx_ir value knows it, else ``None``."""
-    shape = value.shape if isinstance(value, ir.Value) else None
-    return shape[3] if shape is not None and len(shape) == 4 and isinstance(shape[3], int) else None
+    shape = static_shape(value) if isinstance(value, ir.Value) else None
+    return shape[3] if shape is not None and len(shape) == 4 else None
 
 
 def grid_values(op: Emitter, core: Core, layer: Layer, delta: Value, p0: Value, halves: Value) -> Value:
@@ -144,8 +142,8 @@ def grid_values(op: Emitter, core: Core, layer: Layer, delta: Value, p0: Value, 
 
 
 def run_lengths(points: int, most: int = RUN_POINTS) -> list[int]:
-    """The points cut into ⌈P / ``most``⌉ runs of near-equal length that one ``GridSample`` samples each (3x3:
-    three runs of 3; 3x3 less its centre: 3, 3 and 2)."""
+    """The points cut into ⌈P / ``most``⌉ runs of near-equal length that one ``GridSample`` samples each (3x3 in
+    runs of at most 5: 5 and 4; 3x3 less its centre: 4 and 4)."""
     runs = -(-points // most)
     return [points // runs + (i < points % runs) for i in range(runs)]
 
@@ -196,10 +194,10 @@ def lower(op: Emitter, core: Core, layer: Layer, input: Value, offset: Value, ma
     """The core's output (N, Ho, Wo, G·Cg) of ``input`` (N, H, W, G·Cg), ``offset`` and ``mask`` (DCNv4: both
     the offset_mask) in the layouts of :mod:`dcn_onnxscript.lowering.dcnv3`; ``layer`` (its
     :func:`~dcn_onnxscript.lowering.dcnv3.layer`) gives the dtype and the static sizes."""
-    input_shape = op.Shape(input) if _dynamic(layer.batch, *layer.input_size) else None
-    N = sampling.dims(op, input_shape, 0, 1) if _dynamic(layer.batch) else None
+    input_shape = op.Shape(input) if sampling.dynamic(layer.batch, *layer.input_size) else None
+    N = sampling.dims(op, input_shape, 0, 1) if sampling.dynamic(layer.batch) else None
     offset = sampling.with_batch_of(op, N, offset)
-    Ho_Wo = sampling.dims(op, op.Shape(offset), 1, 3) if _dynamic(*layer.output_size) else None
+    Ho_Wo = sampling.dims(op, op.Shape(offset), 1, 3) if sampling.dynamic(*layer.output_size) else None
     delta, masks = group_offsets_and_masks(op, core, layer, offset, mask, N, Ho_Wo)
     values = grid_values(op, core, layer, delta, output_positions(op, core, layer, Ho_Wo),
                          half_sizes(op, core, layer, input_shape))

@@ -85,9 +85,6 @@ def _per_channel(layer: Layer, pair) -> np.ndarray:
     return np.tile(np.asarray(pair), layer.taps).reshape(_PER_CHANNEL)
 
 
-def _dynamic(*sizes: Optional[int]) -> bool:
-    return None in sizes
-
 
 def tap_offsets(op: Emitter, layer: Layer, offset: Value) -> Value:
     """Δp of ``offset`` (N, 2·G·K, Ho, Wo), a pair per tap in the layer's ``offset_order``, as (N·G, 2K, Ho, Wo),
@@ -109,7 +106,7 @@ def output_positions(op: Emitter, layer: Layer, Ho_Wo: Optional[Value]) -> Folde
     the offset's)."""
     (sy, sx), (Ho, Wo) = layer.stride, layer.output_size
     is_x = _per_channel(layer, [True, False])
-    if not _dynamic(Ho, Wo):
+    if not sampling.dynamic(Ho, Wo):
         cols, rows = np.arange(1, Wo + 1), np.arange(1, Ho + 1).reshape(-1, 1)
         return layer.coordinates(np.where(is_x, sx * cols, sy * rows))
     step = sx if sx == sy else 1
@@ -122,7 +119,7 @@ def half_sizes(op: Emitter, layer: Layer, X_shape: Optional[Value]) -> Folded:
     """(W/2, H/2) of X at the x and y channel of every tap, (1, 2K, 1, 1) of the coordinate type: a constant
     when (H, W) are static, else from X's ``Shape`` ``X_shape`` (:func:`sampling.half_sizes`)."""
     H, W = layer.input_size
-    if not _dynamic(H, W):
+    if not sampling.dynamic(H, W):
         return layer.coordinates(_per_channel(layer, [W / 2, H / 2]))
     return sampling.half_sizes(op, layer, X_shape, 2, _per_channel(layer, [0, 1]))
 
@@ -229,10 +226,10 @@ def deform_conv2d(op: Emitter, layer: Layer, X: Value, W: Value, offset: Value, 
                   mask: Optional[Value] = None) -> Value:
     """Y (N, O, Ho, Wo) of ``X`` (N, C, H, W), ``W`` (O, C/R, kH, kW), ``offset`` (N, 2·G·K, Ho, Wo), optional
     ``B`` (O) and ``mask`` (N, G·K, Ho, Wo) (``None``: DCNv1): Σ_k Conv1x1(W_k, samples of tap k)."""
-    X_shape = op.Shape(X) if _dynamic(layer.batch, *layer.input_size) else None
-    N = sampling.dims(op, X_shape, 0, 1) if _dynamic(layer.batch) else None
+    X_shape = op.Shape(X) if sampling.dynamic(layer.batch, *layer.input_size) else None
+    N = sampling.dims(op, X_shape, 0, 1) if sampling.dynamic(layer.batch) else None
     offset = sampling.with_batch_of(op, N, offset)
-    Ho_Wo = sampling.output_size(op, offset) if _dynamic(*layer.output_size) else None
+    Ho_Wo = sampling.output_size(op, offset) if sampling.dynamic(*layer.output_size) else None
     delta = tap_offsets(op, layer, offset)
     images = sampled_images(op, layer, X)
     p0, halves = output_positions(op, layer, Ho_Wo), half_sizes(op, layer, X_shape)

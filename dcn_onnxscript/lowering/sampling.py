@@ -26,6 +26,11 @@ from dcn_onnxscript.lowering.layer import Layer
 Value = Any
 
 
+def dynamic(*sizes: Optional[int]) -> bool:
+    """Whether any of a layer's ``sizes`` is unknown at build time (``None``): read at run time."""
+    return None in sizes
+
+
 def dims(op: Emitter, shape: Value, start: int, end: int) -> Value:
     """Dimensions start … end - 1 of ``shape``, a ``Shape`` output: INT64 (end - start,). A ``Slice`` of the
     whole ``Shape`` rather than ``Shape(start=, end=)``, which onnx_tool ignores."""
@@ -47,8 +52,8 @@ def with_batch_of(op: Emitter, N: Optional[Value], value: Value) -> Value:
 def cut_to(op: Emitter, value: Value, N: Optional[Value], Ho_Wo: Optional[Value],
            spatial_axes: Sequence[int] = (2, 3)) -> Value:
     """``value`` (N', C, Ho', Wo') (or channels last, (N', Ho', Wo', C), with ``spatial_axes`` [1, 2]) cut to the
-    batch ``N`` (INT64 (1,)) and the sizes ``Ho_Wo`` (INT64 (2,)),
-    each where given (dynamic): its sizes then are those of their sources. Only those axes are sliced, never an
+    batch ``N`` (INT64 (1,)) and the sizes ``Ho_Wo`` (INT64 (2,)), each where given (dynamic): its sizes then are
+    those of their sources. Only those axes are sliced, never an
     axis kept whole by an end beyond its size (onnxruntime-web's JSEP ``Slice`` gets the output's shape wrong
     when it has to clamp an end). The ends are the :func:`dims` values themselves, concatenated: Apache TVM keeps
     a ``Slice`` or ``Concat`` of a ``Shape`` as sizes, but turns a ``Gather`` of one into a tensor, after which
