@@ -14,11 +14,14 @@ channels-first ``Transpose`` and back, no ``Gather`` of channels):
   input (S = W for x, H for y): Δp times offset_scale / (S/2), plus a constant (1, Ho·Wo, 1, 2P) for p_0 + p_p,
   both folded where the sizes are static; then the guard against hostile offsets of
   :mod:`dcn_onnxscript.lowering.grid_sample`;
-- the grids of runs of :data:`RUN_POINTS` points, (N·G, n, Ho·Wo, 2), a row of output positions per point: one
-  ``Transpose`` of the grid (groups before positions) and a ``Split``;
-- the masks (N, Ho, Wo, G·P) (DCNv4: the split's P masks per group) as (N·G, 1, P, Ho·Wo), split likewise;
-- the input (N, H, W, G·Cg) as N·G images (N·G, Cg, H, W); each run sampled by one ``GridSample``
-  (N·G, Cg, n, Ho·Wo), weighed by its masks and summed over its points; the runs' sum as (N, Ho, Wo, G·Cg).
+- the samples shared among ``GridSample`` calls (:func:`parts`): chunks of whole groups with all their points
+  where a group fits the budget of :data:`RUN_POINTS` points of every group, else runs of points over every group;
+- the grid of every chunk and run, (N·g, n, Ho·Wo, 2), a row of output positions per point: one ``Transpose`` of
+  the grid (groups before positions) and ``Split`` nodes;
+- the masks (N, Ho, Wo, G·P) (DCNv4: the split's P masks per group) as (N·g, 1, n, Ho·Wo), split likewise;
+- the input (N, H, W, G·Cg) as the N·g images (N·g, Cg, H, W) of every chunk; each run of each chunk sampled by
+  one ``GridSample`` (N·g, Cg, n, Ho·Wo), weighed by its masks and summed over its points; the chunks' sums
+  joined and returned as (N, Ho, Wo, G·Cg).
 
 Points keep the cores' order (column-major over the kernel, the centre left out with ``remove_center``): a sum
 over points does not care. Positions are computed in the coordinate type (float32, float64 for float64
@@ -43,14 +46,16 @@ from dcn_onnxscript.lowering.validation import static_shape
 Value = Any
 #: The input's and the offset's spatial axes, channels last: (H, W) of (N, H, W, C).
 _SPATIAL = [1, 2]
-#: Points one ``GridSample`` samples together (:func:`run_lengths`). onnxruntime's ``GridSample`` opens a parallel
-#: section per image, so a call per point over N·G images makes two threads wait more than they work; one call
-#: over all P points holds all their samples, and their product with the masks, at once, as InternImage's plain
-#: export of a core does. Measured against that export (onnxruntime 1.32, 2 threads, 56×56×64 with 4 groups and
-#: 28×28×128 with 8): runs of 3 took 0.95–0.97× / 1.02× its latency without spinning threads at 0.57× / 0.80× its
-#: peak memory, runs of 5 0.93–0.95× / 0.96× at 0.66× / 0.93×, all 9 points 0.90× / 0.89× at 0.78× / 0.99×.
+#: The most samples one ``GridSample`` call holds, in points of every group (:func:`parts`). onnxruntime's
+#: ``GridSample`` opens a parallel section per image, so a call per point over N·G images makes two threads wait
+#: more than they work; one call over all P points holds all their samples, and their product with the masks, at
+#: once, as InternImage's plain export of a core does. Measured against that export (onnxruntime 1.32, 2 threads,
+#: 56×56×64 with 4 groups and 28×28×128 with 8), with runs of points over every group: runs of 3 took 0.95–0.97× /
+#: 1.02× its latency without spinning threads at 0.57× / 0.80× its peak memory, runs of 5 0.93–0.95× / 0.96× at
+#: 0.66× / 0.93×, all 9 points 0.90× / 0.89× at 0.78× / 0.99×. Chunks of whole groups under the same budget (two
+#: chunks of 2 or 4 groups) open N·G sections in all, as one call does, and took 0.94× / 0.92–0.94× with runs of 5's
+#: memory.
 RUN_POINTS = 5
-
 
 
 def point_shifts(core: Core, layer: Layer) -> np.ndarray:
@@ -142,28 +147,44 @@ def grid_values(op: Emitter, core: Core, layer: Layer, delta: Value, p0: Value, 
 
 
 def run_lengths(points: int, most: int = RUN_POINTS) -> list[int]:
-    """The points cut into ⌈P / ``most``⌉ runs of near-equal length that one ``GridSample`` samples each (3x3 in
-    runs of at most 5: 5 and 4; 3x3 less its centre: 4 and 4)."""
+    """``points`` cut into ⌈points / ``most``⌉ runs of near-equal length (9 in runs of at most 5: 5 and 4; 8: 4
+    and 4)."""
     runs = -(-points // most)
     return [points // runs + (i < points % runs) for i in range(runs)]
 
 
-def run_grids(op: Emitter, core: Core, values: Value, runs: list[int]) -> list[Value]:
-    """The grid of every run of n points (:func:`run_lengths`): (N·G, n, Ho·Wo, 2), a row of output positions
-    per point, from ``values`` (N, Ho·Wo, G, 2P) (:func:`grid_values`)."""
+def parts(core: Core, most: int = RUN_POINTS) -> tuple[list[int], list[int]]:
+    """How the core's samples are shared among ``GridSample`` calls, one call per chunk of groups and run of
+    points: (the groups of every chunk, the points of every run). No call holds more samples than ``most``
+    points of every group would. Whole groups where one fits, all P points each: onnxruntime's ``GridSample``
+    opens a parallel section per image, and a chunk of g groups is N·g images where a run of points over
+    every group is N·G (3x3 with 8 groups: chunks of 4 and 4 groups, one run of 9 points); runs of points over
+    every group where not one group's P points fit (3x3 with 1 group: runs of 5 and 4 points)."""
+    G, P = core.group, core.points
+    groups_per_chunk = G * most // P
+    if groups_per_chunk >= 1:
+        return run_lengths(G, groups_per_chunk), [P]
+    return [G], run_lengths(P, most)
+
+
+def chunk_grids(op: Emitter, core: Core, values: Value, chunks: list[int], runs: list[int]) -> list[list[Value]]:
+    """The grids of every chunk of g groups and run of n points (:func:`parts`): (N·g, n, Ho·Wo, 2), a row of
+    output positions per point, from ``values`` (N, Ho·Wo, G, 2P) (:func:`grid_values`)."""
     G, P = core.group, core.points
     pairs = op.Reshape(values, np.array([0, -1, G * P, 2], dtype=np.int64))  # (N, Ho·Wo, G·P, 2)
-    per_group = op.Reshape(op.Transpose(pairs, perm=[0, 2, 1, 3]), np.array([-1, P, 0, 2], dtype=np.int64))
-    return op.split_sizes(per_group, runs, axis=1)
+    by_group = op.Transpose(pairs, perm=[0, 2, 1, 3])  # (N, G·P, Ho·Wo, 2)
+    return [op.split_sizes(op.Reshape(chunk, np.array([-1, P, 0, 2], dtype=np.int64)), runs, axis=1)
+            for chunk in op.split_sizes(by_group, [g * P for g in chunks], axis=1)]
 
 
-def run_masks(op: Emitter, core: Core, masks: Value, runs: list[int]) -> list[Value]:
-    """Δm of every run of n points: (N·G, 1, n, Ho·Wo) float32, from ``masks`` (N, Ho, Wo, G·P) or
-    (N, Ho·Wo, G, P) float32 (:func:`group_offsets_and_masks`)."""
+def chunk_masks(op: Emitter, core: Core, masks: Value, chunks: list[int], runs: list[int]) -> list[list[Value]]:
+    """Δm of every chunk of g groups and run of n points: (N·g, 1, n, Ho·Wo) float32, from ``masks``
+    (N, Ho, Wo, G·P) or (N, Ho·Wo, G, P) float32 (:func:`group_offsets_and_masks`)."""
     G, P = core.group, core.points
     column = op.Reshape(masks, np.array([0, -1, 1, G * P], dtype=np.int64))  # (N, Ho·Wo, 1, G·P)
-    per_group = op.Reshape(op.Transpose(column, perm=[0, 2, 3, 1]), np.array([-1, 1, P, 0], dtype=np.int64))
-    return op.split_sizes(per_group, runs, axis=2)
+    by_group = op.Transpose(column, perm=[0, 2, 3, 1])  # (N, 1, G·P, Ho·Wo)
+    return [op.split_sizes(op.Reshape(chunk, np.array([-1, 1, P, 0], dtype=np.int64)), runs, axis=2)
+            for chunk in op.split_sizes(by_group, [g * P for g in chunks], axis=2)]
 
 
 def run_samples(op: Emitter, images: Value, grid: Value, mask: Value) -> Value:
@@ -176,18 +197,40 @@ def run_samples(op: Emitter, images: Value, grid: Value, mask: Value) -> Value:
 
 
 def channels_of(op: Emitter, layer: Layer, Y: Value, Ho_Wo: Optional[Value]) -> Value:
-    """The runs' sum ``Y`` (N·G, Cg, Ho·Wo) as (N, Ho, Wo, G·Cg); ``Ho_Wo`` (INT64 (2,)) where they are
-    dynamic."""
+    """The sums ``Y`` (N·G, Cg, Ho·Wo) or (N, G·Cg, Ho·Wo) as (N, Ho, Wo, G·Cg); ``Ho_Wo`` (INT64 (2,)) where
+    they are dynamic."""
     Ho, Wo = layer.output_size
     channels = np.array([-1, layer.in_channels], dtype=np.int64)
     shape = np.array([*channels, Ho, Wo], dtype=np.int64) if Ho_Wo is None else op.Concat(channels, Ho_Wo, axis=0)
     return channels_last(op, op.Reshape(Y, shape))
 
 
-def images(op: Emitter, core: Core, layer: Layer, input: Value) -> Value:
-    """The input (N, H, W, G·Cg) as N·G images (N·G, Cg, H, W) float32."""
+def chunk_images(op: Emitter, core: Core, layer: Layer, input: Value, chunks: list[int]) -> list[Value]:
+    """The input (N, H, W, G·Cg) as the N·g images (N·g, Cg, H, W) float32 of every chunk of g groups."""
     X = grid_sample.sampled(op, layer, channels_first(op, input))
-    return X if core.group == 1 else op.Reshape(X, np.array([-1, core.group_channels, 0, 0], dtype=np.int64))
+    Cg = core.group_channels
+    return [part if g == 1 else op.Reshape(part, np.array([-1, Cg, 0, 0], dtype=np.int64))
+            for part, g in zip(op.split_sizes(X, [g * Cg for g in chunks], axis=1), chunks)]
+
+
+def chunk_sums(op: Emitter, images: Value, grids: list[Value], masks: list[Value]) -> Value:
+    """Σ_p x(p)·Δm_p over every point of one chunk of g groups, (N·g, Cg, Ho·Wo) float32, from its ``images``
+    (N·g, Cg, H, W), and the ``grids`` and ``masks`` of its runs (:func:`chunk_grids`, :func:`chunk_masks`)."""
+    Y = None
+    for grid, mask in zip(grids, masks):
+        run_sum = run_samples(op, images, grid, mask)
+        Y = run_sum if Y is None else op.Add(Y, run_sum)
+    return Y
+
+
+def joined(op: Emitter, core: Core, sums: list[Value], chunks: list[int]) -> Value:
+    """The sums of every chunk of g groups (N·g, Cg, Ho·Wo) as those of all groups, (N·G, Cg, Ho·Wo) or
+    (N, G·Cg, Ho·Wo)."""
+    if len(sums) == 1:
+        return sums[0]
+    Cg = core.group_channels
+    return op.concat([Y if g == 1 else op.Reshape(Y, np.array([-1, g * Cg, 0], dtype=np.int64))
+                      for Y, g in zip(sums, chunks)], axis=1)
 
 
 def lower(op: Emitter, core: Core, layer: Layer, input: Value, offset: Value, mask: Value) -> Value:
@@ -201,10 +244,8 @@ def lower(op: Emitter, core: Core, layer: Layer, input: Value, offset: Value, ma
     delta, masks = group_offsets_and_masks(op, core, layer, offset, mask, N, Ho_Wo)
     values = grid_values(op, core, layer, delta, output_positions(op, core, layer, Ho_Wo),
                          half_sizes(op, core, layer, input_shape))
-    runs = run_lengths(core.points)
-    X = images(op, core, layer, input)
-    Y = None
-    for grid, run_mask in zip(run_grids(op, core, values, runs), run_masks(op, core, masks, runs)):
-        run_sum = run_samples(op, X, grid, run_mask)
-        Y = run_sum if Y is None else op.Add(Y, run_sum)
-    return grid_sample.in_dtype(op, layer, channels_of(op, layer, Y, Ho_Wo))
+    chunks, runs = parts(core)
+    sums = [chunk_sums(op, images, grids, run_masks) for images, grids, run_masks in zip(
+        chunk_images(op, core, layer, input, chunks), chunk_grids(op, core, values, chunks, runs),
+        chunk_masks(op, core, masks, chunks, runs))]
+    return grid_sample.in_dtype(op, layer, channels_of(op, layer, joined(op, core, sums, chunks), Ho_Wo))

@@ -17,9 +17,10 @@ pnnx also writes a ``Gather`` at constant indices (the DCNv3/DCNv4 cores' picks 
 the gather lowering) as ``Tensor.select`` of the index list, which its ncnn output makes a ``Crop`` of one index;
 there each one along an axis of static size (pnnx fixes the sizes) becomes a ``Split`` of its data at the bounds of
 its runs of consecutive indices and a ``Concat`` of the parts in its order. ncnn cannot follow the grid_sample
-lowering's runs of points (the DCNv3/DCNv4 cores' form: one ``GridSample`` per run of n points over N·G images,
-its grid (N·G, n, Ho·Wo, 2), its samples weighed and summed over the run's axis): extraction fails. There each run
-becomes one ``GridSample`` per point, its grid (N·G, 1, Ho·Wo, 2), weighed and added, which ncnn runs. The gather
+lowering's runs of points (the DCNv3/DCNv4 cores' form: one ``GridSample`` per run of n points over the N·g images
+of a chunk of g groups, its grid (N·g, n, Ho·Wo, 2), its samples weighed and summed over the run's axis): extraction
+fails. There each run becomes one ``GridSample`` per point, its grid (N·g, 1, Ho·Wo, 2), weighed and added, which
+ncnn runs. The gather
 lowering (opsets below 16, float64 layers) indexes with integer arithmetic, which ncnn lacks altogether; ncnn takes
 models exported at opset 16 or later in float32.
 

@@ -17,7 +17,7 @@ import dcn_onnxscript.ops  # noqa: F401  (defines the ops and registers their tr
 from dcn_onnxscript.export import dcnv3 as core_exports
 from dcn_onnxscript.export import registration
 from dcn_onnxscript.lowering.dcnv3 import Core
-from dcn_onnxscript.lowering.dcnv3_grid_sample import run_lengths
+from dcn_onnxscript.lowering.dcnv3_grid_sample import parts
 from dcn_onnxscript.lowering.emitter import STORAGE_BUFFERS
 from dcn_onnxscript.tools.bench.internimage import CoreModule
 from helpers import assert_close
@@ -124,8 +124,8 @@ SIZE_OPS = {"Shape", "Slice", "ConstantOfShape", "CumSum"}
 @pytest.mark.parametrize("version", [3, 4])
 def test_static_dynamo_export_writes_its_sizes_as_constants(impl, version):
     """The placeholder carries the core's static shapes to the lowering: no size is read at run time; the
-    grid_sample lowering samples the points in runs (the centre left out: eight points) and sums them per group
-    with no product, and no node needs more than WebGPU's storage buffers."""
+    grid_sample lowering samples whole groups (the centre left out: eight points per group) and sums them per
+    group with no product, and no node needs more than WebGPU's storage buffers."""
     case = CoreCase(Core((3, 3), (1, 1), (1, 1), (1, 1), 2, 4, remove_center=True, version=version), (6, 5), 2)
     inputs = case.inputs(seed=2)
     model = export(case, "dynamo", 18, False, inputs, custom_translation_table=core_exports.translation_table(impl))
@@ -133,17 +133,19 @@ def test_static_dynamo_export_writes_its_sizes_as_constants(impl, version):
     assert not SIZE_OPS & set(ops)
     if impl == "grid_sample":
         assert "Conv" not in ops and "MatMul" not in ops
-        assert "Concat" not in ops  # the core's (Δx, Δy) pairs are GridSample's order: no pairwise swap
-        assert ops.count("GridSample") == len(run_lengths(8))
+        chunks, runs = parts(case.core)
+        # the core's (Δx, Δy) pairs are GridSample's order: no pairwise swap, only the chunks' sums are joined
+        assert ops.count("Concat") == (len(chunks) > 1)
+        assert ops.count("GridSample") == len(chunks) * len(runs)
     assert all(len([i for i in node.input if i]) + len(node.output) <= STORAGE_BUFFERS for node in model.graph.node)
     assert_close(run_onnxruntime(model, inputs), _eager(case, inputs).astype(np.float64), rtol=1e-4)
 
 
 #: Nodes (Constant nodes not counted) of a static 3x3 core of 4 groups exported by dynamo at opset 18, per lowering
 #: and version: grid_sample reads the core's layouts as they are (DCNv4 cuts its padded offset_mask and splits it
-#: into offsets and masks) and samples the points in two runs; gather is the layout steps (Transposes, the channel
+#: into offsets and masks) and samples two chunks of two groups; gather is the layout steps (Transposes, the channel
 #: Gathers) around the deform_conv2d lowering.
-CORE_NODE_BUDGET = {("grid_sample", 3): 25, ("grid_sample", 4): 27, ("gather", 3): 195, ("gather", 4): 194}
+CORE_NODE_BUDGET = {("grid_sample", 3): 31, ("grid_sample", 4): 33, ("gather", 3): 195, ("gather", 4): 194}
 
 
 @pytest.mark.parametrize("impl, version", sorted(CORE_NODE_BUDGET))

@@ -14,7 +14,7 @@ from core_reference import CoreCase, core_reference, generated_cases
 
 from dcn_onnxscript.lowering import dcnv3 as lowering
 from dcn_onnxscript.lowering.dcnv3 import Core
-from dcn_onnxscript.lowering.dcnv3_grid_sample import RUN_POINTS, run_lengths
+from dcn_onnxscript.lowering.dcnv3_grid_sample import RUN_POINTS, parts
 from helpers import HOSTILE, assert_close
 from runtimes import run_onnxruntime
 
@@ -92,10 +92,30 @@ def test_remove_center_gives_the_centre_tap_a_zero_weight():
                          ids=str)
 def test_grid_sample_reads_the_cores_layouts_as_they_are(case: CoreCase):
     """A static core lowered by grid_sample reads its offsets and masks where they lie: no ``Gather`` of channels,
-    one ``Transpose`` each for the input, the grid, the masks and the output, and one ``GridSample`` per run of
-    at most RUN_POINTS points (run lengths within one of each other, covering every point)."""
-    runs = run_lengths(case.core.points)
-    assert sum(runs) == case.core.points and max(runs) <= RUN_POINTS and max(runs) - min(runs) <= 1
+    one ``Transpose`` each for the input, the grid, the masks and the output, and one ``GridSample`` per chunk of
+    groups and run of points (:func:`parts`)."""
     ops = [node.op_type for node in core_model(case, "grid_sample", 18).graph.node]
     assert "Gather" not in ops and ops.count("Transpose") == 4
-    assert ops.count("GridSample") == len(runs)
+    chunks, runs = parts(case.core)
+    assert ops.count("GridSample") == len(chunks) * len(runs)
+    assert ops.count("Concat") == (len(chunks) > 1)  # the chunks' sums joined; no pairwise swap of the offsets
+
+
+@pytest.mark.parametrize("group", [1, 2, 3, 4, 5, 8, 16, 32])
+@pytest.mark.parametrize("kernel, remove_center", [((3, 3), False), ((3, 3), True), ((5, 5), False), ((1, 3), False),
+                                                   ((7, 7), True)])
+def test_parts_sample_whole_groups_and_no_more_than_runs_of_points(group: int, kernel, remove_center: bool):
+    """Every group and point is sampled once; no call holds more samples than RUN_POINTS points of every group;
+    whole groups (one run of all P points) wherever one group's points fit, in as few chunks as that allows,
+    else runs over every group; chunks and runs of near-equal size."""
+    core = Core(kernel, (1, 1), (1, 1), (1, 1), group, 4, remove_center=remove_center)
+    G, P = group, core.points
+    chunks, runs = parts(core)
+    assert sum(chunks) == G and sum(runs) == P
+    assert max(chunks) * max(runs) <= G * RUN_POINTS
+    assert (runs == [P]) == (P <= G * RUN_POINTS)
+    assert max(chunks) - min(chunks) <= 1 and max(runs) - min(runs) <= 1
+    if runs == [P] and len(chunks) > 1:  # one chunk fewer would hold more than the budget
+        assert -(-G // (len(chunks) - 1)) * P > G * RUN_POINTS
+    if runs != [P]:
+        assert chunks == [G] and len(runs) == -(-P // RUN_POINTS)

@@ -5,6 +5,7 @@ chart, and that each file holds what its path says."""
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import json
 import math
@@ -20,7 +21,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dcn_onnxscript.__main__ import main
-from dcn_onnxscript.tools.bench import catalog
+from dcn_onnxscript.tools.bench import catalog, measuring
 
 COLUMNS = ["case", "model", "nodes/layer", "nodes", "export s", "session s", "median ms", "x native", "peak MB",
            "x native", "max abs err vs eager"]
@@ -311,3 +312,19 @@ def test_spinning_needs_one_at_a_time(capsys) -> None:
     """Spinning threads of interleaved sessions steal each other's cores: ``--spinning`` alone is refused."""
     assert main(["bench", "--spinning", "--layers", "tiny"]) == 2
     assert "--spinning needs --one-at-a-time" in capsys.readouterr().err
+
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_interleaved_rounds_let_every_model_follow_every_other(count: int) -> None:
+    """Every round runs every model once, and over the rounds every model runs right after every other one
+    (the last of a round before the first of the next counted too) about as often: no model always follows
+    the same one."""
+    kinds = [f"model{i}" for i in range(count)]
+    rounds = measuring.round_orders(kinds, 60 * count)
+    assert all(sorted(order) == kinds for order in rounds)
+    sequence = [kind for order in rounds for kind in order]
+    follows = collections.Counter(zip(sequence, sequence[1:]))
+    for after in kinds:
+        before = {a: follows[a, after] for a in kinds if a != after}
+        assert count == 1 or min(before.values()) >= 0.5 * max(before.values()) > 0

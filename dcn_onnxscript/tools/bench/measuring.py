@@ -7,8 +7,9 @@ memory each in a fresh process, the error against torchvision eager.
   options), then runs the model three times. Peak = VmHWM minus that RSS: weights, arena and
   intermediates. Eager's peak comes the same way from a process that rebuilds the torch module. Linux.
 * **Latency**: one process holds every model of a case and runs them interleaved (every path, eager, the
-  floors, then again), so that drift of the machine hits all alike; the median of ``--repeat`` rounds is
-  reported, after two warm-up rounds. Every onnxruntime session gets ``--threads`` intra-op threads with
+  floors, then again), so that drift of the machine hits all alike, in a seeded random order per round, so
+  that each model follows every other about as often; the median of ``--repeat`` rounds is reported, after two
+  warm-up rounds. Every onnxruntime session gets ``--threads`` intra-op threads with
   spinning off (a spinning pool would steal the cores of the next model in the round), and torch gets the
   same number of threads.
 * **One at a time** (``--one-at-a-time``): each model in a process of its own, one after the other, so that no
@@ -118,15 +119,26 @@ def runners(case: Case, threads: int) -> dict[str, Callable[[], np.ndarray]]:
 
 def interleaved_medians(run: dict[str, Callable[[], Any]], repeat: int,
                         warmup: int = WARMUP_ROUNDS) -> dict[str, float]:
-    """Median seconds per kind over ``repeat`` rounds that run every kind once, in turn."""
+    """Median seconds per kind over ``repeat`` rounds that run every kind once, in the order of
+    :func:`round_orders`."""
     times: dict[str, list[float]] = {kind: [] for kind in run}
-    for round_index in range(warmup + repeat):
-        for kind, function in run.items():
+    for round_index, order in enumerate(round_orders(list(run), warmup + repeat)):
+        for kind in order:
             start = time.perf_counter()
-            function()
+            run[kind]()
             if round_index >= warmup:
                 times[kind].append(time.perf_counter() - start)
     return {kind: float(np.median(values)) for kind, values in times.items()}
+
+
+def round_orders(kinds: list[str], rounds: int, seed: int = 0) -> list[list[str]]:
+    """``rounds`` orders of ``kinds``, each a seeded random permutation, so that every kind runs after every
+    other about as often. A fixed order timed a model about 5% slower when it always ran right after one that
+    sweeps the caches (a core's grid_sample export after its 353-node gather export lost 3–6% against the plain
+    export that ran later in the round); rotating the order does not help, as each kind keeps its predecessor
+    within a round."""
+    rng = np.random.default_rng(seed)
+    return [[kinds[i] for i in rng.permutation(len(kinds))] for _ in range(rounds)]
 
 
 def max_errors(run: dict[str, Callable[[], np.ndarray]], reference: np.ndarray) -> dict[str, float]:
