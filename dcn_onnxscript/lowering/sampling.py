@@ -66,21 +66,6 @@ def cut_to(op: Emitter, value: Value, N: Optional[Value], Ho_Wo: Optional[Value]
                     np.array(axes, dtype=np.int64))
 
 
-def output_grid(op: Emitter, layer: Layer, Ho_Wo: Value, shape: np.ndarray, axis: int) -> Value:
-    """p_0 counted from 1: the (row, column) of every output position, 1 … Ho and 1 … Wo, times the
-    stride; rows and columns each reshaped to ``shape`` (P on one axis, 1 elsewhere) and stacked along
-    ``axis``. Of the coordinate type; callers add p_k, the pads and the 1 back (:func:`first_tap`)."""
-    ones = op.ConstantOfShape(Ho_Wo, value=layer.coordinates([1]))
-    rows = op.Reshape(op.CumSum(ones, np.array(0)), shape)
-    cols = op.Reshape(op.CumSum(ones, np.array(1)), shape)
-    grid = op.Concat(rows, cols, axis=axis)
-    if layer.stride == (1, 1):
-        return grid
-    stride = np.ones(len(shape), dtype=np.int64)
-    stride[axis] = 2
-    return op.Mul(grid, layer.coordinates(layer.stride).reshape(stride))
-
-
 def half_sizes(op: Emitter, layer: Layer, shape: Value, height_axis: int, axes: np.ndarray) -> Value:
     """(W/2, H/2) of an image whose ``Shape`` ``shape`` holds H at ``height_axis`` and W after it, at the places
     of ``axes`` (an int array of any shape, 0 where x's half width goes and 1 where y's half height goes), of
@@ -98,8 +83,8 @@ def half_sizes(op: Emitter, layer: Layer, shape: Value, height_axis: int, axes: 
 
 
 def first_tap(layer: Layer, shift: float) -> np.ndarray:
-    """What :func:`output_grid` lacks for p_0 + p_k: p_k - pads - stride (its count starts at 1), plus
-    ``shift``; shape (2, K) of the coordinate type."""
+    """What p_0 counted from 1 (s·(o + 1), as the grid_sample lowering builds it) lacks for p_0 + p_k:
+    p_k - pads - stride, plus ``shift``; shape (2, K) of the coordinate type."""
     begin = np.array(layer.padding).reshape(2, 1) + np.array(layer.stride).reshape(2, 1)
     return layer.coordinates(layer.kernel_grid() - begin + shift)
 
