@@ -32,6 +32,7 @@ and W read from the input, Ho and Wo from the offset, the mask cut to them, wher
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import numpy as np
@@ -173,8 +174,7 @@ def chunk_grids(op: Emitter, core: Core, values: Value, chunks: list[int], runs:
     G, P = core.group, core.points
     pairs = op.Reshape(values, np.array([0, -1, G * P, 2], dtype=np.int64))  # (N, Ho·Wo, G·P, 2)
     by_group = op.Transpose(pairs, perm=[0, 2, 1, 3])  # (N, G·P, Ho·Wo, 2)
-    return [op.split_sizes(op.Reshape(chunk, np.array([-1, P, 0, 2], dtype=np.int64)), runs, axis=1)
-            for chunk in op.split_sizes(by_group, [g * P for g in chunks], axis=1)]
+    return chunks_and_runs(op, core, by_group, chunks, runs, np.array([-1, P, 0, 2], dtype=np.int64), axis=1)
 
 
 def chunk_masks(op: Emitter, core: Core, masks: Value, chunks: list[int], runs: list[int]) -> list[list[Value]]:
@@ -183,16 +183,26 @@ def chunk_masks(op: Emitter, core: Core, masks: Value, chunks: list[int], runs: 
     G, P = core.group, core.points
     column = op.Reshape(masks, np.array([0, -1, 1, G * P], dtype=np.int64))  # (N, Ho·Wo, 1, G·P)
     by_group = op.Transpose(column, perm=[0, 2, 3, 1])  # (N, 1, G·P, Ho·Wo)
-    return [op.split_sizes(op.Reshape(chunk, np.array([-1, 1, P, 0], dtype=np.int64)), runs, axis=2)
-            for chunk in op.split_sizes(by_group, [g * P for g in chunks], axis=2)]
+    return chunks_and_runs(op, core, by_group, chunks, runs, np.array([-1, 1, P, 0], dtype=np.int64), axis=2)
+
+
+def chunks_and_runs(op: Emitter, core: Core, by_group: Value, chunks: list[int], runs: list[int],
+                    per_group: np.ndarray, axis: int) -> list[list[Value]]:
+    """``by_group``, N first and its G·P points group by group along ``axis``, cut into chunks of g groups, each
+    reshaped to ``per_group`` (N·g first, one group's P points along ``axis``) and cut into runs of n points
+    (:func:`parts`)."""
+    P = core.points
+    return [op.split_sizes(op.Reshape(chunk, per_group), runs, axis=axis)
+            for chunk in op.split_sizes(by_group, [g * P for g in chunks], axis=axis)]
 
 
 def run_samples(op: Emitter, images: Value, grid: Value, mask: Value) -> Value:
-    """Σ_p x(p)·Δm_p over one run of n points for every channel: (N·G, Cg, Ho·Wo) float32, from ``images``
-    (N·G, Cg, H, W) float32, the run's ``grid`` (N·G, n, Ho·Wo, 2) and ``mask`` (N·G, 1, n, Ho·Wo) float32.
+    """Σ_p x(p)·Δm_p over one run of n points for every channel: (N·g, Cg, Ho·Wo) float32, from the ``images``
+    (N·g, Cg, H, W) float32 of a chunk of g groups, the run's ``grid`` (N·g, n, Ho·Wo, 2) and ``mask``
+    (N·g, 1, n, Ho·Wo) float32.
     The sum runs over the middle axis (contiguous rows: a last axis of n costs onnxruntime's ``ReduceSum``
     three times as much)."""
-    samples = grid_sample.bilinear_samples(op, images, grid)  # (N·G, Cg, n, Ho·Wo)
+    samples = grid_sample.bilinear_samples(op, images, grid)  # (N·g, Cg, n, Ho·Wo)
     return op.ReduceSum(op.Mul(samples, mask), np.array([2], dtype=np.int64), keepdims=0)
 
 
@@ -216,11 +226,7 @@ def chunk_images(op: Emitter, core: Core, layer: Layer, input: Value, chunks: li
 def chunk_sums(op: Emitter, images: Value, grids: list[Value], masks: list[Value]) -> Value:
     """Σ_p x(p)·Δm_p over every point of one chunk of g groups, (N·g, Cg, Ho·Wo) float32, from its ``images``
     (N·g, Cg, H, W), and the ``grids`` and ``masks`` of its runs (:func:`chunk_grids`, :func:`chunk_masks`)."""
-    Y = None
-    for grid, mask in zip(grids, masks):
-        run_sum = run_samples(op, images, grid, mask)
-        Y = run_sum if Y is None else op.Add(Y, run_sum)
-    return Y
+    return functools.reduce(op.Add, (run_samples(op, images, grid, mask) for grid, mask in zip(grids, masks)))
 
 
 def joined(op: Emitter, core: Core, sums: list[Value], chunks: list[int]) -> Value:
